@@ -1,0 +1,467 @@
+"""Pure configuration loading: INI text (Pushpin's ``pushpin.conf`` accepted as is) -> Config.
+
+Nothing here touches the reactor or the network. Every problem becomes a ConfigError naming
+the file, the line and the reason, so ``twistd fanout`` can refuse to start with one clear line.
+Notices (ignored Pushpin-only keys, unknown keys) are collected, not logged, and the
+composition root logs them at start-up.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A config or routes file is unusable; names the file, the line and the problem."""
+
+    def __init__(self, path: str | Path, line: int | None, reason: str) -> None:
+        self.path = str(path)
+        self.line = line
+        self.reason = reason
+        where = f"{self.path}:{line}" if line else self.path
+        super().__init__(f"{where}: {reason}")
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """One ``[addr:]port`` entry; an empty host means every interface (Pushpin's default)."""
+
+    host: str
+    port: int
+
+    def endpoint_description(self) -> str:
+        """A Twisted server endpoint string for this address."""
+        if not self.host:
+            return f"tcp:{self.port}"
+        return f"tcp:{self.port}:interface={self.host.replace(':', chr(92) + ':')}"
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    http_ports: tuple[ListenAddress, ...] = (ListenAddress("", 7999),)
+    client_maxconn: int = 50000
+    log_level: int = 2
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    routes_file: Path = Path("routes")
+    sig_iss: str = "pushpin"
+    sig_key: bytes = b""
+    x_forwarded_for: tuple[str, ...] = ()
+    x_forwarded_for_trusted: tuple[str, ...] = ()
+    set_x_forwarded_protocol: str = "false"
+    accept_x_forwarded_protocol: bool = False
+    debug: bool = False
+    auto_cross_origin: bool = False
+
+
+@dataclass(frozen=True)
+class HandlerConfig:
+    push_in_spec: str = "tcp://127.0.0.1:5560"
+    push_in_sub_specs: tuple[str, ...] = ("tcp://127.0.0.1:5562",)
+    push_in_sub_connect: bool = False
+    push_in_http_addr: str = "127.0.0.1"
+    push_in_http_port: int = 5561
+    push_in_http_max_body_size: int = 1000000
+    push_in_http_key: bytes = b""
+    push_in_http_iss: str = ""
+    message_wait: int = 5000
+    id_cache_ttl: int = 60
+    connection_subscription_max: int = 20
+    stats_report_interval: int = 10
+    stats_spec: str = ""
+    stats_format: str = "tnetstring"
+
+
+@dataclass(frozen=True)
+class XmppConfig:
+    enabled: bool = False
+    jid: str = "push.localhost"
+    host: str = "127.0.0.1"
+    port: int = 5347
+    secret: str = ""
+    backend: str = "http://127.0.0.1:8080/xmpp"
+    backend_timeout: float = 10.0
+    sig_iss: str = ""
+    sig_key: bytes = b""
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    enabled: bool = True
+    allow_cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    verify: bool = True
+    timeout: float = 10.0
+    retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
+    max_in_flight: int = 4
+    ca_file: str = ""
+
+
+@dataclass(frozen=True)
+class RedisConfig:
+    url: str = ""
+    prefix: str = "fanout_tx:"
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    addr: str = ""
+    port: int = 0
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path | None = None
+    runner: RunnerConfig = field(default_factory=RunnerConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    handler: HandlerConfig = field(default_factory=HandlerConfig)
+    xmpp: XmppConfig = field(default_factory=XmppConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    redis: RedisConfig = field(default_factory=RedisConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    notices: tuple[str, ...] = ()
+
+    @property
+    def base_dir(self) -> Path:
+        return self.path.parent if self.path else Path.cwd()
+
+    @property
+    def routes_path(self) -> Path:
+        return self.base_dir / self.proxy.routes_file
+
+
+# --- value parsers: each takes the raw string and the config folder, raises ValueError ---
+
+
+def parse_bool(value: str, _base: Path | None = None) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ("true", "yes", "on", "1"):
+        return True
+    if lowered in ("false", "no", "off", "0", ""):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def parse_int(value: str, _base: Path | None = None) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"expected a whole number, got {value!r}") from None
+
+
+def _non_negative_int(value: str, base: Path | None = None) -> int:
+    number = parse_int(value, base)
+    if number < 0:
+        raise ValueError(f"expected a number >= 0, got {number}")
+    return number
+
+
+def _port(value: str, base: Path | None = None) -> int:
+    number = parse_int(value, base)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"port out of range: {number}")
+    return number
+
+
+def _seconds(value: str, _base: Path | None = None) -> float:
+    try:
+        number = float(value.strip())
+    except ValueError:
+        raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"expected seconds >= 0, got {value!r}")
+    return number
+
+
+def _text(value: str, _base: Path | None = None) -> str:
+    return value.strip()
+
+
+def _csv(value: str, _base: Path | None = None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+def parse_key(value: str, base: Path | None = None) -> bytes:
+    """A signing key: plain text, ``base64:...`` or ``file:PATH`` (relative to the config)."""
+    value = value.strip()
+    if value.startswith("base64:"):
+        try:
+            return base64.b64decode(value[len("base64:") :], validate=True)
+        except ValueError:
+            raise ValueError("invalid base64 key") from None
+    if value.startswith("file:"):
+        path = Path(value[len("file:") :])
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            return path.read_bytes().strip()
+        except OSError as e:
+            raise ValueError(f"cannot read key file {path}: {e.strerror}") from None
+    return value.encode("utf-8")
+
+
+def parse_listen_addresses(value: str, _base: Path | None = None) -> tuple[ListenAddress, ...]:
+    """``[addr:]port`` entries, comma separated; IPv6 hosts in brackets."""
+    addresses = []
+    for entry in _csv(value):
+        match = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]:|(?P<host>[^:\[\]]+):)?(?P<port>\d+)", entry)
+        if not match:
+            raise ValueError(f"expected [addr:]port, got {entry!r}")
+        port = int(match["port"])
+        if not 0 <= port <= 65535:
+            raise ValueError(f"port out of range: {port}")
+        addresses.append(ListenAddress(match["v6"] or match["host"] or "", port))
+    if not addresses:
+        raise ValueError("no port given")
+    return tuple(addresses)
+
+
+def _cidrs(value: str, _base: Path | None = None):
+    try:
+        return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(value))
+    except ValueError as e:
+        raise ValueError(f"invalid CIDR list: {e}") from None
+
+
+def _schedule(value: str, base: Path | None = None) -> tuple[float, ...]:
+    schedule = tuple(_seconds(part, base) for part in _csv(value))
+    if not schedule:
+        raise ValueError("retry_schedule needs at least one entry")
+    return schedule
+
+
+def _log_level(value: str, _base: Path | None = None) -> int:
+    names = {"error": 0, "warn": 1, "warning": 1, "info": 2, "debug": 3}
+    lowered = value.strip().lower()
+    if lowered in names:
+        return names[lowered]
+    number = parse_int(value)
+    if not 0 <= number <= 4:
+        raise ValueError(f"log_level must be 0-4 or error/warn/info/debug, got {value!r}")
+    return number
+
+
+def _stats_format(value: str, _base: Path | None = None) -> str:
+    if value.strip() not in ("tnetstring", "json"):
+        raise ValueError(f"stats_format must be tnetstring or json, got {value!r}")
+    return value.strip()
+
+
+def _x_forwarded_protocol(value: str, _base: Path | None = None) -> str:
+    lowered = value.strip().lower()
+    if lowered in ("", "false", "no"):
+        return "false"
+    if lowered in ("true", "yes"):
+        return "true"
+    if lowered == "proto-only":
+        return lowered
+    raise ValueError(f"expected true, false or proto-only, got {value!r}")
+
+
+def _redis_url(value: str, _base: Path | None = None) -> str:
+    value = value.strip()
+    if value and not re.match(r"^(redis://|unix://)", value):
+        raise ValueError(f"expected redis://host:port/db or unix:///path, got {value!r}")
+    return value
+
+
+Parser = Callable[[str, Path | None], object]
+
+# section -> key -> (dataclass field, parser). Keys mirror pushpin.conf where they overlap.
+_KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
+    "runner": {
+        "http_port": ("http_ports", parse_listen_addresses),
+        "client_maxconn": ("client_maxconn", _non_negative_int),
+        "log_level": ("log_level", _log_level),
+    },
+    "proxy": {
+        "routesfile": ("routes_file", lambda v, _b: Path(v.strip())),
+        "sig_iss": ("sig_iss", _text),
+        "sig_key": ("sig_key", parse_key),
+        "x_forwarded_for": ("x_forwarded_for", _csv),
+        "x_forwarded_for_trusted": ("x_forwarded_for_trusted", _csv),
+        "set_x_forwarded_protocol": ("set_x_forwarded_protocol", _x_forwarded_protocol),
+        "accept_x_forwarded_protocol": ("accept_x_forwarded_protocol", parse_bool),
+        "debug": ("debug", parse_bool),
+        "auto_cross_origin": ("auto_cross_origin", parse_bool),
+    },
+    "handler": {
+        "push_in_spec": ("push_in_spec", _text),
+        "push_in_sub_specs": ("push_in_sub_specs", _csv),
+        "push_in_sub_spec": ("push_in_sub_specs", _csv),
+        "push_in_sub_connect": ("push_in_sub_connect", parse_bool),
+        "push_in_http_addr": ("push_in_http_addr", _text),
+        "push_in_http_port": ("push_in_http_port", _port),
+        "push_in_http_max_body_size": ("push_in_http_max_body_size", _non_negative_int),
+        "push_in_http_key": ("push_in_http_key", parse_key),
+        "push_in_http_iss": ("push_in_http_iss", _text),
+        "message_wait": ("message_wait", _non_negative_int),
+        "id_cache_ttl": ("id_cache_ttl", _non_negative_int),
+        "connection_subscription_max": ("connection_subscription_max", _non_negative_int),
+        "stats_report_interval": ("stats_report_interval", _non_negative_int),
+        "stats_spec": ("stats_spec", _text),
+        "stats_format": ("stats_format", _stats_format),
+    },
+    "xmpp": {
+        "enabled": ("enabled", parse_bool),
+        "jid": ("jid", _text),
+        "host": ("host", _text),
+        "port": ("port", _port),
+        "secret": ("secret", _text),
+        "backend": ("backend", _text),
+        "backend_timeout": ("backend_timeout", _seconds),
+        "sig_iss": ("sig_iss", _text),
+        "sig_key": ("sig_key", parse_key),
+    },
+    "webhooks": {
+        "enabled": ("enabled", parse_bool),
+        "allow_cidrs": ("allow_cidrs", _cidrs),
+        "verify": ("verify", parse_bool),
+        "timeout": ("timeout", _seconds),
+        "retry_schedule": ("retry_schedule", _schedule),
+        "max_in_flight": ("max_in_flight", _non_negative_int),
+        "ca_file": ("ca_file", _text),
+    },
+    "redis": {
+        "url": ("url", _redis_url),
+        "prefix": ("prefix", _text),
+    },
+    "metrics": {
+        "addr": ("addr", _text),
+        "port": ("port", _port),
+    },
+}
+
+# Keys that only make sense in Pushpin's multi-process layout (or features not offered here):
+# accepted so a pushpin.conf loads unchanged, and noted once each.
+_IGNORED_KEYS = {
+    "global": {"include", "rundir", "ipc_prefix", "port_offset", "stats_connection_ttl", "libdir"},
+    "runner": {
+        "services", "logdir", "client_buffer_size", "https_ports", "local_ports",
+        "allow_compression",
+    },
+    "proxy": {
+        "orig_headers_need_mark", "accept_pushpin_route", "log_from", "log_user_agent",
+        "upstream_key", "sockjs_url", "updates_check", "organization_name", "cdn_loop",
+        "max_open_requests", "local_ports",
+    },
+    "handler": {
+        "push_in_http_max_headers_size", "command_spec", "message_rate", "message_hwm",
+        "subscription_linger", "stats_subscription_ttl", "stats_connection_ttl",
+        "stats_connection_send", "prometheus_port", "prometheus_prefix",
+    },
+}
+_IGNORED_PATTERNS = (
+    re.compile(r".*_bin$"),
+    re.compile(r"^(zurl|condure|m2a|mongrel2|m2sh)_.*"),
+    re.compile(r".*_(in|out|stream)_spec(s)?$"),
+    re.compile(r"^ipc_.*"),
+)
+
+_SECTION_TYPES = {
+    "runner": RunnerConfig,
+    "proxy": ProxyConfig,
+    "handler": HandlerConfig,
+    "xmpp": XmppConfig,
+    "webhooks": WebhooksConfig,
+    "redis": RedisConfig,
+    "metrics": MetricsConfig,
+}
+
+
+@dataclass
+class _Entry:
+    section: str
+    key: str
+    value: str
+    line: int
+
+
+def _read_ini(text: str, path: Path) -> list[_Entry]:
+    """Lines of ``[section]`` and ``key=value``, with ``#``/``;`` comments; keeps line numbers."""
+    entries: list[_Entry] = []
+    section = ""
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line[0] in "#;":
+            continue
+        if line.startswith("["):
+            if not line.endswith("]") or len(line) < 3:
+                raise ConfigError(path, number, f"malformed section header {line!r}")
+            section = line[1:-1].strip()
+            continue
+        if "=" not in line:
+            raise ConfigError(path, number, f"expected key=value, got {line!r}")
+        if not section:
+            raise ConfigError(path, number, "key outside of any [section]")
+        key, _, value = line.partition("=")
+        entries.append(_Entry(section, key.strip(), value.strip(), number))
+    return entries
+
+
+def _expand(value: str, variables: dict[str, str]) -> str:
+    """Pushpin's ``{name}`` references to [global] keys; unknown names are left as written."""
+    return re.sub(r"\{(\w+)\}", lambda m: variables.get(m[1], m[0]), value)
+
+
+def _is_ignored(section: str, key: str) -> bool:
+    if key in _IGNORED_KEYS.get(section, ()):
+        return True
+    return any(pattern.match(key) for pattern in _IGNORED_PATTERNS)
+
+
+def parse_config(text: str, path: str | Path) -> Config:
+    """Parse config text; ``path`` names the file in errors and anchors relative paths."""
+    path = Path(path)
+    entries = _read_ini(text, path)
+    variables = {e.key: e.value for e in entries if e.section == "global"}
+    values: dict[str, dict[str, object]] = {name: {} for name in _SECTION_TYPES}
+    notices: list[str] = []
+    for entry in entries:
+        known = _KNOWN.get(entry.section, {}).get(entry.key)
+        where = f"{path}:{entry.line}"
+        if known is None:
+            if _is_ignored(entry.section, entry.key) or entry.section == "global":
+                notices.append(
+                    f"{where}: [{entry.section}] {entry.key} is ignored "
+                    "(Pushpin multi-process setting, not needed here)"
+                )
+            else:
+                notices.append(f"{where}: warning: unknown key [{entry.section}] {entry.key}")
+            continue
+        field_name, parser = known
+        try:
+            values[entry.section][field_name] = parser(
+                _expand(entry.value, variables), path.parent
+            )
+        except ValueError as e:
+            raise ConfigError(path, entry.line, f"[{entry.section}] {entry.key}: {e}") from None
+    sections = {name: cls(**values[name]) for name, cls in _SECTION_TYPES.items()}
+    return Config(path=path, notices=tuple(notices), **sections)
+
+
+def load(path: str | Path) -> Config:
+    """Read and parse a config file; unreadable files are a ConfigError too."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, f"cannot read config: {e}") from None
+    return parse_config(text, path)
+
+
+def default_config_path(candidates: Iterable[str | Path] = (
+    "etc/fanout.conf",
+    "/etc/fanout_tx/fanout.conf",
+)) -> Path | None:
+    """The first config file that exists, as SPEC A1 orders them."""
+    for candidate in candidates:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    return None

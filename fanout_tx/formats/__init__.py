@@ -1,0 +1,24 @@
+"""Publish formats: one pure parser per format name (SPEC A4, B1, B2).
+
+A transport's formats are registered here, in one table, so item parsing can reject
+unknown names and every transport sees the same validated Format values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from fanout_tx.formats.base import Format, FormatError
+from fanout_tx.formats.http import parse_http_response, parse_http_stream
+from fanout_tx.formats.ws import parse_ws_message
+
+FormatParser = Callable[[Mapping[str, Any]], Format]
+
+PARSERS: dict[str, FormatParser] = {
+    "http-response": parse_http_response,
+    "http-stream": parse_http_stream,
+    "ws-message": parse_ws_message,
+}
+
+__all__ = ["PARSERS", "Format", "FormatError", "FormatParser"]

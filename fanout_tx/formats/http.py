@@ -1,0 +1,38 @@
+"""Parsers for the ``http-response`` and ``http-stream`` publish formats (SPEC A4)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from fanout_tx.formats.base import (
+    Format,
+    FormatError,
+    choice,
+    content_filters,
+    headers,
+    optional_int,
+    optional_str,
+    payload,
+)
+
+
+def parse_http_response(obj: Mapping[str, Any]) -> Format:
+    action = choice(obj, "action", ("send", "hint"))
+    body = payload(obj, "body", required=False)
+    if action == "send" and body is None:
+        body = b""
+    fields = {
+        "code": optional_int(obj, "code", 100, 999) or 200,
+        "reason": optional_str(obj, "reason"),
+        "headers": headers(obj),
+    }
+    return Format("http-response", action, body, fields, content_filters(obj))
+
+
+def parse_http_stream(obj: Mapping[str, Any]) -> Format:
+    action = choice(obj, "action", ("send", "close", "hint"))
+    content = payload(obj, "content", required=action == "send")
+    if action != "send" and content is not None:
+        raise FormatError(f"content is not allowed with action {action}")
+    return Format("http-stream", action, content, {}, content_filters(obj))
