@@ -23,3 +23,8 @@ class LocalBus:
         for item in items:
             self.router.publish(item)
         return succeed(None)
+
+
+class BusUnavailableError(Exception):
+    """The items reached local subscribers but could not be shared with other instances
+    (Redis away); the HTTP publish API answers 503 so the publisher retries."""

@@ -78,8 +78,10 @@ def load_settings(
     """Load config and routes; raises ConfigError naming the file, line and problem."""
     path = Path(config_path) if config_path else config_module.default_config_path()
     if path is None:
-        raise ConfigError("etc/fanout.conf", None,
-                          "no config file found (tried etc/fanout.conf, /etc/fanout_tx/fanout.conf)")
+        raise ConfigError(
+            "etc/fanout.conf", None,
+            "no config file found (tried etc/fanout.conf, /etc/fanout_tx/fanout.conf)",
+        )
     config = config_module.load(path)
     if ports:
         config = replace(config, runner=replace(config.runner, http_ports=ports))
