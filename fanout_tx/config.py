@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fanout_tx.redis_url import parse_redis_url
+
 
 class ConfigError(Exception):
     """A config or routes file is unusable; names the file, the line and the problem."""
@@ -266,8 +268,8 @@ def _x_forwarded_protocol(value: str, _base: Path | None = None) -> str:
 
 def _redis_url(value: str, _base: Path | None = None) -> str:
     value = value.strip()
-    if value and not re.match(r"^(redis://|unix://)", value):
-        raise ValueError(f"expected redis://host:port/db or unix:///path, got {value!r}")
+    if value:
+        parse_redis_url(value)  # raises ValueError naming the problem
     return value
 
 

@@ -97,7 +97,7 @@ def parse_items_json(body: bytes) -> list[Item]:
     """The HTTP API body ``{"items": [...]}``; every item must be valid."""
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep
         raise PublishError("Body is not valid JSON.") from None
     if not isinstance(document, Mapping):
         raise PublishError("Body must be a JSON object.")
@@ -141,10 +141,12 @@ def decode_message(payload: bytes) -> Any:
     if payload.startswith(b"J"):
         try:
             return json.loads(payload[1:])
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep
             raise PublishError("message is not valid JSON") from None
     raw = payload[1:] if payload.startswith(b"T") else payload
     try:
         return _from_tnetstring(tnetstring.loads(raw))
     except tnetstring.TnetstringError as e:
         raise PublishError(f"message is not a valid tnetstring: {e}") from None
+    except RecursionError:
+        raise PublishError("message is not a valid tnetstring: nesting too deep") from None

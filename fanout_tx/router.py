@@ -1,16 +1,16 @@
 """The in-reactor pub/sub router: channel -> format -> subscribers.
 
 Publishing one item does its per-item work once: de-duplication, sequencing, and one call
-per format to the renderer the transport registered. Per subscriber there is only a filter
-check (skipped when the item carries no meta and the subscription asks for no content
-filter) and ``deliver``. One failing subscriber is logged and dropped; the loop goes on.
+per format to the renderer the transport registered. Subscribers without filters cost one
+``deliver`` call each; only filtered subscriptions (or content filters, or multi-format
+items) take the checked loop. One failing subscriber is logged and dropped; the loop goes on.
 """
 
 from __future__ import annotations
 
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -45,23 +45,57 @@ def substitute_vars(content: bytes, meta: dict[str, str]) -> bytes:
     return _VAR.sub(replace, content)
 
 
-def _dropped_by_meta(
-    filters: frozenset[str], publish_meta: dict[str, str], sub_meta: dict[str, str],
-    channels: Iterable[str],
-) -> bool:
-    """Pushpin's delivery filters, comparing the publish meta with the subscription meta."""
-    user = sub_meta.get("user", "")
-    if "skip-self" in filters and user and publish_meta.get("sender") == user:
-        return True
-    if "skip-users" in filters and user:
-        skip = {u.strip() for u in publish_meta.get("skip_users", "").split(",")}
-        if user in skip:
+class _PublishMeta:
+    """The publish side of Pushpin's delivery filters, read once per item (not once per
+    subscriber) and compared with each subscription's meta."""
+
+    __slots__ = ("require_sub", "sender", "skip_users")
+
+    def __init__(self, meta: Mapping[str, str]) -> None:
+        self.sender = meta.get("sender", "")
+        self.skip_users = frozenset(u.strip() for u in meta.get("skip_users", "").split(","))
+        self.require_sub = meta.get("require_sub", "")
+
+    def drops(self, filters: frozenset[str], subscriber: ISubscriber,
+              subscriptions: Mapping[Any, Container[str]]) -> bool:
+        """True when ``subscriber`` (subscribed with ``filters``) must not get the item."""
+        user = subscriber.meta.get("user", "")
+        if "skip-self" in filters and user and self.sender == user:
             return True
-    if "require-sub" in filters:
-        required = publish_meta.get("require_sub", "")
-        if required and required not in channels:
+        if "skip-users" in filters and user and user in self.skip_users:
             return True
-    return False
+        return bool(
+            "require-sub" in filters and self.require_sub
+            and self.require_sub not in subscriptions.get(subscriber, ())
+        )
+
+
+class _Group:
+    """The subscribers of one (channel, format). Those without filters are kept apart, so
+    the common case costs one ``deliver`` call per subscriber and nothing else."""
+
+    __slots__ = ("filtered", "plain")
+
+    def __init__(self) -> None:
+        self.plain: dict[Any, None] = {}
+        self.filtered: dict[Any, frozenset[str]] = {}
+
+    def add(self, subscriber: Any, filters: frozenset[str]) -> None:
+        self.remove(subscriber)
+        if filters:
+            self.filtered[subscriber] = filters
+        else:
+            self.plain[subscriber] = None
+
+    def remove(self, subscriber: Any) -> None:
+        self.plain.pop(subscriber, None)
+        self.filtered.pop(subscriber, None)
+
+    def __bool__(self) -> bool:
+        return bool(self.plain or self.filtered)
+
+
+_NO_FILTERS: frozenset[str] = frozenset()
 
 
 class Router:
@@ -82,8 +116,8 @@ class Router:
         self._id_cache_ttl = id_cache_ttl
         self._max_pending = max_pending
         self._max_last_ids = max_last_ids
-        # channel -> format name -> subscriber -> subscription filters
-        self._groups: dict[str, dict[str, dict[Any, frozenset[str]]]] = {}
+        # channel -> format name -> subscribers of that format (with their filters)
+        self._groups: dict[str, dict[str, _Group]] = {}
         # subscriber -> channel -> filters (the one place to unsubscribe everything)
         self._by_subscriber: dict[Any, dict[str, frozenset[str]]] = {}
         self._renderers: dict[str, Renderer] = {}
@@ -112,7 +146,7 @@ class Router:
         is_new_channel = channel not in self._groups
         groups = self._groups.setdefault(channel, {})
         for format_name in subscriber.formats:
-            groups.setdefault(format_name, {})[subscriber] = filter_set
+            groups.setdefault(format_name, _Group()).add(subscriber, filter_set)
         self._by_subscriber.setdefault(subscriber, {})[channel] = filter_set
         if is_new_channel:
             for listener in self._listeners:
@@ -128,7 +162,7 @@ class Router:
         for format_name in subscriber.formats:
             group = groups.get(format_name)
             if group is not None:
-                group.pop(subscriber, None)
+                group.remove(subscriber)
                 if not group:
                     del groups[format_name]
         if not groups:
@@ -268,43 +302,74 @@ class Router:
         # A subscriber that takes several formats (XMPP) gets the item once, in the first one.
         seen: set[Any] | None = set() if len(present) > 1 else None
         for format_name in present:
+            group = groups.get(format_name)
+            if not group:  # emptied by an unsubscribe during this very delivery
+                continue
             fmt = item.formats[format_name]
             renderer = self._renderers.get(format_name)
             prepared = renderer(fmt) if renderer is not None else fmt
-            count = 0
-            for subscriber, filters in list(groups[format_name].items()):
-                if seen is not None:
-                    if subscriber in seen:
-                        continue
-                    seen.add(subscriber)
-                sub_fmt, sub_prepared = fmt, prepared
-                if filters or fmt.content_filters:
-                    try:
-                        if item.meta and _dropped_by_meta(
-                            filters, item.meta, subscriber.meta,
-                            self._by_subscriber.get(subscriber, ()),
-                        ):
-                            continue
-                        if "var-subst" in filters or "var-subst" in fmt.content_filters:
-                            sub_fmt = self._substituted(fmt, subscriber)
-                            sub_prepared = renderer(sub_fmt) if renderer else sub_fmt
-                    except FilterError as e:
-                        self._log.warn(
-                            "filter dropped {id} on {channel} for one subscriber: {reason}",
-                            id=item.id, channel=item.channel, reason=str(e),
-                        )
-                        continue
-                try:
-                    subscriber.deliver(item, sub_fmt, sub_prepared)
-                except Exception:
-                    self._log.failure(
-                        "subscriber failed on {channel}; dropping it", channel=item.channel
-                    )
-                    self.unsubscribe_all(subscriber)
-                    self._safe_close(subscriber, "internal error")
-                    continue
-                count += 1
+            checked = list(group.filtered.items())
+            if seen is None and not fmt.content_filters:
+                count = self._deliver_plain(item, fmt, prepared, list(group.plain))
+            else:
+                checked += [(subscriber, _NO_FILTERS) for subscriber in group.plain]
+                count = 0
+            if checked:
+                count += self._deliver_checked(item, fmt, prepared, renderer, checked, seen)
             self.deliveries[format_name] += count
+
+    def _deliver_plain(self, item: Item, fmt: Format, prepared: Any,
+                       subscribers: list[Any]) -> int:
+        """The hot loop: no filters, no content filters, one format per subscriber."""
+        delivered = len(subscribers)
+        for subscriber in subscribers:
+            try:
+                subscriber.deliver(item, fmt, prepared)
+            except Exception:
+                self._drop_failed(subscriber, item.channel)
+                delivered -= 1
+        return delivered
+
+    def _deliver_checked(
+        self, item: Item, fmt: Format, prepared: Any, renderer: Renderer | None,
+        entries: list[tuple[Any, frozenset[str]]], seen: set[Any] | None,
+    ) -> int:
+        """Delivery with filters, content filters, or a multi-format item."""
+        delivered = 0
+        publish_meta = _PublishMeta(item.meta) if item.meta else None
+        format_subst = "var-subst" in fmt.content_filters
+        for subscriber, filters in entries:
+            if seen is not None:
+                if subscriber in seen:
+                    continue
+                seen.add(subscriber)
+            if filters and publish_meta is not None and publish_meta.drops(
+                filters, subscriber, self._by_subscriber
+            ):
+                continue
+            sub_fmt, sub_prepared = fmt, prepared
+            if format_subst or "var-subst" in filters:
+                try:
+                    sub_fmt = self._substituted(fmt, subscriber)
+                except FilterError as e:
+                    self._log.warn(
+                        "filter dropped {id} on {channel} for one subscriber: {reason}",
+                        id=item.id, channel=item.channel, reason=str(e),
+                    )
+                    continue
+                sub_prepared = renderer(sub_fmt) if renderer else sub_fmt
+            try:
+                subscriber.deliver(item, sub_fmt, sub_prepared)
+            except Exception:
+                self._drop_failed(subscriber, item.channel)
+                continue
+            delivered += 1
+        return delivered
+
+    def _drop_failed(self, subscriber: Any, channel: str) -> None:
+        self._log.failure("subscriber failed on {channel}; dropping it", channel=channel)
+        self.unsubscribe_all(subscriber)
+        self._safe_close(subscriber, "internal error")
 
     @staticmethod
     def _substituted(fmt: Format, subscriber: ISubscriber) -> Format:

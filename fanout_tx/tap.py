@@ -10,16 +10,29 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import zmq
+from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
 from fanout_tx import config as config_module
 from fanout_tx.bus import LocalBus
-from fanout_tx.config import Config, ConfigError, parse_listen_addresses
+from fanout_tx.config import Config, ConfigError, ListenAddress, parse_listen_addresses
+from fanout_tx.http.proxy_service import build_proxy_service
+from fanout_tx.http.publish_api import PublishRoot, PublishSite
+from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.interfaces import IBus
+from fanout_tx.redis_bus import RedisBus
+from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.webhooks.api import WebhooksResource
+from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.zmq_ingest import ZmqPullInput, ZmqSubInput
 
 _log = Logger(namespace="fanout_tx.tap")
 
@@ -98,6 +111,8 @@ class Core:
     bus: IBus
     routes: RoutesFile
     reactor: Any
+    # The publish port's root; transports mount their pages on it (webhooks, metrics).
+    publish_root: PublishRoot | None = None
 
 
 def build_core(settings: Settings, reactor: Any) -> Core:
@@ -107,7 +122,12 @@ def build_core(settings: Settings, reactor: Any) -> Core:
         message_wait=handler.message_wait / 1000.0,
         id_cache_ttl=handler.id_cache_ttl,
     )
-    return Core(settings.config, router, LocalBus(router), settings.routes, reactor)
+    redis = settings.config.redis
+    bus: IBus = (
+        RedisBus(router, reactor, parse_redis_url(redis.url), redis.prefix)
+        if redis.url else LocalBus(router)
+    )
+    return Core(settings.config, router, bus, settings.routes, reactor)
 
 
 def _named(service: Any, name: str, parent: IServiceCollection) -> None:
@@ -122,7 +142,52 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     for notice in settings.config.notices:
         _log.info("{notice}", notice=notice)
     _named(core.routes.watcher(), "routes-watch", root)
+    if isinstance(core.bus, RedisBus):
+        _named(core.bus, "redis", root)  # owns the Redis connections
+    _named(build_proxy_service(settings.config, core.routes, core.router, reactor),
+           "http-proxy", root)
+    _named(_publish_http(core), "publish-http", root)
+    if settings.config.webhooks.enabled:
+        _named(_webhooks(core), "webhooks", root)
+    handler = settings.config.handler
+    zmq_context = zmq.Context.instance()
+    _named(ZmqPullInput(reactor, zmq_context, core.bus, handler.push_in_spec), "zmq-pull", root)
+    _named(ZmqSubInput(reactor, zmq_context, core.bus, core.router, handler.push_in_sub_specs,
+                       connect=handler.push_in_sub_connect), "zmq-sub", root)
     return root, core
+
+
+def _webhooks(core: Core) -> WebhookService:
+    """The webhooks transport; its subscription API is mounted at /webhooks on the publish
+    port (after ``_publish_http``, which makes the root)."""
+    assert core.publish_root is not None
+    config = core.config
+    service = build_webhooks(config.webhooks, config.redis, core.router, core.reactor)
+    core.publish_root.mount(b"webhooks", WebhooksResource(service))
+    return service
+
+
+def _publish_http(core: Core) -> StreamServerEndpointService:
+    """The publish API listener; sets ``core.publish_root`` so transports can mount on it."""
+    handler = core.config.handler
+    auth = BearerAuth(handler.push_in_http_key, handler.push_in_http_iss, core.reactor)
+    core.publish_root = PublishRoot(core.bus, core.router, auth)
+    site = PublishSite(core.publish_root, handler.push_in_http_max_body_size, core.reactor)
+    address = ListenAddress(handler.push_in_http_addr, handler.push_in_http_port)
+    endpoint = serverFromString(core.reactor, address.endpoint_description())
+    return StreamServerEndpointService(endpoint, site)
+
+
+def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningPort]:
+    """The port a started endpoint service listens on (tests bind port 0 and read it here)."""
+    result: Deferred[IListeningPort] = Deferred()
+
+    def fire(port: IListeningPort) -> IListeningPort:
+        result.callback(port)
+        return port
+
+    service._waitingForPort.addCallback(fire)  # Twisted keeps the listen Deferred private
+    return result
 
 
 def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin API

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from twisted.internet import task
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IProtocol
+from twisted.protocols.policies import WrappingFactory
+from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx.formats import Format
-from fanout_tx.interfaces import ISubscriber
+from fanout_tx.interfaces import IBus, ISubscriber
 from fanout_tx.items import Item
 
 
@@ -38,3 +44,58 @@ class RecordingSubscriber:
     @property
     def contents(self) -> list[bytes | None]:
         return [fmt.content for _item, fmt, _prepared in self.received]
+
+
+async def wait_until(condition: Callable[[], object], timeout: float = 10.0,
+                     interval: float = 0.01) -> None:
+    """Let the real reactor run until ``condition()`` is true; fail after ``timeout`` seconds.
+
+    For tests with real sockets, instead of sleeping: each check yields to the reactor.
+    """
+    from twisted.internet import reactor
+
+    deadline = reactor.seconds() + timeout
+    while not condition():
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await task.deferLater(reactor, interval, lambda: None)
+
+
+@implementer(IBus)
+class RecordingBus:
+    """Records every publish as (items, input_name); fails with ``failure`` when one is set."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.failure = failure
+        self.published: list[tuple[list[Item], str]] = []
+
+    def publish(self, items: Sequence[Item], input_name: str) -> Deferred[None]:
+        if self.failure is not None:
+            return fail(self.failure)
+        self.published.append((list(items), input_name))
+        return succeed(None)
+
+
+class TrackingFactory(WrappingFactory):
+    """Wraps a server factory so a test can wait until every server-side connection has
+    closed (the client closing first is not enough: trial would see a dirty reactor)."""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__(wrapped)
+        self._idle: list[Deferred[None]] = []
+
+    @override
+    def unregisterProtocol(self, p: IProtocol) -> None:
+        super().unregisterProtocol(p)
+        if not self.protocols:
+            waiters, self._idle = self._idle, []
+            for waiter in waiters:
+                waiter.callback(None)
+
+    def wait_closed(self) -> Deferred[None]:
+        """Fires once no connection is open."""
+        if not self.protocols:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle.append(waiter)
+        return waiter

@@ -11,6 +11,7 @@ from typing import Any
 
 from fanout_tx.formats.base import Format, FormatError
 from fanout_tx.formats.http import parse_http_response, parse_http_stream
+from fanout_tx.formats.webhook import parse_http_request
 from fanout_tx.formats.ws import parse_ws_message
 
 FormatParser = Callable[[Mapping[str, Any]], Format]
@@ -19,6 +20,7 @@ PARSERS: dict[str, FormatParser] = {
     "http-response": parse_http_response,
     "http-stream": parse_http_stream,
     "ws-message": parse_ws_message,
+    "http-request": parse_http_request,
 }
 
 __all__ = ["PARSERS", "Format", "FormatError", "FormatParser"]

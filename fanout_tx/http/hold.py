@@ -1,0 +1,407 @@
+"""Held HTTP requests as router subscribers: HeldResponse (long-poll) and HeldStream.
+
+Each hold owns its timers and its subscriptions, and has exactly one exit (``_end``) that
+cancels every timer and unsubscribes everything; the client going away, a publish, a timeout
+and a shutdown all go through it. The publish renderers below run once per item; per
+subscriber there is only a header merge (long-poll) or one write (stream).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES
+from twisted.web.server import Request
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx.formats import Format
+from fanout_tx.grip.instruct import GripError, Instruct, KeepAlive, Link
+from fanout_tx.http.headers import Header
+from fanout_tx.interfaces import ISubscriber
+from fanout_tx.items import Item
+from fanout_tx.router import Router
+
+# Bytes a stream may queue for a client that does not read, beyond the transport's own
+# buffer, before the client is dropped.
+DEFAULT_MAX_CLIENT_BUFFER = 1_000_000
+
+
+# --- once-per-item renderers -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedResponse:
+    """An ``http-response`` item, ready to merge into any held response."""
+
+    code: int
+    reason: str | None
+    headers: tuple[Header, ...]
+    names: frozenset[str]
+    body: bytes
+
+
+def render_http_response(fmt: Format) -> PreparedResponse:
+    headers = tuple(fmt.fields.get("headers", ()))
+    return PreparedResponse(
+        fmt.fields.get("code") or 200, fmt.fields.get("reason"), headers,
+        frozenset(n.lower() for n, _v in headers), fmt.content or b"",
+    )
+
+
+@dataclass(frozen=True)
+class PreparedChunk:
+    """An ``http-stream`` item: the content and its HTTP/1.1 chunk framing, built once."""
+
+    content: bytes
+    chunk: bytes
+
+
+def render_http_stream(fmt: Format) -> PreparedChunk | None:
+    if not fmt.content:
+        return None
+    return PreparedChunk(fmt.content, b"%x\r\n%b\r\n" % (len(fmt.content), fmt.content))
+
+
+def register_renderers(router: Router) -> None:
+    router.add_renderer("http-response", render_http_response)
+    router.add_renderer("http-stream", render_http_stream)
+
+
+# --- writing responses -----------------------------------------------------------------------
+
+
+def set_status_and_headers(
+    request: Request, code: int, reason: str | None, headers: Sequence[Header],
+) -> None:
+    """Status line and headers; repeated names kept, Twisted's own defaults replaced."""
+    phrase = reason if reason is not None else RESPONSES.get(code, b"Unknown").decode("latin-1")
+    request.setResponseCode(code, phrase.encode("latin-1", "replace"))
+    grouped: dict[str, list[bytes]] = {}
+    for name, value in headers:
+        grouped.setdefault(name, []).append(value.encode("latin-1", "replace"))
+    for name, values in grouped.items():
+        request.responseHeaders.setRawHeaders(name.encode("latin-1", "replace"), values)
+
+
+def write_response(
+    request: Request, code: int, reason: str | None, headers: Sequence[Header], body: bytes,
+) -> None:
+    """A whole response with a Content-Length, then finish."""
+    set_status_and_headers(request, code, reason, headers)
+    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    request.write(body)
+    request.finish()
+
+
+class Origin(Protocol):
+    """What a hold needs from the proxy session that created it."""
+
+    def retry(self, grip_last: Sequence[Header] = ()) -> None:
+        """Re-request the origin; its new answer is what the client gets."""
+
+    def fetch_link(self, link: Link, grip_last: Sequence[Header]) -> Deferred[Instruct]:
+        """GET a ``Grip-Link`` URL; fires with its answer as an Instruct (hold or not)."""
+
+    def channel_name(self, name: str) -> str:
+        """A Grip-Channel name as the router knows it (route prefix applied)."""
+
+
+# --- the common part ---------------------------------------------------------------------------
+
+
+class _Hold:
+    """Subscriptions, timers and the single exit shared by both kinds of hold."""
+
+    formats: tuple[str, ...] = ()
+    _log = Logger()
+
+    def __init__(self, request: Request, router: Router, clock: IReactorTime,
+                 instruct: Instruct, origin: Origin) -> None:
+        self.request = request
+        self.router = router
+        self.clock = clock
+        self.instruct = instruct
+        self.origin = origin
+        self.meta = dict(instruct.meta)
+        self.ended = False
+        self._timers: dict[str, IDelayedCall] = {}
+
+    def _subscribe(self, instruct: Instruct) -> None:
+        for channel in instruct.channels:
+            self.router.subscribe(self.origin.channel_name(channel.name), self, channel.filters)
+
+    def _start(self) -> None:
+        self.request.notifyFinish().addBoth(self._client_gone)
+        self._subscribe(self.instruct)
+
+    def _client_gone(self, _result: object) -> None:
+        self._end()
+
+    def _set_timer(self, name: str, delay: float, call: Callable[[], None]) -> None:
+        self._cancel_timer(name)
+        self._timers[name] = self.clock.callLater(delay, self._fire_timer, name, call)
+
+    def _fire_timer(self, name: str, call: Callable[[], None]) -> None:
+        self._timers.pop(name, None)
+        call()
+
+    def _cancel_timer(self, name: str) -> None:
+        timer = self._timers.pop(name, None)
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def _end(self) -> bool:
+        """Unsubscribe and cancel every timer; False when already ended."""
+        if self.ended:
+            return False
+        self.ended = True
+        self.router.unsubscribe_all(self)
+        for name in list(self._timers):
+            self._cancel_timer(name)
+        return True
+
+
+# --- long-poll ---------------------------------------------------------------------------------
+
+
+@implementer(ISubscriber)
+class HeldResponse(_Hold):
+    """A long-poll: the first published ``http-response`` completes it; on timeout the
+    client gets the origin's own response (with ``Grip-Status`` applied)."""
+
+    formats = ("http-response",)
+
+    def start(self) -> None:
+        self._start()
+        self._set_timer("timeout", self.instruct.timeout, self._timed_out)
+        self._log.debug("long-poll held on {channels} for {timeout}s",
+                        channels=[c.name for c in self.instruct.channels],
+                        timeout=self.instruct.timeout)
+
+    def _timed_out(self) -> None:
+        if self._end():
+            held = self.instruct.response
+            write_response(self.request, held.code, held.reason, held.headers, held.body)
+
+    def deliver(self, item: Item, fmt: Format, prepared: PreparedResponse) -> None:
+        if self.ended:
+            return
+        if fmt.action == "hint":
+            self.recover()
+            return
+        self._end()
+        held = self.instruct.response.headers
+        headers = [(n, v) for n, v in held if n.lower() not in prepared.names]
+        headers.extend(prepared.headers)
+        write_response(self.request, prepared.code, prepared.reason, headers, prepared.body)
+
+    def close(self, reason: str) -> None:
+        """Server shutdown: answer as on a timeout, so the client simply polls again."""
+        self._timed_out()
+
+    def recover(self) -> None:
+        if self._end():
+            self.origin.retry()
+
+
+# --- stream ------------------------------------------------------------------------------------
+
+
+@implementer(ISubscriber, IPushProducer)
+class HeldStream(_Hold):
+    """A stream: initial response at once, then every published ``http-stream`` content.
+
+    Registered as the request's push producer, so it knows when the client stops reading;
+    past ``max_buffer`` queued bytes while paused the client is dropped. With a
+    ``Grip-Link rel=next`` it recovers on a gap or after the link's idle timeout: items
+    arriving during the fetch are queued and spliced after the origin's answer, so each
+    reaches the client once.
+    """
+
+    formats = ("http-stream",)
+
+    def __init__(self, request: Request, router: Router, clock: IReactorTime,
+                 instruct: Instruct, origin: Origin,
+                 max_buffer: int = DEFAULT_MAX_CLIENT_BUFFER) -> None:
+        super().__init__(request, router, clock, instruct, origin)
+        self.max_buffer = max_buffer
+        self._paused = False
+        self._queued_while_paused = 0
+        self._last_ids: dict[str, str | None] = {}
+        self._recovering: list[tuple[Item, Format, PreparedChunk | None]] | None = None
+
+    def start(self, send_head: bool = True) -> None:
+        """Send the origin's response head and body (unless continuing a response that
+        already started, as after a Grip-Link), subscribe, and start the timers."""
+        response = self.instruct.response
+        if send_head:
+            set_status_and_headers(self.request, response.code, response.reason,
+                                   response.headers)
+        self.request.registerProducer(self, True)
+        self._start()
+        self._adopt(self.instruct)
+        self._write(response.body)
+
+    def _adopt(self, instruct: Instruct) -> None:
+        """Take the (possibly fresh) instruction's channels, last ids and timers."""
+        self.instruct = instruct
+        for channel in instruct.channels:
+            self._last_ids[self.origin.channel_name(channel.name)] = channel.prev_id
+        self._restart_keep_alive(force=True)
+        self._restart_link_timer()
+
+    # -- writing ------------------------------------------------------------------------
+
+    def _write(self, data: bytes, chunk: bytes | None = None) -> None:
+        if self.ended or not data:
+            return
+        if self._paused:
+            self._queued_while_paused += len(data)
+            if self._queued_while_paused > self.max_buffer:
+                self._log.warn("dropping a stream client that does not read ({size} bytes "
+                               "queued)", size=self._queued_while_paused)
+                self._end()
+                self.request.channel.transport.abortConnection()
+                return
+        if chunk is not None and self.request.chunked:
+            self.request.channel.write(chunk)  # framing built once per item by the renderer
+        else:
+            self.request.write(data)
+        self._restart_keep_alive(force=False)
+
+    def _restart_keep_alive(self, force: bool) -> None:
+        keep_alive: KeepAlive | None = self.instruct.keep_alive
+        if keep_alive is None or (keep_alive.mode == "interval" and not force):
+            return
+        self._set_timer("keep-alive", keep_alive.timeout, self._send_keep_alive)
+
+    def _send_keep_alive(self) -> None:
+        assert self.instruct.keep_alive is not None
+        self._write(self.instruct.keep_alive.data)
+        self._restart_keep_alive(force=True)
+
+    def _restart_link_timer(self) -> None:
+        link = self.instruct.next_link
+        if link is not None:
+            self._set_timer("link", link.timeout, self.recover)
+
+    # -- publishing ---------------------------------------------------------------------
+
+    def deliver(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
+        if self.ended:
+            return
+        if self._recovering is not None:
+            self._recovering.append((item, fmt, prepared))
+            return
+        if fmt.action == "hint":
+            self.recover()
+            return
+        expected = self._last_ids.get(item.channel)
+        if (self.instruct.next_link is not None and item.prev_id is not None
+                and expected is not None and item.prev_id != expected):
+            self._log.info("gap on {channel}: got prev-id {prev}, expected {expected}; "
+                           "recovering", channel=item.channel, prev=item.prev_id,
+                           expected=expected)
+            self._begin_recovery([(item, fmt, prepared)])
+            return
+        self._apply(item, fmt, prepared)
+
+    def _apply(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
+        if item.id is not None and item.channel in self._last_ids:
+            self._last_ids[item.channel] = item.id
+        if fmt.action == "close":
+            self._finish()
+            return
+        if prepared is not None:
+            self._write(prepared.content, prepared.chunk)
+        self._restart_link_timer()
+
+    def _finish(self) -> None:
+        if self._end():
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def close(self, reason: str) -> None:
+        self._finish()
+
+    # -- recovery -----------------------------------------------------------------------
+
+    def recover(self) -> None:
+        self._begin_recovery([])
+
+    def _begin_recovery(self, queued: list[tuple[Item, Format, PreparedChunk | None]]) -> None:
+        link = self.instruct.next_link
+        if self.ended or link is None or self._recovering is not None:
+            return
+        self._recovering = queued
+        self._cancel_timer("link")
+        grip_last = [
+            ("Grip-Last", f"{c.name}; last-id={last}")
+            for c in self.instruct.channels
+            if (last := self._last_ids.get(self.origin.channel_name(c.name))) is not None
+        ]
+        self.origin.fetch_link(link, grip_last).addCallbacks(self._recovered, self._link_failed)
+
+    def _link_failed(self, failure: Failure) -> None:
+        if self.ended:
+            return
+        reason = failure.getErrorMessage() if failure.check(GripError) else repr(failure.value)
+        self._log.warn("stream recovery via Grip-Link failed: {reason}", reason=reason)
+        queued, self._recovering = self._recovering or [], None
+        self._restart_link_timer()
+        for entry in queued:
+            self._apply(*entry)
+
+    def _recovered(self, answer: Instruct) -> None:
+        if self.ended:
+            return
+        queued, self._recovering = self._recovering or [], None
+        if answer.hold == "stream":
+            self.router.unsubscribe_all(self)
+            self._subscribe(answer)
+            self._write(answer.response.body)
+            self._adopt(answer)
+        else:
+            self._write(answer.response.body)
+            if answer.next_link is None:
+                self._finish()
+                return
+            self.instruct = replace(self.instruct, next_link=answer.next_link)
+            self._restart_link_timer()
+        self._splice(queued)
+
+    def _splice(self, queued: list[tuple[Item, Format, PreparedChunk | None]]) -> None:
+        """Deliver the items that arrived during the fetch and that the answer did not
+        already cover: on each channel, those after the item whose id is the answer's
+        prev-id."""
+        covered: dict[str, int] = {}
+        for index, (item, _fmt, _prepared) in enumerate(queued):
+            if item.id is not None and item.id == self._last_ids.get(item.channel):
+                covered[item.channel] = index
+        for index, entry in enumerate(queued):
+            if self.ended:
+                return
+            if index > covered.get(entry[0].channel, -1):
+                self._apply(*entry)
+
+    # -- producer (client flow control) -------------------------------------------------
+
+    @override
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    @override
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._queued_while_paused = 0
+
+    @override
+    def stopProducing(self) -> None:
+        self._end()

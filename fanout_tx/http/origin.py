@@ -1,0 +1,222 @@
+"""Talking to the origin: the request it gets (SPEC A2 header rules) and body readers.
+
+Pure header building plus two small IProtocol body consumers: one that collects a bounded
+body (GRIP instructions), one that relays a body to the client chunk by chunk with flow
+control in both directions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from OpenSSL import SSL
+from twisted.internet import ssl
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.server import Request
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx.config import Config
+from fanout_tx.grip.instruct import GripError
+from fanout_tx.grip.signature import grip_sig
+from fanout_tx.http.headers import Header, end_to_end
+from fanout_tx.routes import Route, Target
+
+# What this server really implements (Pushpin also lists session and filter:build-id).
+GRIP_FEATURES = (
+    "status, link:next, filter:skip-self, filter:skip-users, filter:require-sub, "
+    "filter:var-subst"
+)
+
+DEFAULT_MAX_HOLD_BODY = 100_000  # Pushpin's limit on an instruction's body
+DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The ``[proxy]``/``[handler]`` values the proxy uses."""
+
+    sig_iss: str = "pushpin"
+    sig_key: bytes = b""
+    x_forwarded_for: tuple[str, ...] = ()
+    set_x_forwarded_protocol: str = "false"
+    accept_x_forwarded_protocol: bool = False
+    connection_subscription_max: int = 20
+    max_hold_body: int = DEFAULT_MAX_HOLD_BODY
+    max_request_body: int = DEFAULT_MAX_REQUEST_BODY
+
+    @classmethod
+    def from_config(cls, config: Config) -> ProxySettings:
+        proxy = config.proxy
+        return cls(
+            sig_iss=proxy.sig_iss, sig_key=proxy.sig_key,
+            x_forwarded_for=proxy.x_forwarded_for,
+            set_x_forwarded_protocol=proxy.set_x_forwarded_protocol,
+            accept_x_forwarded_protocol=proxy.accept_x_forwarded_protocol,
+            connection_subscription_max=config.handler.connection_subscription_max,
+        )
+
+
+def header_pairs(headers: Headers) -> list[Header]:
+    return [
+        (name.decode("latin-1"), value.decode("latin-1"))
+        for name, values in headers.getAllRawHeaders() for value in values
+    ]
+
+
+def forwarded_for(existing: list[str], client: str, rules: Sequence[str]) -> list[str]:
+    """``X-Forwarded-For`` after ``x_forwarded_for`` rules (``truncate:N``, ``append``)."""
+    entries = [e.strip() for v in existing for e in v.split(",") if e.strip()]
+    for rule in rules:
+        if rule.startswith("truncate:"):
+            keep = int(rule.partition(":")[2] or 0)
+            entries = entries[:keep]
+        elif rule == "append" and client:
+            entries.append(client)
+    return entries
+
+
+def origin_url(target: Target, path_and_query: bytes) -> bytes:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    scheme = "https" if target.ssl else "http"
+    return f"{scheme}://{host}:{target.port}".encode("ascii") + path_and_query
+
+
+def origin_headers(
+    request: Request, route: Route, target: Target, settings: ProxySettings, now: float,
+    extra: Sequence[Header] = (),
+) -> Headers:
+    """The headers the origin gets: end-to-end client headers without Grip-*, then the
+    route's, the forwarding headers, ``Grip-Sig`` and ``Grip-Feature``."""
+    incoming = header_pairs(request.requestHeaders)
+    drop = {"host", "content-length", "expect", "x-forwarded-for"}
+    if not settings.accept_x_forwarded_protocol:
+        drop |= {"x-forwarded-proto", "x-forwarded-protocol"}
+    pairs = end_to_end(incoming, drop=drop)
+    client_host = next((v for n, v in incoming if n.lower() == "host"), "")
+    host = route.as_host or target.host_header or client_host or f"{target.host}:{target.port}"
+    route_names = {n.lower() for n, _v in route.headers}
+    pairs = [(n, v) for n, v in pairs if n.lower() not in route_names]
+    pairs.extend(route.headers)
+    pairs.append(("Host", host))
+    xff = forwarded_for(
+        [v for n, v in incoming if n.lower() == "x-forwarded-for"],
+        getattr(request.getClientAddress(), "host", ""), settings.x_forwarded_for,
+    )
+    if xff:
+        pairs.append(("X-Forwarded-For", ", ".join(xff)))
+    # As Pushpin 1.36 does: the protocol header is set for TLS clients only.
+    if settings.set_x_forwarded_protocol != "false" and request.isSecure():
+        pairs.append(("X-Forwarded-Proto", "https"))
+        if settings.set_x_forwarded_protocol == "true":
+            pairs.append(("X-Forwarded-Protocol", "https"))
+    key = route.sig_key or settings.sig_key
+    if key:
+        pairs.append(("Grip-Sig", grip_sig(route.sig_iss or settings.sig_iss, key, now)))
+    pairs.append(("Grip-Feature", GRIP_FEATURES))
+    pairs.extend(extra)
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    return headers
+
+
+class BodyCollector(Protocol):
+    """Collects a body of at most ``limit`` bytes; more is a GripError (-> 502)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.done: Deferred[bytes] = Deferred()
+        self._failed = False
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self._failed:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self._failed = True
+            self.transport.stopProducing()
+            self.done.errback(GripError(f"instruction body larger than {self.limit} bytes"))
+            return
+        self.parts.append(data)
+
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self._failed:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.parts))
+        else:
+            self.done.errback(reason)
+
+
+@implementer(IPushProducer)
+class BodyRelay(Protocol):
+    """Relays an origin body to the client as it arrives. As the client request's push
+    producer, a client that stops reading pauses the origin connection."""
+
+    def __init__(self, request: Request) -> None:
+        self.request = request
+        self.done: Deferred[None] = Deferred()
+
+    @override
+    def connectionMade(self) -> None:
+        self.request.registerProducer(self, True)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.request.write(data)
+
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if self.request.producer is self:
+            self.request.unregisterProducer()
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(reason)
+
+    @override
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()
+
+    @override
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()
+
+    @override
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()
+
+
+@implementer(IOpenSSLClientConnectionCreator)
+class _Unverified:
+    """TLS to an origin without certificate checks (route target option ``insecure``)."""
+
+    def __init__(self, hostname: bytes) -> None:
+        self.hostname = hostname
+
+    def clientConnectionForTLS(self, tls_protocol: Any) -> SSL.Connection:  # noqa: N802
+        context = ssl.CertificateOptions().getContext()
+        connection = SSL.Connection(context, None)
+        connection.set_app_data(tls_protocol)
+        connection.set_tlsext_host_name(self.hostname)
+        return connection
+
+
+@implementer(IPolicyForHTTPS)
+class InsecurePolicy:
+    def creatorForNetloc(self, hostname: bytes, port: int) -> _Unverified:  # noqa: N802
+        return _Unverified(hostname)

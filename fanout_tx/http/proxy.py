@@ -1,0 +1,406 @@
+"""The GRIP reverse proxy on the client port (SPEC A2, A3, A6).
+
+``ProxyResource`` finds the route and hands the request to a ``ProxySession``, which forwards
+it (failing over between targets on connect errors) and then either relays the answer chunk
+by chunk, or, when the answer is a GRIP instruction, holds the request (hold.py). The session
+is also what a hold calls back to re-request the origin (hint, recover, prev-id) or to follow
+a ``Grip-Link``.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any, Protocol
+from urllib.parse import urljoin
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.error import ConnectError, DNSLookupError
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web import server
+from twisted.web.client import FileBodyProducer
+from twisted.web.iweb import IAgent, IResponse
+from twisted.web.resource import Resource
+from typing_extensions import override
+
+from fanout_tx.grip.instruct import (
+    Channel,
+    GripError,
+    Instruct,
+    Link,
+    Response,
+    is_instruct,
+    parse_instruct,
+    parse_link,
+)
+from fanout_tx.http.headers import Header, end_to_end, get
+from fanout_tx.http.hold import (
+    DEFAULT_MAX_CLIENT_BUFFER,
+    HeldResponse,
+    HeldStream,
+    set_status_and_headers,
+    write_response,
+)
+from fanout_tx.http.origin import (
+    BodyCollector,
+    BodyRelay,
+    ProxySettings,
+    header_pairs,
+    origin_headers,
+    origin_url,
+)
+from fanout_tx.router import Router
+from fanout_tx.routes import Route, RouteTable
+
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_TEXT = [("Content-Type", "text/plain")]
+
+
+class RouteSource(Protocol):
+    """Anything with the current route table (``RoutesFile`` reloads it)."""
+
+    table: RouteTable
+
+
+class WebSocketHandler(Protocol):
+    """The seam for issue 4: renders a request that asks for ``Upgrade: websocket`` (it
+    does its own ``proto=ws`` route lookup)."""
+
+    def render(self, request: server.Request) -> Any: ...
+
+
+class ProxyRequest(server.Request):
+    """A request whose body is refused (413) past the site's ``max_request_body``."""
+
+    body_too_large = False
+    _body_size = 0
+
+    def _limit(self) -> int:
+        return getattr(self.channel.site, "max_request_body", ProxySettings.max_request_body)
+
+    @override
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            self.content = io.BytesIO()
+            return
+        super().gotLength(length)
+
+    @override
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.body_too_large:
+            return
+        self._body_size += len(data)
+        if self._body_size > self._limit():
+            self.body_too_large = True
+            self.content.close()
+            self.content = io.BytesIO()
+            return
+        super().handleContentChunk(data)
+
+
+def proxy_site(resource: ProxyResource) -> server.Site:
+    site = server.Site(resource, requestFactory=ProxyRequest)
+    site.max_request_body = resource.settings.max_request_body  # type: ignore[attr-defined]
+    site.displayTracebacks = False
+    return site
+
+
+def plain(request: server.Request, code: int, text: str) -> bytes:
+    """A short text/plain answer for errors the proxy itself produces."""
+    set_status_and_headers(request, code, None, _TEXT)
+    return text.encode("utf-8")
+
+
+class ProxyResource(Resource):
+    """Serves the client port: route lookup, then a ProxySession per request."""
+
+    isLeaf = True
+    _log = Logger()
+
+    def __init__(
+        self, routes: RouteSource, router: Router, clock: IReactorTime, agent: IAgent,
+        settings: ProxySettings | None = None, insecure_agent: IAgent | None = None,
+        websocket_handler: WebSocketHandler | None = None,
+        max_client_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
+    ) -> None:
+        super().__init__()
+        self.routes = routes
+        self.router = router
+        self.clock = clock
+        self.agent = agent
+        self.insecure_agent = insecure_agent or agent
+        self.settings = settings or ProxySettings()
+        self.websocket_handler = websocket_handler
+        self.max_client_buffer = max_client_buffer
+
+    @override
+    def render(self, request: server.Request) -> Any:
+        if getattr(request, "body_too_large", False):
+            self._log.info("413 for {uri}: body over {limit} bytes", uri=request.uri,
+                           limit=self.settings.max_request_body)
+            return plain(request, 413, "Request body too large.\n")
+        host = (request.getHeader(b"host") or b"").decode("latin-1")
+        path = request.path.decode("utf-8", "replace")
+        if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
+            if self.websocket_handler is None:
+                return plain(request, 501, "WebSocket is not supported on this port.\n")
+            return self.websocket_handler.render(request)
+        route = self.routes.table.match(host, path, "http", request.isSecure())
+        if route is None:
+            self._log.info("no route for {host}{path}", host=host, path=path)
+            return plain(request, 502, f"No route for host: {host}\n")
+        request.defaultContentType = None
+        for name in (b"server", b"date"):
+            request.responseHeaders.removeHeader(name)
+        if route.targets[0].kind == "test":
+            return self._render_test(request, route)
+        ProxySession(self, request, route).start()
+        return server.NOT_DONE_YET
+
+    def _render_test(self, request: server.Request, route: Route) -> Any:
+        """Pushpin's built-in ``test`` target, as Pushpin 1.36 answers it."""
+        if request.path == b"/":
+            return plain(request, 200, "Hello from the Pushpin test handler!\n")
+        if request.path == b"/stream":
+            instruct = Instruct(
+                hold="stream", channels=(Channel("test"),),
+                response=Response(200, None, tuple(_TEXT), b"[stream opened]\n"),
+            )
+            HeldStream(request, self.router, self.clock, instruct, _TestOrigin(route),
+                       self.max_client_buffer).start()
+            return server.NOT_DONE_YET
+        return plain(request, 404, "no such test resource\n")
+
+
+class _TestOrigin:
+    """The ``test`` target has nothing to re-request."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+
+    def retry(self, grip_last: Sequence[Header] = ()) -> None:
+        """Nothing to ask again."""
+
+    def fetch_link(self, link: Link, grip_last: Sequence[Header]) -> Deferred[Instruct]:
+        raise GripError("the test target has no links")
+
+    def channel_name(self, name: str) -> str:
+        return self.route.prefix + name
+
+
+class _Discard(TwistedProtocol):
+    """Takes a response body nobody wants and closes its connection."""
+
+    @override
+    def connectionMade(self) -> None:
+        self.transport.stopProducing()
+
+
+class ProxySession:
+    """One client request and everything done for it at the origin."""
+
+    _log = Logger()
+
+    def __init__(self, proxy: ProxyResource, request: server.Request, route: Route) -> None:
+        self.proxy = proxy
+        self.request = request
+        self.route = route
+        self.gone = False
+        self.url = b""
+        self._pending: Deferred[Any] | None = None
+        self._relay: BodyRelay | None = None
+        self._asked_with_last = False
+        self._hold: HeldResponse | HeldStream | None = None
+        request.notifyFinish().addBoth(self._finished)
+
+    # -- Origin protocol used by the holds ----------------------------------------------
+
+    def channel_name(self, name: str) -> str:
+        return self.route.prefix + name
+
+    def retry(self, grip_last: Sequence[Header] = ()) -> None:
+        if not self.gone:
+            self._hold = None
+            self._forward(0, grip_last)
+
+    def fetch_link(self, link: Link, grip_last: Sequence[Header]) -> Deferred[Instruct]:
+        url = urljoin(self.url.decode("latin-1"), link.uri).encode("latin-1")
+        headers = origin_headers(self.request, self.route, self._target, self.proxy.settings,
+                                 self.proxy.clock.seconds(), grip_last)
+        d = self._agent.request(b"GET", url, headers, None)
+        self._pending = d
+        return d.addCallback(self._read_link_answer)
+
+    def _read_link_answer(self, response: IResponse) -> Deferred[Instruct]:
+        if not 200 <= response.code < 300:
+            response.deliverBody(_Discard())
+            raise GripError(f"Grip-Link answered {response.code}")
+        return self._collect(response).addCallback(
+            lambda body: self._parse(response, header_pairs(response.headers), body)
+        )
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._forward(0, ())
+
+    @property
+    def _target(self) -> Any:
+        return self.route.targets[self._target_index]
+
+    @property
+    def _agent(self) -> IAgent:
+        return self.proxy.insecure_agent if self._target.insecure else self.proxy.agent
+
+    def _forward(self, index: int, extra: Sequence[Header]) -> None:
+        self._target_index = index
+        request, target = self.request, self.route.targets[index]
+        path = self.route.rewrite_path(request.path.decode("utf-8", "replace"))
+        query = request.uri.partition(b"?")
+        self.url = origin_url(target, path.encode("utf-8") + query[1] + query[2])
+        headers = origin_headers(request, self.route, target, self.proxy.settings,
+                                 self.proxy.clock.seconds(), extra)
+        body = None
+        request.content.seek(0, io.SEEK_END)
+        if request.content.tell() or request.method in _BODY_METHODS:
+            request.content.seek(0)
+            body = FileBodyProducer(request.content)
+        d = self._agent.request(request.method, self.url, headers, body)
+        self._pending = d
+        d.addCallback(self._got_response)
+        d.addErrback(self._origin_failed, index, extra)
+
+    def _origin_failed(self, failure: Failure, index: int, extra: Sequence[Header]) -> None:
+        if failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets):
+            self._log.info("origin {url} unreachable, failing over", url=self.url)
+            self._forward(index + 1, extra)
+            return
+        self._fail(failure)
+
+    def _fail(self, failure: Failure) -> None:
+        if self.gone or failure.check(CancelledError):
+            return
+        reason = (failure.getErrorMessage() if failure.check(GripError)
+                  else f"{failure.type.__name__}: {failure.getErrorMessage()}")
+        self._log.warn("proxying {method} {url} failed: {reason}",
+                       method=self.request.method, url=self.url, reason=reason)
+        if self.request.startedWriting:
+            self.request.channel.transport.abortConnection()
+            return
+        write_response(self.request, 502, None, _TEXT, b"Error while proxying to origin.\n")
+
+    def _got_response(self, response: IResponse) -> Deferred[Any] | None:
+        self._pending = None
+        if self.gone:
+            response.deliverBody(_Discard())
+            return None
+        headers = header_pairs(response.headers)
+        if not self.route.no_grip and is_instruct(headers):
+            d = self._collect(response)
+            d.addCallback(lambda body: self._parse(response, headers, body))
+            return d.addCallback(self._handle_instruct).addErrback(self._fail)
+        return self._relay_body(response, headers).addErrback(self._fail)
+
+    def _collect(self, response: IResponse) -> Deferred[bytes]:
+        collector = BodyCollector(self.proxy.settings.max_hold_body)
+        response.deliverBody(collector)
+        return collector.done
+
+    def _parse(self, response: IResponse, headers: list[Header], body: bytes) -> Instruct:
+        reason = response.phrase.decode("latin-1") if response.phrase else None
+        return parse_instruct(response.code, reason, headers, body,
+                              self.proxy.settings.connection_subscription_max)
+
+    # -- plain answers --------------------------------------------------------------------
+
+    def _relay_body(self, response: IResponse, headers: list[Header]) -> Deferred[None]:
+        link = None if self.route.no_grip else parse_link(get(headers, "Grip-Link"))
+        drop = ("content-length",) if link else ()
+        reason = response.phrase.decode("latin-1") if response.phrase else None
+        set_status_and_headers(self.request, response.code, reason, end_to_end(headers, drop))
+        self.request.write(b"")
+        self._relay = BodyRelay(self.request)
+        response.deliverBody(self._relay)
+        return self._relay.done.addCallback(lambda _: self._after_body(link))
+
+    def _after_body(self, link: Link | None) -> Deferred[Any] | None:
+        """A plain body is done: end the response, or follow ``Grip-Link rel=next``."""
+        self._relay = None
+        if self.gone:
+            return None
+        if link is None:
+            self.request.finish()
+            return None
+        return self.fetch_link(link, ()).addCallback(self._continue_chain)
+
+    def _continue_chain(self, answer: Instruct) -> Deferred[Any] | None:
+        if self.gone:
+            return None
+        if answer.hold == "stream":
+            self._start_hold(answer, send_head=False)
+            return None
+        if answer.hold == "response":
+            raise GripError("a Grip-Link answer cannot be a response hold")
+        self.request.write(answer.response.body)
+        return self._after_body(answer.next_link)
+
+    # -- instructions ---------------------------------------------------------------------
+
+    def _handle_instruct(self, instruct: Instruct) -> Deferred[Any] | None:
+        if self.gone:
+            return None
+        if instruct.hold is None:
+            response = instruct.response
+            if instruct.next_link is None:
+                write_response(self.request, response.code, response.reason, response.headers,
+                               response.body)
+                return None
+            set_status_and_headers(self.request, response.code, response.reason,
+                                   response.headers)
+            self.request.write(response.body)
+            return self._after_body(instruct.next_link)
+        if instruct.hold == "response" and not self._asked_with_last:
+            grip_last = self._stale_channels(instruct.channels)
+            if grip_last:
+                # As Pushpin: ask the origin once more at once, telling it where the client is.
+                self._asked_with_last = True
+                self._log.debug("prev-id behind on {last}; re-requesting", last=grip_last)
+                self._forward(0, grip_last)
+                return None
+        self._start_hold(instruct, send_head=True)
+        return None
+
+    def _stale_channels(self, channels: Sequence[Channel]) -> list[Header]:
+        stale = []
+        for channel in channels:
+            last = self.proxy.router.last_id(self.channel_name(channel.name))
+            if channel.prev_id is not None and last is not None and last != channel.prev_id:
+                stale.append(("Grip-Last", f"{channel.name}; last-id={channel.prev_id}"))
+        return stale
+
+    def _start_hold(self, instruct: Instruct, send_head: bool) -> None:
+        proxy = self.proxy
+        if instruct.hold == "stream":
+            stream = HeldStream(self.request, proxy.router, proxy.clock, instruct, self,
+                                proxy.max_client_buffer)
+            self._hold = stream
+            stream.start(send_head)
+        else:
+            held = HeldResponse(self.request, proxy.router, proxy.clock, instruct, self)
+            self._hold = held
+            held.start()
+
+    # -- the client going away ------------------------------------------------------------
+
+    def _finished(self, result: object) -> None:
+        self.gone = True
+        if isinstance(result, Failure):
+            if self._pending is not None:
+                self._pending.cancel()
+            if self._relay is not None and self._relay.transport is not None:
+                self._relay.transport.stopProducing()
+

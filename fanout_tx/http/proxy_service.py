@@ -1,0 +1,54 @@
+"""The ``http-proxy`` service: one listener per ``[runner] http_port`` address, one shared
+connection pool to the origins (closed when the service stops). Binds nothing until
+``startService``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from typing_extensions import override
+
+from fanout_tx.config import Config
+from fanout_tx.http.hold import register_renderers
+from fanout_tx.http.origin import InsecurePolicy, ProxySettings
+from fanout_tx.http.proxy import ProxyResource, RouteSource, WebSocketHandler, proxy_site
+from fanout_tx.router import Router
+
+
+class ProxyService(MultiService):
+    def __init__(self, pool: HTTPConnectionPool, resource: ProxyResource) -> None:
+        super().__init__()
+        self.pool = pool
+        self.resource = resource
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        d = super().stopService()
+        d.addCallback(lambda _: self.pool.closeCachedConnections())
+        return d
+
+
+def build_proxy_service(
+    config: Config, routes: RouteSource, router: Router, reactor: Any,
+    websocket_handler: WebSocketHandler | None = None,
+) -> ProxyService:
+    register_renderers(router)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    agent = Agent(reactor, contextFactory=BrowserLikePolicyForHTTPS(), pool=pool)
+    insecure = Agent(reactor, contextFactory=InsecurePolicy(), pool=pool)
+    resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
+                             insecure_agent=insecure, websocket_handler=websocket_handler)
+    service = ProxyService(pool, resource)
+    site = proxy_site(resource)
+    for address in config.runner.http_ports:
+        listener = StreamServerEndpointService(
+            serverFromString(reactor, address.endpoint_description()), site)
+        listener.setName(f"{address.host}:{address.port}")
+        listener.setServiceParent(service)
+    return service

@@ -1,0 +1,241 @@
+"""The delivery engine: per-subscription queues, the retry schedule, dead letters.
+
+Each subscription has its own queue with at most ``max_in_flight`` attempts running, so a
+slow or dead endpoint only ever holds up its own deliveries. Every change of a delivery's
+state is written through to the store as it happens; the engine's memory is the working
+copy and the store is what a restarted server starts from. Time is the injected clock's.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from fanout_tx.webhooks.client import IWebhookClient, Outcome
+from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.signing import secret_key, signed_headers
+from fanout_tx.webhooks.store import IWebhookStore
+
+MAX_RETRY_AFTER = 3600.0
+MAX_JITTER = 0.2
+# Deliveries waiting per subscription; past it new items go straight to the dead letters,
+# so a dead endpoint cannot grow memory without bound.
+MAX_PENDING = 10_000
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """``Retry-After`` as seconds from ``now`` (delta-seconds or HTTP date), or None."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+class _Queue:
+    """One subscription's deliveries: ready, scheduled (timers) and in flight."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        self.subscription = subscription
+        self.key = secret_key(subscription.secret)
+        self.ready: deque[Delivery] = deque()
+        self.timers: dict[str, IDelayedCall] = {}
+        self.in_flight: dict[str, Deferred[Any]] = {}
+        self.pending: set[str] = set()
+        self.closed = False
+        self.pumping = False
+
+    def close(self) -> None:
+        self.closed = True
+        for timer in self.timers.values():
+            timer.cancel()
+        for attempt in list(self.in_flight.values()):
+            attempt.cancel()
+        self.timers.clear()
+        self.ready.clear()
+        self.pending.clear()
+
+
+class DeliveryEngine:
+    _log = Logger()
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        client: IWebhookClient,
+        store: IWebhookStore,
+        retry_schedule: Sequence[float],
+        max_in_flight: int,
+        jitter: Callable[[], float] = random.random,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self._clock = clock
+        self._client = client
+        self._store = store
+        self._schedule = tuple(retry_schedule)
+        self._max_in_flight = max(1, max_in_flight)
+        # Called with a subscription id when its endpoint answers 410; set by the service.
+        self.on_gone: Callable[[str], object] = lambda _subscription_id: None
+        self._jitter = jitter
+        self._max_pending = max_pending
+        self._queues: dict[str, _Queue] = {}
+        self.attempts: Counter[str] = Counter()  # success / failure
+        self.dead_letters = 0
+
+    # -- subscriptions --------------------------------------------------------------------
+
+    def open(self, subscription: Subscription) -> None:
+        self._queues[subscription.id] = _Queue(subscription)
+
+    def close(self, subscription_id: str) -> None:
+        """Forget a subscription's queue; its in-flight attempts are cancelled."""
+        queue = self._queues.pop(subscription_id, None)
+        if queue is not None:
+            queue.close()
+
+    def stop(self) -> None:
+        for subscription_id in list(self._queues):
+            self.close(subscription_id)
+
+    def pending_count(self, subscription_id: str) -> int:
+        queue = self._queues.get(subscription_id)
+        return len(queue.pending) if queue is not None else 0
+
+    # -- deliveries -----------------------------------------------------------------------
+
+    def enqueue(self, delivery: Delivery) -> None:
+        """A new delivery: saved, then attempted after the schedule's first delay."""
+        queue = self._queues.get(delivery.subscription_id)
+        if queue is None or delivery.webhook_id in queue.pending:
+            return  # a publisher's retry of an item still pending here
+        if len(queue.pending) >= self._max_pending:
+            delivery.last_error = f"queue full ({self._max_pending} deliveries pending)"
+            self._bury(delivery)
+            return
+        delivery.due = self._clock.seconds() + self._delay(0)
+        self._written(self._store.save_delivery(delivery), delivery)
+        self._schedule_attempt(queue, delivery)
+
+    def restore(self, delivery: Delivery) -> None:
+        """A delivery read back from the store at start-up: attempted at its due time."""
+        queue = self._queues.get(delivery.subscription_id)
+        if queue is not None and delivery.webhook_id not in queue.pending:
+            self._schedule_attempt(queue, delivery)
+
+    def _delay(self, attempt_index: int) -> float:
+        """The schedule's delay before an attempt, stretched by 0-20 %, never shortened."""
+        return self._schedule[attempt_index] * (1.0 + MAX_JITTER * self._jitter())
+
+    def _schedule_attempt(self, queue: _Queue, delivery: Delivery) -> None:
+        queue.pending.add(delivery.webhook_id)
+        wait = delivery.due - self._clock.seconds()
+        if wait > 0:
+            queue.timers[delivery.webhook_id] = self._clock.callLater(
+                wait, self._due, queue, delivery
+            )
+        else:
+            queue.ready.append(delivery)
+            self._pump(queue)
+
+    def _due(self, queue: _Queue, delivery: Delivery) -> None:
+        del queue.timers[delivery.webhook_id]
+        queue.ready.append(delivery)
+        self._pump(queue)
+
+    def _pump(self, queue: _Queue) -> None:
+        if queue.pumping:  # an attempt that finished at once; the running loop goes on
+            return
+        queue.pumping = True
+        try:
+            while queue.ready and len(queue.in_flight) < self._max_in_flight:
+                self._attempt(queue, queue.ready.popleft())
+        finally:
+            queue.pumping = False
+
+    def _attempt(self, queue: _Queue, delivery: Delivery) -> None:
+        delivery.attempts += 1
+        timestamp = int(self._clock.seconds())
+        headers = [
+            *delivery.headers,
+            *signed_headers(queue.key, delivery.webhook_id, timestamp, delivery.body),
+        ]
+        attempt = self._client.request(delivery.method, delivery.url, headers, delivery.body)
+        queue.in_flight[delivery.webhook_id] = attempt
+        attempt.addCallback(self._finished, queue, delivery)
+        attempt.addErrback(self._unexpected)
+
+    def _unexpected(self, failure: Failure) -> None:
+        if not failure.check(CancelledError):  # cancelled = the subscription went away
+            self._log.failure("webhook attempt handling failed", failure)
+
+    def _finished(self, outcome: Outcome, queue: _Queue, delivery: Delivery) -> None:
+        queue.in_flight.pop(delivery.webhook_id, None)
+        if queue.closed:
+            return
+        subscription_id = delivery.subscription_id
+        if outcome.ok:
+            self.attempts["success"] += 1
+            queue.pending.discard(delivery.webhook_id)
+            self._written(self._store.delete_delivery(subscription_id, delivery.webhook_id),
+                          delivery)
+        else:
+            self.attempts["failure"] += 1
+            delivery.last_status = outcome.status
+            delivery.last_error = outcome.error or f"HTTP {outcome.status}"
+            self._log.info(
+                "webhook {webhook_id} to {url} failed (attempt {attempts}): {error}",
+                webhook_id=delivery.webhook_id, url=delivery.url, attempts=delivery.attempts,
+                error=delivery.last_error,
+            )
+            if outcome.status == 410:
+                self.on_gone(subscription_id)
+                return
+            self._retry_or_bury(queue, delivery, outcome)
+        self._pump(queue)
+
+    def _retry_or_bury(self, queue: _Queue, delivery: Delivery, outcome: Outcome) -> None:
+        if delivery.attempts >= len(self._schedule):
+            queue.pending.discard(delivery.webhook_id)
+            self._bury(delivery)
+            return
+        now = self._clock.seconds()
+        wait = self._delay(delivery.attempts)
+        asked = parse_retry_after(outcome.retry_after, now)
+        if asked is not None:
+            wait = max(wait, min(asked, MAX_RETRY_AFTER))
+        delivery.due = now + wait
+        self._written(self._store.save_delivery(delivery), delivery)
+        self._schedule_attempt(queue, delivery)
+
+    def _bury(self, delivery: Delivery) -> None:
+        self.dead_letters += 1
+        self._log.warn(
+            "webhook {webhook_id} to {url} is a dead letter after {attempts} attempts: {error}",
+            webhook_id=delivery.webhook_id, url=delivery.url, attempts=delivery.attempts,
+            error=delivery.last_error,
+        )
+        self._written(self._store.bury(delivery), delivery)
+
+    def _written(self, write: Deferred[Any], delivery: Delivery) -> None:
+        def failed(failure: Failure) -> None:
+            self._log.error(
+                "could not store webhook {webhook_id}: {error}",
+                webhook_id=delivery.webhook_id, error=failure.getErrorMessage(),
+            )
+
+        write.addErrback(failed)

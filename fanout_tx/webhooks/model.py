@@ -1,0 +1,150 @@
+"""Webhook value types (subscription, delivery) and the pure parser for a create request.
+
+Both value types round-trip through JSON, which is how the Redis store keeps them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from fanout_tx.formats.base import FormatError, headers
+from fanout_tx.formats.webhook import check_header_names
+from fanout_tx.items import MAX_CHANNEL_LENGTH
+from fanout_tx.webhooks.signing import SecretError, secret_key
+from fanout_tx.webhooks.ssrf import UrlError, parse_url
+
+MAX_CHANNELS = 100
+
+Headers = tuple[tuple[str, str], ...]
+
+
+class RequestError(ValueError):
+    """A subscription request is invalid; ``str()`` is the reason sent back with the 400."""
+
+
+@dataclass(frozen=True)
+class Subscription:
+    id: str
+    url: str
+    channels: tuple[str, ...]
+    secret: str
+    headers: Headers = ()
+
+    def describe(self) -> dict[str, Any]:
+        """What list/get show: everything but the secret, which only the create answer has."""
+        return {
+            "id": self.id, "url": self.url, "channels": list(self.channels),
+            "headers": dict(self.headers),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Subscription:
+        obj = json.loads(text)
+        return cls(
+            obj["id"], obj["url"], tuple(obj["channels"]), obj["secret"],
+            tuple((k, v) for k, v in obj["headers"]),
+        )
+
+
+@dataclass
+class Delivery:
+    """One item for one subscription until it succeeds or becomes a dead letter.
+
+    ``due`` is the wall-clock time (the injected clock's seconds) of the next attempt, so a
+    restarted server picks up the schedule where the previous one left it.
+    """
+
+    webhook_id: str
+    subscription_id: str
+    channel: str
+    method: str
+    url: str
+    headers: Headers
+    body: bytes
+    attempts: int = 0
+    due: float = 0.0
+    last_status: int | None = None
+    last_error: str | None = None
+
+    def to_json(self) -> str:
+        obj = asdict(self)
+        obj["body"] = base64.b64encode(self.body).decode("ascii")
+        return json.dumps(obj)
+
+    @classmethod
+    def from_json(cls, text: str) -> Delivery:
+        obj = json.loads(text)
+        obj["body"] = base64.b64decode(obj["body"])
+        obj["headers"] = tuple((k, v) for k, v in obj["headers"])
+        return cls(**obj)
+
+    def dead_letter(self) -> dict[str, Any]:
+        return {
+            "webhook-id": self.webhook_id, "channel": self.channel, "attempts": self.attempts,
+            "last_status": self.last_status, "last_error": self.last_error,
+        }
+
+
+@dataclass(frozen=True)
+class NewSubscription:
+    url: str
+    channels: tuple[str, ...]
+    secret: str | None
+    headers: Headers
+    verify: bool | None
+
+
+def _channels(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise RequestError("channels must be a non-empty list of channel names")
+    if len(value) > MAX_CHANNELS:
+        raise RequestError(f"at most {MAX_CHANNELS} channels per subscription")
+    for name in value:
+        if not isinstance(name, str) or not name or len(name) > MAX_CHANNEL_LENGTH:
+            raise RequestError(
+                f"channels must be strings of 1 to {MAX_CHANNEL_LENGTH} characters"
+            )
+    return tuple(dict.fromkeys(value))
+
+
+def parse_new_subscription(body: bytes) -> NewSubscription:
+    """``{"url", "channels", "secret"?, "headers"?, "verify"?}`` or RequestError."""
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise RequestError("body is not valid JSON") from None
+    if not isinstance(obj, Mapping):
+        raise RequestError("body must be a JSON object")
+    unknown = sorted(set(obj) - {"url", "channels", "secret", "headers", "verify"})
+    if unknown:
+        raise RequestError(f"unknown field {unknown[0]!r}")
+    try:
+        url = parse_url(obj.get("url")).url
+    except UrlError as e:
+        raise RequestError(str(e)) from None
+    secret = obj.get("secret")
+    if secret is not None:
+        if not isinstance(secret, str):
+            raise RequestError("secret must be a string")
+        try:
+            secret_key(secret)
+        except SecretError as e:
+            raise RequestError(str(e)) from None
+    verify = obj.get("verify")
+    if verify is not None and not isinstance(verify, bool):
+        raise RequestError("verify must be true or false")
+    if obj.get("headers") is not None and not isinstance(obj["headers"], Mapping):
+        raise RequestError("headers must be an object of strings")
+    try:
+        pairs = headers(obj)
+        check_header_names(pairs)
+    except FormatError as e:
+        raise RequestError(str(e)) from None
+    return NewSubscription(url, _channels(obj.get("channels")), secret, pairs, verify)

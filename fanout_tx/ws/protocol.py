@@ -1,0 +1,179 @@
+"""The autobahn side: one server protocol per client WebSocket, adapting frames to a session.
+
+The factory is shared by every connection. Its ``render`` is registered with the router
+for ``ws-message``, so a published message is framed once (``prepareMessage``) and each
+subscriber only writes the prepared bytes (``sendPreparedMessage``). Per connection: a
+maximum message size (autobahn closes with 1009 past it) and a bounded outbound buffer:
+while the transport asks us to pause, bytes sent are counted, and past the limit the
+connection is closed with 1008 instead of queueing without end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.interfaces import IPushProducer
+from twisted.logger import Logger
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx.formats import Format
+
+DEFAULT_MAX_MESSAGE = 1_000_000
+DEFAULT_MAX_OUTBOUND = 1_000_000
+
+CLOSE_POLICY = 1008
+CLOSE_INTERNAL = 1011
+
+
+@implementer(IPushProducer)
+class OutboundGuard:
+    """Registered as the transport's push producer: knows when the kernel buffer is full
+    and counts what is written meanwhile."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.paused = False
+        self.backlog = 0
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.paused = False
+        self.backlog = 0
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.paused = True
+
+    def written(self, size: int) -> bool:
+        """Count ``size`` bytes; False once the backlog is over the limit."""
+        if not self.paused:
+            return True
+        self.backlog += size
+        return self.backlog <= self.limit
+
+
+class ClientProtocol(WebSocketServerProtocol):
+    """One client connection. ``session`` (a WsOverHttpSession or a ws proxy session) is
+    set by the handler before the handshake is replayed; ``accepted`` holds the
+    subprotocol and headers for the 101 response."""
+
+    _log = Logger()
+
+    session: Any = None
+    accepted: Any = None
+    guard: OutboundGuard | None = None
+    _closing = False
+
+    @override
+    def onConnect(self, request: ConnectionRequest) -> tuple[str | None, dict[str, list[str]]]:  # noqa: N802
+        accepted = self.accepted
+        subprotocol = accepted.subprotocol
+        if subprotocol is not None and subprotocol not in request.protocols:
+            subprotocol = None
+        return subprotocol, accepted.headers
+
+    @override
+    def onOpen(self) -> None:  # noqa: N802
+        self.guard = OutboundGuard(self.factory.max_outbound)
+        # twisted.web's HTTPChannel registered itself before the upgrade took the transport
+        self.transport.unregisterProducer()
+        self.transport.registerProducer(self.guard, True)
+        self.session.attach(self)
+
+    @override
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        self.session.client_message(payload, isBinary)
+
+    @override
+    def onPing(self, payload: bytes) -> None:  # noqa: N802
+        super().onPing(payload)
+        self.session.client_ping(payload)
+
+    @override
+    def onPong(self, payload: bytes) -> None:  # noqa: N802
+        self.session.client_pong(payload)
+
+    @override
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
+        session, self.session = self.session, None
+        if self.failedByMe:
+            self._log.warn("closed a client for bad input: {code} {reason}",
+                           code=self.localCloseCode, reason=self.localCloseReason)
+        if session is None or self._closing:
+            return  # a server-side close: the session already knows
+        if wasClean and self.remoteCloseCode is not None:
+            session.client_closed(self.remoteCloseCode, self.remoteCloseReason or "")
+        elif wasClean:
+            session.client_closed(None, "")
+        else:
+            session.client_lost()
+
+    # -- WsClient ---------------------------------------------------------------------------
+
+    def _room_for(self, size: int) -> bool:
+        guard = self.guard
+        if guard is None or guard.written(size):
+            return True
+        self._log.warn("client too slow: over {limit} bytes queued; closing",
+                       limit=guard.limit)
+        self._closing = True
+        self.sendClose(CLOSE_POLICY, "outbound buffer full")
+        self.dropConnection(abort=True)
+        return False
+
+    def send_message(self, payload: bytes, binary: bool) -> None:
+        if self.state == self.STATE_OPEN and self._room_for(len(payload)):
+            self.sendMessage(payload, binary)
+
+    def send_prepared(self, prepared: Any) -> None:
+        if self.state == self.STATE_OPEN and self._room_for(len(prepared.payloadHybi)):
+            self.sendPreparedMessage(prepared)
+
+    def send_ping(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN and self._room_for(len(payload)):
+            self.sendPing(payload[:125] or None)
+
+    def send_pong(self, payload: bytes) -> None:
+        if self.state == self.STATE_OPEN and self._room_for(len(payload)):
+            self.sendPong(payload[:125] or None)
+
+    def close(self, code: int | None, reason: str) -> None:
+        """Server-side close (origin, publish or failure); the session already knows."""
+        self._closing = True
+        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
+            if code is None or code == 1005:
+                self.sendClose()
+            else:
+                self.sendClose(code, reason[:120] or None)
+
+    def abort(self) -> None:
+        self._closing = True
+        self.dropConnection(abort=True)
+
+
+class ClientFactory(WebSocketServerFactory):
+    """Shared by every client WebSocket; renders published ``ws-message`` items once."""
+
+    protocol = ClientProtocol
+
+    def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
+                 max_outbound: int = DEFAULT_MAX_OUTBOUND) -> None:
+        super().__init__()
+        self.max_outbound = max_outbound
+        self.setProtocolOptions(
+            maxMessagePayloadSize=max_message,
+            maxFramePayloadSize=max_message,
+            # the handler already did the HTTP side: no Host / Origin checks here
+            requireMaskedClientFrames=True,
+            failByDrop=False,  # bad input gets a close frame with its code (1009, 1007...)
+        )
+
+    def render(self, fmt: Format) -> Any:
+        """The router's renderer for ``ws-message``: one PreparedMessage per item."""
+        if fmt.action != "send" or fmt.fields.get("type") not in ("text", "binary"):
+            return None
+        return self.prepareMessage(fmt.content or b"", fmt.fields["type"] == "binary")

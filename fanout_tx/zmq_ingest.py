@@ -1,0 +1,218 @@
+"""ZeroMQ publish inputs (SPEC A5): a PULL socket and SUB sockets inside the reactor.
+
+Each socket's ``zmq.FD`` is registered as an ``IReadDescriptor``. That FD is edge-triggered:
+it only says "the socket's events may have changed", and any operation on the socket
+(``recv``, ``setsockopt``, reading ``zmq.EVENTS``) may consume the notification. So every
+readiness drains until ``zmq.EVENTS`` has no ``POLLIN`` left, and a drain is scheduled after
+every ``setsockopt`` and at start-up, or messages could sit unread until the next one.
+
+Bad messages (wrong number of parts, unparsable payloads, invalid items) are logged with the
+reason and dropped; the socket keeps working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+from twisted.application.service import Service
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IDelayedCall, IReadDescriptor
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx.interfaces import IBus, IChannelListener
+from fanout_tx.items import Item, PublishError, decode_message, parse_item
+from fanout_tx.router import Router
+
+# Messages handled per reactor turn before yielding, so a flood cannot starve other I/O.
+DRAIN_BATCH = 500
+
+
+@implementer(IReadDescriptor)
+class _ZmqInput(Service):
+    """One ZeroMQ socket feeding the bus; subclasses say how to open it and read a message."""
+
+    _log = Logger()
+    input_name = ""
+    socket_type = 0
+
+    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
+        self._reactor = reactor
+        self._context = context
+        self._bus = bus
+        self._socket: zmq.Socket | None = None
+        self._fd = -1
+        self._again: IDelayedCall | None = None
+        self.endpoints: list[str] = []
+
+    # -- Service --------------------------------------------------------------------------
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        sock = self._context.socket(self.socket_type)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            self.endpoints = self._open(sock)
+        except zmq.ZMQError as e:
+            sock.close(linger=0)
+            self._log.error("{input} not started: {reason}", input=self.input_name,
+                            reason=str(e))
+            return
+        self._socket = sock
+        self._fd = sock.getsockopt(zmq.FD)
+        self._reactor.addReader(self)
+        self._log.info("{input} listening on {endpoints}", input=self.input_name,
+                       endpoints=", ".join(self.endpoints))
+        self.schedule_drain()
+
+    @override
+    def stopService(self) -> None:
+        if self._again is not None and self._again.active():
+            self._again.cancel()
+        self._again = None
+        if self._socket is not None:
+            self._reactor.removeReader(self)
+            self._socket.close(linger=0)
+            self._socket = None
+            self._fd = -1
+        super().stopService()
+
+    def _open(self, sock: zmq.Socket) -> list[str]:
+        """Bind or connect ``sock``; returns the endpoints in use (``LAST_ENDPOINT``)."""
+        raise NotImplementedError
+
+    def _parse(self, parts: list[bytes]) -> Item:
+        """One ZeroMQ message -> Item, or PublishError naming the problem."""
+        raise NotImplementedError
+
+    # -- IReadDescriptor ------------------------------------------------------------------
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> None:  # noqa: N802 - IReadDescriptor
+        self._drain()
+
+    def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - IReadDescriptor
+        """The reactor dropped the descriptor (shutdown); stopService closes the socket."""
+
+    def logPrefix(self) -> str:  # noqa: N802 - ILoggingContext
+        return self.input_name
+
+    # -- reading --------------------------------------------------------------------------
+
+    def schedule_drain(self) -> None:
+        """Read pending messages on the next reactor turn (the FD may not signal them)."""
+        if self._again is None or not self._again.active():
+            self._again = self._reactor.callLater(0, self._drain)
+
+    def _drain(self) -> None:
+        for _ in range(DRAIN_BATCH):
+            sock = self._socket
+            if sock is None:
+                return
+            try:
+                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                    return
+                parts = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._handle(parts)
+        self.schedule_drain()
+
+    def _handle(self, parts: list[bytes]) -> None:
+        try:
+            item = self._parse(parts)
+        except PublishError as e:
+            self._log.warn("{input}: dropped a message: {reason}", input=self.input_name,
+                           reason=str(e))
+            return
+        d = maybeDeferred(self._bus.publish, [item], self.input_name)
+        d.addErrback(self._publish_failed, item)
+
+    def _publish_failed(self, failure: Failure, item: Item) -> None:
+        self._log.failure("{input}: publishing on {channel} failed", failure,
+                          input=self.input_name, channel=item.channel)
+
+
+class ZmqPullInput(_ZmqInput):
+    """``[handler] push_in_spec``: a bound PULL socket, one item per single-part message."""
+
+    input_name = "zmq-pull"
+    socket_type = zmq.PULL
+
+    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, spec: str) -> None:
+        super().__init__(reactor, context, bus)
+        self._spec = spec
+
+    @override
+    def _open(self, sock: zmq.Socket) -> list[str]:
+        sock.bind(self._spec)
+        return [sock.getsockopt_string(zmq.LAST_ENDPOINT)]
+
+    @override
+    def _parse(self, parts: list[bytes]) -> Item:
+        if len(parts) != 1:
+            raise PublishError(f"expected a single-part message, got {len(parts)} parts")
+        return parse_item(decode_message(parts[0]))
+
+
+@implementer(IChannelListener)
+class ZmqSubInput(_ZmqInput):
+    """``[handler] push_in_sub_specs``: one SUB socket, bound to (or connected to) every spec.
+
+    Messages are ``[channel, payload]``. The socket subscribes to exactly the channels that
+    have local subscribers, so an XPUB publisher sees ``\\x01channel`` / ``\\x00channel``
+    and can skip channels nobody here wants.
+    """
+
+    input_name = "zmq-sub"
+    socket_type = zmq.SUB
+
+    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, router: Router,
+                 specs: Sequence[str], connect: bool = False) -> None:
+        super().__init__(reactor, context, bus)
+        self._router = router
+        self._specs = tuple(specs)
+        self._connect = connect
+        router.add_channel_listener(self)
+
+    @override
+    def _open(self, sock: zmq.Socket) -> list[str]:
+        endpoints = []
+        for spec in self._specs:
+            if self._connect:
+                sock.connect(spec)
+            else:
+                sock.bind(spec)
+            endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
+        for channel in self._router.channels():
+            sock.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))
+        return endpoints
+
+    @override
+    def _parse(self, parts: list[bytes]) -> Item:
+        if len(parts) != 2:
+            raise PublishError(f"expected [channel, payload], got {len(parts)} parts")
+        try:
+            channel = parts[0].decode("utf-8")
+        except UnicodeDecodeError:
+            raise PublishError("channel is not UTF-8") from None
+        return parse_item(decode_message(parts[1]), channel=channel)
+
+    def _set_subscription(self, option: int, channel: str) -> None:
+        if self._socket is None:
+            return  # startService subscribes to the router's channels then
+        self._socket.setsockopt(option, channel.encode("utf-8"))
+        self.schedule_drain()
+
+    def channel_added(self, channel: str) -> None:
+        self._set_subscription(zmq.SUBSCRIBE, channel)
+
+    def channel_removed(self, channel: str) -> None:
+        self._set_subscription(zmq.UNSUBSCRIBE, channel)

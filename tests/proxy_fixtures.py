@@ -1,0 +1,158 @@
+"""A real proxy between a real client and a real origin, all on 127.0.0.1 port 0."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from typing_extensions import override
+
+from fanout_tx.bus import LocalBus
+from fanout_tx.http.hold import register_renderers
+from fanout_tx.http.origin import ProxySettings
+from fanout_tx.http.proxy import ProxyResource, proxy_site
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.routes import RouteTable, parse_routes
+from tests.helpers import TrackingFactory
+
+Handler = Callable[[Request], Any]
+
+
+class Origin(Resource):
+    """An origin whose answer per path is a test-supplied function; records every request."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handlers: dict[bytes, Handler] = {}
+        self.requests: list[Request] = []
+        self.bodies: list[bytes] = []
+
+    @override
+    def render(self, request: Request) -> Any:
+        self.requests.append(request)
+        self.bodies.append(request.content.read())
+        handler = self.handlers.get(request.path)
+        if handler is None:
+            request.setResponseCode(404)
+            return b"not found\n"
+        return handler(request)
+
+    def header(self, index: int, name: str) -> list[str] | None:
+        values = self.requests[index].requestHeaders.getRawHeaders(name.encode())
+        return None if values is None else [v.decode() for v in values]
+
+
+def grip(request: Request, body: bytes = b"", **headers: str) -> bytes:
+    """Answer with Grip-* headers given as keyword arguments (Grip_Hold -> Grip-Hold)."""
+    for name, value in headers.items():
+        request.responseHeaders.addRawHeader(name.replace("_", "-"), value)
+    return body
+
+
+class Collect(Protocol):
+    """A client body reader that keeps the chunks as they arrive."""
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.done: Deferred[bytes] = Deferred()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.chunks.append(data)
+
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self.chunks))
+        else:
+            self.done.errback(reason)
+
+
+@dataclass
+class Routes:
+    table: RouteTable
+
+
+class ProxyHarness:
+    """Origin Site, proxy Site and a client Agent; everything torn down by the test case."""
+
+    def __init__(self, test: TestCase, route: str = "*", target_options: str = "",
+                 settings: ProxySettings | None = None, extra_targets: str = "",
+                 max_client_buffer: int | None = None, clock: Any = reactor) -> None:
+        self.origin = Origin()
+        self.origin_factory = TrackingFactory(Site(self.origin))
+        self.origin_port = reactor.listenTCP(0, self.origin_factory, interface="127.0.0.1")
+        self.origin_address = f"127.0.0.1:{self.origin_port.getHost().port}"
+        self.routes = Routes(parse_routes(
+            f"{route} {extra_targets}{self.origin_address}{target_options}"))
+        self.clock = clock
+        self.router = Router(clock)
+        register_renderers(self.router)
+        self.bus = LocalBus(self.router)
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        kwargs = {} if max_client_buffer is None else {"max_client_buffer": max_client_buffer}
+        self.resource = ProxyResource(self.routes, self.router, clock,
+                                      Agent(reactor, pool=self.pool), settings, **kwargs)
+        self.proxy_factory = TrackingFactory(proxy_site(self.resource))
+        self.proxy_port = reactor.listenTCP(0, self.proxy_factory, interface="127.0.0.1")
+        self.client_pool = HTTPConnectionPool(reactor, persistent=False)
+        self.client = Agent(reactor, pool=self.client_pool)
+        self.bodies: list[Deferred[bytes]] = []  # client bodies to see finished at teardown
+        test.addCleanup(self.close)
+
+    @property
+    def url(self) -> bytes:
+        return b"http://127.0.0.1:%d" % self.proxy_port.getHost().port
+
+    def handle(self, path: bytes, handler: Handler) -> None:
+        self.origin.handlers[path] = handler
+
+    def publish(self, channel: str, **formats: Any) -> None:
+        item = {"channel": channel, "formats": {k.replace("_", "-"): v for k, v in formats.items()}}
+        self.bus.publish([parse_item(item)], "test")
+
+    def publish_item(self, item: dict) -> None:
+        self.bus.publish([parse_item(item)], "test")
+
+    def request(self, path: bytes, method: bytes = b"GET", headers: Any = None,
+                body: Any = None) -> Deferred[Any]:
+        return self.client.request(method, self.url + path, headers, body)
+
+    async def fetch(self, path: bytes, **kwargs: Any) -> tuple[Any, bytes]:
+        response = await self.request(path, **kwargs)
+        collect = Collect()
+        response.deliverBody(collect)
+        return response, await collect.done
+
+    async def close(self) -> None:
+        await gatherResults([self.client_pool.closeCachedConnections(),
+                             self.pool.closeCachedConnections()])
+        self.router.close_all("test over")
+        await DeferredList(self.bodies, consumeErrors=True)
+        await gatherResults([self.proxy_port.stopListening(), self.origin_port.stopListening()])
+        for factory in (self.proxy_factory, self.origin_factory):
+            for protocol in list(factory.protocols):
+                protocol.transport.abortConnection()
+        await gatherResults([self.proxy_factory.wait_closed(), self.origin_factory.wait_closed()])
+
+
+def later(request: Request, body: bytes) -> None:
+    """Finish a held origin request (used by handlers returning NOT_DONE_YET)."""
+    request.write(body)
+    request.finish()
+
+
+__all__ = ["NOT_DONE_YET", "Collect", "Origin", "ProxyHarness", "grip", "later"]

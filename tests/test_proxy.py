@@ -1,0 +1,234 @@
+"""http/proxy.py pass-through: a real client -> proxy -> a real origin, on loopback sockets."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from twisted.internet import reactor
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.trial.unittest import TestCase
+from twisted.web.client import FileBodyProducer
+from twisted.web.http_headers import Headers
+from twisted.web.server import NOT_DONE_YET, Request
+
+from fanout_tx.grip.signature import verify_hs256
+from fanout_tx.http.origin import ProxySettings
+from tests.helpers import wait_until
+from tests.proxy_fixtures import Collect, ProxyHarness, later
+from tests.services import free_port
+
+
+def hello(request: Request) -> bytes:
+    request.responseHeaders.addRawHeader("Set-Cookie", "a=1")
+    request.responseHeaders.addRawHeader("Set-Cookie", "b=2")
+    request.responseHeaders.addRawHeader("Grip-Secret", "x")
+    request.responseHeaders.addRawHeader("Content-Type", "text/x-hello")
+    request.setResponseCode(203, b"Fine Thanks")
+    return b"hello\n"
+
+
+class PassThroughTests(TestCase):
+    async def test_plain_response_relayed(self) -> None:
+        """Status, reason, repeated headers and body reach the client; Grip-* do not."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/hello", hello)
+        response, body = await proxy.fetch(b"/hello?x=1&y=2")
+        self.assertEqual((response.code, response.phrase), (203, b"Fine Thanks"))
+        self.assertEqual(body, b"hello\n")
+        self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
+        self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/x-hello"])
+        self.assertIsNone(response.headers.getRawHeaders(b"grip-secret"))
+        self.assertEqual(proxy.origin.requests[0].uri, b"/hello?x=1&y=2")
+
+    async def test_request_headers(self) -> None:
+        """Host kept, client Grip-* and hop-by-hop headers dropped, repeats kept,
+        Grip-Feature added."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/h", lambda r: b"ok")
+        headers = Headers({"Host": ["example.com:8080"], "Grip-Sig": ["forged"],
+                           "Grip-Last": ["c; last-id=x"], "Connection": ["X-Hop"],
+                           "X-Hop": ["1"], "X-Multi": ["1", "2"], "Keep-Alive": ["300"]})
+        await proxy.fetch(b"/h", headers=headers)
+        origin = proxy.origin
+        self.assertEqual(origin.header(0, "host"), ["example.com:8080"])
+        for name in ("grip-sig", "grip-last", "x-hop", "keep-alive"):
+            self.assertIsNone(origin.header(0, name), name)
+        self.assertEqual(origin.header(0, "x-multi"), ["1", "2"])
+        self.assertIn("link:next", origin.header(0, "grip-feature")[0])
+
+    async def test_large_response_and_upload_intact(self) -> None:
+        """A 5 MB response and a 3 MB upload pass byte for byte."""
+        big = os.urandom(5 * 1024 * 1024)
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/big", lambda r: big)
+        proxy.handle(b"/upload", lambda r: hashlib.sha256(proxy.origin.bodies[-1]).digest())
+        _response, body = await proxy.fetch(b"/big")
+        self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(big).digest())
+        upload = os.urandom(3 * 1024 * 1024)
+        from io import BytesIO
+        _response, digest = await proxy.fetch(b"/upload", method=b"POST",
+                                              body=FileBodyProducer(BytesIO(upload)))
+        self.assertEqual(digest, hashlib.sha256(upload).digest())
+
+    async def test_chunked_origin_streams_chunk_by_chunk(self) -> None:
+        """The client sees the first chunk before the origin has written the second."""
+        proxy = ProxyHarness(self)
+        held: list[Request] = []
+
+        def slow(request: Request) -> int:
+            request.write(b"first\n")
+            held.append(request)
+            return NOT_DONE_YET
+
+        proxy.handle(b"/slow", slow)
+        response = await proxy.request(b"/slow")
+        collect = Collect()
+        response.deliverBody(collect)
+        await wait_until(lambda: b"".join(collect.chunks) == b"first\n")
+        later(held[0], b"second\n")
+        self.assertEqual(await collect.done, b"first\nsecond\n")
+
+    async def test_x_forwarded_for(self) -> None:
+        """``truncate:0,append`` replaces client entries with the client's address;
+        ``append`` adds it."""
+        proxy = ProxyHarness(self, settings=ProxySettings(x_forwarded_for=("truncate:0",
+                                                                           "append")))
+        proxy.handle(b"/", lambda r: b"ok")
+        await proxy.fetch(b"/", headers=Headers({"X-Forwarded-For": ["6.6.6.6"]}))
+        self.assertEqual(proxy.origin.header(0, "x-forwarded-for"), ["127.0.0.1"])
+        proxy.resource.settings = ProxySettings(x_forwarded_for=("append",))
+        await proxy.fetch(b"/", headers=Headers({"X-Forwarded-For": ["6.6.6.6"]}))
+        self.assertEqual(proxy.origin.header(1, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"])
+
+    async def test_grip_sig_verifies_at_origin(self) -> None:
+        """With a global key every origin request carries a valid Grip-Sig; a route key
+        wins over it."""
+        proxy = ProxyHarness(self, settings=ProxySettings(sig_iss="me", sig_key=b"secret"))
+        proxy.handle(b"/", lambda r: b"ok")
+        await proxy.fetch(b"/")
+        token = proxy.origin.header(0, "grip-sig")[0]
+        claims = verify_hs256(token, b"secret", reactor.seconds(), iss="me")
+        self.assertEqual(set(claims), {"iss", "exp"})
+        self.assertLess(abs(claims["exp"] - (reactor.seconds() + 3600)), 5)
+
+        routed = ProxyHarness(self, route="*,sig_iss=route,sig_key=other")
+        routed.handle(b"/", lambda r: b"ok")
+        await routed.fetch(b"/")
+        verify_hs256(routed.origin.header(0, "grip-sig")[0], b"other", reactor.seconds(),
+                     iss="route")
+
+    async def test_no_grip_sig_without_key(self) -> None:
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/", lambda r: b"ok")
+        await proxy.fetch(b"/")
+        self.assertIsNone(proxy.origin.header(0, "grip-sig"))
+
+
+class RouteOptionTests(TestCase):
+    async def test_path_rewrites_and_headers(self) -> None:
+        """path_beg + replace_beg, as_host and header= shape the origin request."""
+        proxy = ProxyHarness(
+            self, route="*,path_beg=/api/,replace_beg=/v2/,as_host=origin.test,"
+                        "header=X-Route:yes")
+        proxy.handle(b"/v2/items", lambda r: b"ok")
+        response, body = await proxy.fetch(b"/api/items?q=1",
+                                           headers=Headers({"X-Route": ["client"]}))
+        self.assertEqual(body, b"ok")
+        self.assertEqual(proxy.origin.requests[0].uri, b"/v2/items?q=1")
+        self.assertEqual(proxy.origin.header(0, "host"), ["origin.test"])
+        self.assertEqual(proxy.origin.header(0, "x-route"), ["yes"])
+
+    async def test_path_rem_and_target_host(self) -> None:
+        proxy = ProxyHarness(self, route="*,path_rem=4", target_options=",host=t.test")
+        proxy.handle(b"/x", lambda r: b"ok")
+        _response, body = await proxy.fetch(b"/pre/x")
+        self.assertEqual(body, b"ok")
+        self.assertEqual(proxy.origin.header(0, "host"), ["t.test"])
+
+    async def test_failover_to_next_target(self) -> None:
+        """A target that refuses connections is skipped for the next one."""
+        proxy = ProxyHarness(self, extra_targets=f"127.0.0.1:{free_port()} ")
+        proxy.handle(b"/", lambda r: b"second target")
+        _response, body = await proxy.fetch(b"/")
+        self.assertEqual(body, b"second target")
+
+    async def test_test_target(self) -> None:
+        """Pushpin's built-in ``test`` target: hello, a stream on channel test, 404."""
+        proxy = ProxyHarness(self)
+        proxy.routes.table = type(proxy.routes.table)(
+            [r.__class__(line=1, targets=(r.targets[0].__class__(kind="test"),))
+             for r in proxy.routes.table.routes])
+        response, body = await proxy.fetch(b"/")
+        self.assertEqual((response.code, body), (200, b"Hello from the Pushpin test handler!\n"))
+        response, body = await proxy.fetch(b"/nope")
+        self.assertEqual((response.code, body), (404, b"no such test resource\n"))
+        response = await proxy.request(b"/stream")
+        collect = Collect()
+        response.deliverBody(collect)
+        await wait_until(lambda: proxy.router.has_subscribers("test"))
+        proxy.publish("test", http_stream={"content": "hi\n"})
+        proxy.publish("test", http_stream={"action": "close"})
+        self.assertEqual(await collect.done, b"[stream opened]\nhi\n")
+
+    async def test_websocket_seam(self) -> None:
+        """Without a WebSocket handler an upgrade request gets a clear 501."""
+        proxy = ProxyHarness(self)
+        response, body = await proxy.fetch(b"/", headers=Headers({
+            "Upgrade": ["websocket"], "Connection": ["Upgrade"]}))
+        self.assertEqual(response.code, 501)
+        self.assertIn(b"WebSocket", body)
+
+
+class Garbage(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(b"this is not HTTP\r\n\r\n")
+        self.transport.loseConnection()
+
+
+class ErrorTests(TestCase):
+    async def test_unreachable_origin_502(self) -> None:
+        proxy = ProxyHarness(self)
+        proxy.routes.table = type(proxy.routes.table)([
+            r.__class__(line=1, targets=(r.targets[0].__class__(host="127.0.0.1",
+                                                                 port=free_port()),))
+            for r in proxy.routes.table.routes])
+        response, body = await proxy.fetch(b"/")
+        self.assertEqual((response.code, body), (502, b"Error while proxying to origin.\n"))
+
+    async def test_origin_reset_before_answer_502(self) -> None:
+        proxy = ProxyHarness(self)
+
+        def reset(request: Request) -> int:
+            request.channel.transport.abortConnection()
+            return NOT_DONE_YET
+
+        proxy.handle(b"/reset", reset)
+        response, _body = await proxy.fetch(b"/reset")
+        self.assertEqual(response.code, 502)
+
+    async def test_garbage_origin_502(self) -> None:
+        factory = ServerFactory.forProtocol(Garbage)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        proxy = ProxyHarness(self)
+        proxy.routes.table = type(proxy.routes.table)([
+            r.__class__(line=1, targets=(r.targets[0].__class__(
+                host="127.0.0.1", port=port.getHost().port),))
+            for r in proxy.routes.table.routes])
+        response, _body = await proxy.fetch(b"/")
+        self.assertEqual(response.code, 502)
+        # Other requests are unaffected.
+        proxy2 = ProxyHarness(self)
+        proxy2.handle(b"/", lambda r: b"fine")
+        self.assertEqual((await proxy2.fetch(b"/"))[1], b"fine")
+
+    async def test_body_over_limit_413(self) -> None:
+        from io import BytesIO
+        proxy = ProxyHarness(self, settings=ProxySettings(max_request_body=1000))
+        proxy.handle(b"/", lambda r: b"ok")
+        proxy.proxy_factory.wrappedFactory.max_request_body = 1000
+        response, _body = await proxy.fetch(b"/", method=b"POST",
+                                            body=FileBodyProducer(BytesIO(b"x" * 5000)))
+        self.assertEqual(response.code, 413)
+        self.assertEqual(proxy.origin.requests, [])

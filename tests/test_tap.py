@@ -1,0 +1,207 @@
+"""The twistd plugin: options, start-up errors, the service tree, and real ``twistd`` runs."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from pathlib import Path
+
+from treq.client import HTTPClient
+from twisted.application.service import IServiceMaker, MultiService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import MemoryReactorClock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from typing_extensions import override
+
+from fanout_tx.config import ListenAddress
+from fanout_tx.tap import Options, build_service
+from tests.services import free_port
+
+ROUTES = "* 127.0.0.1:8080\n"
+
+
+def write_config(folder: Path, text: str, routes: str = ROUTES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "routes").write_text(routes)
+    path = folder / "fanout.conf"
+    path.write_text(text)
+    return path
+
+
+def loopback_config(folder: Path, publish_port: int) -> Path:
+    """Every listener on 127.0.0.1; ZeroMQ on wildcard ports, the client port on port 0."""
+    return write_config(folder, (
+        "[runner]\nhttp_port=127.0.0.1:0\n"
+        "[proxy]\nroutesfile=routes\n"
+        "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
+        f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
+    ))
+
+
+def parse(*args: str) -> Options:
+    options = Options()
+    options.parseOptions(list(args))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.folder = Path(self.mktemp())
+        self.config = write_config(self.folder, "[handler]\nmessage_wait=250\n")
+
+    def test_config(self) -> None:
+        """--config loads the file and the routes file named in it."""
+        settings = parse("--config", str(self.config))["settings"]
+        self.assertEqual(settings.config.handler.message_wait, 250)
+        self.assertEqual(settings.routes.path, self.folder / "routes")
+        self.assertEqual(settings.routes.table.routes[0].targets[0].port, 8080)
+
+    def test_port_and_route_overrides(self) -> None:
+        """--port (repeatable) replaces [runner] http_port; --route replaces the routes."""
+        options = parse("--config", str(self.config), "--port", "127.0.0.1:8001",
+                        "--port", "8002", "--route", "* 10.0.0.1:80",
+                        "--route", "a.com 10.0.0.2:80")
+        settings = options["settings"]
+        self.assertEqual(settings.config.runner.http_ports,
+                         (ListenAddress("127.0.0.1", 8001), ListenAddress("", 8002)))
+        self.assertEqual([r.targets[0].host for r in settings.routes.table.routes],
+                         ["10.0.0.2", "10.0.0.1"])
+
+    def test_routes_option(self) -> None:
+        other = self.folder / "other-routes"
+        other.write_text("* 127.0.0.1:9999\n")
+        settings = parse("--config", str(self.config), "--routes", str(other))["settings"]
+        self.assertEqual(settings.routes.table.routes[0].targets[0].port, 9999)
+
+    def assert_usage_error(self, args: list[str], text: str) -> None:
+        error = self.assertRaises(usage.UsageError, parse, *args)
+        self.assertIn(text, str(error))
+
+    def test_errors_name_file_and_line(self) -> None:
+        """Bad config, bad routes, a missing file and a bad --port are usage errors with
+        the file, line and reason."""
+        bad = write_config(self.folder / "bad", "[handler]\n\npush_in_http_port=abc\n")
+        self.assert_usage_error(["--config", str(bad)],
+                                f"{bad}:3: [handler] push_in_http_port: expected a whole")
+        broken_routes = write_config(self.folder / "routes-bad", "", routes="* h:1\n*,x h:1\n")
+        self.assert_usage_error(["--config", str(broken_routes)],
+                                f"{broken_routes.parent / 'routes'}:2: unknown route option")
+        self.assert_usage_error(["--config", str(self.folder / "missing.conf")],
+                                "cannot read config")
+        self.assert_usage_error(["--config", str(self.config), "--port", "x"], "--port:")
+        self.assert_usage_error(["--config", str(self.config), "--route", "*"], "--route:1:")
+
+
+class BuildServiceTests(SynchronousTestCase):
+    def test_named_children_and_nothing_bound(self) -> None:
+        """build_service returns a MultiService of named children, binding nothing."""
+        config = loopback_config(Path(self.mktemp()), 0)
+        memory = MemoryReactorClock()
+        root, core = build_service(parse("--config", str(config))["settings"], memory)
+        self.assertIsInstance(root, MultiService)
+        names = {service.name for service in root}
+        self.assertTrue({"routes-watch", "publish-http", "zmq-pull", "zmq-sub"} <= names, names)
+        self.assertEqual(memory.tcpServers, [])
+        self.assertEqual(root.getServiceNamed("zmq-pull").endpoints, [])
+        self.assertFalse(root.running)
+        self.assertIs(core.router, core.bus.router)
+
+    def test_plugin(self) -> None:
+        """twistd finds the plugin by its tapname, and its options and makeService load."""
+        [maker] = [m for m in getPlugins(IServiceMaker) if m.tapname == "fanout"]
+        self.assertIs(maker.options, Options)
+        self.assertTrue(callable(maker.makeService))
+
+
+class _Collect(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Exception] = Deferred()
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    @override
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)  # ProcessDone or ProcessTerminated
+
+
+class TwistdTests(TestCase):
+    """End-to-end: ``twistd -n fanout`` as a subprocess, stopped by the PID started here."""
+
+    def twistd(self, *args: str) -> _Collect:
+        folder = Path(self.mktemp())
+        folder.mkdir(parents=True, exist_ok=True)
+        protocol = _Collect()
+        twistd = Path(sys.executable).parent / "twistd"
+        command = [str(twistd), "-n", "--pidfile=", "fanout", *args]
+        process = reactor.spawnProcess(protocol, str(twistd), command, env=dict(os.environ),
+                                       path=str(folder))
+
+        async def stop() -> None:
+            if process.pid is not None:
+                process.signalProcess("KILL")
+                await protocol.ended
+
+        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        self.process = process
+        return protocol
+
+    async def get(self, url: bytes, protocol: _Collect, timeout: float = 20) -> tuple[int, bytes]:
+        """GET ``url`` once something answers; fail early if the server process died."""
+        client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+        deadline = reactor.seconds() + timeout
+        while True:
+            if protocol.ended.called:
+                self.fail(f"twistd exited early:\n{protocol.output.decode(errors='replace')}")
+            try:
+                response = await client.get(url)
+                return response.code, await response.content()
+            except Exception:
+                if reactor.seconds() > deadline:
+                    self.fail(f"no answer:\n{protocol.output.decode(errors='replace')}")
+            await deferLater(reactor, 0.1, lambda: None)
+
+    async def test_start_answer_and_stop(self) -> None:
+        """The server starts from a config with loopback ports, answers GET / on the publish
+        port, and shuts down cleanly on SIGTERM. (twistd re-raises the terminating signal on
+        its way out, so a clean stop reports "ended by signal 15", not exit code 0.)"""
+        publish_port = free_port()
+        config = loopback_config(Path(self.mktemp()), publish_port)
+        protocol = self.twistd("--config", str(config.resolve()))
+        code, _body = await self.get(f"http://127.0.0.1:{publish_port}/".encode(), protocol)
+        self.assertEqual(code, 200)
+        self.process.signalProcess("TERM")
+        reason = await protocol.ended
+        output = protocol.output.decode(errors="replace")
+        self.assertIsInstance(reason, ProcessTerminated, output)
+        self.assertEqual((reason.exitCode, reason.signal), (None, signal.SIGTERM), output)
+        self.assertIn("zmq-pull listening on tcp://127.0.0.1:", output)
+        self.assertIn("Server Shut Down.", output)
+        self.assertNotIn("Traceback", output)
+
+    async def test_bad_config_refuses_to_start(self) -> None:
+        """A bad config stops start-up with file:line and the reason, no traceback, and a
+        non-zero exit code."""
+        config = write_config(Path(self.mktemp()), "[runner]\nhttp_port=nope\n").resolve()
+        protocol = self.twistd("--config", str(config))
+        reason = await protocol.ended
+        self.assertIsInstance(reason, ProcessTerminated)
+        self.assertNotEqual(reason.exitCode, 0)
+        self.assertIn(f"{config}:2: [runner] http_port".encode(), protocol.output)
+        self.assertNotIn(b"Traceback", protocol.output)
+

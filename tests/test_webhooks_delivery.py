@@ -1,0 +1,229 @@
+"""The delivery engine on a task.Clock with a fake client: schedule, jitter, Retry-After,
+410, dead letters, the in-flight cap, and signing on every attempt."""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import hashlib
+import hmac
+
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase
+from typing_extensions import override
+from zope.interface.verify import verifyObject
+
+from fanout_tx.webhooks.client import IWebhookClient, Outcome
+from fanout_tx.webhooks.delivery import DeliveryEngine, parse_retry_after
+from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.signing import generate_secret
+from fanout_tx.webhooks.store import MemoryStore
+from tests.test_webhooks_support import FakeClient
+
+NOW = 1_800_000_000.0
+SCHEDULE = (0, 5, 300, 1800)
+OK = Outcome(204)
+FAIL = Outcome(500)
+
+
+class EngineTests(SynchronousTestCase):
+    @override
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.client = FakeClient()
+        self.store = MemoryStore()
+        self.jitter = 0.0
+        self.engine = DeliveryEngine(self.clock, self.client, self.store, SCHEDULE,
+                                     max_in_flight=2, jitter=lambda: self.jitter)
+        self.gone: list[str] = []
+        self.engine.on_gone = self.gone.append
+        self.subscription = Subscription("sub_1", "http://hooks.example/x", ("c",),
+                                         generate_secret())
+        self.engine.open(self.subscription)
+
+    def delivery(self, webhook_id: str = "msg_1") -> Delivery:
+        return Delivery(webhook_id, "sub_1", "c", "POST", "http://hooks.example/x",
+                        (("Content-Type", "text/plain"),), b"hello")
+
+    def pending(self) -> list[Delivery]:
+        return self.successResultOf(self.store.load()).deliveries
+
+    def dead(self) -> list[dict]:
+        return self.successResultOf(self.store.dead_letters("sub_1"))
+
+    def answer(self, index: int, outcome: Outcome) -> None:
+        self.client.sent[index].result.callback(outcome)
+
+    def test_fake_client_provides_the_interface(self) -> None:
+        """The fake implements IWebhookClient like the real client."""
+        self.assertTrue(verifyObject(IWebhookClient, self.client))
+
+    def test_first_attempt_is_immediate_and_signed(self) -> None:
+        """With a 0 s first delay the attempt goes out at once, carrying the three
+        Standard Webhooks headers, which check out with the subscription's secret."""
+        self.engine.enqueue(self.delivery())
+        self.assertEqual(len(self.client.sent), 1)
+        sent = self.client.sent[0]
+        self.assertEqual((sent.method, sent.url, sent.body),
+                         ("POST", "http://hooks.example/x", b"hello"))
+        self.assertEqual(sent.header("webhook-id"), "msg_1")
+        self.assertEqual(sent.header("webhook-timestamp"), str(int(NOW)))
+        key = base64.b64decode(self.subscription.secret[len("whsec_"):])
+        mac = hmac.new(key, f"msg_1.{int(NOW)}.hello".encode(), hashlib.sha256).digest()
+        self.assertEqual(sent.header("webhook-signature"), "v1," + base64.b64encode(mac).decode())
+        self.answer(0, OK)
+        self.assertEqual(self.pending(), [])
+        self.assertEqual(self.engine.attempts["success"], 1)
+
+    def test_retries_follow_the_schedule_with_the_same_id(self) -> None:
+        """Each failure waits the schedule's next delay; every retry keeps webhook-id but
+        signs a fresh timestamp; the delivery is stored with its due time meanwhile."""
+        self.engine.enqueue(self.delivery())
+        self.answer(0, FAIL)
+        self.assertEqual(self.pending()[0].due, NOW + 5)
+        self.clock.advance(4.9)
+        self.assertEqual(len(self.client.sent), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.client.sent), 2)
+        self.assertEqual(self.client.sent[1].header("webhook-id"), "msg_1")
+        self.assertEqual(self.client.sent[1].header("webhook-timestamp"), str(int(NOW + 5)))
+        self.answer(1, Outcome(None, error="connection refused"))
+        self.clock.advance(299.9)
+        self.assertEqual(len(self.client.sent), 2)
+        self.clock.advance(0.1)
+        self.assertEqual(len(self.client.sent), 3)
+        self.answer(2, OK)
+        self.assertEqual((self.pending(), self.dead()), ([], []))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_jitter_stretches_by_up_to_20_percent(self) -> None:
+        """The random factor stretches a delay by 0-20 %, never shortens it."""
+        self.jitter = 0.999
+        self.engine.enqueue(self.delivery())
+        self.answer(0, FAIL)
+        self.clock.advance(5.99)
+        self.assertEqual(len(self.client.sent), 1)
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.client.sent), 2)
+
+    def test_dead_letter_after_the_last_attempt(self) -> None:
+        """N schedule entries = N attempts; then the delivery is a dead letter with its
+        attempts, last status and error, and nothing stays scheduled."""
+        self.engine.enqueue(self.delivery())
+        for index, wait in enumerate((5, 300, 1800)):
+            self.answer(index, FAIL)
+            self.clock.advance(wait)
+        self.answer(3, Outcome(503))
+        self.assertEqual(len(self.client.sent), 4)
+        self.assertEqual(self.dead(), [{"webhook-id": "msg_1", "channel": "c", "attempts": 4,
+                                        "last_status": 503, "last_error": "HTTP 503"}])
+        self.assertEqual(self.pending(), [])
+        self.assertEqual(self.engine.dead_letters, 1)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_no_answer_is_recorded_with_null_status(self) -> None:
+        """A delivery that never got an HTTP answer has last_status None and the reason."""
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1)
+        engine.open(self.subscription)
+        engine.enqueue(self.delivery())
+        self.answer(0, Outcome(None, error="timed out after 10s"))
+        self.assertEqual(self.dead()[0]["last_status"], None)
+        self.assertEqual(self.dead()[0]["last_error"], "timed out after 10s")
+
+    def test_retry_after_seconds_delays_the_next_attempt(self) -> None:
+        """Retry-After in seconds pushes the next attempt later than the schedule."""
+        self.engine.enqueue(self.delivery())
+        self.answer(0, Outcome(429, retry_after="120"))
+        self.clock.advance(119)
+        self.assertEqual(len(self.client.sent), 1)
+        self.clock.advance(1)
+        self.assertEqual(len(self.client.sent), 2)
+
+    def test_retry_after_never_shortens_the_schedule(self) -> None:
+        """A Retry-After shorter than the schedule's delay changes nothing."""
+        self.engine.enqueue(self.delivery())
+        self.answer(0, Outcome(503, retry_after="1"))
+        self.clock.advance(4.9)
+        self.assertEqual(len(self.client.sent), 1)
+
+    def test_retry_after_date_and_cap(self) -> None:
+        """Retry-After as an HTTP date counts from the clock; anything over 1 h is capped."""
+        date = email.utils.formatdate(NOW + 600, usegmt=True)
+        self.assertEqual(parse_retry_after(date, NOW), 600)
+        self.assertEqual(parse_retry_after("garbage", NOW), None)
+        self.engine.enqueue(self.delivery())
+        self.answer(0, Outcome(503, retry_after="86400"))
+        self.assertEqual(self.pending()[0].due, NOW + 3600)
+
+    def test_410_reports_the_subscription_gone(self) -> None:
+        """A 410 answer calls on_gone with the subscription id and schedules nothing."""
+        self.engine.enqueue(self.delivery())
+        self.answer(0, Outcome(410))
+        self.assertEqual(self.gone, ["sub_1"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_in_flight_cap(self) -> None:
+        """At most max_in_flight attempts run at once per subscription; the next one starts
+        as soon as one finishes."""
+        for n in range(5):
+            self.engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual(len(self.client.sent), 2)
+        self.answer(0, OK)
+        self.assertEqual(len(self.client.sent), 3)
+        self.assertEqual(self.client.sent[2].header("webhook-id"), "msg_2")
+
+    def test_synchronous_answers_do_not_recurse(self) -> None:
+        """A client that answers at once drains a long queue without deep recursion."""
+        client = FakeClient()
+        engine = DeliveryEngine(self.clock, client, self.store, SCHEDULE, 1)
+        engine.open(self.subscription)
+        original = client.request
+
+        def instant(*args: object) -> object:
+            return original(*args).callback(OK) or client.sent[-1].result
+
+        client.request = instant  # type: ignore[method-assign]
+        for n in range(3000):
+            engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual((len(client.sent), engine.attempts["success"]), (3000, 3000))
+
+    def test_repeated_webhook_id_is_ignored_while_pending(self) -> None:
+        """A publisher retrying the same item (same webhook-id) does not double it."""
+        self.engine.enqueue(self.delivery())
+        self.engine.enqueue(self.delivery())
+        self.assertEqual(len(self.client.sent), 1)
+
+    def test_closing_cancels_timers_and_attempts(self) -> None:
+        """Closing a subscription's queue cancels its retry timers and in-flight attempts;
+        a late answer changes nothing."""
+        self.engine.enqueue(self.delivery("msg_a"))
+        self.engine.enqueue(self.delivery("msg_b"))
+        self.answer(0, FAIL)
+        self.engine.close("sub_1")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertTrue(self.client.sent[1].result.called)  # cancelled, quietly
+        self.assertEqual(self.flushLoggedErrors(), [])
+        self.assertEqual(self.engine.attempts["failure"], 1)
+
+    def test_restore_attempts_at_the_stored_due_time(self) -> None:
+        """A delivery read back from the store waits until its due time, then goes out."""
+        delivery = self.delivery()
+        delivery.attempts, delivery.due = 1, NOW + 30
+        self.engine.restore(delivery)
+        self.clock.advance(29)
+        self.assertEqual(len(self.client.sent), 0)
+        self.clock.advance(1)
+        self.assertEqual(len(self.client.sent), 1)
+        self.answer(0, FAIL)
+        self.assertEqual(self.pending()[0].attempts, 2)
+
+    def test_full_queue_goes_to_dead_letters(self) -> None:
+        """Past max_pending waiting deliveries, new ones become dead letters at once."""
+        engine = DeliveryEngine(self.clock, self.client, self.store, (10,), 1, max_pending=5)
+        engine.open(self.subscription)
+        for n in range(6):
+            engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual(engine.pending_count("sub_1"), 5)
+        self.assertIn("queue full", self.dead()[0]["last_error"])
+        engine.stop()

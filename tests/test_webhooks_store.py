@@ -1,0 +1,104 @@
+"""The webhooks store: one test mixin run against MemoryStore and against RedisStore on a
+real redis-server, so the two cannot drift."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.trial.unittest import TestCase
+from typing_extensions import override
+from zope.interface.verify import verifyObject
+
+from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.redis_store import RedisStore, connect
+from fanout_tx.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, MemoryStore
+from tests.services import RedisServer
+
+SUB = Subscription("sub_1", "https://hooks.example/x", ("a", "b"), "whsec_" + "A" * 44,
+                   (("X-Token", "t"),))
+
+
+def _delivery(webhook_id: str, subscription_id: str = "sub_1") -> Delivery:
+    return Delivery(webhook_id, subscription_id, "a", "POST", "https://hooks.example/x",
+                    (("Content-Type", "text/plain"),), b"\x00body", 1, 123.5, 500, "HTTP 500")
+
+
+class _StoreTestsMixin:
+    store: Any
+
+    def make_store(self) -> Any:
+        raise NotImplementedError
+
+    async def test_interface(self) -> None:
+        """The store provides IWebhookStore."""
+        self.assertTrue(verifyObject(IWebhookStore, self.make_store()))  # type: ignore[attr-defined]
+
+    async def test_round_trip(self) -> None:
+        """Saved subscriptions and deliveries come back from load; replacing a delivery
+        keeps the newest state; a deleted one is gone."""
+        store = self.make_store()
+        await store.save_subscription(SUB)
+        first, second = _delivery("msg_1"), _delivery("msg_2")
+        await store.save_delivery(first)
+        await store.save_delivery(second)
+        first.attempts, first.due = 2, 999.0
+        await store.save_delivery(first)
+        await store.delete_delivery("sub_1", "msg_2")
+        state = await store.load()
+        self.assertEqual(state.subscriptions, [SUB])  # type: ignore[attr-defined]
+        self.assertEqual(state.deliveries, [first])  # type: ignore[attr-defined]
+
+    async def test_bury_keeps_the_newest(self) -> None:
+        """Dead letters list newest first, at most DEAD_LETTERS_KEPT, and leave pending."""
+        store = self.make_store()
+        await store.save_subscription(SUB)
+        for n in range(DEAD_LETTERS_KEPT + 2):
+            delivery = _delivery(f"msg_{n}")
+            await store.save_delivery(delivery)
+            await store.bury(delivery)
+        dead = await store.dead_letters("sub_1")
+        self.assertEqual(len(dead), DEAD_LETTERS_KEPT)  # type: ignore[attr-defined]
+        self.assertEqual(dead[0], {  # type: ignore[attr-defined]
+            "webhook-id": f"msg_{DEAD_LETTERS_KEPT + 1}", "channel": "a", "attempts": 1,
+            "last_status": 500, "last_error": "HTTP 500"})
+        self.assertEqual((await store.load()).deliveries, [])  # type: ignore[attr-defined]
+
+    async def test_delete_subscription_forgets_everything(self) -> None:
+        """Deleting a subscription drops its deliveries and dead letters too."""
+        store = self.make_store()
+        await store.save_subscription(SUB)
+        await store.save_delivery(_delivery("msg_1"))
+        await store.bury(_delivery("msg_2"))
+        await store.delete_subscription("sub_1")
+        state = await store.load()
+        self.assertEqual((state.subscriptions, state.deliveries), ([], []))  # type: ignore[attr-defined]
+        self.assertEqual(await store.dead_letters("sub_1"), [])  # type: ignore[attr-defined]
+
+
+class MemoryStoreTests(_StoreTestsMixin, TestCase):
+    @override
+    def make_store(self) -> MemoryStore:
+        return MemoryStore()
+
+
+class RedisStoreTests(_StoreTestsMixin, TestCase):
+    @override
+    def setUp(self) -> None:
+        self.server = RedisServer()
+        self.addCleanup(self.server.stop)
+
+    @override
+    def make_store(self) -> RedisStore:
+        store = RedisStore(lambda: connect(self.server.url), "test:")
+        self.addCleanup(store.close)
+        return store
+
+    async def test_prefix_and_unix_socket(self) -> None:
+        """Keys live under the configured prefix; unix:// URLs work too."""
+        store = RedisStore(lambda: connect(f"unix://{self.server.unix_socket}"), "p1:")
+        self.addCleanup(store.close)
+        await store.save_subscription(SUB)
+        other = RedisStore(lambda: connect(self.server.url), "p2:")
+        self.addCleanup(other.close)
+        self.assertEqual((await other.load()).subscriptions, [])
+        self.assertEqual((await store.load()).subscriptions, [SUB])

@@ -1,0 +1,194 @@
+"""Test support for the webhooks tests: real HTTP receivers on 127.0.0.1 and a fake client.
+
+The receiver checks every delivery's Standard Webhooks signature with its own code (hmac,
+not fanout_tx's signing module), dedupes on ``webhook-id`` as a real receiver should, and
+answers as its ``behaviour`` says: 2xx, a failure, 410, a redirect, or never (hanging).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.endpoints import serverFromString
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Site
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx.webhooks.client import IWebhookClient, Outcome
+from fanout_tx.webhooks.model import Delivery
+from fanout_tx.webhooks.store import MemoryStore
+from tests.helpers import TrackingFactory
+
+HANG = -1  # a behaviour answer: never respond
+
+
+@dataclass
+class Received:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+    signature_ok: bool
+
+
+def check_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
+    """What a receiver does (docs/webhooks.rst), written independently of fanout_tx."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    signed = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+    offered = [s.split(",", 1)[1] for s in headers["webhook-signature"].split(" ")
+               if s.startswith("v1,")]
+    return any(hmac.compare_digest(expected, o) for o in offered)
+
+
+Behaviour = Callable[[int], tuple[int, dict[str, str]]]
+
+
+def always(status: int, **headers: str) -> Behaviour:
+    return lambda _n: (status, headers)
+
+
+def fail_first(failures: int, status: int = 500, **headers: str) -> Behaviour:
+    return lambda n: (status, headers) if n < failures else (204, {})
+
+
+class Receiver(Resource):
+    """A webhook endpoint: answers challenges, verifies, dedupes, answers per behaviour."""
+
+    isLeaf = True
+
+    def __init__(self, behaviour: Behaviour | None = None,
+                 answer_challenges: bool = True) -> None:
+        super().__init__()
+        self.behaviour = behaviour or always(204)
+        self.answer_challenges = answer_challenges
+        self.challenges = 0
+        self.secret = ""
+        self.requests: list[Received] = []
+        self.unique: dict[str, Received] = {}
+        self.hanging: list[IRequest] = []
+        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self.url = ""
+        self.factory: TrackingFactory | None = None
+
+    @override
+    def render(self, request: IRequest) -> bytes | int:
+        challenge = request.args.get(b"webhook.challenge")
+        if challenge:
+            self.challenges += 1
+            if self.answer_challenges:
+                return challenge[0] + b"\n"
+            status, _headers = self.behaviour(0)
+            if status == HANG:
+                self.hanging.append(request)
+                return NOT_DONE_YET
+            request.setResponseCode(status)
+            return b"not the challenge"
+        headers = {k.decode().lower(): v[0].decode()
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        body = request.content.read()
+        ok = bool(self.secret) and check_signature(self.secret, headers, body)
+        received = Received(request.method.decode(), request.uri.decode(), headers, body, ok)
+        status, answer_headers = self.behaviour(len(self.requests))
+        self.requests.append(received)
+        if status == HANG:
+            self.hanging.append(request)
+            return NOT_DONE_YET
+        if 200 <= status < 300:
+            self.unique.setdefault(headers["webhook-id"], received)
+            self._wake()
+        request.setResponseCode(status)
+        for name, value in answer_headers.items():
+            request.setHeader(name, value)
+        return b""
+
+    def _wake(self) -> None:
+        for entry in list(self._waiters):
+            if len(self.unique) >= entry[0]:
+                self._waiters.remove(entry)
+                entry[1].callback(None)
+
+    def wait_for(self, count: int) -> Deferred[None]:
+        """Fires once ``count`` distinct webhook-ids were answered 2xx."""
+        if len(self.unique) >= count:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._waiters.append((count, waiter))
+        return waiter
+
+    async def listen(self) -> str:
+        self.factory = TrackingFactory(Site(self))
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        self._port = port
+        self.url = f"http://127.0.0.1:{port.getHost().port}/hook"
+        return self.url
+
+    async def close(self) -> None:
+        """Stop listening and drop every connection, hanging ones included."""
+        await maybeDeferred(self._port.stopListening)  # None when already stopped
+        assert self.factory is not None
+        for protocol in list(self.factory.protocols):
+            protocol.transport.abortConnection()
+        await self.factory.wait_closed()
+
+
+@dataclass
+class Sent:
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    result: Deferred[Outcome] = field(default_factory=Deferred)
+
+    def header(self, name: str) -> str:
+        return next(v for k, v in self.headers if k.lower() == name)
+
+
+@implementer(IWebhookClient)
+class FakeClient:
+    """Records each request; the test answers it by firing ``sent[i].result``."""
+
+    def __init__(self) -> None:
+        self.sent: list[Sent] = []
+
+    def request(self, method: str, url: str, headers: Any, body: bytes) -> Deferred[Outcome]:
+        self.sent.append(Sent(method, url, list(headers), body))
+        return self.sent[-1].result
+
+
+class NotifyingStore(MemoryStore):
+    """A MemoryStore that tells the test when a given write happened."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters: dict[str, list[Deferred[None]]] = {}
+
+    def wait(self, method: str) -> Deferred[None]:
+        waiter: Deferred[None] = Deferred()
+        self._waiters.setdefault(method, []).append(waiter)
+        return waiter
+
+    def _notify(self, method: str) -> None:
+        for waiter in self._waiters.pop(method, []):
+            waiter.callback(None)
+
+    @override
+    def bury(self, delivery: Delivery) -> Deferred[None]:
+        result = super().bury(delivery)
+        self._notify("bury")
+        return result
+
+    @override
+    def delete_subscription(self, subscription_id: str) -> Deferred[None]:
+        result = super().delete_subscription(subscription_id)
+        self._notify("delete_subscription")
+        return result

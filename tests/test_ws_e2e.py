@@ -1,0 +1,388 @@
+"""End to end over real loopback sockets: an autobahn client -> the WebSocket handler ->
+a real twisted.web origin answering application/websocket-events."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, gatherResults, inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from typing_extensions import override
+
+from fanout_tx.config import ProxyConfig
+from fanout_tx.formats.ws import parse_ws_message
+from fanout_tx.grip.signature import verify_hs256
+from fanout_tx.items import Item
+from fanout_tx.router import Router
+from fanout_tx.routes import parse_routes
+from fanout_tx.ws import events as ev
+from fanout_tx.ws.handler import WebSocketHandler
+from fanout_tx.ws.protocol import ClientFactory
+
+Answer = Callable[[list[ev.Event], dict[str, str]], tuple[int, list[tuple[str, str]], bytes]]
+
+
+def events_reply(*events: ev.Event, headers: list[tuple[str, str]] = ()) -> tuple:
+    return 200, [("Content-Type", "application/websocket-events"), *headers], \
+        ev.encode_events(events)
+
+
+def grip_echo(events: list[ev.Event], headers: dict[str, str]) -> tuple:
+    """Accepts with grip; TEXT "sub:X" subscribes to X, anything else is echoed."""
+    out = []
+    for event in events:
+        if event.name == "OPEN":
+            out.append(ev.Event("OPEN"))
+        elif event.name == "TEXT" and event.content.startswith(b"sub:"):
+            control = {"type": "subscribe", "channel": event.content[4:].decode()}
+            out.append(ev.Event("TEXT", b"c:" + json.dumps(control).encode()))
+            out.append(ev.Event("TEXT", b"m:subscribed"))
+        elif event.name in ("TEXT", "BINARY"):
+            out.append(ev.Event(event.name, b"m:" + event.content))
+        elif event.name == "CLOSE":
+            out.append(ev.Event("CLOSE", event.content))
+    return events_reply(*out, headers=[("Sec-WebSocket-Extensions", "grip")])
+
+
+class Origin(Resource):
+    """A real origin: records every request and answers with ``answer``."""
+
+    isLeaf = True
+
+    def __init__(self, answer: Answer) -> None:
+        super().__init__()
+        self.answer = answer
+        self.requests: list[tuple[dict[str, str], list[ev.Event], bytes]] = []
+        self.waiters: list[tuple[Callable[[], bool], Deferred]] = []
+
+    @override
+    def render_POST(self, request: Any) -> bytes:  # noqa: N802
+        headers = {k.decode().lower(): b", ".join(v).decode()
+                   for k, v in request.requestHeaders.getAllRawHeaders()}
+        body = request.content.read()
+        events = ev.decode_events(body)
+        self.requests.append((headers, events, request.uri))
+        code, reply_headers, reply = self.answer(events, headers)
+        request.setResponseCode(code)
+        for name, value in reply_headers:
+            request.responseHeaders.addRawHeader(name, value)
+        self._check_waiters()
+        return reply
+
+    def _check_waiters(self) -> None:
+        for entry in list(self.waiters):
+            if entry[0]():
+                self.waiters.remove(entry)
+                reactor.callLater(0, entry[1].callback, None)
+
+    def wait_for(self, condition: Callable[[], bool]) -> Deferred:
+        d: Deferred = Deferred()
+        if condition():
+            d.callback(None)
+        else:
+            self.waiters.append((condition, d))
+        return d
+
+    def event_names(self) -> list[str]:
+        return [e.name for _h, events, _u in self.requests for e in events]
+
+
+class Client(WebSocketClientProtocol):
+    """Records messages; ``opened``/``closed`` Deferreds and ``wait_messages(n)``."""
+
+    @override
+    def onOpen(self) -> None:  # noqa: N802
+        self.factory.opened.callback(self)
+
+    @override
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        self.factory.messages.append((payload, isBinary))
+        for n, d in list(self.factory.waiting):
+            if len(self.factory.messages) >= n:
+                self.factory.waiting.remove((n, d))
+                d.callback(self.factory.messages)
+
+    @override
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
+        if not self.factory.opened.called:
+            self.factory.opened.errback(ConnectionError(f"handshake failed: {reason}"))
+        self.factory.closed.callback((wasClean, code, reason))
+
+
+class ClientSide(WebSocketClientFactory):
+    protocol = Client
+
+    def __init__(self, url: str, **kwargs: Any) -> None:
+        super().__init__(url, **kwargs)
+        self.opened: Deferred = Deferred()
+        self.closed: Deferred = Deferred()
+        self.messages: list[tuple[bytes, bool]] = []
+        self.waiting: list[tuple[int, Deferred]] = []
+
+    def wait_messages(self, n: int) -> Deferred:
+        d: Deferred = Deferred()
+        if len(self.messages) >= n:
+            d.callback(self.messages)
+        else:
+            self.waiting.append((n, d))
+        return d
+
+
+class WsTestMixin:
+    """A handler on a loopback port routed to a real origin, both cleaned up after."""
+
+    routes_line = "* {origin},over_http"
+    proxy_config = ProxyConfig()
+    max_message = 1_000_000
+
+    @inlineCallbacks
+    def start(self, answer: Answer, route_line: str | None = None):
+        self.origin = Origin(answer)
+        origin_port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(self.origin))
+        self.addCleanup(origin_port.stopListening)
+        line = (route_line or self.routes_line).format(
+            origin=f"127.0.0.1:{origin_port.getHost().port}")
+        self.router = Router(reactor)
+        self.factory = ClientFactory(max_message=self.max_message)
+        self.router.add_renderer("ws-message", self.factory.render)
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        self.addCleanup(pool.closeCachedConnections)
+        self.handler = WebSocketHandler(
+            SimpleNamespace(table=parse_routes(line)), self.router, Agent(reactor, pool=pool),
+            reactor, self.proxy_config, self.factory,
+        )
+        port = yield TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1").listen(
+            Site(self.handler))
+        self.addCleanup(port.stopListening)
+        self.port = port.getHost().port
+        self.addCleanup(self._sessions_done)
+        self.clients: list[ClientSide] = []
+
+    def _sessions_done(self) -> Deferred:
+        return DeferredList([s.finished for s in list(self.handler.sessions)])
+
+    @inlineCallbacks
+    def connect(self, path: str = "/ws", **kwargs: Any):
+        side = ClientSide(f"ws://127.0.0.1:{self.port}{path}", **kwargs)
+        self.clients.append(side)
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(side)
+        self.addCleanup(self._close_client, side)
+        protocol = yield side.opened
+        return side, protocol
+
+    @staticmethod
+    def _close_client(side: ClientSide) -> Deferred:
+        if not side.closed.called:
+            side.opened.addCallback(lambda p: p.sendClose(1000))
+        return side.closed
+
+    def publish(self, channel: str, **fmt: Any) -> None:
+        self.router.publish(Item(channel, {"ws-message": parse_ws_message(fmt)}))
+
+
+class OverHttpTests(WsTestMixin, TestCase):
+    timeout = 10
+
+    @inlineCallbacks
+    def test_open_text_binary_both_ways(self):
+        """Client TEXT and BINARY reach the origin as events; the origin's prefixed
+        replies reach the client without the prefix, in order."""
+        yield self.start(grip_echo)
+        side, client = yield self.connect()
+        client.sendMessage(b"hello")
+        client.sendMessage(b"\x00\x01", isBinary=True)
+        messages = yield side.wait_messages(2)
+        self.assertEqual(messages, [(b"hello", False), (b"\x00\x01", True)])
+        self.assertEqual(self.origin.event_names()[:1], ["OPEN"])
+        self.assertIn("TEXT", self.origin.event_names())
+        self.assertIn("BINARY", self.origin.event_names())
+
+    @inlineCallbacks
+    def test_origin_request_headers(self):
+        """Origin requests carry the events content type, a stable Connection-Id, the grip
+        extension, a Grip-Sig, and never the client's own Grip-*/Meta-*/Connection-Id."""
+        self.proxy_config = ProxyConfig(sig_iss="fanout", sig_key=b"secret")
+        yield self.start(grip_echo)
+        side, client = yield self.connect(headers={
+            "Grip-Sig": "forged", "Meta-User": "evil", "Connection-Id": "mine", "X-App": "1"})
+        client.sendMessage(b"x")
+        yield side.wait_messages(1)
+        first, second = self.origin.requests[0][0], self.origin.requests[1][0]
+        for headers in (first, second):
+            self.assertEqual(headers["content-type"], "application/websocket-events")
+            self.assertEqual(headers["accept"], "application/websocket-events")
+            self.assertEqual(headers["sec-websocket-extensions"], "grip")
+            self.assertEqual(headers["x-app"], "1")
+            self.assertNotIn("meta-user", headers)
+            claims = verify_hs256(headers["grip-sig"], b"secret", reactor.seconds(), iss="fanout")
+            self.assertEqual(set(claims), {"iss", "exp"})
+        self.assertNotEqual(first["connection-id"], "mine")
+        self.assertEqual(first["connection-id"], second["connection-id"])
+        self.assertEqual(self.origin.requests[0][2], b"/ws")
+
+    @inlineCallbacks
+    def test_rejection_relayed(self):
+        """An origin that answers OPEN with a non-events response rejects the handshake;
+        the client sees the origin's status and body."""
+        yield self.start(lambda e, h: (403, [("Content-Type", "text/plain"),
+                                             ("X-Why", "nope")], b"go away\n"))
+        agent = Agent(reactor)
+        response = yield agent.request(b"GET", f"http://127.0.0.1:{self.port}/ws".encode(),
+                                       Headers({"Upgrade": ["websocket"],
+                                                "Connection": ["Upgrade"],
+                                                "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
+                                                "Sec-WebSocket-Version": ["13"]}))
+        body = yield readBody(response)
+        self.assertEqual((response.code, body), (403, b"go away\n"))
+        self.assertEqual(response.headers.getRawHeaders("X-Why"), [b"nope"])
+        side = ClientSide(f"ws://127.0.0.1:{self.port}/ws")
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(side)
+        yield self.assertFailure(side.opened, ConnectionError)
+        yield side.closed
+
+    @inlineCallbacks
+    def test_subscribe_then_publish(self):
+        """A c: subscribe from the origin puts the connection on the channel; a publish
+        reaches it, and a published close closes it with that code."""
+        yield self.start(grip_echo)
+        side, client = yield self.connect()
+        client.sendMessage(b"sub:news")
+        yield side.wait_messages(1)
+        self.assertTrue(self.router.has_subscribers("news"))
+        self.publish("news", content="breaking")
+        self.publish("news", **{"content-bin": "AAE=", "type": "binary"})
+        messages = yield side.wait_messages(3)
+        self.assertEqual(messages[1:], [(b"breaking", False), (b"\x00\x01", True)])
+        self.publish("news", action="close", code=4001, reason="bye")
+        was_clean, code, _reason = yield side.closed
+        self.assertEqual(code, 4001)
+        yield self.origin.wait_for(lambda: "CLOSE" in self.origin.event_names())
+        self.assertFalse(self.router.has_subscribers("news"))
+
+    @inlineCallbacks
+    def test_client_close_and_disconnect(self):
+        """A client close reaches the origin as CLOSE with its code and reason; a client
+        that drops the TCP connection becomes DISCONNECT."""
+        yield self.start(grip_echo)
+        side, client = yield self.connect()
+        client.sendClose(4000, "done")
+        _clean, code, _reason = yield side.closed
+        self.assertEqual(code, 4000)
+        yield self.origin.wait_for(lambda: "CLOSE" in self.origin.event_names())
+        close = next(e for _h, es, _u in self.origin.requests for e in es if e.name == "CLOSE")
+        self.assertEqual(ev.parse_close(close.content), (4000, "done"))
+        side2, client2 = yield self.connect()
+        client2.transport.abortConnection()
+        yield side2.closed
+        yield self.origin.wait_for(lambda: "DISCONNECT" in self.origin.event_names())
+
+    @inlineCallbacks
+    def test_origin_close(self):
+        """An origin CLOSE event closes the client with its code."""
+        def answer(events, headers):
+            if events and events[0].name == "OPEN":
+                return events_reply(ev.Event("OPEN"))
+            return events_reply(ev.Event("CLOSE", ev.close_content(4002, "origin says")))
+        yield self.start(answer)
+        side, client = yield self.connect()
+        client.sendMessage(b"anything")
+        _clean, code, reason = yield side.closed
+        self.assertEqual((code, reason), (4002, "origin says"))
+
+    @inlineCallbacks
+    def test_bad_origin_events_close_1011_and_spare_others(self):
+        """Malformed events from the origin close that client with 1011 and a log line;
+        another connection on the same origin keeps working."""
+        def answer(events, headers):
+            if events and events[0].name == "OPEN":
+                return grip_echo(events, headers)
+            if events[0].content == b"break":
+                return 200, [("Content-Type", "application/websocket-events")], b"TEXT zz\r\n"
+            return grip_echo(events, headers)
+        yield self.start(answer)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        side, client = yield self.connect()
+        other, other_client = yield self.connect()
+        client.sendMessage(b"break")
+        _clean, code, _reason = yield side.closed
+        self.assertEqual(code, 1011)
+        self.assertTrue(any("malformed events" in str(e.get("reason", "")) for e in logged))
+        other_client.sendMessage(b"still here")
+        messages = yield other.wait_messages(1)
+        self.assertEqual(messages, [(b"still here", False)])
+
+    @inlineCallbacks
+    def test_invalid_control_closes_1011(self):
+        """Invalid control JSON or an unknown control type closes with 1011, logged."""
+        def answer(events, headers):
+            if events and events[0].name == "OPEN":
+                return events_reply(ev.Event("OPEN"),
+                                    headers=[("Sec-WebSocket-Extensions", "grip")])
+            bad = events[0].content
+            return events_reply(ev.Event("TEXT", b"c:" + bad),
+                                headers=[("Sec-WebSocket-Extensions", "grip")])
+        yield self.start(answer)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        for bad in (b"{not json", b'{"type": "explode"}'):
+            side, client = yield self.connect()
+            client.sendMessage(bad)
+            _clean, code, _reason = yield side.closed
+            self.assertEqual(code, 1011)
+        reasons = [str(e.get("reason", "")) for e in logged]
+        self.assertTrue(any("not valid JSON" in r for r in reasons))
+        self.assertTrue(any("unknown control message type" in r for r in reasons))
+
+    @inlineCallbacks
+    def test_oversized_message_closes_1009(self):
+        """A client message over the size limit is refused with close code 1009."""
+        self.max_message = 1000
+        yield self.start(grip_echo)
+        side, client = yield self.connect()
+        client.sendMessage(b"x" * 2000)
+        _clean, code, _reason = yield side.closed
+        self.assertEqual(code, 1009)
+
+    @inlineCallbacks
+    def test_unreachable_origin_is_502(self):
+        """No origin listening: the handshake gets 502."""
+        yield self.start(grip_echo, "* 127.0.0.1:1,over_http")
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.port}/ws".encode(),
+            Headers({"Upgrade": ["websocket"], "Connection": ["Upgrade"],
+                     "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
+                     "Sec-WebSocket-Version": ["13"]}))
+        body = yield readBody(response)
+        self.assertEqual(response.code, 502)
+        self.assertIn(b"Error while proxying", body)
+
+    @inlineCallbacks
+    def test_thousand_clients_one_publish(self):
+        """1,000 clients on one channel each get one publish, framed once."""
+        yield self.start(grip_echo, "* {origin},over_http,sub=many")
+        prepared_calls = []
+        original = self.factory.prepareMessage
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            prepared_calls.append(args)
+            return original(*args, **kwargs)
+
+        self.factory.prepareMessage = counting
+        sides = yield gatherResults([self.connect() for _ in range(1000)])
+        self.assertEqual(len(self.router.subscribers()), 1000)
+        self.publish("many", content="to all")
+        received = yield gatherResults([side.wait_messages(1) for side, _c in sides])
+        self.assertEqual({tuple(r) for r in received}, {((b"to all", False),)})
+        self.assertEqual(len(prepared_calls), 1)
