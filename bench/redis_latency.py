@@ -101,13 +101,15 @@ def run(options: argparse.Namespace) -> Any:
                  ] * (options.burst - 1)
         items.append(parse_item({"channel": "bench",
                                  "formats": {"http-stream": {"content": "last"}}}))
+        failures: list[Any] = []
         start = time.perf_counter()
         for item in items:
-            a.publish([item], "bench")
+            a.publish([item], "bench").addErrback(failures.append)
         end = yield arrived
         received = timing.count - before
         print(f"burst: {received} items published one per call reached B in "
-              f"{end - start:.3f} s ({received / (end - start):,.0f} items/s)")
+              f"{end - start:.3f} s ({received / (end - start):,.0f} items/s); "
+              f"{len(failures)} publishes failed")
     finally:
         for bus in buses:
             yield bus.stopService()

@@ -208,6 +208,19 @@ def parse_key(value: str, base: Path | None = None) -> bytes:
     return value.encode("utf-8")
 
 
+def _existing_file(value: str, base: Path | None = None) -> str:
+    """A file that must exist (relative to the config's folder); empty means none."""
+    value = value.strip()
+    if not value:
+        return ""
+    path = Path(value)
+    if not path.is_absolute() and base is not None:
+        path = base / path
+    if not path.is_file():
+        raise ValueError(f"no such file: {path}")
+    return str(path)
+
+
 def parse_listen_addresses(value: str, _base: Path | None = None) -> tuple[ListenAddress, ...]:
     """``[addr:]port`` entries, comma separated; IPv6 hosts in brackets."""
     addresses = []
@@ -328,7 +341,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "timeout": ("timeout", _seconds),
         "retry_schedule": ("retry_schedule", _schedule),
         "max_in_flight": ("max_in_flight", _non_negative_int),
-        "ca_file": ("ca_file", _text),
+        "ca_file": ("ca_file", _existing_file),
     },
     "redis": {
         "url": ("url", _redis_url),

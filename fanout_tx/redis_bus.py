@@ -31,11 +31,14 @@ from fanout_tx.redis_link import RedisLink, redis_endpoint
 from fanout_tx.redis_url import RedisAddress
 from fanout_tx.router import Router
 
-# KEYS: stream, last-ids hash, last-ids order (zset).
+# KEYS: stream, last-ids hash, last-ids order (zset), entry counter.
 # ARGV: origin, payload, stream max length, max last ids, then channel/id pairs.
-# The order zset keeps the hash bounded like the router's own map: oldest channels go first.
+# The counter numbers entries without holes, so a reader notices trimmed entries it never
+# read. The order zset keeps the hash bounded like the router's own map: oldest out first.
 PUBLISH_SCRIPT = """
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*', 'o', ARGV[1], 'd', ARGV[2])
+local number = redis.call('INCR', KEYS[4])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[3], '*',
+                      'o', ARGV[1], 's', number, 'd', ARGV[2])
 if #ARGV > 4 then
   local ms = tonumber(string.match(id, '^(%d+)'))
   for i = 5, #ARGV, 2 do
@@ -51,11 +54,12 @@ end
 return id
 """
 
-# KEYS: stream, last-ids hash. ARGV: this reader's cursor ('' on first start).
-# Returns {mode, stream id to read after, [flat last-ids hash]}, atomically, so the last
-# ids and the read position agree: start (late joiner: no history), resume (nothing lost
-# since the cursor: replay from it), gap (entries after the cursor were trimmed), reset (the
-# stream is new: Redis restarted or was flushed, every entry in it is unseen).
+# KEYS: stream, last-ids hash, entry counter. ARGV: this reader's cursor ('' at first).
+# Returns {mode, stream id to read after, [flat last-ids hash, [entry count]]}, atomically,
+# so the last ids and the read position agree: start (late joiner: no history), resume
+# (read on from the cursor; entries trimmed meanwhile show as a hole in the entry numbers),
+# reset (the cursor is beyond the stream's end: Redis restarted or was flushed, so every
+# entry in it is unseen).
 SNAPSHOT_SCRIPT = """
 local function after(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -63,21 +67,18 @@ local function after(a, b)
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am > bm or (am == bm and as > bs)
 end
-local last, first, deleted = '0-0', '0-0', '0-0'
+local last = '0-0'
 if redis.call('EXISTS', KEYS[1]) == 1 then
   local info = redis.call('XINFO', 'STREAM', KEYS[1])
   for i = 1, #info, 2 do
-    if info[i] == 'last-generated-id' then last = info[i + 1]
-    elseif info[i] == 'recorded-first-entry-id' then first = info[i + 1]
-    elseif info[i] == 'max-deleted-entry-id' then deleted = info[i + 1] end
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
   end
 end
 local cursor = ARGV[1]
-if cursor == '' then return {'start', last, redis.call('HGETALL', KEYS[2])} end
-if after(cursor, last) then return {'reset', '0-0', redis.call('HGETALL', KEYS[2])} end
-if after(first, cursor) or after(deleted, cursor) then
-  return {'gap', cursor, redis.call('HGETALL', KEYS[2])}
+if cursor == '' then
+  return {'start', last, redis.call('HGETALL', KEYS[2]), redis.call('GET', KEYS[3]) or '0'}
 end
+if after(cursor, last) then return {'reset', '0-0', redis.call('HGETALL', KEYS[2])} end
 return {'resume', cursor}
 """
 
@@ -110,6 +111,7 @@ class RedisBus(MultiService):
         self._stream = prefix + "items"
         self._last_ids_key = prefix + "last-ids"
         self._last_ids_order_key = prefix + "last-ids:order"
+        self._counter_key = prefix + "items:count"
         self._stream_maxlen = stream_maxlen
         self._max_last_ids = max_last_ids
         self._block_ms = int(block_seconds * 1000)
@@ -120,6 +122,7 @@ class RedisBus(MultiService):
         # of last ids taken meanwhile may predate it, so it does not overwrite them.
         self._in_flight: Counter[str] = Counter()
         self._cursor: str | None = None
+        self._next_number: int | None = None  # the entry number expected next, once known
         self._publish_sha = ""
         self._read_generation = 0
         self._waiters: list[tuple[bool, Deferred[None]]] = []
@@ -200,12 +203,12 @@ class RedisBus(MultiService):
         channels = [channel for channel, _item_id in pairs]
         self._in_flight.update(channels)
         args: list[Any] = [
-            self._stream, self._last_ids_key, self._last_ids_order_key, self._origin,
-            payload, self._stream_maxlen, self._max_last_ids,
+            self._stream, self._last_ids_key, self._last_ids_order_key, self._counter_key,
+            self._origin, payload, self._stream_maxlen, self._max_last_ids,
         ]
         for channel, item_id in pairs:
             args += (channel, item_id)
-        shared = self._commands.command("EVALSHA", self._publish_sha, 3, *args)
+        shared = self._commands.command("EVALSHA", self._publish_sha, 4, *args)
         shared.addBoth(self._answered, channels)
         return shared.addCallbacks(lambda _: None, self._share_failed,
                                    errbackArgs=(input_name,))
@@ -234,21 +237,25 @@ class RedisBus(MultiService):
     # -- receiving --------------------------------------------------------------------------
 
     def _snapshot(self, command: Any) -> Deferred[None]:
-        keys = (self._stream, self._last_ids_key)
+        keys = (self._stream, self._last_ids_key, self._counter_key)
         return command("EVAL", SNAPSHOT_SCRIPT, len(keys), *keys, self._cursor or "").addCallback(
             self._apply_snapshot)
 
     def _apply_snapshot(self, reply: list[Any]) -> None:
         mode, start = _text(reply[0]), _text(reply[1])
         if mode != "resume":
-            flat = reply[2]
-            for channel, item_id in zip(flat[::2], flat[1::2], strict=True):
-                if _text(channel) not in self._in_flight:
-                    self.router.set_last_id(_text(channel), _text(item_id))
-            log = self._log.warn if mode == "gap" else self._log.info
-            log("redis reader: {mode}, reading after {start}; {count} last ids loaded",
-                mode=mode, start=start, count=len(flat) // 2)
+            # A late joiner knows the next entry's number; after a reset it is unknown.
+            self._next_number = int(reply[3]) + 1 if mode == "start" else None
+            self._apply_last_ids(reply[2])
+            self._log.info("redis reader: {mode}, reading after {start}; {count} last ids "
+                           "loaded", mode=mode, start=start, count=len(reply[2]) // 2)
         self._cursor = start
+
+    def _apply_last_ids(self, flat: list[bytes]) -> None:
+        """Take Redis's last ids, except where an own publish is in flight (newer here)."""
+        for channel, item_id in zip(flat[::2], flat[1::2], strict=True):
+            if _text(channel) not in self._in_flight:
+                self.router.set_last_id(_text(channel), _text(item_id))
 
     def _reader_up(self) -> None:
         self._read_generation += 1
@@ -271,17 +278,28 @@ class RedisBus(MultiService):
             self._log.failure("redis reader failed; reconnecting", failure)
             self._reader.drop()
 
-    def _received(self, reply: list[Any] | None) -> None:
-        if not reply:
-            return  # BLOCK timed out: nothing new
-        for _stream, entries in reply:
+    def _received(self, reply: list[Any] | None) -> Deferred[None] | None:
+        """Hand the entries to the router; when entry numbers show a hole (entries trimmed
+        before this reader got them), log it and reload the last ids before reading on."""
+        missed = 0
+        for _stream, entries in reply or ():
             for entry_id, flat in entries:
                 self._cursor = _text(entry_id)
                 fields = dict(zip(flat[::2], flat[1::2], strict=True))
                 try:
+                    number = int(fields[b"s"])
+                    if self._next_number is not None and number > self._next_number:
+                        missed += number - self._next_number
+                    self._next_number = number + 1
                     self._entry(fields)
                 except Exception:
                     self._log.failure("dropped stream entry {id}", id=self._cursor)
+        if not missed:
+            return None
+        self._log.warn("redis reader missed {count} entries (trimmed before it read them); "
+                       "reloading last ids", count=missed)
+        return self._reader.command("HGETALL", self._last_ids_key).addCallback(
+            self._apply_last_ids)
 
     def _entry(self, fields: dict[bytes, bytes]) -> None:
         if fields.get(b"o") == self._origin:

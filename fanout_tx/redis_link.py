@@ -115,6 +115,7 @@ class RedisLink(Service):
         self._pinger: LoopingCall | None = None
         self._ping_pending = False
         self._failures = 0
+        self._last_answer = 0.0
         self.up = False
 
     # -- service ----------------------------------------------------------------------------
@@ -148,21 +149,32 @@ class RedisLink(Service):
         return self._send(args, timeout)
 
     def _send(self, args: tuple[Any, ...], timeout: float | None) -> Deferred[Any]:
-        """Send on the current connection; no answer within the timeout drops the
-        connection, which fails every pending command and starts a reconnect."""
+        """Send on the current connection. When neither this command nor any other has been
+        answered for the timeout, the server is taken as hung: the connection is dropped,
+        which fails every pending command and starts a reconnect. A server that answers,
+        only behind a long pipeline (a burst of publishes), is waited for."""
         protocol = self._protocol
         if protocol is None or not protocol.connected:
             return fail(RedisDownError(f"redis {self.label} link is down"))
         result = protocol.execute_command(*args, apply_timeout=False)
         limit = self.reply_timeout if timeout is None else timeout
-        timer = self._clock.callLater(limit, self._timed_out, protocol, args[0], limit)
+        timer: list[IDelayedCall] = []
 
-        def stop_timer(outcome: Any) -> Any:
-            if timer.active():
-                timer.cancel()
+        def check() -> None:
+            quiet = self._clock.seconds() - self._last_answer
+            if quiet < limit:
+                timer[0] = self._clock.callLater(limit - quiet, check)
+            else:
+                self._timed_out(protocol, args[0], limit)
+
+        def answered(outcome: Any) -> Any:
+            self._last_answer = self._clock.seconds()
+            if timer[0].active():
+                timer[0].cancel()
             return outcome
 
-        return result.addBoth(stop_timer)
+        timer.append(self._clock.callLater(limit, check))
+        return result.addBoth(answered)
 
     def drop(self) -> None:
         """Abandon the current connection (after an unexpected answer); reconnects."""
@@ -188,6 +200,7 @@ class RedisLink(Service):
     def _connected(self, protocol: txredisapi.BaseRedisProtocol) -> Deferred[None]:
         self._connecting = None
         self._protocol = protocol
+        self._last_answer = self._clock.seconds()
         protocol.whenDisconnected().addCallback(self._lost)
         return protocol.whenConnected().addCallback(lambda _: self._set_up(protocol))
 

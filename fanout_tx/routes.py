@@ -133,6 +133,8 @@ def _parse_condition(token: str) -> dict:
             fields["sig_key"] = parse_key(_need_value(name, value))
         elif name == "path_rem":
             fields["path_rem"] = parse_int(_need_value(name, value))
+            if fields["path_rem"] < 0:
+                raise ValueError(f"path_rem must be >= 0, got {value}")
         elif name == "header":
             header_name, sep, header_value = _need_value(name, value).partition(":")
             if not sep or not header_name.strip():

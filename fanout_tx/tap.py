@@ -32,6 +32,8 @@ from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.ws.service import build_websocket_service
+from fanout_tx.xmpp.component import build_xmpp
 from fanout_tx.zmq_ingest import ZmqPullInput, ZmqSubInput
 
 _log = Logger(namespace="fanout_tx.tap")
@@ -144,8 +146,10 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     _named(core.routes.watcher(), "routes-watch", root)
     if isinstance(core.bus, RedisBus):
         _named(core.bus, "redis", root)  # owns the Redis connections
-    _named(build_proxy_service(settings.config, core.routes, core.router, reactor),
-           "http-proxy", root)
+    websocket = build_websocket_service(settings.config, core.routes, core.router, reactor)
+    _named(websocket, "websocket", root)
+    _named(build_proxy_service(settings.config, core.routes, core.router, reactor,
+                               websocket_handler=websocket.handler), "http-proxy", root)
     _named(_publish_http(core), "publish-http", root)
     if settings.config.webhooks.enabled:
         _named(_webhooks(core), "webhooks", root)
@@ -154,6 +158,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     _named(ZmqPullInput(reactor, zmq_context, core.bus, handler.push_in_spec), "zmq-pull", root)
     _named(ZmqSubInput(reactor, zmq_context, core.bus, core.router, handler.push_in_sub_specs,
                        connect=handler.push_in_sub_connect), "zmq-sub", root)
+    if settings.config.xmpp.enabled:
+        _named(build_xmpp(settings.config, core.router, reactor), "xmpp", root)
     return root, core
 
 

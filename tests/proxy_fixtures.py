@@ -11,7 +11,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
-from twisted.web.client import Agent, HTTPConnectionPool, ResponseDone
+from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -19,7 +19,7 @@ from typing_extensions import override
 
 from fanout_tx.bus import LocalBus
 from fanout_tx.http.hold import register_renderers
-from fanout_tx.http.origin import ProxySettings
+from fanout_tx.http.origin import InsecurePolicy, ProxySettings
 from fanout_tx.http.proxy import ProxyResource, proxy_site
 from fanout_tx.items import parse_item
 from fanout_tx.router import Router
@@ -91,10 +91,16 @@ class ProxyHarness:
 
     def __init__(self, test: TestCase, route: str = "*", target_options: str = "",
                  settings: ProxySettings | None = None, extra_targets: str = "",
-                 max_client_buffer: int | None = None, clock: Any = reactor) -> None:
+                 max_client_buffer: int | None = None, clock: Any = reactor,
+                 tls_options: Any = None, trust_root: Any = None) -> None:
         self.origin = Origin()
         self.origin_factory = TrackingFactory(Site(self.origin))
-        self.origin_port = reactor.listenTCP(0, self.origin_factory, interface="127.0.0.1")
+        if tls_options is None:
+            self.origin_port = reactor.listenTCP(0, self.origin_factory, backlog=1024,
+                                                interface="127.0.0.1")
+        else:
+            self.origin_port = reactor.listenSSL(0, self.origin_factory, tls_options,
+                                                interface="127.0.0.1")
         self.origin_address = f"127.0.0.1:{self.origin_port.getHost().port}"
         self.routes = Routes(parse_routes(
             f"{route} {extra_targets}{self.origin_address}{target_options}"))
@@ -104,10 +110,15 @@ class ProxyHarness:
         self.bus = LocalBus(self.router)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         kwargs = {} if max_client_buffer is None else {"max_client_buffer": max_client_buffer}
-        self.resource = ProxyResource(self.routes, self.router, clock,
-                                      Agent(reactor, pool=self.pool), settings, **kwargs)
+        policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+        self.resource = ProxyResource(
+            self.routes, self.router, clock,
+            Agent(reactor, contextFactory=policy, pool=self.pool), settings,
+            insecure_agent=Agent(reactor, contextFactory=InsecurePolicy(), pool=self.pool),
+            **kwargs)
         self.proxy_factory = TrackingFactory(proxy_site(self.resource))
-        self.proxy_port = reactor.listenTCP(0, self.proxy_factory, interface="127.0.0.1")
+        self.proxy_port = reactor.listenTCP(0, self.proxy_factory, backlog=1024,
+                                           interface="127.0.0.1")
         self.client_pool = HTTPConnectionPool(reactor, persistent=False)
         self.client = Agent(reactor, pool=self.client_pool)
         self.bodies: list[Deferred[bytes]] = []  # client bodies to see finished at teardown
@@ -116,6 +127,9 @@ class ProxyHarness:
     @property
     def url(self) -> bytes:
         return b"http://127.0.0.1:%d" % self.proxy_port.getHost().port
+
+    def set_routes(self, text: str) -> None:
+        self.routes.table = parse_routes(text)
 
     def handle(self, path: bytes, handler: Handler) -> None:
         self.origin.handlers[path] = handler

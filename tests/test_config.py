@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.config import (
@@ -357,3 +360,17 @@ class ValueTests(SynchronousTestCase):
         second.write_text("")
         self.assertEqual(default_config_path([folder / "a.conf", second]), second)
         self.assertIsNone(default_config_path([folder / "a.conf"]))
+
+
+class PropertyTests(SynchronousTestCase):
+    @given(st.lists(st.sampled_from([
+        "[runner]", "[proxy]", "[handler]", "[xmpp]", "[webhooks]", "[redis]", "[metrics]",
+        "[global]", "http_port=", "sig_key=", "push_in_http_port=", "allow_cidrs=",
+        "retry_schedule=", "log_level=", "url=", "{rundir}", "base64:", "file:", "=", "[",
+        ",", ":", "\n", "#", "1", "-1", "true", " ", "\u00e9",
+    ]) | st.text(max_size=8), max_size=30).map("".join))
+    def test_any_text_gives_config_or_config_error(self, text: str) -> None:
+        """Whatever the file holds, loading ends in a Config or a ConfigError, never
+        another exception (which would be a traceback at start-up)."""
+        with contextlib.suppress(ConfigError):
+            parse_config(text, "/nonexistent/f.conf")

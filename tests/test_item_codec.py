@@ -50,7 +50,7 @@ class ItemCodecTests(SynchronousTestCase):
         self.assertEqual(decode_items(encode_items([item])), [item])
 
     def test_parsed_items_round_trip(self) -> None:
-        """Items as the publish parsers make them (every built-in format) round-trip."""
+        """Items as the publish parsers make them (every registered format) round-trip."""
         items = parse_items_json(json.dumps({"items": [
             {"channel": "c", "id": "2", "prev-id": "1", "meta": {"sender": "u"},
              "formats": {
@@ -60,6 +60,11 @@ class ItemCodecTests(SynchronousTestCase):
                  "ws-message": {"action": "close", "code": 4000, "reason": "bye"},
              }},
             {"channel": "d", "no-seq": True, "http-stream": {"action": "close"}},
+            {"channel": "e", "formats": {
+                "http-request": {"method": "PUT", "path": "/x?y=1", "body": "b"},
+                "xmpp-message": {"body": "hi", "type": "headline", "from": "bot"},
+                "xmpp-stanza": {"content": "<message><body>x</body></message>"},
+            }},
         ]}).encode())
         decoded = decode_items(encode_items(items))
         self.assertEqual(decoded, items)

@@ -201,7 +201,8 @@ def items_shaped(payloads: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str
     values (``payloads`` adds bytes for tnetstring)."""
     format_fields = st.dictionaries(
         st.sampled_from(["action", "code", "reason", "headers", "body", "body-bin", "content",
-                         "content-bin", "type", "content-filters", "method", "path"]),
+                         "content-bin", "type", "content-filters", "method", "path",
+                         "subject", "thread", "payload", "from"]),
         json_values | payloads, max_size=5,
     )
     return st.fixed_dictionaries(

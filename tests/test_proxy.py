@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from io import BytesIO
 
 from twisted.internet import reactor
 from twisted.internet.protocol import Protocol, ServerFactory
@@ -11,6 +12,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
+from typing_extensions import override
 
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.http.origin import ProxySettings
@@ -38,6 +40,7 @@ class PassThroughTests(TestCase):
         self.assertEqual(body, b"hello\n")
         self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
         self.assertEqual(response.headers.getRawHeaders(b"content-type"), [b"text/x-hello"])
+        self.assertEqual(response.length, 6)  # a Content-Length, not chunked
         self.assertIsNone(response.headers.getRawHeaders(b"grip-secret"))
         self.assertEqual(proxy.origin.requests[0].uri, b"/hello?x=1&y=2")
 
@@ -66,7 +69,6 @@ class PassThroughTests(TestCase):
         _response, body = await proxy.fetch(b"/big")
         self.assertEqual(hashlib.sha256(body).digest(), hashlib.sha256(big).digest())
         upload = os.urandom(3 * 1024 * 1024)
-        from io import BytesIO
         _response, digest = await proxy.fetch(b"/upload", method=b"POST",
                                               body=FileBodyProducer(BytesIO(upload)))
         self.assertEqual(digest, hashlib.sha256(upload).digest())
@@ -156,9 +158,7 @@ class RouteOptionTests(TestCase):
     async def test_test_target(self) -> None:
         """Pushpin's built-in ``test`` target: hello, a stream on channel test, 404."""
         proxy = ProxyHarness(self)
-        proxy.routes.table = type(proxy.routes.table)(
-            [r.__class__(line=1, targets=(r.targets[0].__class__(kind="test"),))
-             for r in proxy.routes.table.routes])
+        proxy.set_routes("* test")
         response, body = await proxy.fetch(b"/")
         self.assertEqual((response.code, body), (200, b"Hello from the Pushpin test handler!\n"))
         response, body = await proxy.fetch(b"/nope")
@@ -181,6 +181,7 @@ class RouteOptionTests(TestCase):
 
 
 class Garbage(Protocol):
+    @override
     def dataReceived(self, data: bytes) -> None:
         self.transport.write(b"this is not HTTP\r\n\r\n")
         self.transport.loseConnection()
@@ -189,10 +190,7 @@ class Garbage(Protocol):
 class ErrorTests(TestCase):
     async def test_unreachable_origin_502(self) -> None:
         proxy = ProxyHarness(self)
-        proxy.routes.table = type(proxy.routes.table)([
-            r.__class__(line=1, targets=(r.targets[0].__class__(host="127.0.0.1",
-                                                                 port=free_port()),))
-            for r in proxy.routes.table.routes])
+        proxy.set_routes(f"* 127.0.0.1:{free_port()}")
         response, body = await proxy.fetch(b"/")
         self.assertEqual((response.code, body), (502, b"Error while proxying to origin.\n"))
 
@@ -212,10 +210,7 @@ class ErrorTests(TestCase):
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         proxy = ProxyHarness(self)
-        proxy.routes.table = type(proxy.routes.table)([
-            r.__class__(line=1, targets=(r.targets[0].__class__(
-                host="127.0.0.1", port=port.getHost().port),))
-            for r in proxy.routes.table.routes])
+        proxy.set_routes(f"* 127.0.0.1:{port.getHost().port}")
         response, _body = await proxy.fetch(b"/")
         self.assertEqual(response.code, 502)
         # Other requests are unaffected.
@@ -224,11 +219,16 @@ class ErrorTests(TestCase):
         self.assertEqual((await proxy2.fetch(b"/"))[1], b"fine")
 
     async def test_body_over_limit_413(self) -> None:
-        from io import BytesIO
         proxy = ProxyHarness(self, settings=ProxySettings(max_request_body=1000))
         proxy.handle(b"/", lambda r: b"ok")
-        proxy.proxy_factory.wrappedFactory.max_request_body = 1000
         response, _body = await proxy.fetch(b"/", method=b"POST",
                                             body=FileBodyProducer(BytesIO(b"x" * 5000)))
         self.assertEqual(response.code, 413)
         self.assertEqual(proxy.origin.requests, [])
+
+    async def test_no_route_502(self) -> None:
+        """A host no route matches gets Pushpin's 502 text."""
+        proxy = ProxyHarness(self)
+        proxy.set_routes("only.example 127.0.0.1:1")
+        response, body = await proxy.fetch(b"/")
+        self.assertEqual((response.code, body), (502, b"No route for host: 127.0.0.1\n"))

@@ -9,10 +9,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from twisted.internet import task
+from twisted.internet import reactor, task
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
+from typing_extensions import override
 
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
@@ -165,6 +170,7 @@ class LongPollTests(TestCase):
 
 
 class StreamTests(TestCase):
+    timeout = 15
     def setUp(self) -> None:
         self.clock = task.Clock()
         self.proxy = ProxyHarness(self, clock=self.clock)
@@ -321,3 +327,57 @@ class HeaderPassingTests(TestCase):
         proxy.handle(b"/", lambda r: b"ok")
         await proxy.fetch(b"/", headers=Headers({"Grip-Last": ["x; last-id=1"]}))
         self.assertIsNone(proxy.origin.header(0, "grip-last"))
+
+
+class Stalled(Protocol):
+    """A stream client that sends its request and then never reads."""
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    @override
+    def connectionMade(self) -> None:
+        self.transport.write(b"GET /s HTTP/1.1\r\nHost: test\r\n\r\n")
+        self.transport.pauseProducing()
+
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+class SlowClientTests(TestCase):
+    timeout = 30
+
+    async def test_stalled_client_dropped_others_unaffected(self) -> None:
+        """A stream client that stops reading is dropped once its queue passes the bound;
+        a reading client on the same channel gets every byte."""
+        proxy = ProxyHarness(self, clock=task.Clock(), max_client_buffer=64 * 1024)
+        proxy.handle(b"/s", stream)
+        reader = Started(proxy, b"/s")
+        await reader.headers_arrived()
+        endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", proxy.proxy_port.getHost().port)
+        stalled = await connectProtocol(endpoint, Stalled())
+        await wait_until(lambda: proxy.router.subscriber_count() == 2)
+        chunk = "x" * 65536
+        sent = 0
+        while proxy.router.subscriber_count() == 2:
+            self.assertLess(sent, 400, "the stalled client was never dropped")
+            proxy.publish("news", http_stream={"content": chunk})
+            sent += 1
+            await task.deferLater(reactor, 0.001, lambda: None)
+        stalled.transport.resumeProducing()  # read again, to see the proxy's reset
+        await stalled.lost
+        proxy.publish("news", http_stream={"action": "close"})
+        self.assertEqual(len(await reader.collect.done), len(b"start\n") + sent * 65536)
+
+
+class PrefixTests(TestCase):
+    async def test_route_prefix_applies_to_channels(self) -> None:
+        """A route ``prefix=`` is prepended to the origin's channel names."""
+        proxy = ProxyHarness(self, route="*,prefix=app-", clock=task.Clock())
+        proxy.handle(b"/lp", long_poll)
+        started = Started(proxy, b"/lp")
+        await wait_until(lambda: proxy.router.has_subscribers("app-news"))
+        self.assertFalse(proxy.router.has_subscribers("news"))
+        proxy.publish("app-news", http_response={"body": "prefixed"})
+        self.assertEqual(await started.body(), b"prefixed")

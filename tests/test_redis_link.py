@@ -94,6 +94,21 @@ class RedisLinkTests(SynchronousTestCase):
         self.clock.advance(0.1)
         self.assertEqual(len(self.endpoint.attempts), 2)
 
+    def test_busy_server_is_waited_for(self) -> None:
+        """Commands queued behind a long pipeline are not a hang while answers keep coming;
+        the connection is dropped only after the timeout passes with no answer at all."""
+        link = self.link(ping_interval=None)
+        protocol, transport = self.endpoint.accept()
+        first, second = link.command("GET", "a"), link.command("GET", "b")
+        self.clock.advance(1.5)
+        protocol.dataReceived(b"$1\r\nA\r\n")
+        self.assertEqual(self.successResultOf(first), b"A")
+        self.clock.advance(1.0)  # second's 2 s are up, but the last answer is 1 s old
+        self.assertFalse(transport.disconnected)
+        self.assertNoResult(second)
+        self.clock.advance(1.0)
+        self.assertTrue(transport.disconnected)
+
     def test_auth_select_and_prepare_before_up(self) -> None:
         """Credentials and the database are sent first, then the owner's set-up; only then
         is the link up."""

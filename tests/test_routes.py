@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.config import ConfigError
@@ -112,6 +115,7 @@ class ErrorTests(SynchronousTestCase):
         self.assert_error(good + "*,path_beg= h:1\n", 4, "option path_beg needs a value")
         self.assert_error(good + "*,header=NoColon h:1\n", 4, "Name:Value")
         self.assert_error(good + "*,path_rem=x h:1\n", 4, "whole number")
+        self.assert_error(good + "*,path_rem=-1 h:1\n", 4, "path_rem must be >= 0")
         self.assert_error(good + "*,ssl=maybe h:1\n", 4, "true or false")
         self.assert_error(good + "* nohost\n", 4, "host:port")
         self.assert_error(good + "* h:0\n", 4, "port out of range")
@@ -137,3 +141,14 @@ class OverrideTests(SynchronousTestCase):
         path = Path(self.mktemp())
         path.write_text("* 127.0.0.1:8080\n")
         self.assertEqual(load_routes(path).routes[0].targets, (Target("127.0.0.1", 8080),))
+
+
+class PropertyTests(SynchronousTestCase):
+    @given(st.lists(st.sampled_from([
+        "*", "example.com", ",path_beg=/a", ",proto=ws", ",ssl=yes", ",sig_key=base64:",
+        ",path_rem=", ",header=A:b", ",no_grip", " ", "127.0.0.1:80", "[::1]:1", ",sub=c",
+        ",over_http", "test", "\"", "'", "#", "\n", "=", ",", ":", "99999",
+    ]) | st.text(max_size=6), max_size=20).map("".join))
+    def test_any_text_gives_routes_or_config_error(self, text: str) -> None:
+        with contextlib.suppress(ConfigError):
+            parse_routes(text)

@@ -4,12 +4,18 @@ hanging endpoint among twenty. Receivers run on 127.0.0.1, allowed through allow
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import time
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -20,9 +26,11 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.config import ConfigError, RedisConfig, WebhooksConfig
+from fanout_tx.grip.signature import encode_hs256
 from fanout_tx.items import parse_item
 from fanout_tx.router import Router
+from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.webhooks.ssrf import IPAddress
@@ -44,6 +52,29 @@ def name_resolver(host: str, port: int) -> Deferred[list[IPAddress]]:
     """hooks.example is this machine; every other name is a private address."""
     address = "127.0.0.1" if host == "hooks.example" else "10.9.9.9"
     return succeed([ipaddress.ip_address(address)])
+
+
+def self_signed(directory: Path, name: str) -> str:
+    """Writes a key and a self-signed certificate for ``name``; returns the endpoint
+    options for them (the certificate file doubles as the CA file)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
+        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
+    key_path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return f"privateKey={key_path}:certKey={cert_path}"
 
 
 class _Harness(TestCase):
@@ -276,3 +307,119 @@ class DeliveryTests(_Harness):
         self.assertTrue(all(r.signature_ok for r in receivers for r in r.requests))
         self.assertEqual(len(hanging.requests), FAST.max_in_flight)
         print(f"\n19 x 1000 webhook deliveries with one endpoint hanging: {elapsed:.2f}s")
+
+
+class TlsTests(_Harness):
+    """https targets are verified (service-identity): the certificate must chain to a
+    trusted CA ([webhooks] ca_file adds one) and name the URL's host."""
+
+    async def tls_receiver(self, cert_name: str) -> tuple[Receiver, str]:
+        directory = Path(self.mktemp())
+        directory.mkdir()
+        receiver = Receiver()
+        await receiver.listen(tls=self_signed(directory, cert_name))
+        self.addCleanup(receiver.close)
+        port = receiver.url.split(":")[2].split("/")[0]
+        receiver.url = f"https://hooks.example:{port}/hook"
+        return receiver, str(directory / f"{cert_name}.pem")
+
+    async def test_trusted_certificate_for_the_host(self) -> None:
+        """With the certificate's CA in ca_file, the https delivery goes through."""
+        receiver, ca_file = await self.tls_receiver("hooks.example")
+        await self.start(replace(FAST, ca_file=ca_file))
+        await self.subscribe(receiver)
+        self.publish()
+        await receiver.wait_for(1)
+        self.assertTrue(receiver.requests[0].signature_ok)
+
+    async def assert_refused(self, cert_name: str, use_ca: bool) -> str:
+        receiver, ca_file = await self.tls_receiver(cert_name)
+        await self.start(replace(FAST, ca_file=ca_file if use_ca else "", retry_schedule=(0,)))
+        answer = await self.subscribe(receiver)
+        buried = self.store.wait("bury")
+        self.publish()
+        await buried
+        _code, failed = await self.call("GET", f"{self.api}/{answer['id']}/failed")
+        letter = failed["items"][0]
+        self.assertEqual(letter["last_status"], None)
+        self.assertEqual(receiver.requests, [])
+        return letter["last_error"]
+
+    async def test_unknown_ca_fails(self) -> None:
+        """A certificate from a CA the server does not trust fails the attempt before
+        anything is sent."""
+        error = await self.assert_refused("hooks.example", use_ca=False)
+        self.assertIn("certificate verify failed", error)
+
+    async def test_certificate_for_another_name_fails(self) -> None:
+        """A trusted certificate that does not name the URL's host fails the attempt."""
+        error = await self.assert_refused("other.example", use_ca=True)
+        self.assertIn("DNSMismatch", error)  # service-identity's verdict
+
+
+class WiringTests(_Harness):
+    """tap.build_service: the ``webhooks`` child, its API on the publish port behind the
+    publish API's auth, and items published through /publish/ reaching the endpoint."""
+
+    def settings(self, webhooks: str, folder: Path | None = None) -> Any:
+        if folder is None:
+            folder = Path(self.mktemp())
+            folder.mkdir()
+        (folder / "routes").write_text("* 127.0.0.1:8080\n")
+        (folder / "fanout.conf").write_text(
+            "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
+            "push_in_http_key = hook-test-key\n[webhooks]\n" + webhooks)
+        return load_settings(str(folder / "fanout.conf"))
+
+    def test_ca_file_is_relative_to_the_config(self) -> None:
+        """ca_file is found next to the config; a missing one stops start-up with the
+        file, the line and the reason."""
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "ca.pem").write_text("")
+        settings = self.settings("ca_file = ca.pem\n", folder)
+        self.assertEqual(settings.config.webhooks.ca_file, str(folder / "ca.pem"))
+        with self.assertRaises(ConfigError) as caught:
+            self.settings("ca_file = missing.pem\n")
+        self.assertIn("no such file", str(caught.exception))
+        self.assertIn("fanout.conf", str(caught.exception))
+
+    def test_disabled_means_no_child(self) -> None:
+        """With [webhooks] enabled = false there is no webhooks service nor API."""
+        root, core = build_service(self.settings("enabled = false\n"), reactor)
+        self.assertNotIn("webhooks", [s.name for s in root])
+        assert core.publish_root is not None
+        self.assertNotIn(b"webhooks", core.publish_root.children)
+
+    async def test_publish_port_end_to_end(self) -> None:
+        """Without a token the API answers 401; with one, a subscription is created and
+        an http-request item published on /publish/ arrives signed."""
+        root, core = build_service(self.settings(
+            "allow_cidrs = 127.0.0.0/8\nverify = false\nretry_schedule = 0\n"), reactor)
+        publish, webhooks = root.getServiceNamed("publish-http"), root.getServiceNamed("webhooks")
+        publish.factory = factory = TrackingFactory(publish.factory)
+        for service in (publish, webhooks):
+            service.startService()
+            self.addCleanup(service.stopService)
+        self.addCleanup(factory.wait_closed)
+        base = f"http://127.0.0.1:{(await listening_port(publish)).getHost().port}"
+        receiver = await self.receiver()
+        request = {"url": receiver.url, "channels": ["c"]}
+        response = await self.http.post(base + "/webhooks/subscriptions",
+                                        data=json.dumps(request).encode())
+        self.assertEqual(response.code, 401)
+        await response.content()
+        token = encode_hs256({"iss": "t", "exp": int(time.time()) + 60}, b"hook-test-key")
+        auth = {"Authorization": f"Bearer {token}"}
+        response = await self.http.post(base + "/webhooks/subscriptions", headers=auth,
+                                        data=json.dumps(request).encode())
+        self.assertEqual(response.code, 201)
+        receiver.secret = json.loads(await response.content())["secret"]
+        item = {"channel": "c", "formats": {"http-request": {"body": "via publish"}}}
+        response = await self.http.post(base + "/publish/", headers=auth,
+                                        data=json.dumps({"items": [item]}).encode())
+        self.assertEqual(response.code, 200, await response.content())
+        await receiver.wait_for(1)
+        self.assertEqual(receiver.requests[0].body, b"via publish")
+        self.assertTrue(receiver.requests[0].signature_ok)
+        self.assertIs(core.router.subscriber_count(), 1)

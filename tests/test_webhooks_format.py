@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.formats import PARSERS
+from fanout_tx.formats import PARSERS, FormatError
 from fanout_tx.formats.webhook import parse_http_request
+from fanout_tx.item_codec import decode_items, encode_items
 from fanout_tx.items import PublishError, parse_items_json
 from fanout_tx.webhooks.model import (
     Delivery,
@@ -17,6 +21,16 @@ from fanout_tx.webhooks.model import (
 )
 from fanout_tx.webhooks.signing import SecretError, generate_secret, message_id, secret_key
 from fanout_tx.webhooks.subscriber import render_request
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                max_size=4),
+    max_leaves=12,
+)
+KEYS = st.sampled_from(["method", "path", "headers", "body", "body-bin", "url", "channels",
+                        "secret", "verify"])
 
 
 def _publish(fmt: dict) -> bytes:
@@ -45,6 +59,12 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(fmt.fields["headers"], (("Content-Type", "application/octet-stream"),))
         fmt = parse_http_request({"body": "{}", "headers": {"content-type": "application/json"}})
         self.assertEqual(fmt.fields["headers"], (("content-type", "application/json"),))
+
+    def test_shared_between_instances(self) -> None:
+        """An http-request item survives the Redis bus's item codec unchanged."""
+        item = parse_items_json(_publish({"method": "PUT", "path": "/p?q=1", "body-bin": "AAE=",
+                                          "headers": [["X-A", "1"], ["X-A", "2"]]}))[0]
+        self.assertEqual(decode_items(encode_items([item])), [item])
 
     def test_method_path_and_query(self) -> None:
         """The method is upper-cased; the path is split from its query."""
@@ -128,3 +148,21 @@ class ValueTests(SynchronousTestCase):
             self.assertIn(expected, str(caught.exception), body)
         parsed = parse_new_subscription(json.dumps({**good, "channels": ["c", "c", "d"]}).encode())
         self.assertEqual(parsed.channels, ("c", "d"))
+
+
+class PropertyTests(SynchronousTestCase):
+    @given(st.dictionaries(KEYS, JSON, max_size=5))
+    def test_format_parser_raises_only_format_error(self, obj: dict[str, Any]) -> None:
+        """Any JSON object either parses or raises FormatError, nothing else."""
+        try:
+            parse_http_request(obj)
+        except FormatError:
+            pass
+
+    @given(st.dictionaries(KEYS, JSON, max_size=5) | JSON)
+    def test_create_parser_raises_only_request_error(self, obj: Any) -> None:
+        """Any JSON body either parses or raises RequestError, nothing else."""
+        try:
+            parse_new_subscription(json.dumps(obj).encode())
+        except RequestError:
+            pass

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
@@ -65,6 +68,15 @@ class UrlTests(SynchronousTestCase):
         for url in ("file:///etc/passwd", "gopher://h/", "http://u@h/", "http://h/#f",
                     "http://h/ a", "http://h:0x1/", "", "http://"):
             self.assertRaises(UrlError, parse_url, url)
+
+
+    @given(st.text(max_size=40).map(lambda t: "http://" + t) | st.text(max_size=40))
+    def test_parse_raises_only_url_error(self, url: str) -> None:
+        """Any string is a Target or a UrlError, never another exception."""
+        try:
+            parse_url(url)
+        except UrlError:
+            pass
 
 
 class PolicyTests(SynchronousTestCase):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -76,7 +76,7 @@ class Receiver(Resource):
         self.requests: list[Received] = []
         self.unique: dict[str, Received] = {}
         self.hanging: list[IRequest] = []
-        self._waiters: list[tuple[int, Deferred[None]]] = []
+        self._waiters: list[tuple[str, int, Deferred[None]]] = []
         self.url = ""
         self.factory: TrackingFactory | None = None
 
@@ -100,12 +100,12 @@ class Receiver(Resource):
         received = Received(request.method.decode(), request.uri.decode(), headers, body, ok)
         status, answer_headers = self.behaviour(len(self.requests))
         self.requests.append(received)
+        if 200 <= status < 300:
+            self.unique.setdefault(headers["webhook-id"], received)
+        self._wake()
         if status == HANG:
             self.hanging.append(request)
             return NOT_DONE_YET
-        if 200 <= status < 300:
-            self.unique.setdefault(headers["webhook-id"], received)
-            self._wake()
         request.setResponseCode(status)
         for name, value in answer_headers.items():
             request.setHeader(name, value)
@@ -113,23 +113,27 @@ class Receiver(Resource):
 
     def _wake(self) -> None:
         for entry in list(self._waiters):
-            if len(self.unique) >= entry[0]:
+            attribute, count, waiter = entry
+            if len(getattr(self, attribute)) >= count:
                 self._waiters.remove(entry)
-                entry[1].callback(None)
+                waiter.callback(None)
 
-    def wait_for(self, count: int) -> Deferred[None]:
-        """Fires once ``count`` distinct webhook-ids were answered 2xx."""
-        if len(self.unique) >= count:
-            return succeed(None)
+    def wait_for(self, count: int, attribute: str = "unique") -> Deferred[None]:
+        """Fires once ``count`` distinct webhook-ids were answered 2xx (or, with
+        ``attribute="requests"``, once ``count`` requests of any outcome arrived)."""
         waiter: Deferred[None] = Deferred()
-        self._waiters.append((count, waiter))
+        self._waiters.append((attribute, count, waiter))
+        self._wake()
         return waiter
 
-    async def listen(self) -> str:
+    async def listen(self, tls: str = "") -> str:
+        """Listen on 127.0.0.1 port 0; ``tls`` = "privateKey=...:certKey=..." for https."""
         self.factory = TrackingFactory(Site(self))
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(self.factory)
+        description = f"ssl:0:interface=127.0.0.1:{tls}" if tls else "tcp:0:interface=127.0.0.1"
+        port = await serverFromString(reactor, description).listen(self.factory)
         self._port = port
-        self.url = f"http://127.0.0.1:{port.getHost().port}/hook"
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{port.getHost().port}/hook"
         return self.url
 
     async def close(self) -> None:

@@ -6,6 +6,8 @@ import json
 from typing import Any
 
 import zmq
+from gripcontrol import HttpStreamFormat
+from pubcontrol import Item as PubControlItem
 from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -86,6 +88,17 @@ class PullInputTests(_ZmqTestMixin, TestCase):
         await wait_until(lambda: len(self.subscriber.received) == 3)
         self.assertEqual(self.subscriber.contents, [b"plain", b"tagged", b"json"])
         self.assertEqual(self.router.deliveries["http-stream"], 3)
+
+    async def test_pubcontrol_item(self) -> None:
+        """A message built the way PyPI pubcontrol's ZMQ client builds it (gripcontrol
+        formats, ``export(True, True)`` plus the channel, as tnetstring) is understood."""
+        exported = PubControlItem([HttpStreamFormat(b"\x00bin")], id="1",
+                                  meta={"sender": "me"}).export(True, True)
+        exported[b"channel"] = b"ch"
+        self.push.send(tnetstring.dumps(exported))
+        await wait_until(lambda: self.subscriber.received)
+        item, fmt, _prepared = self.subscriber.received[0]
+        self.assertEqual((fmt.content, item.id, item.meta), (b"\x00bin", "1", {"sender": "me"}))
 
     async def test_bad_messages_are_logged_and_dropped(self) -> None:
         """Multi-part, unparsable and invalid messages are each logged with a reason; the

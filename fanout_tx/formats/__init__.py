@@ -13,6 +13,7 @@ from fanout_tx.formats.base import Format, FormatError
 from fanout_tx.formats.http import parse_http_response, parse_http_stream
 from fanout_tx.formats.webhook import parse_http_request
 from fanout_tx.formats.ws import parse_ws_message
+from fanout_tx.formats.xmpp import parse_xmpp_message, parse_xmpp_stanza
 
 FormatParser = Callable[[Mapping[str, Any]], Format]
 
@@ -21,6 +22,8 @@ PARSERS: dict[str, FormatParser] = {
     "http-stream": parse_http_stream,
     "ws-message": parse_ws_message,
     "http-request": parse_http_request,
+    "xmpp-message": parse_xmpp_message,
+    "xmpp-stanza": parse_xmpp_stanza,
 }
 
 __all__ = ["PARSERS", "Format", "FormatError", "FormatParser"]

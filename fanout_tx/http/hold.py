@@ -247,7 +247,7 @@ class HeldStream(_Hold):
         self.request.registerProducer(self, True)
         self._start()
         self._adopt(self.instruct)
-        self._write(response.body)
+        self.request.write(response.body)  # also sends the head when the body is empty
 
     def _adopt(self, instruct: Instruct) -> None:
         """Take the (possibly fresh) instruction's channels, last ids and timers."""
@@ -270,7 +270,7 @@ class HeldStream(_Hold):
                 self._end()
                 self.request.channel.transport.abortConnection()
                 return
-        if chunk is not None and self.request.chunked:
+        if chunk is not None and self.request.chunked and self.request.method != b"HEAD":
             self.request.channel.write(chunk)  # framing built once per item by the renderer
         else:
             self.request.write(data)

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import FileBodyProducer
-from twisted.web.iweb import IAgent, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
 
@@ -102,11 +102,27 @@ class ProxyRequest(server.Request):
         super().handleContentChunk(data)
 
 
-def proxy_site(resource: ProxyResource) -> server.Site:
-    site = server.Site(resource, requestFactory=ProxyRequest)
-    site.max_request_body = resource.settings.max_request_body  # type: ignore[attr-defined]
-    site.displayTracebacks = False
-    return site
+class ProxySite(server.Site):
+    """The client port's Site: bodies never parsed as forms, no tracebacks to clients, and
+    the access log only at debug level (one line per request is too much for a push
+    server)."""
+
+    noisy = False
+    displayTracebacks = False
+    _log = Logger()
+
+    def __init__(self, resource: ProxyResource) -> None:
+        super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
+        self.max_request_body = resource.settings.max_request_body
+
+    @override
+    def log(self, request: server.Request) -> None:
+        self._log.debug("{method} {uri} -> {code}", method=request.method, uri=request.uri,
+                        code=request.code)
+
+
+def proxy_site(resource: ProxyResource) -> ProxySite:
+    return ProxySite(resource)
 
 
 def plain(request: server.Request, code: int, text: str) -> bytes:
@@ -152,7 +168,8 @@ class ProxyResource(Resource):
         route = self.routes.table.match(host, path, "http", request.isSecure())
         if route is None:
             self._log.info("no route for {host}{path}", host=host, path=path)
-            return plain(request, 502, f"No route for host: {host}\n")
+            name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+            return plain(request, 502, f"No route for host: {name}\n")  # Pushpin's words
         request.defaultContentType = None
         for name in (b"server", b"date"):
             request.responseHeaders.removeHeader(name)
@@ -322,6 +339,10 @@ class ProxySession:
         drop = ("content-length",) if link else ()
         reason = response.phrase.decode("latin-1") if response.phrase else None
         set_status_and_headers(self.request, response.code, reason, end_to_end(headers, drop))
+        # Twisted's client keeps Content-Length apart, as response.length.
+        if link is None and response.length != UNKNOWN_LENGTH and self.request.method != b"HEAD":
+            self.request.responseHeaders.setRawHeaders(b"content-length",
+                                                       [b"%d" % response.length])
         self.request.write(b"")
         self._relay = BodyRelay(self.request)
         response.deliverBody(self._relay)

@@ -19,6 +19,10 @@ from fanout_tx.http.origin import InsecurePolicy, ProxySettings
 from fanout_tx.http.proxy import ProxyResource, RouteSource, WebSocketHandler, proxy_site
 from fanout_tx.router import Router
 
+# Many clients arrive at once on a push server (reconnect storms); the default of 50 makes
+# the kernel drop SYNs and clients wait a second to retry.
+BACKLOG = 1024
+
 
 class ProxyService(MultiService):
     def __init__(self, pool: HTTPConnectionPool, resource: ProxyResource) -> None:
@@ -48,7 +52,8 @@ def build_proxy_service(
     site = proxy_site(resource)
     for address in config.runner.http_ports:
         listener = StreamServerEndpointService(
-            serverFromString(reactor, address.endpoint_description()), site)
+            serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"),
+            site)
         listener.setName(f"{address.host}:{address.port}")
         listener.setServiceParent(service)
     return service

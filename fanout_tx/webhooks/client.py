@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
@@ -49,8 +50,11 @@ class IWebhookClient(Interface):
         """Deferred[Outcome]; never fails: errors and timeouts become an Outcome."""
 
 
+@implementer(IOpenSSLTrustRoot)
 class ExtraCATrust:
-    """Platform trust plus the PEM file of ``[webhooks] ca_file`` (an IOpenSSLTrustRoot)."""
+    """Platform trust plus the PEM file of ``[webhooks] ca_file``. Twisted's public helpers
+    trust either the platform or given certificates, not both; its trust-root interface
+    (documented, though it lives in a private module) allows the union."""
 
     def __init__(self, ca_file: str) -> None:
         self._ca_file = ca_file

@@ -197,7 +197,7 @@ class DeliveryEngine:
             self.attempts["failure"] += 1
             delivery.last_status = outcome.status
             delivery.last_error = outcome.error or f"HTTP {outcome.status}"
-            self._log.info(
+            self._log.debug(
                 "webhook {webhook_id} to {url} failed (attempt {attempts}): {error}",
                 webhook_id=delivery.webhook_id, url=delivery.url, attempts=delivery.attempts,
                 error=delivery.last_error,

@@ -39,13 +39,16 @@ class RegistrationError(ValueError):
 
 
 class WebhookService(Service):
+    """``engine`` is public for metrics: ``engine.attempts`` (success/failure counts) and
+    ``engine.dead_letters``."""
+
     _log = Logger()
 
     def __init__(self, router: Router, engine: DeliveryEngine, store: IWebhookStore,
                  client: IWebhookClient, vetter: Vetter, verify: bool,
                  closers: tuple[Any, ...] = ()) -> None:
         self._router = router
-        self._engine = engine
+        self.engine = engine
         self._store = store
         self._client = client
         self._vetter = vetter
@@ -71,14 +74,14 @@ class WebhookService(Service):
         for subscription in state.subscriptions:
             self._activate(subscription)
         for delivery in state.deliveries:
-            self._engine.restore(delivery)
+            self.engine.restore(delivery)
         self._log.info("webhooks: {subs} subscriptions, {pending} pending deliveries loaded",
                        subs=len(state.subscriptions), pending=len(state.deliveries))
 
     @override
     def stopService(self) -> Deferred[Any]:
         super().stopService()
-        self._engine.stop()
+        self.engine.stop()
         for subscriber in self._subscribers.values():
             self._router.unsubscribe_all(subscriber)
         self._subscribers.clear()
@@ -100,7 +103,8 @@ class WebhookService(Service):
             await self._vetter.vet(parse_url(new.url))
         except RefusedTargetError as e:
             raise RegistrationError(f"url refused: {e}") from None
-        if new.verify if new.verify is not None else self._verify:
+        verify = self._verify if new.verify is None else new.verify
+        if verify:
             await self._check_intent(new)
         subscription = Subscription(
             "sub_" + secrets.token_urlsafe(12), new.url, new.channels,
@@ -131,7 +135,7 @@ class WebhookService(Service):
         if subscriber is None:
             return False
         self._router.unsubscribe_all(subscriber)
-        self._engine.close(subscription_id)
+        self.engine.close(subscription_id)
         await self._store.delete_subscription(subscription_id)
         self._log.info("webhook subscription {id} removed", id=subscription_id)
         return True
@@ -147,9 +151,9 @@ class WebhookService(Service):
                                                        id=subscription_id))
 
     def _activate(self, subscription: Subscription) -> None:
-        subscriber = WebhookSubscriber(subscription, self._engine)
+        subscriber = WebhookSubscriber(subscription, self.engine)
         self._subscribers[subscription.id] = subscriber
-        self._engine.open(subscription)
+        self.engine.open(subscription)
         for channel in subscription.channels:
             self._router.subscribe(channel, subscriber)
 

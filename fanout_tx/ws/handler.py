@@ -21,8 +21,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from fanout_tx.config import ProxyConfig
-from fanout_tx.grip.signature import grip_sig
+from fanout_tx.http.headers import end_to_end
+from fanout_tx.http.hold import write_response
+from fanout_tx.http.origin import ProxySettings, origin_headers, origin_url
+from fanout_tx.http.proxy import plain
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, Target
 from fanout_tx.ws.origin import HttpOrigin
@@ -31,29 +33,6 @@ from fanout_tx.ws.session import Accepted, OriginError, Rejected, SessionOptions
 
 # As Pushpin: a rejection body relayed to the client is cut at 100 KB.
 MAX_REJECT_BODY = 100_000
-
-_NOT_FORWARDED = frozenset({
-    b"connection", b"keep-alive", b"upgrade", b"te", b"transfer-encoding", b"trailer",
-    b"content-length", b"content-type", b"accept", b"connection-id", b"host",
-    b"sec-websocket-extensions",
-})
-
-
-def origin_headers(request: Request, route: Route, target: Target) -> list[tuple[bytes, bytes]]:
-    """The handshake headers as the origin should see them, without hop-by-hop headers,
-    client-sent ``Grip-*``, ``Meta-*`` and ``Connection-Id`` (forgery protection)."""
-    headers = []
-    for name, values in request.requestHeaders.getAllRawHeaders():
-        lowered = name.lower()
-        if lowered in _NOT_FORWARDED or lowered.startswith((b"grip-", b"meta-", b"proxy-")):
-            continue
-        headers.extend((name, value) for value in values)
-    host = route.as_host or target.host_header or (request.getHeader(b"host") or b"").decode()
-    if host:
-        headers.append((b"Host", host.encode("idna") if not host.isascii() else host.encode()))
-    headers.extend((name.encode(), value.encode()) for name, value in route.headers)
-    headers.append((b"Sec-WebSocket-Extensions", b"grip"))
-    return headers
 
 
 class _OneConnection:
@@ -80,7 +59,7 @@ class WebSocketHandler(Resource):
 
     def __init__(
         self, routes: Any, router: Router, agent: IAgent, clock: IReactorTime,
-        proxy_config: ProxyConfig, factory: ClientFactory, max_subscriptions: int = 20,
+        settings: ProxySettings, factory: ClientFactory,
         new_connection_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         super().__init__()
@@ -88,9 +67,8 @@ class WebSocketHandler(Resource):
         self._router = router
         self._agent = agent
         self._clock = clock
-        self._proxy_config = proxy_config
+        self._settings = settings
         self._factory = factory
-        self._max_subscriptions = max_subscriptions
         self._new_connection_id = new_connection_id
         self.sessions: set[Any] = set()
 
@@ -100,42 +78,30 @@ class WebSocketHandler(Resource):
         path = request.path.decode("latin-1")
         route = self._routes.table.match(host, path, proto="ws", ssl=request.isSecure())
         if route is None:
-            return self._error(request, 502, f"No route for host: {host}")
+            return plain(request, 502, f"No route for host: {host}\n")
         targets = [t for t in route.targets if t.kind == "http"]
         if not targets:
-            return self._error(request, 502, "Error while proxying to origin.")
+            return plain(request, 502, "Error while proxying to origin.\n")
         if not targets[0].over_http:
-            return self._error(request, 502, "WebSocket origins need an over_http target.")
+            return plain(request, 502, "WebSocket origins need an over_http target.\n")
         self._start_over_http(request, route, targets)
         return NOT_DONE_YET
-
-    def _signer(self, route: Route) -> Callable[[float], str | None]:
-        if route.sig_iss and route.sig_key:
-            iss, key = route.sig_iss, route.sig_key
-        else:
-            iss, key = self._proxy_config.sig_iss, self._proxy_config.sig_key
-        if not key:
-            return lambda now: None
-        return lambda now: grip_sig(iss, key, now)
 
     def _start_over_http(self, request: Request, route: Route, targets: list[Target]) -> None:
         query = request.uri.partition(b"?")[2]
         path = route.rewrite_path(request.path.decode("latin-1")).encode("latin-1")
-        path_qs = path + (b"?" + query if query else b"")
-        urls = [
-            b"%s://%s:%d%s" % (b"https" if t.ssl else b"http", _host_for_url(t.host), t.port,
-                               path_qs)
-            for t in targets
-        ]
+        path_and_query = path + (b"?" + query if query else b"")
+        settings = self._settings
         origin = HttpOrigin(
-            self._agent, self._clock, urls, origin_headers(request, route, targets[0]),
-            self._new_connection_id(), self._signer(route),
+            self._agent, self._clock, [origin_url(t, path_and_query) for t in targets],
+            lambda now: origin_headers(request, route, targets[0], settings, now),
+            self._new_connection_id(),
         )
         options = SessionOptions(
             one_event=targets[0].one_event,
             subscriptions=targets[0].subscriptions,
             channel_prefix=route.prefix,
-            max_subscriptions=self._max_subscriptions,
+            max_subscriptions=settings.connection_subscription_max,
         )
         session = WsOverHttpSession(origin, self._router, self._clock, options,
                                     on_end=self.sessions.discard)
@@ -149,14 +115,10 @@ class WebSocketHandler(Resource):
     def _opened(self, outcome: Accepted | Rejected, request: Request, session: Any,
                 gone: list[Failure]) -> None:
         if isinstance(outcome, Rejected):
-            if gone:
-                return
-            request.setResponseCode(outcome.code, outcome.reason or None)
-            for name, value in outcome.headers:
-                if name.lower() not in ("content-length", "transfer-encoding", "connection"):
-                    request.responseHeaders.addRawHeader(name, value)
-            request.write(outcome.body[:MAX_REJECT_BODY])
-            request.finish()
+            if not gone:
+                write_response(request, outcome.code, outcome.reason.decode("latin-1") or None,
+                               end_to_end(outcome.headers, drop={"content-length"}),
+                               outcome.body[:MAX_REJECT_BODY])
             return
         if gone:
             session.client_lost()
@@ -170,17 +132,5 @@ class WebSocketHandler(Resource):
         else:
             self._log.failure("WebSocket open failed", failure)
         if not gone:
-            request.setResponseCode(502)
-            request.setHeader(b"content-type", b"text/plain")
-            request.write(b"Error while proxying to origin.\n")
-            request.finish()
-
-    @staticmethod
-    def _error(request: Request, code: int, text: str) -> bytes:
-        request.setResponseCode(code)
-        request.setHeader(b"content-type", b"text/plain")
-        return (text + "\n").encode("utf-8")
-
-
-def _host_for_url(host: str) -> bytes:
-    return (f"[{host}]" if ":" in host else host).encode("idna")
+            write_response(request, 502, None, [("Content-Type", "text/plain")],
+                           b"Error while proxying to origin.\n")

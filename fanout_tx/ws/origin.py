@@ -8,52 +8,26 @@ errors, as for plain HTTP routes.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from twisted.internet import error as net_error
 from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Protocol
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
+from twisted.internet.interfaces import IConsumer, IReactorTime
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer
 from zope.interface import implementer
 
+from fanout_tx.http.origin import BodyCollector, header_pairs
 from fanout_tx.ws.session import EVENTS_TYPE, OriginError, OriginReply
 
 # As Pushpin: an origin reply body may be at most 1 MB.
 MAX_REPLY_BODY = 1_000_000
 
 _CONNECT_ERRORS = (net_error.ConnectError, net_error.DNSLookupError)
-
-
-class _BodyCollector(Protocol):
-    """Reads a response body up to ``limit`` bytes; past it the transfer is stopped."""
-
-    def __init__(self, finished: Deferred[bytes], limit: int) -> None:
-        self._finished = finished
-        self._limit = limit
-        self._parts: list[bytes] = []
-        self._size = 0
-
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Protocol hook
-        if self._finished.called:
-            return
-        self._size += len(data)
-        if self._size > self._limit:
-            self._finished.errback(OriginError(f"origin reply body over {self._limit} bytes"))
-            self.transport.stopProducing()
-            return
-        self._parts.append(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:  # noqa: N802 - Protocol hook
-        if self._finished.called:
-            return
-        if reason is None or reason.check(ResponseDone, PotentialDataLoss):
-            self._finished.callback(b"".join(self._parts))
-        else:
-            self._finished.errback(OriginError(f"origin reply cut short: {reason.value}"))
+# Client-sent values of these are never forwarded: the session sets its own.
+_OWN_HEADERS = frozenset({
+    b"content-type", b"accept", b"connection-id", b"sec-websocket-extensions",
+})
 
 
 @implementer(IBodyProducer)
@@ -62,9 +36,9 @@ class BytesProducer:
 
     def __init__(self, body: bytes) -> None:
         self._body = body
-        self.length = len(body) if body is not None else UNKNOWN_LENGTH
+        self.length = len(body)
 
-    def startProducing(self, consumer) -> Deferred[None]:  # noqa: N802 - IBodyProducer
+    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
         consumer.write(self._body)
         return succeed(None)
 
@@ -78,51 +52,43 @@ class BytesProducer:
         pass
 
 
-def read_limited(response: IResponse, limit: int) -> Deferred[bytes]:
-    finished: Deferred[bytes] = Deferred()
-    response.deliverBody(_BodyCollector(finished, limit))
-    return finished
-
-
 class HttpOrigin:
     """Posts websocket-events to the route's targets (``urls``), failing over on connect
-    errors. ``sign`` returns a fresh Grip-Sig value (or None) for each request."""
+    errors. ``base_headers(now)`` gives the proxy's origin headers (forwarding rules, a
+    Grip-Sig signed at ``now``), so every request is signed afresh."""
 
     def __init__(
         self, agent: IAgent, clock: IReactorTime, urls: Sequence[bytes],
-        headers: Sequence[tuple[bytes, bytes]], connection_id: str,
-        sign: Callable[[float], str | None],
+        base_headers: Callable[[float], Headers], connection_id: str,
     ) -> None:
         self._agent = agent
         self._clock = clock
         self._urls = list(urls)
-        self._headers = list(headers)
-        self._connection_id = connection_id
-        self._sign = sign
+        self._base_headers = base_headers
+        self._connection_id = connection_id.encode("ascii")
 
     def _request_headers(self, meta: Mapping[str, str]) -> Headers:
         headers = Headers()
-        for name, value in self._headers:
-            headers.addRawHeader(name, value)
-        headers.setRawHeaders(b"Content-Type", [EVENTS_TYPE.encode()])
-        headers.setRawHeaders(b"Accept", [EVENTS_TYPE.encode()])
-        headers.setRawHeaders(b"Connection-Id", [self._connection_id.encode()])
+        for name, values in self._base_headers(self._clock.seconds()).getAllRawHeaders():
+            lowered = name.lower()
+            if lowered not in _OWN_HEADERS and not lowered.startswith(b"meta-"):
+                headers.setRawHeaders(name, values)
+        events_type = [EVENTS_TYPE.encode("ascii")]
+        headers.setRawHeaders(b"Content-Type", events_type)
+        headers.setRawHeaders(b"Accept", events_type)
+        headers.setRawHeaders(b"Connection-Id", [self._connection_id])
+        headers.setRawHeaders(b"Sec-WebSocket-Extensions", [b"grip"])
         for name, value in meta.items():
             headers.addRawHeader(b"Meta-" + name.encode("latin-1"), value.encode("utf-8"))
-        signature = self._sign(self._clock.seconds())
-        if signature:
-            headers.setRawHeaders(b"Grip-Sig", [signature.encode("ascii")])
         return headers
 
     @inlineCallbacks
-    def post(self, body: bytes, meta: Mapping[str, str]):  # -> Deferred[OriginReply]
+    def post(self, body: bytes, meta: Mapping[str, str]) -> Any:  # Deferred[OriginReply]
         headers = self._request_headers(meta)
         while True:
-            url = self._urls[0]
             try:
                 response = yield self._agent.request(
-                    b"POST", url, headers, BytesProducer(body)
-                )
+                    b"POST", self._urls[0], headers, BytesProducer(body))
                 break
             except _CONNECT_ERRORS as e:
                 if len(self._urls) == 1:
@@ -130,16 +96,11 @@ class HttpOrigin:
                 self._urls.pop(0)
             except Exception as e:  # reset, invalid answer: the origin is unusable
                 raise OriginError(f"origin request failed: {e}") from None
-        content = yield read_limited(response, MAX_REPLY_BODY)
-        return OriginReply(
-            response.code,
-            response.phrase,
-            tuple(
-                (name.decode("latin-1"), value.decode("latin-1"))
-                for name, values in response.headers.getAllRawHeaders()
-                for value in values
-            ),
-            content,
-        )
-
-
+        collector = BodyCollector(MAX_REPLY_BODY)
+        response.deliverBody(collector)
+        try:
+            content = yield collector.done
+        except Exception as e:
+            raise OriginError(f"reading the origin's reply failed: {e}") from None
+        return OriginReply(response.code, response.phrase,
+                           tuple(header_pairs(response.headers)), content)

@@ -66,7 +66,6 @@ class ClientProtocol(WebSocketServerProtocol):
     session: Any = None
     accepted: Any = None
     guard: OutboundGuard | None = None
-    _closing = False
 
     @override
     def onConnect(self, request: ConnectionRequest) -> tuple[str | None, dict[str, list[str]]]:  # noqa: N802
@@ -103,12 +102,10 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.failedByMe:
             self._log.warn("closed a client for bad input: {code} {reason}",
                            code=self.localCloseCode, reason=self.localCloseReason)
-        if session is None or self._closing:
-            return  # a server-side close: the session already knows
-        if wasClean and self.remoteCloseCode is not None:
+        if session is None:
+            return
+        if wasClean:
             session.client_closed(self.remoteCloseCode, self.remoteCloseReason or "")
-        elif wasClean:
-            session.client_closed(None, "")
         else:
             session.client_lost()
 
@@ -120,9 +117,7 @@ class ClientProtocol(WebSocketServerProtocol):
             return True
         self._log.warn("client too slow: over {limit} bytes queued; closing",
                        limit=guard.limit)
-        self._closing = True
-        self.sendClose(CLOSE_POLICY, "outbound buffer full")
-        self.dropConnection(abort=True)
+        self.close(CLOSE_POLICY, "outbound buffer full")
         return False
 
     def send_message(self, payload: bytes, binary: bool) -> None:
@@ -142,16 +137,15 @@ class ClientProtocol(WebSocketServerProtocol):
             self.sendPong(payload[:125] or None)
 
     def close(self, code: int | None, reason: str) -> None:
-        """Server-side close (origin, publish or failure); the session already knows."""
-        self._closing = True
-        if self.state in (self.STATE_OPEN, self.STATE_CONNECTING):
-            if code is None or code == 1005:
-                self.sendClose()
+        """Server-side close (origin, publish, failure). Uses the close frame directly:
+        autobahn's sendClose refuses 1008/1011/1012. onClose reports the end as usual."""
+        if self.state == self.STATE_OPEN:
+            if code is None or code in (1005, 1006, 1015):
+                self.sendCloseFrame()
             else:
-                self.sendClose(code, reason[:120] or None)
+                self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
     def abort(self) -> None:
-        self._closing = True
         self.dropConnection(abort=True)
 
 
@@ -162,7 +156,8 @@ class ClientFactory(WebSocketServerFactory):
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
                  max_outbound: int = DEFAULT_MAX_OUTBOUND) -> None:
-        super().__init__()
+        # No Server header of our own: the origin's (if any) is relayed, as Pushpin does.
+        super().__init__(server=None)
         self.max_outbound = max_outbound
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,

@@ -91,7 +91,7 @@ class SessionOptions:
 _HIDDEN_FROM_CLIENT = frozenset({
     "content-type", "content-length", "keep-alive-interval", "sec-websocket-extensions",
     "connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer",
-    "sec-websocket-accept", "sec-websocket-protocol", "date", "server",
+    "sec-websocket-accept", "sec-websocket-protocol",
 })
 
 
@@ -284,7 +284,8 @@ class WsOverHttpSession:
             self._send_next()
         elif self._final_sent or self._detached:
             self._end_when_idle()
-        elif self._keep_alive_interval and self._origin_timer is None:
+        elif (self._client is not None and self._keep_alive_interval
+              and self._origin_timer is None):
             self._origin_timer = self._clock.callLater(
                 self._keep_alive_interval, self._origin_keep_alive
             )
@@ -322,8 +323,9 @@ class WsOverHttpSession:
             elif name == "PONG":
                 client.send_pong(content)
             elif name == "CLOSE":
+                # As Pushpin: the client's close reply goes back to the origin as CLOSE
+                # (client_closed, reported by the protocol).
                 code, reason = ev.parse_close(event.content)
-                self._final_sent = True  # the origin ended it; nothing more goes there
                 self._client = None
                 client.close(code, reason)
                 self._stop_client_side()
@@ -347,7 +349,9 @@ class WsOverHttpSession:
             try:
                 message = ev.parse_control(content[2:])
             except ev.ControlError as e:
-                self._fail(f"invalid control message from the origin: {e}", code=1011)
+                # As Pushpin: a bad control message is dropped, the connection goes on.
+                self._log.warn("ignored an invalid control message from the origin: {reason}",
+                               reason=str(e))
                 return
             self._apply_control(message)
         elif content.startswith(self._prefix.encode("utf-8")):
@@ -471,23 +475,21 @@ class WsOverHttpSession:
             self._send_next(keep_alive=True)
 
     def close_client(self, code: int | None, reason: str) -> None:
-        """Close the client from the server side; the origin hears CLOSE with that code."""
-        client = self._client
-        if client is None:
-            return
-        client.close(code, reason)
-        self.client_closed(code, reason)
+        """Close the client from the server side; its close reply, which the protocol
+        reports through client_closed, goes to the origin as CLOSE."""
+        if self._client is not None:
+            self._client.close(code, reason)
 
     # -- ending -----------------------------------------------------------------------------
 
-    def _fail(self, reason: str, code: int = 1011) -> None:
-        """The origin side broke: close the client with ``code`` and end."""
+    def _fail(self, reason: str) -> None:
+        """The origin side broke: close the client with 1011 and end."""
         self._log.warn("WebSocket-over-HTTP session failed: {reason}", reason=reason)
         client, self._client = self._client, None
         self._final_sent = True
         self._pending.clear()
         if client is not None:
-            client.close(code, reason[:120])
+            client.close(1011, reason[:120])
         self._stop_client_side()
         self._end()
 

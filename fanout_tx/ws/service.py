@@ -1,0 +1,42 @@
+"""The ``websocket`` service: builds the handler the proxy delegates upgrades to, and owns
+what it needs at run time (the connection pool to WebSocket-over-HTTP origins)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.web.client import Agent, HTTPConnectionPool
+from typing_extensions import override
+
+from fanout_tx.config import Config
+from fanout_tx.http.origin import ProxySettings
+from fanout_tx.router import Router
+from fanout_tx.ws.handler import WebSocketHandler
+from fanout_tx.ws.protocol import ClientFactory
+
+
+class WebSocketService(Service):
+    def __init__(self, handler: WebSocketHandler, pool: HTTPConnectionPool) -> None:
+        self.handler = handler
+        self.pool = pool
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        """Clients hear 1001 (going away); origins hear CLOSE; then the pool closes."""
+        super().stopService()
+        for session in list(self.handler.sessions):
+            session.close_client(1001, "server shutting down")
+        return self.pool.closeCachedConnections()
+
+
+def build_websocket_service(config: Config, routes: Any, router: Router,
+                            reactor: Any) -> WebSocketService:
+    factory = ClientFactory()
+    router.add_renderer("ws-message", factory.render)
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    pool.maxPersistentPerHost = 32
+    handler = WebSocketHandler(routes, router, Agent(reactor, pool=pool), reactor,
+                               ProxySettings.from_config(config), factory)
+    return WebSocketService(handler, pool)

@@ -1,0 +1,77 @@
+"""The ``xmpp`` service: wokkel's external Component on an injected reactor, with the
+handler, the renderer registration and the link state wired together."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.words.protocols.jabber.component import ConnectComponentAuthenticator
+from twisted.words.protocols.jabber.jid import JID
+from typing_extensions import override
+from wokkel.component import Component
+from wokkel.subprotocols import StreamManager
+
+from fanout_tx.config import Config
+from fanout_tx.router import Router
+from fanout_tx.xmpp.backend import BackendClient
+from fanout_tx.xmpp.handler import ComponentHandler
+from fanout_tx.xmpp.link import LinkFactory, LinkState
+from fanout_tx.xmpp.render import StanzaRenderer
+
+
+class XmppComponent(Component):
+    """Connects as ``domain`` to ``host:port`` and keeps reconnecting until stopped."""
+
+    _log = Logger()
+
+    def __init__(self, reactor: Any, host: str, port: int, domain: str, secret: str,
+                 handler: ComponentHandler, pool: HTTPConnectionPool | None = None) -> None:
+        # Not Component.__init__: it builds a factory that resets its backoff on every
+        # TCP connect; LinkFactory does not, and reports why the link went down.
+        self.host, self.port = host, port
+        self.link = LinkState()
+        authenticator = ConnectComponentAuthenticator(domain, secret)
+        StreamManager.__init__(
+            self, LinkFactory(authenticator, self.link, reactor, f"{host}:{port}"), reactor
+        )
+        self.handler = handler
+        handler.setHandlerParent(self)
+        self._pool = pool
+
+    @override
+    def _getConnection(self):
+        return self._reactor.connectTCP(self.host, self.port, self.factory)
+
+    @override
+    def initializationFailed(self, reason: Failure) -> None:
+        # wokkel stops the service and raises; a long-running server logs and retries.
+        self._log.error("XMPP component handshake failed: {reason}",
+                        reason=reason.getErrorMessage())
+        if self.xmlstream is not None:
+            self.xmlstream.transport.loseConnection()
+
+    @override
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        self.handler.subscriptions.drop_all("shutting down")
+        return self._pool.closeCachedConnections() if self._pool is not None else None
+
+
+def build_xmpp(config: Config, router: Router, reactor: Any) -> XmppComponent:
+    """The ``[xmpp]`` component; registers the xmpp renderers with ``router``."""
+    xmpp = config.xmpp
+    pool = HTTPConnectionPool(reactor, persistent=True)
+    backend = BackendClient(
+        Agent(reactor, pool=pool), reactor, xmpp.backend, xmpp.backend_timeout,
+        xmpp.sig_iss or config.proxy.sig_iss, xmpp.sig_key or config.proxy.sig_key,
+    )
+    domain = JID(xmpp.jid).host
+    renderer = StanzaRenderer(domain)
+    renderer.install(router)
+    handler = ComponentHandler(renderer, backend, router,
+                               config.handler.connection_subscription_max)
+    return XmppComponent(reactor, xmpp.host, xmpp.port, domain, xmpp.secret, handler, pool)

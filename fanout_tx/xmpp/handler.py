@@ -1,0 +1,225 @@
+"""The component's stanza handler: answers disco#info and ping, sends everything else that
+is addressed to the domain to the backend, and applies the backend's answer.
+
+Every iq get/set gets exactly one result or error. Error stanzas coming back (bounces of
+pushes) and ``unavailable`` presence end the sender's subscriptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber.error import StanzaError
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
+from twisted.words.protocols.jabber.xmlstream import toResponse
+from twisted.words.xish import domish
+from typing_extensions import override
+from wokkel.subprotocols import XMPPHandler
+
+from fanout_tx.router import Router
+from fanout_tx.xmpp.answer import BackendAnswer
+from fanout_tx.xmpp.backend import BackendClient, BackendError, StanzaEnvelope
+from fanout_tx.xmpp.render import StanzaRenderer
+from fanout_tx.xmpp.serial import KeyedSerializer
+from fanout_tx.xmpp.subscribers import JidSubscriptions
+
+NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
+NS_PING = "urn:xmpp:ping"
+FEATURES = (NS_DISCO_INFO, NS_PING)
+
+# Stanzas one JID may have waiting for the backend before more are refused.
+MAX_QUEUED_PER_JID = 32
+
+
+def stanza_error_for(status: int | None) -> StanzaError:
+    """The error an iq gets when the backend answered ``status`` (None: no answer)."""
+    if status == 403:
+        return StanzaError("forbidden")
+    if status == 404:
+        return StanzaError("item-not-found")
+    if status is not None and 400 <= status < 500:
+        return StanzaError("bad-request")
+    return StanzaError("service-unavailable", type="wait")
+
+
+class ComponentHandler(XMPPHandler):
+    """Maps stanzas addressed to ``renderer.domain`` to backend calls and back."""
+
+    _log = Logger()
+
+    def __init__(
+        self, renderer: StanzaRenderer, backend: BackendClient, router: Router,
+        max_channels: int = 20,
+    ) -> None:
+        super().__init__()
+        self._renderer = renderer
+        self._backend = backend
+        self.subscriptions = JidSubscriptions(router, self.send_raw, max_channels)
+        self._serial = KeyedSerializer(MAX_QUEUED_PER_JID)
+        self._ready = False
+        self.dropped_pushes = 0
+
+    @property
+    def domain(self) -> str:
+        return self._renderer.domain
+
+    # -- stream ---------------------------------------------------------------------------
+
+    @override
+    def connectionInitialized(self) -> None:
+        for kind in ("message", "presence", "iq"):
+            self.xmlstream.addObserver(f"/{kind}", self.on_stanza)
+        self._ready = True
+
+    @override
+    def connectionLost(self, reason: Failure) -> None:
+        self._ready = False
+        super().connectionLost(reason)
+
+    def send_raw(self, data: bytes) -> None:
+        """Write serialised stanza bytes; pushes while the link is down are dropped, not
+        queued without bound."""
+        if self._ready:
+            self.xmlstream.send(data)
+        else:
+            self.dropped_pushes += 1
+
+    def _send(self, element: domish.Element) -> None:
+        if self._ready:
+            self.xmlstream.send(element)
+        else:
+            self._log.warn("link down; dropped <{kind}> to {to}", kind=element.name,
+                           to=element.getAttribute("to"))
+
+    # -- incoming stanzas -------------------------------------------------------------------
+
+    def on_stanza(self, stanza: domish.Element) -> None:
+        try:
+            self._dispatch(stanza)
+        except Exception:
+            self._log.failure("handling <{kind}> from {sender} failed", kind=stanza.name,
+                              sender=stanza.getAttribute("from"))
+            if _needs_answer(stanza):
+                self._send(StanzaError("internal-server-error").toResponse(stanza))
+
+    def _dispatch(self, stanza: domish.Element) -> None:
+        kind, stanza_type = stanza.name, stanza.getAttribute("type")
+        try:
+            sender = JID(stanza.getAttribute("from")).full()
+            to = JID(stanza.getAttribute("to")).full()
+        except (InvalidFormat, TypeError, AttributeError):
+            self._log.warn("dropped <{kind}> with a missing or invalid from/to", kind=kind)
+            if _needs_answer(stanza):
+                self._send(StanzaError("jid-malformed").toResponse(stanza))
+            return
+        if JID(to).host != self.domain:
+            self._log.warn("dropped <{kind}> for {to}, not in {domain}", kind=kind, to=to,
+                           domain=self.domain)
+            if _needs_answer(stanza):
+                self._send(StanzaError("item-not-found").toResponse(stanza))
+            return
+        if stanza_type == "error":
+            self.subscriptions.drop(sender, f"error <{kind}> came back")
+        elif kind == "presence" and stanza_type == "unavailable":
+            self.subscriptions.drop(sender, "unavailable")
+        if kind == "iq" and stanza_type not in ("get", "set"):
+            return  # results and errors: this component sends no requests of its own
+        if kind == "iq" and self._answer_locally(stanza, stanza_type):
+            return
+        envelope = StanzaEnvelope(kind, sender, to, stanza_type, {})
+        if not self._serial.submit(sender, lambda: self._forward(stanza, envelope)):
+            self._log.warn("{sender} has too many stanzas waiting for the backend", sender=sender)
+            if _needs_answer(stanza):
+                self._send(StanzaError("resource-constraint", type="wait").toResponse(stanza))
+
+    def _answer_locally(self, iq: domish.Element, iq_type: str) -> bool:
+        query = next(iq.elements(), None)
+        if iq_type != "get" or query is None:
+            return False
+        if (query.uri, query.name) == (NS_DISCO_INFO, "query"):
+            result = toResponse(iq, "result")
+            answer = result.addElement((NS_DISCO_INFO, "query"))
+            if query.getAttribute("node"):
+                answer["node"] = query["node"]
+            identity = answer.addElement("identity")
+            identity["category"], identity["type"] = "component", "generic"
+            identity["name"] = "fanout_tx push"
+            for feature in FEATURES:
+                answer.addElement("feature")["var"] = feature
+            self._send(result)
+            return True
+        if (query.uri, query.name) == (NS_PING, "ping"):
+            self._send(toResponse(iq, "result"))
+            return True
+        return False
+
+    # -- the backend round trip -------------------------------------------------------------
+
+    def _forward(self, stanza: domish.Element, envelope: StanzaEnvelope) -> Deferred[Any]:
+        # Meta is read now, after earlier stanzas of this JID were applied.
+        envelope = StanzaEnvelope(
+            envelope.kind, envelope.sender, envelope.to, envelope.stanza_type,
+            self.subscriptions.meta_of(envelope.sender),
+        )
+        d = self._backend.post(stanza, envelope)
+        d.addCallbacks(self._apply, self._backend_failed, (stanza, envelope), None,
+                       (stanza, envelope))
+        d.addErrback(self._apply_failed, stanza, envelope)
+        return d
+
+    def _apply(self, answer: BackendAnswer, stanza: domish.Element, envelope: StanzaEnvelope,
+               ) -> None:
+        leaving = envelope.stanza_type in ("error", "unavailable")
+        if leaving and (answer.subscribe or answer.set_meta):
+            self._log.info("not subscribing {sender}: it sent {type}", sender=envelope.sender,
+                           type=envelope.stanza_type)
+        self.subscriptions.apply(
+            envelope.sender,
+            () if leaving else answer.subscribe,
+            answer.unsubscribe,
+            {} if leaving else answer.set_meta,
+        )
+        iq_answered = False
+        for reply in answer.replies:
+            if reply.name == "iq":
+                if not _needs_answer(stanza) or iq_answered:
+                    self._log.warn("ignored an extra <iq> reply for {sender}",
+                                   sender=envelope.sender)
+                    continue
+                result = toResponse(stanza, "result")
+                result.children = reply.children
+                iq_answered = True
+                self._send(result)
+                continue
+            reply["to"] = envelope.sender
+            if not self._renderer.is_ours(reply.getAttribute("from")):
+                reply["from"] = envelope.to
+            self._send(reply)
+        if _needs_answer(stanza) and not iq_answered:
+            self._send(toResponse(stanza, "result"))
+
+    def _backend_failed(self, failure: Failure, stanza: domish.Element,
+                        envelope: StanzaEnvelope) -> None:
+        failure.trap(BackendError)
+        error: BackendError = failure.value
+        self._log.warn(
+            "backend failed for <{kind}> from {sender}: {reason}",
+            kind=envelope.kind, sender=envelope.sender, reason=error.reason,
+        )
+        if _needs_answer(stanza):
+            self._send(stanza_error_for(error.status).toResponse(stanza))
+
+
+    def _apply_failed(self, failure: Failure, stanza: domish.Element,
+                      envelope: StanzaEnvelope) -> None:
+        self._log.failure("applying the backend answer for {sender} failed", failure,
+                          sender=envelope.sender)
+        if _needs_answer(stanza):
+            self._send(StanzaError("internal-server-error").toResponse(stanza))
+
+
+def _needs_answer(stanza: domish.Element) -> bool:
+    return stanza.name == "iq" and stanza.getAttribute("type") in ("get", "set")

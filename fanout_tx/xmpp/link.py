@@ -1,0 +1,100 @@
+"""The component's link to the XMPP server: reconnect with backoff, and a readable state.
+
+A refused handshake (wrong secret: ``not-authorized``; another instance holds the domain:
+``conflict``) or an unreachable server is logged as an error naming the cause, counted by
+reason for metrics, and retried with a growing delay of at most 30 s. Twisted's factory
+resets its delay as soon as TCP connects, which would retry a refused handshake every
+second; here the delay is only reset once the handshake succeeded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from twisted.internet.interfaces import IConnector, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
+from typing_extensions import override
+
+MAX_RETRY_DELAY = 30.0
+
+
+@dataclass
+class LinkState:
+    """Read by metrics: ``fanout_xmpp_link_up`` and ``fanout_xmpp_link_errors_total{reason}``."""
+
+    up: bool = False
+    errors: Counter[str] = field(default_factory=Counter)
+    last_error: str | None = None
+
+
+class LinkFactory(xmlstream.XmlStreamFactory):
+    """XmlStreamFactory that keeps ``state`` up to date and backs off on refusals."""
+
+    _log = Logger()
+    maxDelay = MAX_RETRY_DELAY
+    # Jitter would push some waits past the 30 s bound; one component per domain has no
+    # herd of clients to spread out.
+    jitter = 0
+
+    def __init__(self, authenticator: xmlstream.ConnectAuthenticator, state: LinkState,
+                 clock: IReactorTime, server: str) -> None:
+        super().__init__(authenticator)
+        self.clock = clock
+        self.state = state
+        self._server = server
+        self._refusal: tuple[str, str] | None = None
+        self.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._authenticated)
+        self.addBootstrap(xmlstream.STREAM_ERROR_EVENT, self._stream_error)
+
+    @override
+    def buildProtocol(self, addr):
+        # Not XmlStreamFactory.buildProtocol: its resetDelay() here defeats the backoff.
+        self._refusal = None
+        return XmlStreamFactoryMixin.buildProtocol(self, addr)
+
+    def _authenticated(self, _xs: xmlstream.XmlStream) -> None:
+        self.resetDelay()
+        self.state.up = True
+        self._log.info("XMPP component link to {server} is up", server=self._server)
+
+    def _stream_error(self, failure: Failure) -> None:
+        if failure.check(StreamError):
+            error: StreamError = failure.value
+            self._refusal = (error.condition, error.text or "")
+        else:
+            self._refusal = ("invalid-xml", failure.getErrorMessage())
+
+    @override
+    def clientConnectionFailed(self, connector: IConnector, reason: Failure) -> None:
+        self._failed("unreachable", reason.getErrorMessage())
+        super().clientConnectionFailed(connector, reason)
+
+    @override
+    def clientConnectionLost(self, connector: IConnector, reason: Failure) -> None:
+        was_up, self.state.up = self.state.up, False
+        if self._refusal is not None:
+            self._failed(*self._refusal)
+        elif was_up:
+            self._failed("connection-lost", reason.getErrorMessage())
+        else:
+            self._failed("handshake-failed", reason.getErrorMessage())
+        super().clientConnectionLost(connector, reason)
+
+    def _failed(self, reason: str, text: str) -> None:
+        """Count and log; called before the retry is scheduled, ``self.delay`` away."""
+        if not self.continueTrying:
+            self._log.info("XMPP component link to {server} closed", server=self._server)
+            return
+        self.state.errors[reason] += 1
+        self.state.last_error = f"{reason}: {text}" if text else reason
+        self._log.error(
+            "XMPP component link to {server} failed: {reason}{detail}; "
+            "retrying in {delay:.1f}s",
+            server=self._server, reason=reason, detail=f" ({text})" if text else "",
+            delay=self.delay, text=text,
+        )

@@ -1,0 +1,255 @@
+"""http/hold.py over in-memory HTTP connections and a task.Clock: timers, exits, renderers,
+slow clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet import task
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET, Request, Site
+from zope.interface.verify import verifyObject
+
+from fanout_tx.formats import Format
+from fanout_tx.grip.instruct import Channel, Instruct, KeepAlive, Link, Response
+from fanout_tx.http.hold import (
+    HeldResponse,
+    HeldStream,
+    register_renderers,
+    render_http_stream,
+)
+from fanout_tx.interfaces import ISubscriber
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+
+
+class FakeOrigin:
+    """Records what a hold asks of its proxy session."""
+
+    def __init__(self) -> None:
+        self.retries: list[Sequence[tuple[str, str]]] = []
+        self.links: list[tuple[Link, Sequence[tuple[str, str]], Deferred[Instruct]]] = []
+
+    def retry(self, grip_last: Sequence[tuple[str, str]] = ()) -> None:
+        self.retries.append(grip_last)
+
+    def fetch_link(self, link: Link, grip_last: Sequence[tuple[str, str]]) -> Deferred[Instruct]:
+        d: Deferred[Instruct] = Deferred()
+        self.links.append((link, grip_last, d))
+        return d
+
+    def channel_name(self, name: str) -> str:
+        return name
+
+
+class HoldResource(Resource):
+    isLeaf = True
+
+    def __init__(self, make: Any) -> None:
+        super().__init__()
+        self.make = make
+        self.holds: list[Any] = []
+
+    def render(self, request: Request) -> int:
+        hold = self.make(request)
+        self.holds.append(hold)
+        hold.start()
+        return NOT_DONE_YET
+
+
+class HoldTestsMixin:
+    clock: task.Clock
+    router: Router
+    origin: FakeOrigin
+
+    def setup_hold(self) -> None:
+        self.clock = task.Clock()
+        self.router = Router(self.clock)
+        register_renderers(self.router)
+        self.origin = FakeOrigin()
+
+    def connect(self, make: Any) -> tuple[Any, StringTransport, Any]:
+        resource = HoldResource(make)
+        # No idle timeout: it would be a real-reactor timer left behind by these
+        # in-memory connections.
+        site = Site(resource, timeout=None)
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+        return protocol, transport, resource.holds[0]
+
+    def publish(self, channel: str, **formats: Any) -> None:
+        self.router.publish(parse_item({"channel": channel, "formats": {
+            k.replace("_", "-"): v for k, v in formats.items()}}))
+
+
+def long_poll(channels: tuple[str, ...] = ("c",), timeout: int = 30) -> Instruct:
+    return Instruct(hold="response", channels=tuple(Channel(c) for c in channels),
+                    timeout=timeout, response=Response(200, None, (("X-Held", "1"),), b"late"))
+
+
+class HeldResponseTests(HoldTestsMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.setup_hold()
+
+    def make(self, instruct: Instruct) -> Any:
+        return lambda request: HeldResponse(request, self.router, self.clock, instruct,
+                                            self.origin)
+
+    def test_provides_subscriber(self) -> None:
+        _protocol, _transport, hold = self.connect(self.make(long_poll()))
+        verifyObject(ISubscriber, hold)
+
+    def test_publish_answers_and_clears_everything(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(long_poll(("a", "b"))))
+        self.assertEqual(self.router.subscription_count(), 2)
+        self.publish("b", http_response={"body": "hi", "headers": {"X-Pub": "2"}})
+        value = transport.value()
+        self.assertIn(b"HTTP/1.1 200 OK", value)
+        self.assertIn(b"X-Held: 1", value)
+        self.assertIn(b"X-Pub: 2", value)
+        self.assertTrue(value.endswith(b"\r\n\r\nhi"))
+        self.assertEqual(self.router.subscription_count(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_timeout(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(long_poll(timeout=30)))
+        self.clock.advance(29.9)
+        self.assertEqual(transport.value(), b"")
+        self.clock.advance(0.1)
+        self.assertTrue(transport.value().endswith(b"late"))
+        self.assertEqual(self.router.subscriber_count(), 0)
+
+    def test_client_gone(self) -> None:
+        """Connection loss unsubscribes at once and cancels the timeout."""
+        protocol, _transport, _hold = self.connect(self.make(long_poll()))
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.router.subscriber_count(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_hint_and_recover_ask_the_origin_again(self) -> None:
+        _protocol, transport, hold = self.connect(self.make(long_poll()))
+        self.publish("c", http_response={"action": "hint"})
+        self.assertEqual(self.origin.retries, [()])
+        self.assertEqual(transport.value(), b"")
+        self.assertEqual(self.router.subscriber_count(), 0)
+        hold.recover()  # already ended: nothing more
+        self.assertEqual(len(self.origin.retries), 1)
+
+    def test_shutdown_answers_like_a_timeout(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(long_poll()))
+        self.router.close_all("shutdown")
+        self.assertTrue(transport.value().endswith(b"late"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+
+def stream(keep_alive: KeepAlive | None = None, link: Link | None = None,
+           prev_id: str | None = None) -> Instruct:
+    return Instruct(hold="stream", channels=(Channel("c", prev_id),), keep_alive=keep_alive,
+                    next_link=link, response=Response(200, None, (), b"hello\n"))
+
+
+class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
+    def setUp(self) -> None:
+        self.setup_hold()
+
+    def make(self, instruct: Instruct, max_buffer: int = 1_000_000) -> Any:
+        return lambda request: HeldStream(request, self.router, self.clock, instruct,
+                                          self.origin, max_buffer)
+
+    def test_initial_body_then_prepared_chunks(self) -> None:
+        """The chunk framing comes from the renderer, built once per item."""
+        calls: list[Format] = []
+
+        def counting(fmt: Format) -> Any:
+            calls.append(fmt)
+            return render_http_stream(fmt)
+
+        self.router.add_renderer("http-stream", counting)
+        transports = [self.connect(self.make(stream()))[1] for _ in range(3)]
+        self.publish("c", http_stream={"content": "data"})
+        self.assertEqual(len(calls), 1)
+        for transport in transports:
+            self.assertTrue(transport.value().endswith(b"6\r\nhello\n\r\n4\r\ndata\r\n"))
+
+    def test_close_action_ends_the_response(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(stream(KeepAlive(b"k", 10))))
+        self.publish("c", http_stream={"action": "close"})
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
+        self.assertEqual(self.router.subscriber_count(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_keep_alive_idle_restarts_on_write(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(stream(KeepAlive(b"ka", 10))))
+        self.clock.advance(9)
+        self.publish("c", http_stream={"content": "x"})
+        self.clock.advance(9)
+        self.assertFalse(transport.value().endswith(b"ka\r\n"))
+        self.clock.advance(1)
+        self.assertTrue(transport.value().endswith(b"2\r\nka\r\n"))
+        self.clock.advance(10)
+        self.assertEqual(transport.value().count(b"ka"), 2)
+
+    def test_client_gone_cancels_keep_alive_and_link_timers(self) -> None:
+        instruct = stream(KeepAlive(b"k", 10), Link("/next", 30), prev_id="1")
+        protocol, _transport, _hold = self.connect(self.make(instruct))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 2)
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertEqual(self.router.subscriber_count(), 0)
+
+    def test_slow_client_is_dropped_past_the_limit(self) -> None:
+        """While the client transport is full, at most max_buffer bytes are queued; then the
+        client is dropped. Another stream on the channel is unaffected."""
+        _slow_protocol, slow, _hold = self.connect(self.make(stream(), max_buffer=100))
+        _fast_protocol, fast, _other = self.connect(self.make(stream(), max_buffer=100))
+        slow.producer.pauseProducing()  # what the transport does when its buffer is full
+        self.publish("c", http_stream={"content": "x" * 60})
+        self.assertFalse(slow.disconnecting)
+        self.publish("c", http_stream={"content": "y" * 60})
+        self.assertTrue(slow.disconnecting)
+        self.assertEqual(self.router.subscriber_count(), 1)
+        self.publish("c", http_stream={"content": "z"})
+        self.assertTrue(fast.value().endswith(b"1\r\nz\r\n"))
+
+    def test_resume_resets_the_budget(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(stream(), max_buffer=100))
+        for _ in range(5):
+            transport.producer.pauseProducing()
+            self.publish("c", http_stream={"content": "x" * 60})
+            transport.producer.resumeProducing()
+        self.assertFalse(transport.disconnecting)
+
+    def test_gap_recovery_splices_each_item_once(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(stream(link=Link("/n", 60),
+                                                                    prev_id="1")))
+        item = {"channel": "c", "formats": {"http-stream": {"content": ""}}}
+
+        def publish(item_id: str, prev: str) -> None:
+            self.router.publish(parse_item({**item, "id": item_id, "prev-id": prev,
+                                            "no-seq": True,
+                                            "formats": {"http-stream": {"content": item_id}}}))
+
+        publish("2", "1")
+        publish("4", "3")  # gap: 3 is missing
+        publish("5", "4")
+        [(link, grip_last, d)] = self.origin.links
+        self.assertEqual(grip_last, [("Grip-Last", "c; last-id=2")])
+        d.callback(Instruct(hold="stream", channels=(Channel("c", "4"),), next_link=link,
+                            response=Response(body=b"34")))
+        self.assertTrue(transport.value().endswith(b"1\r\n2\r\n2\r\n34\r\n1\r\n5\r\n"))
+
+    def test_link_failure_delivers_what_was_queued(self) -> None:
+        _protocol, transport, hold = self.connect(self.make(stream(link=Link("/n", 60))))
+        hold.recover()
+        self.publish("c", http_stream={"content": "q"})
+        self.origin.links[0][2].errback(ConnectionError("origin down"))
+        self.assertTrue(transport.value().endswith(b"1\r\nq\r\n"))
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the link timer again

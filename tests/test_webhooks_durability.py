@@ -1,0 +1,151 @@
+"""Durability with a real redis-server (append-only file): subscriptions and pending
+deliveries, scheduled retries included, survive a restart of fanout_tx and of Redis, and a
+receiver that dedupes on webhook-id gets each item exactly once."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import signal
+import sys
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from typing_extensions import override
+
+from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.webhooks.model import NewSubscription
+from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from tests.services import RedisServer
+from tests.test_webhooks_support import Receiver, fail_first
+
+CONFIG = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),), verify=False,
+                        timeout=5.0, retry_schedule=(0, 0.5, 0.5), max_in_flight=2)
+
+
+# A fanout_tx side in its own process, to be killed with SIGKILL: it registers a
+# subscription, publishes one item, prints the secret, and runs until killed.
+CHILD = """
+import ipaddress, sys
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.webhooks.model import NewSubscription
+from fanout_tx.webhooks.service import build_webhooks
+
+async def main():
+    config = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+                            verify=False, retry_schedule=(0, 1.0, 1.0))
+    router = Router(reactor)
+    service = build_webhooks(config, RedisConfig(url=sys.argv[1], prefix="durable:"),
+                             router, reactor)
+    service.startService()
+    await service.loaded
+    sub = await service.register(NewSubscription(sys.argv[2], ("c",), None, (), False))
+    print("SECRET", sub.secret, flush=True)
+    router.publish(parse_item({"channel": "c", "id": "1",
+                               "formats": {"http-request": {"body": "one"}}}))
+
+ensureDeferred(main())
+reactor.run()
+"""
+
+
+class _Child(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.secret: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        for line in self.output.splitlines():
+            if line.startswith(b"SECRET ") and not self.secret.called:
+                self.secret.callback(line.split()[1].decode())
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        if not self.secret.called:
+            self.secret.errback(AssertionError(f"child ended: {self.output!r}"))
+        self.ended.callback(None)
+
+
+class RestartTests(TestCase):
+    @override
+    def setUp(self) -> None:
+        self.redis = RedisServer(appendonly=True)
+        self.addCleanup(self.redis.stop)
+        self.redis_config = RedisConfig(url=self.redis.url, prefix="durable:")
+
+    async def fanout(self) -> tuple[WebhookService, Router]:
+        """One fanout_tx side: a router and the webhooks service on the shared Redis."""
+        router = Router(reactor)
+        service = build_webhooks(CONFIG, self.redis_config, router, reactor)
+        service.startService()
+        await service.loaded
+        return service, router
+
+    async def test_retry_survives_restart_exactly_once(self) -> None:
+        """The first attempt fails; fanout_tx stops before the retry and Redis is killed
+        (SIGKILL) and restarted; a new fanout_tx on the same Redis makes the retry, with
+        the same webhook-id, and the subscription goes on delivering new items."""
+        receiver = Receiver(fail_first(1))
+        await receiver.listen()
+        self.addCleanup(receiver.close)
+        service, router = await self.fanout()
+        subscription = await service.register(NewSubscription(
+            receiver.url, ("c",), None, (), None))
+        receiver.secret = subscription.secret
+        router.publish(parse_item({"channel": "c", "id": "1",
+                                   "formats": {"http-request": {"body": "one"}}}))
+        await receiver.wait_for(1, "requests")
+        await service.stopService()  # mid-retry: the retry timer dies with it
+        self.redis.stop(signal.SIGKILL)
+        self.redis.restart()
+
+        service, router = await self.fanout()
+        self.addCleanup(service.stopService)
+        self.assertEqual([s.id for s in service.subscriptions()], [subscription.id])
+        await receiver.wait_for(1)
+        self.assertEqual(len(receiver.requests), 2)
+        first_id = receiver.requests[0].headers["webhook-id"]
+        self.assertEqual(list(receiver.unique), [first_id])
+        self.assertTrue(all(r.signature_ok for r in receiver.requests))
+        router.publish(parse_item({"channel": "c", "id": "2",
+                                   "formats": {"http-request": {"body": "two"}}}))
+        await receiver.wait_for(2)
+        self.assertEqual(len(receiver.requests), 3)
+        self.assertEqual([r.body for r in receiver.unique.values()], [b"one", b"two"])
+
+    async def test_kill_9_mid_retry(self) -> None:
+        """A fanout_tx process killed with SIGKILL right after a failed first attempt: a
+        new one on the same Redis makes the retry; the receiver sees one webhook-id."""
+        receiver = Receiver(fail_first(1))
+        await receiver.listen()
+        self.addCleanup(receiver.close)
+        child = _Child()
+        process = reactor.spawnProcess(
+            child, sys.executable, [sys.executable, "-c", CHILD, self.redis.url, receiver.url],
+            env=os.environ.copy(),
+        )
+        receiver.secret = await child.secret
+        await receiver.wait_for(1, "requests")
+        process.signalProcess("KILL")
+        await child.ended
+
+        service, _router = await self.fanout()
+        self.addCleanup(service.stopService)
+        await receiver.wait_for(1)
+        self.assertEqual(len(receiver.unique), 1)
+        self.assertEqual(receiver.requests[-1].body, b"one")
+        self.assertTrue(all(r.signature_ok for r in receiver.requests))
+        self.assertEqual({r.headers["webhook-id"] for r in receiver.requests},
+                         set(receiver.unique))

@@ -1,0 +1,116 @@
+"""The autobahn adapter over an in-memory transport: prepared sends, the bounded outbound
+buffer, server-side close codes."""
+
+from __future__ import annotations
+
+import struct
+
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+
+from fanout_tx.formats.ws import parse_ws_message
+from fanout_tx.ws.protocol import ClientFactory, ClientProtocol
+from fanout_tx.ws.session import Accepted
+
+HANDSHAKE = (
+    b"GET /ws HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+
+
+class RecordingSession:
+    def __init__(self) -> None:
+        self.calls: list[tuple] = []
+
+    def attach(self, client: ClientProtocol) -> None:
+        self.calls.append(("attach",))
+
+    def client_message(self, payload: bytes, binary: bool) -> None:
+        self.calls.append(("message", payload, binary))
+
+    def client_ping(self, payload: bytes) -> None:
+        self.calls.append(("ping", payload))
+
+    def client_pong(self, payload: bytes) -> None:
+        self.calls.append(("pong", payload))
+
+    def client_closed(self, code: int | None, reason: str) -> None:
+        self.calls.append(("closed", code, reason))
+
+    def client_lost(self) -> None:
+        self.calls.append(("lost",))
+
+
+def close_code(frame_bytes: bytes) -> int:
+    """The code of the close frame at the end of ``frame_bytes`` (server frames: unmasked)."""
+    start = frame_bytes.rindex(b"\x88")
+    return struct.unpack("!H", frame_bytes[start + 2 : start + 4])[0]
+
+
+class ProtocolTests(SynchronousTestCase):
+    def connect(self, max_outbound: int = 1000) -> tuple[ClientProtocol, StringTransport,
+                                                        RecordingSession]:
+        factory = ClientFactory(max_message=1000, max_outbound=max_outbound)
+        factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
+        session = RecordingSession()
+        protocol.session = session
+        protocol.accepted = Accepted("chat", {"Set-Cookie": ["a=1"]})
+        transport = StringTransport()
+        transport.registerProducer(object(), True)  # as twisted.web's HTTPChannel leaves it
+        protocol.makeConnection(transport)
+        protocol.dataReceived(HANDSHAKE)
+        self.factory = factory
+        return protocol, transport, session
+
+    def test_handshake_carries_origin_headers(self) -> None:
+        """The 101 has the origin's extra headers; a subprotocol the client did not offer
+        is left out; the session is attached once open."""
+        _protocol, transport, session = self.connect()
+        response = transport.value()
+        self.assertTrue(response.startswith(b"HTTP/1.1 101"))
+        self.assertIn(b"Set-Cookie: a=1\r\n", response)
+        self.assertNotIn(b"Sec-WebSocket-Protocol", response)
+        self.assertEqual(session.calls, [("attach",)])
+
+    def test_prepared_message_written_as_is(self) -> None:
+        """A prepared message is framed once by the factory and written unchanged."""
+        protocol, transport, _session = self.connect()
+        transport.clear()
+        prepared = self.factory.render(parse_ws_message({"content": "hello"}))
+        protocol.send_prepared(prepared)
+        self.assertEqual(transport.value(), b"\x81\x05hello")
+        self.assertIsNone(self.factory.render(parse_ws_message({"type": "ping"})))
+
+    def test_slow_reader_closed_1008(self) -> None:
+        """While the transport is paused, sends are counted; past the limit the client is
+        closed with 1008 and further sends are dropped. A client that never answers the
+        close is reported lost (autobahn's close timeout drops it)."""
+        protocol, transport, session = self.connect(max_outbound=100)
+        protocol.guard.pauseProducing()
+        protocol.send_message(b"x" * 60, False)
+        protocol.send_message(b"y" * 60, False)
+        self.assertEqual(close_code(transport.value()), 1008)
+        transport.clear()
+        protocol.send_message(b"z", False)
+        self.assertEqual(transport.value(), b"")
+        protocol.connectionLost(Failure(ConnectionDone()))
+        self.assertEqual(session.calls[-1], ("lost",))
+
+    def test_resume_resets_the_count(self) -> None:
+        protocol, transport, _session = self.connect(max_outbound=100)
+        protocol.guard.pauseProducing()
+        protocol.send_message(b"x" * 60, False)
+        protocol.guard.resumeProducing()
+        protocol.guard.pauseProducing()
+        protocol.send_message(b"y" * 60, False)
+        self.assertNotIn(b"\x88", transport.value())
+
+    def test_server_close_codes(self) -> None:
+        """1011 and other codes autobahn's sendClose refuses still go out as close frames."""
+        protocol, transport, _session = self.connect()
+        protocol.close(1011, "origin error")
+        self.assertEqual(close_code(transport.value()), 1011)

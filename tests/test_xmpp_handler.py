@@ -1,0 +1,277 @@
+"""The component handler over an in-memory XML stream and an in-memory backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from treq.testing import RequestTraversalAgent
+from twisted.internet.task import Clock
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web.resource import Resource
+from twisted.web.server import NOT_DONE_YET
+from twisted.words.xish import domish
+
+from fanout_tx import wokkel_compat
+from fanout_tx.grip.signature import verify_hs256
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.xmpp.backend import BackendClient
+from fanout_tx.xmpp.handler import ComponentHandler
+from fanout_tx.xmpp.render import StanzaRenderer
+
+wokkel_compat.install()
+from wokkel.test.helpers import XmlStreamStub  # noqa: E402 - needs wokkel_compat first
+
+DOMAIN = "push.example"
+ALICE = "alice@example/phone"
+INSTRUCT = {"Content-Type": "application/grip-instruct"}
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class Backend(Resource):
+    """Records requests; answers with ``answer(request)``, or holds them when it is None."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[Any] = []
+        self.bodies: list[bytes] = []
+        self.answer: Callable[[Any], Answer] | None = lambda _r: (200, {}, b"")
+
+    def render_POST(self, request: Any) -> bytes | int:  # noqa: N802 - Resource hook
+        self.requests.append(request)
+        self.bodies.append(request.content.read())
+        if self.answer is None:
+            return NOT_DONE_YET
+        code, headers, body = self.answer(request)
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return body
+
+    def header(self, name: str, index: int = -1) -> str | None:
+        values = self.requests[index].requestHeaders.getRawHeaders(name)
+        return values[0] if values else None
+
+
+def _element(xml: str) -> domish.Element:
+    stream = domish.elementStream()
+    found: list[domish.Element] = []
+    stream.DocumentStartEvent = lambda _root: None
+    stream.ElementEvent = found.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(b"<s xmlns='jabber:component:accept'>" + xml.encode() + b"</s>")
+    return found[0]
+
+
+def _instruct(**document: Any) -> Answer:
+    return 200, INSTRUCT, json.dumps(document).encode()
+
+
+class HandlerTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(1_700_000_000)
+        self.backend = Backend()
+        self.agent = RequestTraversalAgent(self.backend)
+        self.router = Router(self.clock)
+        renderer = StanzaRenderer(DOMAIN)
+        renderer.install(self.router)
+        client = BackendClient(self.agent, self.clock, "http://backend/xmpp", 5,
+                               "fanout", b"secret")
+        self.handler = ComponentHandler(renderer, client, self.router, max_channels=20)
+        self.stub = XmlStreamStub()
+        self.handler.makeConnection(self.stub.xmlstream)
+        self.handler.connectionInitialized()
+
+    def receive(self, xml: str) -> None:
+        self.stub.send(_element(xml))
+        self.agent.flush()
+
+    def sent(self) -> list[domish.Element]:
+        return [o if isinstance(o, domish.Element) else _element(o.decode())
+                for o in self.stub.output]
+
+    def iq(self, iq_type: str = "get", child: str = "<q xmlns='urn:q'/>",
+           to: str = f"bot@{DOMAIN}") -> domish.Element:
+        self.receive(f"<iq type='{iq_type}' id='i1' from='{ALICE}' to='{to}'>{child}</iq>")
+        [answer] = self.sent()
+        self.assertEqual((answer.name, answer["id"], answer["to"]), ("iq", "i1", ALICE))
+        return answer
+
+    def assert_error(self, answer: domish.Element, condition: str, error_type: str) -> None:
+        self.assertEqual(answer["type"], "error")
+        self.assertEqual((answer.error["type"], next(answer.error.elements()).name),
+                         (error_type, condition))
+
+    # -- answered locally -----------------------------------------------------------------
+
+    def test_disco_info_and_ping(self) -> None:
+        """disco#info and ping are answered by the component; the backend sees neither."""
+        disco = self.iq(child="<query xmlns='http://jabber.org/protocol/disco#info'/>")
+        self.assertEqual(disco["type"], "result")
+        features = {f["var"] for f in disco.query.elements() if f.name == "feature"}
+        self.assertEqual(features, {"http://jabber.org/protocol/disco#info", "urn:xmpp:ping"})
+        self.stub.output.clear()
+        self.assertEqual(self.iq(child="<ping xmlns='urn:xmpp:ping'/>")["type"], "result")
+        self.assertEqual(self.backend.requests, [])
+
+    # -- the backend request ----------------------------------------------------------------
+
+    def test_backend_request(self) -> None:
+        """The stanza is POSTed with the Xmpp-* headers, meta and a valid Grip-Sig."""
+        meta = {"set-meta": {"user": "a"}}
+        self.backend.answer = lambda _r: _instruct(subscribe=["news"], **meta)
+        self.receive(f"<message from='{ALICE}' to='bot@{DOMAIN}' type='chat'><body>hi</body>"
+                     "</message>")
+        self.assertEqual(
+            [self.backend.header(n) for n in ("content-type", "xmpp-kind", "xmpp-from",
+                                              "xmpp-to", "xmpp-type", "meta-user")],
+            ["application/xmpp+xml", "message", ALICE, f"bot@{DOMAIN}", "chat", None],
+        )
+        claims = verify_hs256(self.backend.header("grip-sig"), b"secret", self.clock.seconds())
+        self.assertEqual(claims["iss"], "fanout")
+        self.assertIn(b"<body>hi</body>", self.backend.bodies[0])
+        self.receive(f"<presence from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertEqual((self.backend.header("meta-user"), self.backend.header("xmpp-type")),
+                         ("a", None))
+
+    def test_subscribe_reply_and_publish(self) -> None:
+        """Grip-Channel subscribes the sender's full JID; replies get to and from filled in;
+        a publish reaches the JID."""
+        self.backend.answer = lambda _r: (200, {"Grip-Channel": "news"}, b"")
+        self.receive(f"<presence from='{ALICE}' to='{DOMAIN}'/>")
+        self.backend.answer = lambda _r: _instruct(reply=[
+            "<message><body>welcome</body></message>",
+            f"<message from='other@{DOMAIN}'><body>kept</body></message>",
+            "<message from='x@elsewhere'><body>replaced</body></message>"])
+        self.receive(f"<message from='{ALICE}' to='bot@{DOMAIN}'><body>hi</body></message>")
+        replies = self.sent()
+        self.assertEqual([(r["to"], r["from"]) for r in replies],
+                         [(ALICE, f"bot@{DOMAIN}"), (ALICE, f"other@{DOMAIN}"),
+                          (ALICE, f"bot@{DOMAIN}")])
+        self.stub.output.clear()
+        self.router.publish(parse_item({"channel": "news",
+                                        "formats": {"xmpp-message": {"body": "news!"}}}))
+        [push] = self.sent()
+        self.assertEqual((push["to"], push["from"], str(push.body)), (ALICE, DOMAIN, "news!"))
+
+    def test_backend_unsubscribe(self) -> None:
+        self.backend.answer = lambda _r: (200, {"Grip-Channel": "news, sport"}, b"")
+        self.receive(f"<presence from='{ALICE}' to='{DOMAIN}'/>")
+        self.backend.answer = lambda _r: _instruct(unsubscribe=["news"])
+        self.receive(f"<message from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertEqual(self.handler.subscriptions.channels_of(ALICE), frozenset({"sport"}))
+
+    # -- iq answers -------------------------------------------------------------------------
+
+    def test_iq_result(self) -> None:
+        """An iq reply becomes the result (id, type, to, from set by the server); without
+        one a 200 gives an empty result."""
+        self.backend.answer = lambda _r: _instruct(reply=[
+            "<iq type='set' id='bogus' to='x@y'><r xmlns='urn:r'>42</r></iq>"])
+        result = self.iq()
+        self.assertEqual((result["type"], result["from"], str(result.r)),
+                         ("result", f"bot@{DOMAIN}", "42"))
+        self.stub.output.clear()
+        self.backend.answer = lambda _r: (200, {}, b"")
+        result = self.iq("set")
+        self.assertEqual((result["type"], list(result.elements())), ("result", []))
+
+    def test_iq_errors(self) -> None:
+        """403 forbidden, 404 item-not-found, other 4xx bad-request, 5xx and malformed
+        answers service-unavailable (wait)."""
+        for code, body, condition, error_type in (
+            (403, b"", "forbidden", "auth"),
+            (404, b"", "item-not-found", "cancel"),
+            (409, b"", "bad-request", "modify"),
+            (502, b"", "service-unavailable", "wait"),
+            (200, b"{not json", "service-unavailable", "wait"),
+        ):
+            self.stub.output.clear()
+            self.backend.answer = lambda _r, c=code, b=body: (c, INSTRUCT, b)
+            self.assert_error(self.iq(), condition, error_type)
+
+    def test_iq_timeout(self) -> None:
+        """A backend that does not answer within backend_timeout: service-unavailable."""
+        self.backend.answer = None
+        self.receive(f"<iq type='get' id='i1' from='{ALICE}' to='{DOMAIN}'><q xmlns='urn:q'/></iq>")
+        self.assertEqual(self.sent(), [])
+        self.clock.advance(5)
+        [answer] = self.sent()
+        self.assert_error(answer, "service-unavailable", "wait")
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_iq_results_and_errors_are_not_forwarded(self) -> None:
+        for iq_type in ("result", "error"):
+            self.receive(f"<iq type='{iq_type}' id='x' from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertEqual((self.sent(), self.backend.requests), ([], []))
+
+    def test_wrong_domain(self) -> None:
+        self.assert_error(self.iq(to="bot@elsewhere"), "item-not-found", "cancel")
+        self.assertEqual(self.backend.requests, [])
+
+    def test_message_backend_failure_is_logged(self) -> None:
+        """For message/presence a backend error is logged, nothing is sent back."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        self.backend.answer = lambda _r: (500, {}, b"")
+        self.receive(f"<message from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertEqual(self.sent(), [])
+        self.assertIn("backend answered 500", [e.get("reason") for e in events])
+
+    # -- subscriptions end --------------------------------------------------------------------
+
+    def subscribe_alice(self) -> None:
+        self.backend.answer = lambda _r: (200, {"Grip-Channel": "news"}, b"")
+        self.receive(f"<presence from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertIsNotNone(self.handler.subscriptions.get(ALICE))
+
+    def test_unavailable_ends_subscriptions(self) -> None:
+        """Unavailable presence unsubscribes, is still POSTed, and its answer cannot
+        subscribe again."""
+        self.subscribe_alice()
+        self.receive(f"<presence type='unavailable' from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertEqual(self.backend.header("xmpp-type"), "unavailable")
+        self.assertIsNone(self.handler.subscriptions.get(ALICE))
+        self.assertEqual(self.router.subscriber_count(), 0)
+
+    def test_error_bounce_ends_subscriptions(self) -> None:
+        self.subscribe_alice()
+        self.receive(f"<message type='error' from='{ALICE}' to='{DOMAIN}'>"
+                     "<error type='cancel'><service-unavailable "
+                     "xmlns='urn:ietf:params:xml:ns:xmpp-stanzas'/></error></message>")
+        self.assertIsNone(self.handler.subscriptions.get(ALICE))
+
+    # -- ordering and the link ----------------------------------------------------------------
+
+    def test_one_backend_call_at_a_time_per_jid(self) -> None:
+        """A JID's stanzas reach the backend in order, one at a time; others are not held
+        up."""
+        self.backend.answer = None
+        for n in range(3):
+            self.receive(f"<message id='m{n}' from='{ALICE}' to='{DOMAIN}'/>")
+        self.receive(f"<message from='bob@example/pc' to='{DOMAIN}'/>")
+        self.assertEqual(len(self.backend.requests), 2)
+        first = self.backend.requests[0]
+        first.finish()
+        self.agent.flush()
+        self.assertEqual(len(self.backend.requests), 3)
+        self.assertIn(b"id='m1'", self.backend.bodies[2].replace(b'"', b"'"))
+        for request in self.backend.requests[1:]:
+            request.finish()
+        self.agent.flush()
+        self.backend.requests[-1].finish()
+        self.agent.flush()
+        self.assertEqual(len(self.backend.requests), 4)
+
+    def test_pushes_while_link_down_are_dropped(self) -> None:
+        self.subscribe_alice()
+        self.handler.connectionLost(None)
+        self.router.publish(parse_item({"channel": "news",
+                                        "formats": {"xmpp-message": {"body": "x"}}}))
+        self.assertEqual((self.stub.output, self.handler.dropped_pushes), ([], 1))

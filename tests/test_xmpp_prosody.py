@@ -1,0 +1,309 @@
+"""End to end against a real Prosody: real XMPP clients, the component, a real backend Site,
+and publishes through the HTTP publish API and ZeroMQ."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, readBody
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.xish import domish
+from typing_extensions import override
+
+from fanout_tx.bus import LocalBus
+from fanout_tx.config import Config, XmppConfig
+from fanout_tx.http.publish_api import PublishRoot, PublishSite
+from fanout_tx.http.publish_auth import BearerAuth
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.ws.origin import BytesProducer
+from fanout_tx.xmpp.component import XmppComponent, build_xmpp
+from fanout_tx.xmpp.handler import NS_DISCO_INFO
+from fanout_tx.zmq_ingest import ZmqPullInput
+from tests.prosody import ProsodyServer, XmppClient, shared_prosody
+
+DOMAIN = "push.localhost"
+SECRET = "s3cret"
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class Backend(Resource):
+    """The test's backend: records each POST and answers with ``self.answer(headers, body)``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: DeferredQueue[tuple[Headers, bytes]] = DeferredQueue()
+        self.answer: Callable[[Headers, bytes], Answer] = lambda _h, _b: (200, {}, b"")
+
+    @override
+    def render_POST(self, request: Any) -> bytes:  # noqa: N802 - Resource hook
+        body = request.content.read()
+        self.requests.put((request.requestHeaders, body))
+        code, headers, out = self.answer(request.requestHeaders, body)
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return out
+
+    async def next_request(self, kind: str, stanza_type: str | None = None) -> Headers:
+        while True:
+            headers, _body = await self.requests.get()
+            if (headers.getRawHeaders("xmpp-kind") == [kind]
+                    and headers.getRawHeaders("xmpp-type", [None])[0] == stanza_type):
+                return headers
+
+
+def _header(headers: Headers, name: str) -> str | None:
+    return headers.getRawHeaders(name, [None])[0]
+
+
+def _subscribe_and_echo(headers: Headers, body: bytes) -> Answer:
+    """Subscribe every sender to ``news``; answer a message with a reply naming its meta."""
+    if _header(headers, "xmpp-kind") != "message":
+        return 200, {"Grip-Channel": "news"}, b""
+    instruct = {
+        "subscribe": ["news"],
+        "set-meta": {"user": _header(headers, "xmpp-from").split("@")[0]},
+        "reply": ["<message type='chat'><body>subscribed</body></message>"],
+    }
+    return 200, {"Content-Type": "application/grip-instruct"}, json.dumps(instruct).encode()
+
+
+class ProsodyTestsMixin:
+    timeout = 20
+    """One Prosody for the run (users alice and bob); a backend and a component per test."""
+
+    prosody: ProsodyServer
+
+    def setUp(self) -> None:
+        self.prosody = shared_prosody(DOMAIN, SECRET, {"alice": "pw-alice", "bob": "pw-bob"})
+
+    def start_backend(self: Any) -> tuple[Backend, str]:
+        backend = Backend()
+        port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return backend, f"http://127.0.0.1:{port.getHost().port}/xmpp"
+
+    async def start_component(self: Any, router: Router, backend_url: str,
+                              secret: str = SECRET, wait: bool = True) -> XmppComponent:
+        config = Config(xmpp=XmppConfig(
+            enabled=True, jid=DOMAIN, port=self.prosody.component_port, secret=secret,
+            backend=backend_url, backend_timeout=5, sig_key=b"xmpp-key", sig_iss="fanout",
+        ))
+        component = build_xmpp(config, router, reactor)
+        up: Deferred[Any] = Deferred()
+        ended: list[Deferred[Any]] = []
+        component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)
+
+        def track_end(xs: xmlstream.XmlStream) -> None:
+            ended.append(Deferred())
+            done = ended[-1]
+            xs.addOnetimeObserver(xmlstream.STREAM_END_EVENT, lambda _r: done.callback(None))
+
+        component.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, track_end)
+
+        async def stop() -> None:
+            await component.stopService()
+            for d in ended:
+                await d
+
+        component.startService()
+        self.addCleanup(stop)
+        if wait:
+            await up
+        return component
+
+    async def login(self: Any, user: str) -> XmppClient:
+        client = XmppClient(reactor, self.prosody, user, f"pw-{user}")
+        await client.connect()
+        self.addCleanup(client.disconnect)
+        return client
+
+
+class DeliveryTests(ProsodyTestsMixin, TestCase):
+    """Subscribing through the backend, and publishing through the HTTP API and ZeroMQ."""
+
+    async def test_publish_reaches_subscribers_until_one_logs_out(self) -> None:
+        """Two clients message the component and are subscribed by the backend; publishes
+        through the HTTP API and ZeroMQ reach both; after one logs out, only the other."""
+        backend, url = self.start_backend()
+        backend.answer = _subscribe_and_echo
+        router = Router(reactor)
+        bus = LocalBus(router)
+        component = await self.start_component(router, url)
+        publish_port = reactor.listenTCP(0, PublishSite(
+            PublishRoot(bus, router, BearerAuth(b"", "", reactor)), 1_000_000, reactor,
+        ), interface="127.0.0.1")
+        self.addCleanup(publish_port.stopListening)
+        publish_url = f"http://127.0.0.1:{publish_port.getHost().port}/publish/".encode()
+        pull = ZmqPullInput(reactor, zmq.Context.instance(), bus, "tcp://127.0.0.1:*")
+        pull.startService()
+        self.addCleanup(pull.stopService)
+
+        alice, bob = await self.login("alice"), await self.login("bob")
+        for client in (alice, bob):
+            client.send(f"<presence to='{DOMAIN}'/>")
+            client.send(f"<message to='news@{DOMAIN}' type='chat'><body>hi</body></message>")
+            reply = await client.next()
+            self.assertEqual(str(reply.body), "subscribed")
+            self.assertEqual(reply["from"], f"news@{DOMAIN}")
+        self.assertEqual(component.handler.subscriptions.meta_of(alice.jid.full()),
+                         {"user": "alice"})
+
+        agent = Agent(reactor)
+        item = {"channel": "news", "formats": {"xmpp-message": {"body": "via http",
+                                                                "from": "news"}}}
+        response = await agent.request(b"POST", publish_url, None,
+                                       BytesProducer(json.dumps({"items": [item]}).encode()))
+        self.assertEqual((response.code, await readBody(response)), (200, b"Published\n"))
+        for client in (alice, bob):
+            message = await client.next()
+            self.assertEqual((str(message.body), message["from"], message["to"]),
+                             ("via http", f"news@{DOMAIN}", client.jid.full()))
+
+        push = zmq.Context.instance().socket(zmq.PUSH)
+        self.addCleanup(push.close, 0)
+        push.connect(pull.endpoints[0])
+        stanza = "<message type='headline'><body>via zmq</body></message>"
+        push.send(b"J" + json.dumps({"channel": "news",
+                                     "formats": {"xmpp-stanza": {"content": stanza}}}).encode())
+        for client in (alice, bob):
+            self.assertEqual(str((await client.next()).body), "via zmq")
+
+        await bob.disconnect()
+        await backend.next_request("presence", "unavailable")
+        self.assertIsNone(component.handler.subscriptions.get(bob.jid.full()))
+        self.assertEqual(router.subscriber_count(), 1)
+        response = await agent.request(b"POST", publish_url, None, BytesProducer(json.dumps(
+            {"items": [dict(item, formats={"xmpp-message": {"body": "only alice"}})]}
+        ).encode()))
+        await readBody(response)
+        message = await alice.next()
+        self.assertEqual((str(message.body), message["from"]), ("only alice", DOMAIN))
+        self.assertEqual(router.deliveries["xmpp-message"], 3)
+
+        response = await agent.request(b"POST", publish_url, None, BytesProducer(json.dumps(
+            {"items": [{"channel": "news", "formats": {"xmpp-stanza": {"content": "<iq/>"}}}]}
+        ).encode()))
+        self.assertEqual(response.code, 400)
+        self.assertIn(b"message or presence", await readBody(response))
+
+    async def test_bounce_ends_subscription(self) -> None:
+        """A client subscribed by a message alone (no directed presence) logs out; Prosody
+        bounces the next push, and the bounce ends the subscription."""
+        backend, url = self.start_backend()
+        backend.answer = _subscribe_and_echo
+        router = Router(reactor)
+        component = await self.start_component(router, url)
+        alice = await self.login("alice")
+        alice.send(f"<message to='{DOMAIN}'><body>hi</body></message>")
+        await alice.next()
+        jid = alice.jid.full()
+        await alice.disconnect()
+        router.publish(parse_item({"channel": "news",
+                                   "formats": {"xmpp-message": {"body": "anyone?"}}}))
+        headers = await backend.next_request("message", "error")
+        self.assertEqual(_header(headers, "xmpp-from"), jid)
+        self.assertIsNone(component.handler.subscriptions.get(jid))
+        self.assertEqual(router.subscriber_count(), 0)
+
+    async def test_backend_request_headers(self) -> None:
+        """The backend gets the stanza with Xmpp-* headers and a Grip-Sig."""
+        backend, url = self.start_backend()
+        backend.answer = _subscribe_and_echo
+        await self.start_component(Router(reactor), url)
+        alice = await self.login("alice")
+        alice.send(f"<message to='bot@{DOMAIN}' type='normal'><body>x</body></message>")
+        headers, body = await backend.requests.get()
+        await alice.next()  # the answer was applied: nothing is left in flight
+        self.assertEqual(
+            [_header(headers, n) for n in ("content-type", "xmpp-kind", "xmpp-from",
+                                           "xmpp-to", "xmpp-type")],
+            ["application/xmpp+xml", "message", alice.jid.full(), f"bot@{DOMAIN}", "normal"],
+        )
+        self.assertTrue(_header(headers, "grip-sig"))
+        self.assertIn(b"<body>x</body>", body)
+
+
+class IqTests(ProsodyTestsMixin, TestCase):
+    """Every iq gets exactly one answer: local, from the backend, or a mapped error."""
+
+    async def test_iq_answers(self) -> None:
+        backend, url = self.start_backend()
+        statuses = iter([200, 403, 404, 400, 503])
+
+        def answer(headers: Headers, body: bytes) -> Answer:
+            code = next(statuses)
+            if code != 200:
+                return code, {}, b""
+            reply = "<iq><query xmlns='urn:example'><answer>42</answer></query></iq>"
+            return 200, {"Content-Type": "application/grip-instruct"}, json.dumps(
+                {"reply": [reply]}).encode()
+
+        backend.answer = answer
+        await self.start_component(Router(reactor), url)
+        alice = await self.login("alice")
+
+        disco = await alice.iq("get", DOMAIN, domish.Element((NS_DISCO_INFO, "query")))
+        self.assertEqual(disco["type"], "result")
+        features = {f["var"] for f in disco.query.elements(NS_DISCO_INFO, "feature")}
+        self.assertIn("urn:xmpp:ping", features)
+        ping = await alice.iq("get", f"x@{DOMAIN}", domish.Element(("urn:xmpp:ping", "ping")))
+        self.assertEqual(ping["type"], "result")
+
+        query = domish.Element(("urn:example", "query"))
+        result = await alice.iq("get", f"calc@{DOMAIN}", query)
+        self.assertEqual((result["type"], result["from"]), ("result", f"calc@{DOMAIN}"))
+        self.assertEqual(str(result.query.answer), "42")
+        for condition, error_type in (("forbidden", "auth"), ("item-not-found", "cancel"),
+                                      ("bad-request", "modify"),
+                                      ("service-unavailable", "wait")):
+            error = await alice.iq("set", f"calc@{DOMAIN}", query)
+            self.assertEqual(error["type"], "error")
+            self.assertEqual((error.error["type"], next(error.error.elements()).name),
+                             (error_type, condition))
+
+
+class LinkTests(ProsodyTestsMixin, TestCase):
+    """Refused links are reported with their cause."""
+
+    async def test_wrong_secret_and_conflict_are_reported(self) -> None:
+        events: list[dict[str, Any]] = []
+        failed: DeferredQueue[str] = DeferredQueue()
+
+        def observe(event: dict[str, Any]) -> None:
+            if event.get("log_namespace") == "fanout_tx.xmpp.link.LinkFactory" and \
+                    event.get("reason"):
+                events.append(event)
+                failed.put(event["reason"])
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        backend, url = self.start_backend()
+
+        wrong = await self.start_component(Router(reactor), url, secret="wrong", wait=False)
+        self.assertEqual(await failed.get(), "not-authorized")
+        self.assertEqual((wrong.link.up, wrong.link.errors["not-authorized"]), (False, 1))
+        self.assertIn("not-authorized", wrong.link.last_error)
+        self.assertEqual(events[0]["log_level"].name, "error")
+        self.assertLessEqual(wrong.factory.delay, 30)
+
+        first = await self.start_component(Router(reactor), url)
+        self.assertTrue(first.link.up)
+        second = await self.start_component(Router(reactor), url, wait=False)
+        while await failed.get() != "conflict":
+            pass
+        self.assertEqual(second.link.errors["conflict"], 1)
+        self.assertTrue(first.link.up)
