@@ -48,6 +48,8 @@ class RunnerConfig:
     http_ports: tuple[ListenAddress, ...] = (ListenAddress("", 7999),)
     client_maxconn: int = 50000
     log_level: int = 2
+    # Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway.
+    shutdown_timeout: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -294,6 +296,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "http_port": ("http_ports", parse_listen_addresses),
         "client_maxconn": ("client_maxconn", _non_negative_int),
         "log_level": ("log_level", _log_level),
+        "shutdown_timeout": ("shutdown_timeout", _seconds),
     },
     "proxy": {
         "routesfile": ("routes_file", lambda v, _b: Path(v.strip())),

@@ -36,6 +36,23 @@ class IChannelListener(Interface):
         """``channel`` has no local subscriber any more."""
 
 
+class IRouterObserver(Interface):
+    """Told of subscription changes and of each item's deliveries, once per item and format
+    (never once per subscriber): what Pushpin's stats socket reports (conn, sub, message)."""
+
+    def subscriber_added(subscriber):
+        """``subscriber`` took its first channel."""
+
+    def subscriber_removed(subscriber):
+        """``subscriber`` left its last channel."""
+
+    def group_changed(channel, format_name, count):
+        """``channel`` now has ``count`` subscribers taking ``format_name`` (0: none)."""
+
+    def delivered(item, format_name, count):
+        """``item`` went to ``count`` subscribers in ``format_name``."""
+
+
 class IBus(Interface):
     """Where validated items go. LocalBus delivers in this process; RedisBus also shares
     them with other instances."""

@@ -174,7 +174,7 @@ class RedisBus(MultiService):
         self._was_up = up
         if up:
             self._log.info("redis bus up: sharing items with other instances")
-        else:
+        elif self.running:
             self._log.warn("redis bus down: items reach this instance's subscribers only")
         ready = [w for w in self._waiters if w[0] == up]
         self._waiters = [w for w in self._waiters if w[0] != up]

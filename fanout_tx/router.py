@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from fanout_tx.formats import Format
-from fanout_tx.interfaces import IChannelListener, ISubscriber
+from fanout_tx.interfaces import IChannelListener, IRouterObserver, ISubscriber
 from fanout_tx.items import Item
 
 Renderer = Callable[[Format], Any]
@@ -122,6 +122,7 @@ class Router:
         self._by_subscriber: dict[Any, dict[str, frozenset[str]]] = {}
         self._renderers: dict[str, Renderer] = {}
         self._listeners: list[IChannelListener] = []
+        self._observers: list[IRouterObserver] = []
         self._last_ids: OrderedDict[str, str] = OrderedDict()
         self._seen_ids: OrderedDict[tuple[str, str], float] = OrderedDict()
         self._pending: dict[str, list[tuple[Item, IDelayedCall]]] = {}
@@ -138,6 +139,10 @@ class Router:
         for channel in self._groups:
             listener.channel_added(channel)
 
+    def add_observer(self, observer: IRouterObserver) -> None:
+        """Stats: told of subscription changes and per-item delivery counts."""
+        self._observers.append(observer)
+
     # -- subscriptions --------------------------------------------------------------------
 
     def subscribe(self, channel: str, subscriber: ISubscriber, filters: Iterable[str] = ()) -> None:
@@ -147,7 +152,10 @@ class Router:
         groups = self._groups.setdefault(channel, {})
         for format_name in subscriber.formats:
             groups.setdefault(format_name, _Group()).add(subscriber, filter_set)
+        is_new_subscriber = subscriber not in self._by_subscriber
         self._by_subscriber.setdefault(subscriber, {})[channel] = filter_set
+        if self._observers:
+            self._observe(subscriber, channel, groups, is_new_subscriber, False)
         if is_new_channel:
             for listener in self._listeners:
                 listener.channel_added(channel)
@@ -165,11 +173,25 @@ class Router:
                 group.remove(subscriber)
                 if not group:
                     del groups[format_name]
+        if self._observers:
+            self._observe(subscriber, channel, groups, False, not channels)
         if not groups:
             del self._groups[channel]
             self._drop_pending(channel)
             for listener in self._listeners:
                 listener.channel_removed(channel)
+
+    def _observe(self, subscriber: ISubscriber, channel: str, groups: dict[str, _Group],
+                 added: bool, removed: bool) -> None:
+        for observer in self._observers:
+            if added:
+                observer.subscriber_added(subscriber)
+            for format_name in subscriber.formats:
+                group = groups.get(format_name)
+                count = len(group.plain) + len(group.filtered) if group else 0
+                observer.group_changed(channel, format_name, count)
+            if removed:
+                observer.subscriber_removed(subscriber)
 
     def unsubscribe_all(self, subscriber: ISubscriber) -> None:
         for channel in list(self._by_subscriber.get(subscriber, ())):
@@ -317,6 +339,8 @@ class Router:
             if checked:
                 count += self._deliver_checked(item, fmt, prepared, renderer, checked, seen)
             self.deliveries[format_name] += count
+            for observer in self._observers:
+                observer.delivered(item, format_name, count)
 
     def _deliver_plain(self, item: Item, fmt: Format, prepared: Any,
                        subscribers: list[Any]) -> int:

@@ -48,6 +48,7 @@ class _ZmqInput(Service):
         self._fd = -1
         self._again: IDelayedCall | None = None
         self.endpoints: list[str] = []
+        self.rejected = 0  # refused messages, for fanout_publish_errors_total
 
     # -- Service --------------------------------------------------------------------------
 
@@ -129,6 +130,7 @@ class _ZmqInput(Service):
         try:
             item = self._parse(parts)
         except PublishError as e:
+            self.rejected += 1
             self._log.warn("{input}: dropped a message: {reason}", input=self.input_name,
                            reason=str(e))
             return

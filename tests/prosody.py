@@ -3,7 +3,8 @@
 c2s and component listeners on 127.0.0.1, no s2s, no TLS (plain SASL allowed on this
 loopback-only server), virtual host ``localhost`` plus one component domain. Prosody
 refuses to run as root, so it runs as the ``prosody`` user with its files owned by it.
-Readiness is read from its log, never guessed; ``stop()`` kills it by the PID started here.
+Readiness is read from its log, never guessed; ``stop()`` kills it by the PID started here
+(and a parent-death signal stops it should the test process die first).
 """
 
 from __future__ import annotations
@@ -86,16 +87,19 @@ class ProsodyServer:
         threading.Thread(target=self._drain, daemon=True).start()
 
     def _chown(self) -> None:
+        if os.getuid() != 0:
+            return  # not root: Prosody runs as this user, who owns the files already
         entry = pwd.getpwnam("prosody")
         for path in [self.directory, *self.directory.rglob("*")]:
             os.chown(path, entry.pw_uid, entry.pw_gid)
 
     @staticmethod
     def _as_prosody(*args: str) -> list[str]:
-        if os.getuid() != 0:
-            return list(args)
-        setpriv = shutil.which("setpriv") or "setpriv"
-        return [setpriv, "--reuid=prosody", "--regid=prosody", "--init-groups", *args]
+        """As the prosody user when we are root; either way killed if the tests die."""
+        setpriv = [shutil.which("setpriv") or "setpriv", "--pdeathsig", "TERM"]
+        if os.getuid() == 0:
+            setpriv += ["--reuid=prosody", "--regid=prosody", "--init-groups"]
+        return [*setpriv, *args]
 
     def _wait_ready(self, timeout: float) -> None:
         assert self.process.stdout is not None

@@ -5,20 +5,45 @@ from __future__ import annotations
 import hashlib
 import os
 from io import BytesIO
+from typing import Any
 
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
+from zope.interface import implementer
 
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.http.origin import ProxySettings
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, later
 from tests.services import free_port
+
+
+@implementer(IBodyProducer)
+class ChunkedBody:
+    """A request body of unknown length, so the client sends it chunked."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, parts: list[bytes]) -> None:
+        self.parts = parts
+
+    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802
+        for part in self.parts:
+            consumer.write(part)
+        return succeed(None)
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Everything is written at once."""
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Nothing left to stop."""
 
 
 def hello(request: Request) -> bytes:
@@ -43,6 +68,24 @@ class PassThroughTests(TestCase):
         self.assertEqual(response.length, 6)  # a Content-Length, not chunked
         self.assertIsNone(response.headers.getRawHeaders(b"grip-secret"))
         self.assertEqual(proxy.origin.requests[0].uri, b"/hello?x=1&y=2")
+
+    async def test_head_and_not_modified(self) -> None:
+        """HEAD keeps the origin's status and headers without a body; 304 passes as is."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/hello", hello)
+
+        def not_modified(request: Request) -> bytes:
+            request.setResponseCode(304)
+            request.setHeader("ETag", '"v1"')
+            return b""
+
+        proxy.handle(b"/etag", not_modified)
+        response, body = await proxy.fetch(b"/hello", method=b"HEAD")
+        self.assertEqual((response.code, body), (203, b""))
+        self.assertEqual(response.headers.getRawHeaders(b"set-cookie"), [b"a=1", b"b=2"])
+        response, body = await proxy.fetch(b"/etag")
+        self.assertEqual((response.code, body), (304, b""))
+        self.assertEqual(response.headers.getRawHeaders(b"etag"), [b'"v1"'])
 
     async def test_request_headers(self) -> None:
         """Host kept, client Grip-* and hop-by-hop headers dropped, repeats kept,
@@ -73,6 +116,15 @@ class PassThroughTests(TestCase):
                                               body=FileBodyProducer(BytesIO(upload)))
         self.assertEqual(digest, hashlib.sha256(upload).digest())
 
+    async def test_chunked_upload(self) -> None:
+        """A chunked request body (no Content-Length) reaches the origin whole."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/up", lambda r: b"%d" % len(proxy.origin.bodies[-1]))
+        _response, body = await proxy.fetch(b"/up", method=b"POST",
+                                            body=ChunkedBody([b"a" * 70000, b"b" * 50000]))
+        self.assertEqual(body, b"120000")
+        self.assertEqual(proxy.origin.bodies[0], b"a" * 70000 + b"b" * 50000)
+
     async def test_chunked_origin_streams_chunk_by_chunk(self) -> None:
         """The client sees the first chunk before the origin has written the second."""
         proxy = ProxyHarness(self)
@@ -102,6 +154,10 @@ class PassThroughTests(TestCase):
         proxy.resource.settings = ProxySettings(x_forwarded_for=("append",))
         await proxy.fetch(b"/", headers=Headers({"X-Forwarded-For": ["6.6.6.6"]}))
         self.assertEqual(proxy.origin.header(1, "x-forwarded-for"), ["6.6.6.6, 127.0.0.1"])
+        # As Pushpin 1.36 answers with truncate:1,append: the nearest entry is kept.
+        proxy.resource.settings = ProxySettings(x_forwarded_for=("truncate:1", "append"))
+        await proxy.fetch(b"/", headers=Headers({"X-Forwarded-For": ["1.1.1.1, 2.2.2.2"]}))
+        self.assertEqual(proxy.origin.header(2, "x-forwarded-for"), ["2.2.2.2, 127.0.0.1"])
 
     async def test_grip_sig_verifies_at_origin(self) -> None:
         """With a global key every origin request carries a valid Grip-Sig; a route key
@@ -148,6 +204,23 @@ class RouteOptionTests(TestCase):
         self.assertEqual(body, b"ok")
         self.assertEqual(proxy.origin.header(0, "host"), ["t.test"])
 
+    async def test_aco_adds_cors_headers(self) -> None:
+        """Route ``aco``: answers (and forwarded preflights) get the CORS headers."""
+        proxy = ProxyHarness(self, route="*,aco")
+        proxy.handle(b"/hello", hello)
+        response, _body = await proxy.fetch(b"/hello", headers=Headers({
+            "Origin": ["http://a.test"]}))
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-origin"),
+                         [b"http://a.test"])
+        # The Twisted origin sends Server and Date too; Pushpin lists the same three.
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-expose-headers"),
+                         [b"Server, Date, Set-Cookie"])
+        response, _body = await proxy.fetch(b"/hello", method=b"OPTIONS", headers=Headers({
+            "Origin": ["http://a.test"], "Access-Control-Request-Method": ["PUT"]}))
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-methods"),
+                         [b"PUT"])
+        self.assertEqual(proxy.origin.requests[1].method, b"OPTIONS")
+
     async def test_failover_to_next_target(self) -> None:
         """A target that refuses connections is skipped for the next one."""
         proxy = ProxyHarness(self, extra_targets=f"127.0.0.1:{free_port()} ")
@@ -193,6 +266,19 @@ class ErrorTests(TestCase):
         proxy.set_routes(f"* 127.0.0.1:{free_port()}")
         response, body = await proxy.fetch(b"/")
         self.assertEqual((response.code, body), (502, b"Error while proxying to origin.\n"))
+
+    async def test_debug_route_explains_502(self) -> None:
+        """With the route ``debug`` option the 502 body says why, in Pushpin's words."""
+        port = free_port()
+        proxy = ProxyHarness(self)
+        proxy.set_routes(f"*,debug 127.0.0.1:{port}")
+        _response, body = await proxy.fetch(b"/")
+        self.assertEqual(body, f"Unable to connect to any targets. Tried: 127.0.0.1:{port}\n"
+                         .encode())
+        proxy.set_routes(f"*,debug {proxy.origin_address}")
+        proxy.handle(b"/bad", lambda r: (r.setHeader("Grip-Hold", "x"), b"")[1])
+        _response, body = await proxy.fetch(b"/bad")
+        self.assertTrue(body.startswith(b"Failed to parse accept instructions: Grip-Hold"))
 
     async def test_origin_reset_before_answer_502(self) -> None:
         proxy = ProxyHarness(self)

@@ -13,12 +13,15 @@ from twisted.internet import reactor, task
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request
+from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
+from fanout_tx.http.origin import ProxySettings
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
 
@@ -271,29 +274,34 @@ class BadInstructionTests(TestCase):
     def setUp(self) -> None:
         self.proxy = ProxyHarness(self, clock=task.Clock())
 
-    async def assert_502(self, handler: Any) -> None:
+    async def assert_502(self, handler: Any, reason: str) -> None:
+        """The client gets a 502 and the reason is logged."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.proxy.handle(b"/bad", handler)
         response, body = await self.proxy.fetch(b"/bad")
         self.assertEqual((response.code, body), (502, b"Error while proxying to origin.\n"))
         self.assertEqual(self.proxy.router.subscriber_count(), 0)
+        reasons = [e.get("reason", "") for e in events if "proxying" in e.get("log_format", "")]
+        self.assertTrue(any(reason in r for r in reasons), reasons)
 
     async def test_bad_grip_hold(self) -> None:
-        await self.assert_502(lambda r: grip(r, Grip_Hold="bogus", Grip_Channel="a"))
+        await self.assert_502(lambda r: grip(r, Grip_Hold="bogus", Grip_Channel="a"),
+                              "Grip-Hold must be response or stream")
 
     async def test_bad_json(self) -> None:
         await self.assert_502(lambda r: (r.setHeader("Content-Type", "application/grip-instruct"),
-                                         b"{nope")[1])
+                                         b"{nope")[1], "not valid JSON")
 
     async def test_non_200_instruct(self) -> None:
         def answer(request: Request) -> bytes:
             request.setResponseCode(404)
             request.setHeader("Content-Type", "application/grip-instruct")
             return b"{}"
-        await self.assert_502(answer)
+        await self.assert_502(answer, "status 404")
 
     async def test_hold_body_too_large(self) -> None:
         await self.assert_502(lambda r: grip(r, b"x" * 200_000, Grip_Hold="response",
-                                             Grip_Channel="a"))
+                                             Grip_Channel="a"), "larger than 100000 bytes")
 
 
 class ManySubscribersTests(TestCase):
@@ -381,3 +389,20 @@ class PrefixTests(TestCase):
         self.assertFalse(proxy.router.has_subscribers("news"))
         proxy.publish("app-news", http_response={"body": "prefixed"})
         self.assertEqual(await started.body(), b"prefixed")
+
+
+class OriginTimeoutTests(TestCase):
+    async def test_hanging_origin_502_after_timeout(self) -> None:
+        """An origin that never answers gets the client a 502 after origin_timeout; the
+        timer is gone afterwards."""
+        clock = task.Clock()
+        proxy = ProxyHarness(self, clock=clock, settings=ProxySettings(origin_timeout=30))
+        proxy.handle(b"/hang", lambda r: NOT_DONE_YET)
+        started = Started(proxy, b"/hang")
+        await wait_until(lambda: len(proxy.origin.requests) == 1)
+        clock.advance(29)
+        self.assertEqual(len(clock.getDelayedCalls()), 1)  # still waiting
+        clock.advance(1)
+        self.assertEqual(await started.body(), b"Error while proxying to origin.\n")
+        self.assertEqual(started.response.code, 502)
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tempfile
 from io import BytesIO
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from fanout_tx.tap import Core, build_core, build_service, listening_port, load_
 from tests.helpers import RecordingSubscriber, wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
 from tests.services import RedisServer
+from tests.test_ws_e2e import WsTestMixin, grip_echo
 
 CHANNEL = "news"
 
@@ -71,7 +71,8 @@ class _RedisCase(TestCase):
     def setUp(self) -> None:
         self.redis = RedisServer()
         self.addCleanup(self._stop_redis)
-        self.folder = Path(tempfile.mkdtemp(prefix="fanout-redis-test-"))
+        self.folder = Path(self.mktemp())
+        self.folder.mkdir(parents=True)
 
     def _stop_redis(self) -> None:
         if self.redis.process.poll() is None:
@@ -101,6 +102,28 @@ class _RedisCase(TestCase):
         for _ in range(count):
             result.append((yield self.instance(url)))
         return result
+
+    async def publish_instance(self) -> tuple[Core, bytes]:
+        """Instance A with its ``redis`` and ``publish-http`` services started."""
+        root, core = build_service(self.settings(self.redis.url), reactor)
+        for name in ("redis", "publish-http"):
+            service = root.getServiceNamed(name)
+            service.startService()
+            self.addCleanup(service.stopService)
+        await core.bus.when_up().addTimeout(10, reactor)
+        port = await listening_port(root.getServiceNamed("publish-http"))
+        return core, b"http://127.0.0.1:%d/publish/" % port.getHost().port
+
+    async def stream_instance(self) -> tuple[ProxyHarness, RedisBus]:
+        """Instance B: a proxy in front of a streaming origin, its router on Redis."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/s", lambda request: grip(request, b"start\n", Grip_Hold="stream",
+                                                 Grip_Channel=CHANNEL))
+        bus = RedisBus(proxy.router, reactor, parse_redis_url(self.redis.url), "test:")
+        bus.startService()
+        self.addCleanup(bus.stopService)
+        await bus.when_up().addTimeout(10, reactor)
+        return proxy, bus
 
 
 class RedisBusTests(_RedisCase):
@@ -300,28 +323,6 @@ async def post_items(url: bytes, items: list[dict]) -> tuple[int, bytes]:
 class EndToEndTests(_RedisCase):
     """A's real publish API and B's real GRIP proxy with a real HTTP-stream client."""
 
-    async def publish_instance(self) -> tuple[Core, bytes]:
-        """Instance A with its ``redis`` and ``publish-http`` services started."""
-        root, core = build_service(self.settings(self.redis.url), reactor)
-        for name in ("redis", "publish-http"):
-            service = root.getServiceNamed(name)
-            service.startService()
-            self.addCleanup(service.stopService)
-        await core.bus.when_up().addTimeout(10, reactor)
-        port = await listening_port(root.getServiceNamed("publish-http"))
-        return core, b"http://127.0.0.1:%d/publish/" % port.getHost().port
-
-    async def stream_instance(self) -> tuple[ProxyHarness, RedisBus]:
-        """Instance B: a proxy in front of a streaming origin, its router on Redis."""
-        proxy = ProxyHarness(self)
-        proxy.handle(b"/s", lambda request: grip(request, b"start\n", Grip_Hold="stream",
-                                                 Grip_Channel=CHANNEL))
-        bus = RedisBus(proxy.router, reactor, parse_redis_url(self.redis.url), "test:")
-        bus.startService()
-        self.addCleanup(bus.stopService)
-        await bus.when_up().addTimeout(10, reactor)
-        return proxy, bus
-
     async def test_http_publish_reaches_stream_client_on_other_instance(self) -> None:
         """Items POSTed to A's publish API reach an HTTP-stream client held by B's proxy
         exactly once, in order; closing through A ends B's stream."""
@@ -358,3 +359,37 @@ class EndToEndTests(_RedisCase):
         self.assertEqual((await post_items(url, [item]))[0], 200)  # the publisher's retry
         await remote.wait_for(b"x")
         self.assertEqual((local.contents, remote.contents), ([b"x"], [b"x"]))
+
+
+class WebSocketEndToEndTests(WsTestMixin, _RedisCase):
+    """As above, plus C: a WebSocket-over-HTTP handler whose router is on Redis too."""
+
+    async def test_http_publish_reaches_stream_and_websocket_clients(self) -> None:
+        """One publish to A's API with http-stream and ws-message formats reaches the
+        HTTP-stream client on B and the WebSocket client on C exactly once each."""
+        _a, url = await self.publish_instance()
+        proxy, _bus = await self.stream_instance()
+        await self.start(grip_echo)  # C: self.router, self.handler
+        bus_c = RedisBus(self.router, reactor, parse_redis_url(self.redis.url), "test:")
+        bus_c.startService()
+        self.addCleanup(bus_c.stopService)
+        await bus_c.when_up().addTimeout(10, reactor)
+        side, client = await self.connect()
+        client.sendMessage(b"sub:" + CHANNEL.encode())
+        await side.wait_messages(1)  # "subscribed"
+        response = await proxy.request(b"/s")
+        collect = Collect()
+        response.deliverBody(collect)
+        proxy.bodies.append(collect.done)
+        await wait_until(lambda: proxy.router.has_subscribers(CHANNEL))
+        for content in ("one", "two"):
+            status, _body = await post_items(url, [{"channel": CHANNEL, "formats": {
+                "http-stream": {"content": content + "\n"}, "ws-message": {"content": content},
+            }}])
+            self.assertEqual(status, 200)
+        await post_items(url, [{"channel": CHANNEL, "formats": {
+            "http-stream": {"action": "close"}, "ws-message": {"content": "end"}}}])
+        self.assertEqual(await collect.done, b"start\none\ntwo\n")
+        messages = await side.wait_messages(4)
+        self.assertEqual([payload for payload, _binary in messages],
+                         [b"subscribed", b"one", b"two", b"end"])

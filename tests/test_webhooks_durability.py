@@ -67,7 +67,8 @@ class _Child(ProcessProtocol):
     @override
     def outReceived(self, data: bytes) -> None:
         self.output += data
-        for line in self.output.splitlines():
+        *complete, _partial = self.output.split(b"\n")  # a line may arrive in pieces
+        for line in complete:
             if line.startswith(b"SECRET ") and not self.secret.called:
                 self.secret.callback(line.split()[1].decode())
 

@@ -31,6 +31,7 @@ from fanout_tx.routes import parse_routes
 from fanout_tx.ws import events as ev
 from fanout_tx.ws.handler import WebSocketHandler
 from fanout_tx.ws.protocol import ClientFactory
+from fanout_tx.ws.proxy import endpoint_connector
 
 Answer = Callable[[list[ev.Event], dict[str, str]], tuple[int, list[tuple[str, str]], bytes]]
 
@@ -157,12 +158,15 @@ class WsTestMixin:
 
     @inlineCallbacks
     def start(self, answer: Answer, route_line: str | None = None):
+        """A real events origin, and the handler routed to it."""
         self.origin = Origin(answer)
-        origin_port = yield _listen_endpoint().listen(
-            Site(self.origin))
+        origin_port = yield _listen_endpoint().listen(Site(self.origin))
         self.addCleanup(origin_port.stopListening)
-        line = (route_line or self.routes_line).format(
-            origin=f"127.0.0.1:{origin_port.getHost().port}")
+        yield self.start_handler((route_line or self.routes_line).format(
+            origin=f"127.0.0.1:{origin_port.getHost().port}"))
+
+    @inlineCallbacks
+    def start_handler(self, line: str):
         self.router = Router(reactor)
         self.factory = ClientFactory(max_message=self.max_message)
         self.router.add_renderer("ws-message", self.factory.render)
@@ -170,10 +174,9 @@ class WsTestMixin:
         self.addCleanup(pool.closeCachedConnections)
         self.handler = WebSocketHandler(
             SimpleNamespace(table=parse_routes(line)), self.router, Agent(reactor, pool=pool),
-            reactor, self.proxy_settings, self.factory,
+            reactor, self.proxy_settings, self.factory, endpoint_connector(reactor),
         )
-        port = yield _listen_endpoint().listen(
-            Site(self.handler))
+        port = yield _listen_endpoint().listen(Site(self.handler))
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         self.addCleanup(self._sessions_done)
@@ -401,3 +404,34 @@ class OverHttpTests(WsTestMixin, TestCase):
         received = yield gatherResults([side.wait_messages(1) for side, _c in sides])
         self.assertEqual({tuple(r) for r in received}, {((b"to all", False),)})
         self.assertEqual(len(prepared_calls), 1)
+
+    @inlineCallbacks
+    def test_one_event_meta_and_delayed(self):
+        """one_event: each client message gets its own request, in order; Set-Meta-* from
+        the origin comes back as Meta-*; send-delayed is held until flush-delayed."""
+        def answer(events, headers):
+            grip = [("Sec-WebSocket-Extensions", "grip")]
+            if events and events[0].name == "OPEN":
+                return events_reply(ev.Event("OPEN"), headers=[*grip, ("Set-Meta-User", "ann")])
+            content = events[0].content
+            if content == b"delay":
+                return events_reply(ev.Event("TEXT", b'c:{"type": "send-delayed", '
+                                                     b'"content": "later", "timeout": 60}'),
+                                    headers=grip)
+            if content == b"flush":
+                return events_reply(ev.Event("TEXT", b'c:{"type": "flush-delayed"}'),
+                                    headers=grip)
+            return events_reply(headers=grip)
+        yield self.start(answer, "* {origin},over_http,one_event")
+        side, client = yield self.connect()
+        for payload in (b"a", b"b", b"delay"):
+            client.sendMessage(payload)
+        yield self.origin.wait_for(lambda: len(self.origin.requests) == 4)
+        self.assertEqual([events for _h, events, _u in self.origin.requests[1:]],
+                         [[ev.Event("TEXT", b"a")], [ev.Event("TEXT", b"b")],
+                          [ev.Event("TEXT", b"delay")]])
+        self.assertEqual(self.origin.requests[1][0]["meta-user"], "ann")
+        self.assertEqual(side.messages, [])
+        client.sendMessage(b"flush")
+        messages = yield side.wait_messages(1)
+        self.assertEqual(messages, [(b"later", False)])

@@ -7,13 +7,14 @@ import struct
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import EventLoggingObserver, StringTransport
+from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.formats.ws import parse_ws_message
+from fanout_tx.ws.grip import Accepted, WsClient
 from fanout_tx.ws.protocol import ClientFactory, ClientProtocol
-from fanout_tx.ws.session import Accepted
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -114,3 +115,32 @@ class ProtocolTests(SynchronousTestCase):
         protocol, transport, _session = self.connect()
         protocol.close(1011, "origin error")
         self.assertEqual(close_code(transport.value()), 1011)
+
+    def test_invalid_frames_close_with_their_code(self) -> None:
+        """An unmasked client frame gets 1002, invalid UTF-8 text gets 1007, an oversized
+        message 1009; each is logged and the session hears the end."""
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        mask = b"\x00\x00\x00\x00"
+        for frame, code in [
+            (b"\x81\x02hi", 1002),
+            (b"\x81\x82" + mask + b"\xff\xfe", 1007),
+            (b"\x82\xfe\x07\xd0" + mask + b"x" * 2000, 1009),
+        ]:
+            protocol, transport, session = self.connect()
+            transport.clear()
+            protocol.dataReceived(frame)
+            self.assertEqual(close_code(transport.value()), code)
+            protocol.connectionLost(Failure(ConnectionDone()))
+            self.assertEqual(session.calls[-1], ("lost",))
+            ours = [e for e in logged if "bad input" in e.get("log_format", "")]
+            self.assertEqual(ours[-1]["code"], code)
+
+    def test_implements_ws_client(self) -> None:
+        """ClientProtocol has every WsClient method; pause/resume reach the transport."""
+        members = {n for n in vars(WsClient) if not n.startswith("_")}
+        self.assertEqual(members - set(dir(ClientProtocol)), set())
+        protocol, transport, _session = self.connect()
+        protocol.pause_reading()
+        self.assertEqual(transport.producerState, "paused")
+        protocol.resume_reading()
+        self.assertEqual(transport.producerState, "producing")

@@ -17,12 +17,10 @@ from fanout_tx.interfaces import ISubscriber
 from fanout_tx.items import Item
 from fanout_tx.router import Router
 from fanout_tx.ws import events as ev
+from fanout_tx.ws.grip import Accepted, Rejected, SessionOptions, WsClient
 from fanout_tx.ws.session import (
-    Accepted,
     OriginError,
     OriginReply,
-    Rejected,
-    SessionOptions,
     WsOverHttpSession,
 )
 
@@ -61,6 +59,7 @@ class FakeClient:
         self.sent: list[tuple[str, Any]] = []
         self.closed: tuple[int | None, str] | None = None
         self.aborted = False
+        self.paused = False
 
     def send_message(self, payload: bytes, binary: bool) -> None:
         self.sent.append(("binary" if binary else "text", payload))
@@ -79,6 +78,12 @@ class FakeClient:
 
     def abort(self) -> None:
         self.aborted = True
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
 
 
 class SessionTests(SynchronousTestCase):
@@ -107,6 +112,8 @@ class SessionTests(SynchronousTestCase):
     def test_provides_isubscriber(self) -> None:
         session = WsOverHttpSession(self.origin, self.router, self.clock)
         self.assertTrue(verifyObject(ISubscriber, session))
+        members = {n for n in vars(WsClient) if not n.startswith("_")}
+        self.assertEqual(members - set(dir(FakeClient)), set())
 
     def test_rejection(self) -> None:
         """A non-events answer to OPEN is a Rejected carrying the origin's answer."""
@@ -358,3 +365,31 @@ class SessionTests(SynchronousTestCase):
         reasons = [str(e.get("reason")) for e in logged]
         self.assertTrue(any("not valid JSON" in r for r in reasons), reasons)
         self.assertTrue(any("unknown control message type" in r for r in reasons), reasons)
+
+    def test_origin_timeout(self) -> None:
+        """An origin that does not answer within request_timeout fails the session (1011),
+        on OPEN too (the handler then answers 502)."""
+        session = self.open()
+        session.client_message(b"x", False)
+        self.clock.advance(600)
+        self.assertEqual(self.client.closed[0], 1011)
+        self.assertIn("no answer", self.client.closed[1])
+        self.assertTrue(session.finished.called)
+        other = WsOverHttpSession(FakeOrigin(), self.router, self.clock,
+                                  SessionOptions(request_timeout=5))
+        d = other.start()
+        self.clock.advance(5)
+        self.failureResultOf(d, OriginError)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_slow_origin_pauses_the_client(self) -> None:
+        """Client data waiting for a slow origin past MAX_PENDING pauses reading from the
+        client; it resumes once a request has taken the backlog."""
+        session = self.open()
+        chunk = b"x" * 100_000
+        for _ in range(12):
+            session.client_message(chunk, True)
+        self.assertTrue(self.client.paused)
+        self.origin.answer(reply())
+        self.assertFalse(self.client.paused)
+        self.assertEqual(len(self.origin.events()), 2)

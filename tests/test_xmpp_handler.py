@@ -212,8 +212,16 @@ class HandlerTests(SynchronousTestCase):
             self.receive(f"<iq type='{iq_type}' id='x' from='{ALICE}' to='{DOMAIN}'/>")
         self.assertEqual((self.sent(), self.backend.requests), ([], []))
 
-    def test_wrong_domain(self) -> None:
+    def test_wrong_domain_or_bad_address(self) -> None:
+        """Stanzas not for this domain, or without a usable from/to, never reach the
+        backend; an iq still gets its one error."""
         self.assert_error(self.iq(to="bot@elsewhere"), "item-not-found", "cancel")
+        self.stub.output.clear()
+        self.receive(f"<iq type='get' id='i2' to='{DOMAIN}'><q xmlns='urn:q'/></iq>")
+        [answer] = self.sent()
+        self.assert_error(answer, "jid-malformed", "modify")
+        self.receive(f"<message from='a@@b' to='{DOMAIN}'/>")
+        self.assertEqual(len(self.sent()), 1)
         self.assertEqual(self.backend.requests, [])
 
     def test_message_backend_failure_is_logged(self) -> None:
@@ -240,6 +248,26 @@ class HandlerTests(SynchronousTestCase):
         self.assertIsNone(self.handler.subscriptions.get(ALICE))
         self.assertEqual(self.router.subscriber_count(), 0)
 
+    def test_late_answer_cannot_undo_unavailable(self) -> None:
+        """An answer to an earlier presence that arrives after the JID left does not
+        subscribe it again."""
+        self.backend.answer = None
+        self.receive(f"<presence from='{ALICE}' to='{DOMAIN}'/>")
+        self.receive(f"<presence type='unavailable' from='{ALICE}' to='{DOMAIN}'/>")
+        held = self.backend.requests[0]
+        held.setHeader("Grip-Channel", "news")
+        self.backend.answer = lambda _r: (200, {}, b"")
+        held.finish()
+        self.agent.flush()
+        self.assertEqual(self.backend.header("xmpp-type"), "unavailable")
+        self.assertIsNone(self.handler.subscriptions.get(ALICE))
+        self.assertEqual(self.router.subscriber_count(), 0)
+
+    def test_iq_error_ends_subscriptions(self) -> None:
+        self.subscribe_alice()
+        self.receive(f"<iq type='error' id='x' from='{ALICE}' to='{DOMAIN}'/>")
+        self.assertIsNone(self.handler.subscriptions.get(ALICE))
+
     def test_error_bounce_ends_subscriptions(self) -> None:
         self.subscribe_alice()
         self.receive(f"<message type='error' from='{ALICE}' to='{DOMAIN}'>"
@@ -257,6 +285,7 @@ class HandlerTests(SynchronousTestCase):
             self.receive(f"<message id='m{n}' from='{ALICE}' to='{DOMAIN}'/>")
         self.receive(f"<message from='bob@example/pc' to='{DOMAIN}'/>")
         self.assertEqual(len(self.backend.requests), 2)
+        idle = self.handler.when_idle()
         first = self.backend.requests[0]
         first.finish()
         self.agent.flush()
@@ -265,9 +294,11 @@ class HandlerTests(SynchronousTestCase):
         for request in self.backend.requests[1:]:
             request.finish()
         self.agent.flush()
+        self.assertNoResult(idle)
         self.backend.requests[-1].finish()
         self.agent.flush()
         self.assertEqual(len(self.backend.requests), 4)
+        self.successResultOf(idle)
 
     def test_pushes_while_link_down_are_dropped(self) -> None:
         self.subscribe_alice()

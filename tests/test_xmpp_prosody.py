@@ -26,9 +26,10 @@ from fanout_tx.http.publish_api import PublishRoot, PublishSite
 from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.items import parse_item
 from fanout_tx.router import Router
-from fanout_tx.ws.origin import BytesProducer
+from fanout_tx.xmpp.backend import BytesProducer
 from fanout_tx.xmpp.component import XmppComponent, build_xmpp
 from fanout_tx.xmpp.handler import NS_DISCO_INFO
+from fanout_tx.xmpp.link import LinkFactory
 from fanout_tx.zmq_ingest import ZmqPullInput
 from tests.prosody import ProsodyServer, XmppClient, shared_prosody
 
@@ -280,30 +281,33 @@ class LinkTests(ProsodyTestsMixin, TestCase):
     """Refused links are reported with their cause."""
 
     async def test_wrong_secret_and_conflict_are_reported(self) -> None:
-        events: list[dict[str, Any]] = []
-        failed: DeferredQueue[str] = DeferredQueue()
+        """A wrong secret and a second instance for the same domain are error log lines
+        naming the cause, and counted in the link state."""
+        failed: DeferredQueue[dict[str, Any]] = DeferredQueue()
 
         def observe(event: dict[str, Any]) -> None:
-            if event.get("log_namespace") == "fanout_tx.xmpp.link.LinkFactory" and \
-                    event.get("reason"):
-                events.append(event)
-                failed.put(event["reason"])
+            if isinstance(event.get("log_source"), LinkFactory) and event.get("reason"):
+                failed.put(event)
+
+        async def next_failure(component: XmppComponent) -> dict[str, Any]:
+            while True:
+                event = await failed.get()
+                if event["log_source"] is component.factory:
+                    return event
 
         globalLogPublisher.addObserver(observe)
         self.addCleanup(globalLogPublisher.removeObserver, observe)
         backend, url = self.start_backend()
 
         wrong = await self.start_component(Router(reactor), url, secret="wrong", wait=False)
-        self.assertEqual(await failed.get(), "not-authorized")
+        event = await next_failure(wrong)
+        self.assertEqual((event["reason"], event["log_level"].name), ("not-authorized", "error"))
         self.assertEqual((wrong.link.up, wrong.link.errors["not-authorized"]), (False, 1))
         self.assertIn("not-authorized", wrong.link.last_error)
-        self.assertEqual(events[0]["log_level"].name, "error")
-        self.assertLessEqual(wrong.factory.delay, 30)
 
         first = await self.start_component(Router(reactor), url)
         self.assertTrue(first.link.up)
         second = await self.start_component(Router(reactor), url, wait=False)
-        while await failed.get() != "conflict":
-            pass
+        self.assertEqual((await next_failure(second))["reason"], "conflict")
         self.assertEqual(second.link.errors["conflict"], 1)
         self.assertTrue(first.link.up)

@@ -23,6 +23,7 @@ from zope.interface import implementer
 
 from fanout_tx.formats import Format
 from fanout_tx.grip.instruct import GripError, Instruct, KeepAlive, Link
+from fanout_tx.http.cors import cross_origin_headers
 from fanout_tx.http.headers import Header
 from fanout_tx.interfaces import ISubscriber
 from fanout_tx.items import Item
@@ -80,7 +81,12 @@ def register_renderers(router: Router) -> None:
 def set_status_and_headers(
     request: Request, code: int, reason: str | None, headers: Sequence[Header],
 ) -> None:
-    """Status line and headers; repeated names kept, Twisted's own defaults replaced."""
+    """Status line and headers; repeated names kept, Twisted's own defaults replaced. A
+    request marked ``cross_origin`` (route ``aco``) also gets the CORS headers."""
+    if getattr(request, "cross_origin", False):
+        asked = [(n.decode("latin-1"), v.decode("latin-1"))
+                 for n, vs in request.requestHeaders.getAllRawHeaders() for v in vs]
+        headers = [*headers, *cross_origin_headers(asked, headers)]
     phrase = reason if reason is not None else RESPONSES.get(code, b"Unknown").decode("latin-1")
     request.setResponseCode(code, phrase.encode("latin-1", "replace"))
     grouped: dict[str, list[bytes]] = {}
@@ -234,6 +240,8 @@ class HeldStream(_Hold):
         self.max_buffer = max_buffer
         self._paused = False
         self._queued_while_paused = 0
+        self._last_write = 0.0
+        self._last_item = 0.0
         self._last_ids: dict[str, str | None] = {}
         self._recovering: list[tuple[Item, Format, PreparedChunk | None]] | None = None
 
@@ -276,21 +284,46 @@ class HeldStream(_Hold):
             self.request.write(data)
         self._restart_keep_alive(force=False)
 
+    # Idle timers are not re-armed on every write (that would be a cancel + callLater per
+    # item per subscriber): a write only notes the time, and the timer, when it fires,
+    # sleeps again for whatever is left.
+
     def _restart_keep_alive(self, force: bool) -> None:
         keep_alive: KeepAlive | None = self.instruct.keep_alive
-        if keep_alive is None or (keep_alive.mode == "interval" and not force):
+        if keep_alive is None:
             return
-        self._set_timer("keep-alive", keep_alive.timeout, self._send_keep_alive)
+        if force:
+            self._last_write = self.clock.seconds()
+            self._set_timer("keep-alive", keep_alive.timeout, self._keep_alive_due)
+        elif keep_alive.mode == "idle":
+            self._last_write = self.clock.seconds()
 
-    def _send_keep_alive(self) -> None:
-        assert self.instruct.keep_alive is not None
-        self._write(self.instruct.keep_alive.data)
+    def _keep_alive_due(self) -> None:
+        keep_alive = self.instruct.keep_alive
+        assert keep_alive is not None
+        idle = self.clock.seconds() - self._last_write
+        if keep_alive.mode == "idle" and idle < keep_alive.timeout:
+            self._set_timer("keep-alive", keep_alive.timeout - idle, self._keep_alive_due)
+            return
+        self._write(keep_alive.data)
         self._restart_keep_alive(force=True)
 
-    def _restart_link_timer(self) -> None:
+    def _restart_link_timer(self, force: bool = True) -> None:
         link = self.instruct.next_link
-        if link is not None:
-            self._set_timer("link", link.timeout, self.recover)
+        if link is None:
+            return
+        self._last_item = self.clock.seconds()
+        if force:
+            self._set_timer("link", link.timeout, self._link_due)
+
+    def _link_due(self) -> None:
+        link = self.instruct.next_link
+        assert link is not None
+        idle = self.clock.seconds() - self._last_item
+        if idle < link.timeout:
+            self._set_timer("link", link.timeout - idle, self._link_due)
+            return
+        self.recover()
 
     # -- publishing ---------------------------------------------------------------------
 
@@ -321,7 +354,7 @@ class HeldStream(_Hold):
             return
         if prepared is not None:
             self._write(prepared.content, prepared.chunk)
-        self._restart_link_timer()
+        self._restart_link_timer(force=False)
 
     def _finish(self) -> None:
         if self._end():
@@ -401,6 +434,8 @@ class HeldStream(_Hold):
     def resumeProducing(self) -> None:
         self._paused = False
         self._queued_while_paused = 0
+        self._last_write = 0.0
+        self._last_item = 0.0
 
     @override
     def stopProducing(self) -> None:

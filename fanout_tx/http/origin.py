@@ -50,9 +50,12 @@ class ProxySettings:
     x_forwarded_for: tuple[str, ...] = ()
     set_x_forwarded_protocol: str = "false"
     accept_x_forwarded_protocol: bool = False
+    auto_cross_origin: bool = False
+    debug: bool = False
     connection_subscription_max: int = 20
     max_hold_body: int = DEFAULT_MAX_HOLD_BODY
     max_request_body: int = DEFAULT_MAX_REQUEST_BODY
+    origin_timeout: float = 600.0  # seconds to the response head (zurl's default timeout)
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
@@ -62,6 +65,7 @@ class ProxySettings:
             x_forwarded_for=proxy.x_forwarded_for,
             set_x_forwarded_protocol=proxy.set_x_forwarded_protocol,
             accept_x_forwarded_protocol=proxy.accept_x_forwarded_protocol,
+            auto_cross_origin=proxy.auto_cross_origin, debug=proxy.debug,
             connection_subscription_max=config.handler.connection_subscription_max,
         )
 
@@ -78,8 +82,9 @@ def forwarded_for(existing: list[str], client: str, rules: Sequence[str]) -> lis
     entries = [e.strip() for v in existing for e in v.split(",") if e.strip()]
     for rule in rules:
         if rule.startswith("truncate:"):
-            keep = int(rule.partition(":")[2] or 0)
-            entries = entries[:keep]
+            count = rule.partition(":")[2].strip()
+            keep = int(count) if count.isdigit() else 0  # a bad number drops them all
+            entries = entries[-keep:] if keep else []  # the nearest hops, as Pushpin
         elif rule == "append" and client:
             entries.append(client)
     return entries

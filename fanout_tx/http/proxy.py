@@ -76,6 +76,7 @@ class ProxyRequest(server.Request):
     """A request whose body is refused (413) past the site's ``max_request_body``."""
 
     body_too_large = False
+    cross_origin = False  # route ``aco``: answers get CORS headers (http/cors.py)
     _body_size = 0
 
     def _limit(self) -> int:
@@ -152,9 +153,11 @@ class ProxyResource(Resource):
         self.settings = settings or ProxySettings()
         self.websocket_handler = websocket_handler
         self.max_client_buffer = max_client_buffer
+        self.requests = 0  # client requests received, for the stats socket's activity
 
     @override
     def render(self, request: server.Request) -> Any:
+        self.requests += 1
         if getattr(request, "body_too_large", False):
             self._log.info("413 for {uri}: body over {limit} bytes", uri=request.uri,
                            limit=self.settings.max_request_body)
@@ -171,6 +174,7 @@ class ProxyResource(Resource):
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             return plain(request, 502, f"No route for host: {name}\n")  # Pushpin's words
         request.defaultContentType = None
+        request.cross_origin = route.aco or self.settings.auto_cross_origin
         for name in (b"server", b"date"):
             request.responseHeaders.removeHeader(name)
         if route.targets[0].kind == "test":
@@ -217,6 +221,10 @@ class _Discard(TwistedProtocol):
         self.transport.stopProducing()
 
 
+class OriginTimeoutError(Exception):
+    """The origin did not answer in time."""
+
+
 class ProxySession:
     """One client request and everything done for it at the origin."""
 
@@ -248,9 +256,7 @@ class ProxySession:
         url = urljoin(self.url.decode("latin-1"), link.uri).encode("latin-1")
         headers = origin_headers(self.request, self.route, self._target, self.proxy.settings,
                                  self.proxy.clock.seconds(), grip_last)
-        d = self._agent.request(b"GET", url, headers, None)
-        self._pending = d
-        return d.addCallback(self._read_link_answer)
+        return self._ask(b"GET", url, headers, None).addCallback(self._read_link_answer)
 
     def _read_link_answer(self, response: IResponse) -> Deferred[Instruct]:
         if not 200 <= response.code < 300:
@@ -286,10 +292,25 @@ class ProxySession:
         if request.content.tell() or request.method in _BODY_METHODS:
             request.content.seek(0)
             body = FileBodyProducer(request.content)
-        d = self._agent.request(request.method, self.url, headers, body)
-        self._pending = d
+        d = self._ask(request.method, self.url, headers, body)
         d.addCallback(self._got_response)
         d.addErrback(self._origin_failed, index, extra)
+
+    def _ask(self, method: bytes, url: bytes, headers: Any, body: Any) -> Deferred[IResponse]:
+        """One origin request; cancelled when the client leaves, and failed with
+        OriginTimeoutError when no response head arrives within ``origin_timeout``."""
+        d = self._agent.request(method, url, headers, body)
+        self._pending = d
+        timer = self.proxy.clock.callLater(self.proxy.settings.origin_timeout, d.cancel)
+
+        def settled(result: Any) -> Any:
+            if timer.active():
+                timer.cancel()
+            elif isinstance(result, Failure) and result.check(CancelledError) and not self.gone:
+                raise OriginTimeoutError(f"no answer within {self.proxy.settings.origin_timeout}s")
+            return result
+
+        return d.addBoth(settled)
 
     def _origin_failed(self, failure: Failure, index: int, extra: Sequence[Header]) -> None:
         if failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets):
@@ -308,7 +329,17 @@ class ProxySession:
         if self.request.startedWriting:
             self.request.channel.transport.abortConnection()
             return
-        write_response(self.request, 502, None, _TEXT, b"Error while proxying to origin.\n")
+        text = "Error while proxying to origin."
+        if self.route.debug or self.proxy.settings.debug:
+            # Pushpin's wording with the route's (or [proxy]) debug option.
+            if failure.check(ConnectError, DNSLookupError):
+                tried = ", ".join(f"{t.host}:{t.port}" for t in self.route.targets)
+                text = f"Unable to connect to any targets. Tried: {tried}"
+            elif failure.check(GripError):
+                text = f"Failed to parse accept instructions: {reason}"
+            else:
+                text = f"Error while proxying to origin: {reason}"
+        write_response(self.request, 502, None, _TEXT, text.encode("utf-8") + b"\n")
 
     def _got_response(self, response: IResponse) -> Deferred[Any] | None:
         self._pending = None

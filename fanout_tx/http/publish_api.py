@@ -139,6 +139,7 @@ class PublishResource(Resource):
     def __init__(self, bus: IBus) -> None:
         super().__init__()
         self._bus = bus
+        self.rejected = 0  # refused requests, for fanout_publish_errors_total{input="http"}
 
     @override
     def render(self, request: IRequest) -> bytes | int:
@@ -149,6 +150,7 @@ class PublishResource(Resource):
         try:
             items = parse_items_json(request.content.read())
         except PublishError as e:
+            self.rejected += 1
             self._log.info("publish request rejected from {peer}: {reason}",
                            peer=_peer(request), reason=str(e))
             return _text(request, 400, str(e))

@@ -9,6 +9,7 @@ one internal address among public ones.
 from __future__ import annotations
 
 import ipaddress
+import re
 import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,6 +22,8 @@ from twisted.internet.threads import deferToThreadPool
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], "Deferred[list[IPAddress]]"]
+
+_PRINTABLE = re.compile(r"[\x21-\x7e]+")
 
 
 class UrlError(ValueError):
@@ -55,7 +58,7 @@ def parse_url(url: Any) -> Target:
     """Validate a callback URL; raises UrlError with the reason."""
     if not isinstance(url, str) or not url:
         raise UrlError("url must be a non-empty string")
-    if len(url) > 2048 or any(ord(c) <= 0x20 or ord(c) >= 0x7F for c in url):
+    if len(url) > 2048 or not _PRINTABLE.fullmatch(url):
         raise UrlError("url must be at most 2048 printable ASCII characters without spaces")
     try:
         parts = urlsplit(url)

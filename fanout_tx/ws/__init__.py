@@ -1,0 +1,1 @@
+"""WebSocket transports: WebSocket-over-HTTP and WebSocket proxying (SPEC A7)."""

@@ -27,9 +27,11 @@ from fanout_tx.http.origin import ProxySettings, origin_headers, origin_url
 from fanout_tx.http.proxy import plain
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, Target
+from fanout_tx.ws.grip import Accepted, Rejected, SessionOptions
 from fanout_tx.ws.origin import HttpOrigin
 from fanout_tx.ws.protocol import ClientFactory, ClientProtocol
-from fanout_tx.ws.session import Accepted, OriginError, Rejected, SessionOptions, WsOverHttpSession
+from fanout_tx.ws.proxy import Connect, WsProxySession, origin_factory
+from fanout_tx.ws.session import OriginError, WsOverHttpSession
 
 # As Pushpin: a rejection body relayed to the client is cut at 100 KB.
 MAX_REJECT_BODY = 100_000
@@ -59,7 +61,7 @@ class WebSocketHandler(Resource):
 
     def __init__(
         self, routes: Any, router: Router, agent: IAgent, clock: IReactorTime,
-        settings: ProxySettings, factory: ClientFactory,
+        settings: ProxySettings, factory: ClientFactory, connect: Connect,
         new_connection_id: Callable[[], str] = lambda: str(uuid.uuid4()),
     ) -> None:
         super().__init__()
@@ -69,6 +71,7 @@ class WebSocketHandler(Resource):
         self._clock = clock
         self._settings = settings
         self._factory = factory
+        self._connect = connect
         self._new_connection_id = new_connection_id
         self.sessions: set[Any] = set()
 
@@ -82,30 +85,52 @@ class WebSocketHandler(Resource):
         targets = [t for t in route.targets if t.kind == "http"]
         if not targets:
             return plain(request, 502, "Error while proxying to origin.\n")
-        if not targets[0].over_http:
-            return plain(request, 502, "WebSocket origins need an over_http target.\n")
-        self._start_over_http(request, route, targets)
-        return NOT_DONE_YET
-
-    def _start_over_http(self, request: Request, route: Route, targets: list[Target]) -> None:
         query = request.uri.partition(b"?")[2]
         path = route.rewrite_path(request.path.decode("latin-1")).encode("latin-1")
         path_and_query = path + (b"?" + query if query else b"")
+        options = SessionOptions(
+            one_event=targets[0].one_event,
+            subscriptions=targets[0].subscriptions,
+            channel_prefix=route.prefix,
+            max_subscriptions=self._settings.connection_subscription_max,
+            request_timeout=self._settings.origin_timeout,
+        )
+        if targets[0].over_http:
+            session = self._over_http(request, route, targets, path_and_query, options)
+        else:
+            session = self._ws_proxy(request, route, targets, path_and_query, options)
+        self.sessions.add(session)
+        self._run(request, session)
+        return NOT_DONE_YET
+
+    def _over_http(self, request: Request, route: Route, targets: list[Target],
+                   path_and_query: bytes, options: SessionOptions) -> WsOverHttpSession:
         settings = self._settings
         origin = HttpOrigin(
             self._agent, self._clock, [origin_url(t, path_and_query) for t in targets],
             lambda now: origin_headers(request, route, targets[0], settings, now),
             self._new_connection_id(),
         )
-        options = SessionOptions(
-            one_event=targets[0].one_event,
-            subscriptions=targets[0].subscriptions,
-            channel_prefix=route.prefix,
-            max_subscriptions=settings.connection_subscription_max,
-        )
-        session = WsOverHttpSession(origin, self._router, self._clock, options,
-                                    on_end=self.sessions.discard)
-        self.sessions.add(session)
+        return WsOverHttpSession(origin, self._router, self._clock, options,
+                                 on_end=self.sessions.discard)
+
+    def _ws_proxy(self, request: Request, route: Route, targets: list[Target],
+                  path_and_query: bytes, options: SessionOptions) -> WsProxySession:
+        headers = origin_headers(request, route, targets[0], self._settings,
+                                 self._clock.seconds())
+        host_header = (headers.getRawHeaders(b"host") or [b""])[0].decode("latin-1")
+        name, _sep, port = host_header.rpartition(":")
+        resource = path_and_query.decode("latin-1")
+        factories = []
+        for target in targets:
+            host, port_number = (name, int(port)) if port.isdigit() else (host_header, target.port)
+            url = "ws" + origin_url(target, path_and_query).decode("latin-1")[len("http"):]
+            factories.append((target, origin_factory(url, host or target.host, port_number,
+                                                     resource, headers)))
+        return WsProxySession(self._connect, factories, self._router, self._clock, options,
+                              on_end=self.sessions.discard)
+
+    def _run(self, request: Request, session: Any) -> None:
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
         d = session.start()

@@ -15,6 +15,7 @@ from fanout_tx.http.origin import ProxySettings
 from fanout_tx.router import Router
 from fanout_tx.ws.handler import WebSocketHandler
 from fanout_tx.ws.protocol import ClientFactory
+from fanout_tx.ws.proxy import endpoint_connector
 
 
 class WebSocketService(Service):
@@ -38,5 +39,6 @@ def build_websocket_service(config: Config, routes: Any, router: Router,
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 32
     handler = WebSocketHandler(routes, router, Agent(reactor, pool=pool), reactor,
-                               ProxySettings.from_config(config), factory)
+                               ProxySettings.from_config(config), factory,
+                               endpoint_connector(reactor))
     return WebSocketService(handler, pool)

@@ -10,26 +10,33 @@ neither autobahn nor HTTP: it talks to a WsClient (the protocol adapter) and an 
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import implementer
 
-from fanout_tx.formats import Format
-from fanout_tx.interfaces import ISubscriber
-from fanout_tx.items import Item
 from fanout_tx.router import Router
 from fanout_tx.ws import events as ev
+from fanout_tx.ws.grip import (
+    DEFAULT_OPTIONS,
+    Accepted,
+    GripSession,
+    Rejected,
+    SessionOptions,
+    WsClient,
+    client_headers,
+)
 
 EVENTS_TYPE = "application/websocket-events"
 # As Pushpin: a Keep-Alive-Interval below 20 s acts as 20 s; at most ~200 KB per request.
 MIN_KEEP_ALIVE_INTERVAL = 20
 MAX_REQUEST_CONTENT = 200_000
+# Client data waiting for the origin past this many bytes pauses reading from the client.
+MAX_PENDING = 1_000_000
 
 
 class OriginError(Exception):
@@ -62,100 +69,51 @@ class Origin(Protocol):
     def post(self, body: bytes, meta: Mapping[str, str]) -> Deferred[OriginReply]: ...
 
 
-class WsClient(Protocol):
-    """What a session may do to its client connection (ws/protocol.py implements it)."""
-
-    def send_message(self, payload: bytes, binary: bool) -> None: ...
-
-    def send_prepared(self, prepared: Any) -> None: ...
-
-    def send_ping(self, payload: bytes) -> None: ...
-
-    def send_pong(self, payload: bytes) -> None: ...
-
-    def close(self, code: int | None, reason: str) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class SessionOptions:
-    """Per-route settings: ``one_event``, ``sub=`` channels, the ``prefix=`` for channels."""
-
-    one_event: bool = False
-    subscriptions: tuple[str, ...] = ()
-    channel_prefix: str = ""
-    max_subscriptions: int = 20
-
-
-_HIDDEN_FROM_CLIENT = frozenset({
-    "content-type", "content-length", "keep-alive-interval", "sec-websocket-extensions",
-    "connection", "keep-alive", "transfer-encoding", "upgrade", "te", "trailer",
-    "sec-websocket-accept", "sec-websocket-protocol",
-})
-
-
-@dataclass
-class Accepted:
-    """The origin accepted the connection: what the client's 101 response carries."""
-
-    subprotocol: str | None
-    headers: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass
-class Rejected:
-    """The origin refused: relay its status, headers and body to the client."""
-
-    code: int
-    reason: bytes
-    headers: tuple[tuple[str, str], ...]
-    body: bytes
-
-
-@implementer(ISubscriber)
-class WsOverHttpSession:
-    formats = ("ws-message",)
-    _log = Logger()
+class WsOverHttpSession(GripSession):
+    """One client WebSocket whose origin speaks application/websocket-events."""
 
     def __init__(
         self, origin: Origin, router: Router, clock: IReactorTime,
-        options: SessionOptions = SessionOptions(),
+        options: SessionOptions = DEFAULT_OPTIONS,
         on_end: Callable[[WsOverHttpSession], None] | None = None,
     ) -> None:
+        super().__init__(router, clock, options, on_end)
         self._origin = origin
-        self._router = router
-        self._clock = clock
-        self._options = options
-        self._on_end = on_end
-        self.meta: dict[str, str] = {}  # subscription meta (set-meta), read by filters
         self._http_meta: dict[str, str] = {}  # Set-Meta-* from the origin, sent as Meta-*
-        self._client: WsClient | None = None
-        self._pending: list[ev.Event] = []
+        self._pending: deque[ev.Event] = deque()
+        self._pending_bytes = 0
+        self._reading_paused = False
         self._in_flight = False
         self._first_events: list[ev.Event] = []
-        self._prefix: str | None = None  # grip message prefix; None = grip off
         self._keep_alive_interval = 0
         self._origin_timer: IDelayedCall | None = None
-        self._client_keep_alive: ev.KeepAlive | None = None
-        self._client_timer: IDelayedCall | None = None
-        self._delayed: ev.SendDelayed | None = None
-        self._delayed_timer: IDelayedCall | None = None
-        self._detached = False
         self._final_sent = False  # CLOSE or DISCONNECT went (or goes) to the origin
-        self._ended = False
-        self.finished: Deferred[None] = Deferred()
 
     # -- opening ----------------------------------------------------------------------------
 
     def start(self) -> Deferred[Accepted | Rejected]:
         """Send OPEN; fires with Accepted or Rejected, or fails with OriginError."""
-        self._in_flight = True
-        d = self._origin.post(ev.encode_events([ev.Event("OPEN")]), self._http_meta)
+        d = self._post([ev.Event("OPEN")])
         return d.addCallback(self._opened).addErrback(self._open_failed)
 
+    def _post(self, events: list[ev.Event]) -> Deferred[OriginReply]:
+        """One round trip; an OriginError after ``request_timeout`` seconds unanswered."""
+        self._in_flight = True
+        d = self._origin.post(ev.encode_events(events), self._http_meta)
+        timeout = self._options.request_timeout
+        timer = self._clock.callLater(timeout, d.cancel)
+
+        def done(result: Any) -> Any:
+            self._in_flight = False
+            if timer.active():
+                timer.cancel()
+            elif isinstance(result, Failure):  # cancelled by the timer
+                return Failure(OriginError(f"no answer within {timeout} s"))
+            return result
+
+        return d.addBoth(done)
+
     def _opened(self, reply: OriginReply) -> Accepted | Rejected:
-        self._in_flight = False
         if not reply.is_events():
             self._end()
             return Rejected(reply.code, reply.reason, reply.headers, reply.body)
@@ -173,13 +131,7 @@ class WsOverHttpSession:
             raise OriginError("the origin's first reply has no OPEN")
         self._first_events = events[1:]
         self._prefix = ev.grip_message_prefix(reply.header_values("Sec-WebSocket-Extensions"))
-        headers: dict[str, list[str]] = {}
-        for name, value in reply.headers:
-            lowered = name.lower()
-            if lowered in _HIDDEN_FROM_CLIENT or lowered.startswith(("set-meta-", "grip-")):
-                continue
-            headers.setdefault(name, []).append(value)
-        return Accepted(reply.header("Sec-WebSocket-Protocol"), headers)
+        return Accepted(reply.header("Sec-WebSocket-Protocol"), client_headers(reply.headers))
 
     def _open_failed(self, failure: Failure) -> Failure:
         self._end()
@@ -187,9 +139,7 @@ class WsOverHttpSession:
 
     def attach(self, client: WsClient) -> None:
         """The client's handshake is done: apply ``sub=``, then the first reply's events."""
-        self._client = client
-        for channel in self._options.subscriptions:
-            self._apply_control(ev.Subscribe(channel))
+        self._attach_client(client)
         events, self._first_events = self._first_events, []
         self._handle_events(events)
         self._after_round_trip()
@@ -228,6 +178,11 @@ class WsOverHttpSession:
         if self._detached or self._final_sent or self._ended:
             return
         self._pending.append(event)
+        self._pending_bytes += len(event.content or b"")
+        if self._pending_bytes > MAX_PENDING and self._client and not self._reading_paused:
+            # The origin is slower than the client: stop reading the client for now.
+            self._reading_paused = True
+            self._client.pause_reading()
         self._send_next()
 
     # -- origin round trips -----------------------------------------------------------------
@@ -238,24 +193,26 @@ class WsOverHttpSession:
         self._cancel(self._origin_timer)
         self._origin_timer = None
         batch = self._take_batch()
-        self._in_flight = True
-        d = self._origin.post(ev.encode_events(batch), self._http_meta)
+        d = self._post(batch)
         d.addCallbacks(self._replied, self._request_failed)
         d.addErrback(self._internal_error)
 
     def _take_batch(self) -> list[ev.Event]:
-        if self._options.one_event:
-            return [self._pending.pop(0)] if self._pending else []
         batch: list[ev.Event] = []
         size = 0
         while self._pending and (not batch or size < MAX_REQUEST_CONTENT):
-            event = self._pending.pop(0)
+            if self._options.one_event and batch:
+                break
+            event = self._pending.popleft()
             size += len(event.content or b"")
             batch.append(event)
+        self._pending_bytes -= size
+        if self._reading_paused and self._pending_bytes <= MAX_PENDING and self._client:
+            self._reading_paused = False
+            self._client.resume_reading()
         return batch
 
     def _replied(self, reply: OriginReply) -> None:
-        self._in_flight = False
         if not reply.is_events():
             self._fail(f"origin answered {reply.code} instead of {EVENTS_TYPE}")
             return
@@ -270,7 +227,6 @@ class WsOverHttpSession:
         self._after_round_trip()
 
     def _request_failed(self, failure: Failure) -> None:
-        self._in_flight = False
         self._fail(f"origin request failed: {failure.getErrorMessage()}")
 
     def _internal_error(self, failure: Failure) -> None:
@@ -342,59 +298,6 @@ class WsOverHttpSession:
             else:
                 self._log.debug("ignored unknown event {name}", name=name)
 
-    def _from_origin(self, content: bytes, binary: bool) -> None:
-        if self._prefix is None:
-            self._send_to_client(content, binary)
-        elif not binary and content.startswith(b"c:"):
-            try:
-                message = ev.parse_control(content[2:])
-            except ev.ControlError as e:
-                # As Pushpin: a bad control message is dropped, the connection goes on.
-                self._log.warn("ignored an invalid control message from the origin: {reason}",
-                               reason=str(e))
-                return
-            self._apply_control(message)
-        elif content.startswith(self._prefix.encode("utf-8")):
-            self._send_to_client(content[len(self._prefix.encode("utf-8")) :], binary)
-        else:
-            # As Pushpin: with grip on, a message without the prefix is not for the client.
-            self._log.debug("dropped an origin message without the grip prefix")
-
-    def _send_to_client(self, content: bytes, binary: bool) -> None:
-        if self._client is not None:
-            self._client.send_message(content, binary)
-            self._client_sent()
-
-    # -- control messages -------------------------------------------------------------------
-
-    def _apply_control(self, message: ev.ControlMessage) -> None:
-        if isinstance(message, ev.Subscribe):
-            channel = self._options.channel_prefix + message.channel
-            channels = self._router.channels_of(self)
-            if channel not in channels and len(channels) >= self._options.max_subscriptions:
-                self._log.warn("subscription limit reached; not subscribing to {channel}",
-                               channel=channel)
-                return
-            self._router.subscribe(channel, self, message.filters)
-        elif isinstance(message, ev.Unsubscribe):
-            self._router.unsubscribe(self._options.channel_prefix + message.channel, self)
-        elif isinstance(message, ev.Detach):
-            self._detach()
-        elif isinstance(message, ev.SetMeta):
-            if message.value:
-                self.meta[message.name] = message.value
-            else:
-                self.meta.pop(message.name, None)
-        elif isinstance(message, ev.KeepAlive):
-            self._set_client_keep_alive(message)
-        elif isinstance(message, ev.SendDelayed):
-            self._flush_delayed()
-            self._delayed = message
-            self._delayed_timer = self._clock.callLater(message.timeout, self._flush_delayed)
-        elif isinstance(message, ev.FlushDelayed):
-            self._flush_delayed()
-        # ev.Session: accepted; nothing to track.
-
     def _detach(self) -> None:
         """Keep the client and its subscriptions; stop talking to the origin (as Pushpin,
         which closes its side towards the origin)."""
@@ -406,79 +309,10 @@ class WsOverHttpSession:
         self._final_sent = True
         self._pending.append(ev.Event("CLOSE"))
 
-    def _send_control_content(self, content: bytes, message_type: str) -> None:
-        client = self._client
-        if client is None:
-            return
-        if message_type == "ping":
-            client.send_ping(content)
-        elif message_type == "pong":
-            client.send_pong(content)
-        else:
-            client.send_message(content, message_type == "binary")
-        self._client_sent()
-
-    def _flush_delayed(self) -> None:
-        message, self._delayed = self._delayed, None
-        self._cancel(self._delayed_timer)
-        self._delayed_timer = None
-        if message is not None:
-            self._send_control_content(message.content, message.message_type)
-
-    def _set_client_keep_alive(self, message: ev.KeepAlive) -> None:
-        self._cancel(self._client_timer)
-        self._client_timer = None
-        if message.content is None or message.timeout <= 0:
-            self._client_keep_alive = None
-            return
-        self._client_keep_alive = message
-        self._client_timer = self._clock.callLater(message.timeout, self._client_keep_alive_due)
-
-    def _client_keep_alive_due(self) -> None:
-        message = self._client_keep_alive
-        self._client_timer = None
-        if message is None or message.content is None:
-            return
-        self._client_timer = self._clock.callLater(message.timeout, self._client_keep_alive_due)
-        self._send_control_content(message.content, message.message_type)
-
-    def _client_sent(self) -> None:
-        """Something went to the client: an idle keep-alive starts over."""
-        message = self._client_keep_alive
-        if message is not None and message.mode == "idle" and self._client_timer is not None:
-            self._client_timer.reset(message.timeout)
-
-    # -- ISubscriber ------------------------------------------------------------------------
-
-    def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
-        client = self._client
-        if client is None:
-            return
-        if fmt.action == "close":
-            self.close_client(fmt.fields.get("code"), fmt.fields.get("reason", ""))
-            return
-        message_type = fmt.fields.get("type", "text")
-        if message_type == "ping":
-            client.send_ping(fmt.content or b"")
-        elif message_type == "pong":
-            client.send_pong(fmt.content or b"")
-        else:
-            client.send_prepared(prepared)
-        self._client_sent()
-
-    def close(self, reason: str) -> None:
-        self.close_client(1012 if reason == "shutdown" else 1011, reason)
-
     def recover(self) -> None:
         """Nothing is held for a WebSocket; a keep-alive round trip refreshes the origin."""
         if self._client is not None and not self._detached:
             self._send_next(keep_alive=True)
-
-    def close_client(self, code: int | None, reason: str) -> None:
-        """Close the client from the server side; its close reply, which the protocol
-        reports through client_closed, goes to the origin as CLOSE."""
-        if self._client is not None:
-            self._client.close(code, reason)
 
     # -- ending -----------------------------------------------------------------------------
 
@@ -488,37 +322,18 @@ class WsOverHttpSession:
         client, self._client = self._client, None
         self._final_sent = True
         self._pending.clear()
+        self._pending_bytes = 0
         if client is not None:
             client.close(1011, reason[:120])
         self._stop_client_side()
         self._end()
-
-    def _stop_client_side(self) -> None:
-        self._cancel(self._client_timer)
-        self._client_timer = None
-        self._client_keep_alive = None
-        self._cancel(self._delayed_timer)
-        self._delayed_timer = None
-        self._delayed = None
-        if self._client is None:
-            self._router.unsubscribe_all(self)
 
     def _end_when_idle(self) -> None:
         if self._client is None and not self._in_flight and not self._pending:
             self._end()
 
     def _end(self) -> None:
-        if self._ended:
-            return
-        self._ended = True
         self._cancel(self._origin_timer)
         self._origin_timer = None
-        self._router.unsubscribe_all(self)
-        if self._on_end is not None:
-            self._on_end(self)
-        self.finished.callback(None)
+        super()._end()
 
-    @staticmethod
-    def _cancel(call: IDelayedCall | None) -> None:
-        if call is not None and call.active():
-            call.cancel()

@@ -55,10 +55,15 @@ class XmppComponent(Component):
             self.xmlstream.transport.loseConnection()
 
     @override
-    def stopService(self) -> Deferred[None] | None:
+    def stopService(self) -> Deferred[None]:
+        """Disconnects at once; backend calls in flight (at most ``backend_timeout``) finish
+        before the HTTP connections are closed."""
         super().stopService()
         self.handler.subscriptions.drop_all("shutting down")
-        return self._pool.closeCachedConnections() if self._pool is not None else None
+        idle = self.handler.when_idle()
+        if self._pool is not None:
+            idle.addCallback(lambda _: self._pool.closeCachedConnections())
+        return idle
 
 
 def build_xmpp(config: Config, router: Router, reactor: Any) -> XmppComponent:

@@ -79,6 +79,10 @@ class ComponentHandler(XMPPHandler):
         self._ready = False
         super().connectionLost(reason)
 
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no backend call is running or waiting."""
+        return self._serial.when_idle()
+
     def send_raw(self, data: bytes) -> None:
         """Write serialised stanza bytes; pushes while the link is down are dropped, not
         queued without bound."""
@@ -107,33 +111,37 @@ class ComponentHandler(XMPPHandler):
 
     def _dispatch(self, stanza: domish.Element) -> None:
         kind, stanza_type = stanza.name, stanza.getAttribute("type")
-        try:
-            sender = JID(stanza.getAttribute("from")).full()
-            to = JID(stanza.getAttribute("to")).full()
-        except (InvalidFormat, TypeError, AttributeError):
+        sender_jid, to_jid = _jid(stanza.getAttribute("from")), _jid(stanza.getAttribute("to"))
+        if sender_jid is None or to_jid is None:
             self._log.warn("dropped <{kind}> with a missing or invalid from/to", kind=kind)
             if _needs_answer(stanza):
                 self._send(StanzaError("jid-malformed").toResponse(stanza))
             return
-        if JID(to).host != self.domain:
+        sender, to = sender_jid.full(), to_jid.full()
+        if to_jid.host != self.domain:
             self._log.warn("dropped <{kind}> for {to}, not in {domain}", kind=kind, to=to,
                            domain=self.domain)
             if _needs_answer(stanza):
                 self._send(StanzaError("item-not-found").toResponse(stanza))
             return
-        if stanza_type == "error":
-            self.subscriptions.drop(sender, f"error <{kind}> came back")
-        elif kind == "presence" and stanza_type == "unavailable":
-            self.subscriptions.drop(sender, "unavailable")
+        leaving = _leaving(kind, stanza_type)
         if kind == "iq" and stanza_type not in ("get", "set"):
-            return  # results and errors: this component sends no requests of its own
+            # Results and errors: this component sends no requests of its own.
+            if leaving and not self._serial.submit(sender, lambda: self._leave(sender, leaving)):
+                self._leave(sender, leaving)
+            return
         if kind == "iq" and self._answer_locally(stanza, stanza_type):
             return
         envelope = StanzaEnvelope(kind, sender, to, stanza_type, {})
-        if not self._serial.submit(sender, lambda: self._forward(stanza, envelope)):
+        if not self._serial.submit(sender, lambda: self._forward(stanza, envelope, leaving)):
             self._log.warn("{sender} has too many stanzas waiting for the backend", sender=sender)
+            if leaving:
+                self._leave(sender, leaving)
             if _needs_answer(stanza):
                 self._send(StanzaError("resource-constraint", type="wait").toResponse(stanza))
+
+    def _leave(self, sender: str, reason: str) -> None:
+        self.subscriptions.drop(sender, reason)
 
     def _answer_locally(self, iq: domish.Element, iq_type: str) -> bool:
         query = next(iq.elements(), None)
@@ -158,12 +166,16 @@ class ComponentHandler(XMPPHandler):
 
     # -- the backend round trip -------------------------------------------------------------
 
-    def _forward(self, stanza: domish.Element, envelope: StanzaEnvelope) -> Deferred[Any]:
-        # Meta is read now, after earlier stanzas of this JID were applied.
+    def _forward(self, stanza: domish.Element, envelope: StanzaEnvelope,
+                 leaving: str | None) -> Deferred[Any]:
+        """Runs in the JID's turn: earlier stanzas' answers are applied, so the meta is
+        current and a departure cannot be undone by a late subscribe."""
         envelope = StanzaEnvelope(
             envelope.kind, envelope.sender, envelope.to, envelope.stanza_type,
             self.subscriptions.meta_of(envelope.sender),
         )
+        if leaving:
+            self._leave(envelope.sender, leaving)
         d = self._backend.post(stanza, envelope)
         d.addCallbacks(self._apply, self._backend_failed, (stanza, envelope), None,
                        (stanza, envelope))
@@ -172,7 +184,7 @@ class ComponentHandler(XMPPHandler):
 
     def _apply(self, answer: BackendAnswer, stanza: domish.Element, envelope: StanzaEnvelope,
                ) -> None:
-        leaving = envelope.stanza_type in ("error", "unavailable")
+        leaving = _leaving(envelope.kind, envelope.stanza_type) is not None
         if leaving and (answer.subscribe or answer.set_meta):
             self._log.info("not subscribing {sender}: it sent {type}", sender=envelope.sender,
                            type=envelope.stanza_type)
@@ -186,7 +198,7 @@ class ComponentHandler(XMPPHandler):
         for reply in answer.replies:
             if reply.name == "iq":
                 if not _needs_answer(stanza) or iq_answered:
-                    self._log.warn("ignored an extra <iq> reply for {sender}",
+                    self._log.warn("ignored an <iq> reply for {sender} that answers no iq",
                                    sender=envelope.sender)
                     continue
                 result = toResponse(stanza, "result")
@@ -219,6 +231,24 @@ class ComponentHandler(XMPPHandler):
                           sender=envelope.sender)
         if _needs_answer(stanza):
             self._send(StanzaError("internal-server-error").toResponse(stanza))
+
+
+def _leaving(kind: str, stanza_type: str | None) -> str | None:
+    """Why a stanza ends its sender's subscriptions, or None."""
+    if stanza_type == "error":
+        return f"error <{kind}> came back"
+    if kind == "presence" and stanza_type == "unavailable":
+        return "unavailable"
+    return None
+
+
+def _jid(value: str | None) -> JID | None:
+    if not value:
+        return None
+    try:
+        return JID(value)
+    except InvalidFormat:
+        return None
 
 
 def _needs_answer(stanza: domish.Element) -> bool:

@@ -10,7 +10,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -23,10 +23,19 @@ class KeyedSerializer:
     def __init__(self, max_queued: int) -> None:
         self._max_queued = max_queued
         self._queues: dict[str, deque[Job]] = {}
+        self._idle_waiters: list[Deferred[None]] = []
 
     def __len__(self) -> int:
         """How many keys have a job running."""
         return len(self._queues)
+
+    def when_idle(self) -> Deferred[None]:
+        """Fires once no job is running or waiting (for a clean shutdown)."""
+        if not self._queues:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter
 
     def submit(self, key: str, job: Job) -> bool:
         """Run ``job`` after the key's earlier jobs; False (job dropped) when the key already
@@ -52,3 +61,7 @@ class KeyedSerializer:
             self._start(key, queue.popleft())
         else:
             del self._queues[key]
+            if not self._queues:
+                waiters, self._idle_waiters = self._idle_waiters, []
+                for waiter in waiters:
+                    waiter.callback(None)

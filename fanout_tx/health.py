@@ -1,0 +1,106 @@
+"""``GET /health``: each configured component's state, as JSON; 503 when one is down.
+
+A load balancer or an orchestrator polls it, so it reads state only (no probes, no I/O):
+listeners that have bound, ZeroMQ sockets that are open, the XMPP link and the Redis bus as
+they last saw themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.iweb import IRequest
+from twisted.web.resource import Resource
+from typing_extensions import override
+
+# A check answers (up, details) from what its component knows right now.
+Check = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+def address_text(port: IListeningPort) -> str:
+    host = port.getHost()
+    return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
+
+
+@dataclass
+class Listeners:
+    """The bound ports of a group of endpoint services (``http-proxy``, ``publish-http``),
+    recorded as each one binds, so a check is a lookup."""
+
+    expected: int = 0
+    ports: list[IListeningPort] = field(default_factory=list)
+
+    def watch(self, service: StreamServerEndpointService,
+              listening: Callable[[StreamServerEndpointService], Any]) -> None:
+        """``listening(service)`` fires with the port once bound (tap.listening_port)."""
+        self.expected += 1
+        listening(service).addCallback(self.ports.append)
+
+    def check(self) -> tuple[bool, dict[str, Any]]:
+        return (len(self.ports) == self.expected and self.expected > 0,
+                {"listening": [address_text(p) for p in self.ports]})
+
+
+def zmq_check(service: Any) -> Check:
+    """A ZeroMQ input is up once its socket is bound/connected (``endpoints`` set)."""
+
+    def check() -> tuple[bool, dict[str, Any]]:
+        return bool(service.endpoints) and service.running, {"endpoints": service.endpoints}
+
+    return check
+
+
+def xmpp_check(link: Any) -> Check:
+    """The component link (xmpp.link.LinkState): up after the handshake."""
+
+    def check() -> tuple[bool, dict[str, Any]]:
+        details: dict[str, Any] = {}
+        if link.last_error:
+            details["last_error"] = link.last_error
+        return link.up, details
+
+    return check
+
+
+def redis_check(bus: Any) -> Check:
+    def check() -> tuple[bool, dict[str, Any]]:
+        return bus.up, {}
+
+    return check
+
+
+class HealthResource(Resource):
+    """``GET /health``: ``{"status": "ok"|"down", "services": {name: {"state": ...}}}``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checks: dict[str, Check] = {}
+
+    def add(self, name: str, check: Check) -> None:
+        self.checks[name] = check
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        services = {}
+        healthy = True
+        for name, check in self.checks.items():
+            up, details = check()
+            healthy = healthy and up
+            services[name] = {"state": "up" if up else "down", **details}
+        return healthy, {"status": "ok" if healthy else "down", "services": services}
+
+    @override
+    def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web hook
+        healthy, body = self.report()
+        request.setResponseCode(200 if healthy else 503)
+        request.setHeader(b"content-type", b"application/json")
+        request.setHeader(b"cache-control", b"no-store")
+        return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
+
+    render_HEAD = render_GET  # noqa: N815 - twisted.web hook

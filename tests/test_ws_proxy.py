@@ -1,0 +1,181 @@
+"""Plain WebSocket proxying (routes without over_http) to a real autobahn origin, with the
+grip extension semantics, over loopback sockets."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import treq
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent
+from twisted.web.http_headers import Headers
+from typing_extensions import override
+
+from tests.test_ws_e2e import WsTestMixin, _listen_endpoint
+
+UPGRADE = Headers({"Upgrade": ["websocket"], "Connection": ["Upgrade"],
+                   "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
+                   "Sec-WebSocket-Version": ["13"]})
+
+
+class OriginProtocol(WebSocketServerProtocol):
+    """/grip/...: accepts with grip; "sub:X" subscribes, "close" closes with 4003, other
+    "detach" detaches; other messages are echoed with the m: prefix plus one unprefixed
+    message. /plain/...: echoes
+    verbatim without grip. /reject: 403."""
+
+    @override
+    def onConnect(self, request: ConnectionRequest) -> Any:  # noqa: N802
+        self.factory.requests.append(request)
+        if request.path == "/reject":
+            raise ConnectionDeny(403, "Forbidden")
+        self.grip = request.path.startswith("/grip")
+        return None, ({"Sec-WebSocket-Extensions": "grip"} if self.grip else {})
+
+    @override
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        if not self.grip:
+            self.sendMessage(payload, isBinary)
+        elif payload.startswith(b"sub:"):
+            control = {"type": "subscribe", "channel": payload[4:].decode()}
+            self.sendMessage(b"c:" + json.dumps(control).encode())
+            self.sendMessage(b"m:subscribed")
+        elif payload == b"close":
+            self.sendClose(4003, "origin bye")
+        elif payload == b"detach":
+            self.sendMessage(b'c:{"type": "detach"}')
+        else:
+            self.sendMessage(b"not for the client")
+            self.sendMessage(b"m:" + payload, isBinary)
+
+    @override
+    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
+        self.factory.closes.append(self.remoteCloseCode)
+        if self.factory.closed_waiter is not None:
+            waiter, self.factory.closed_waiter = self.factory.closed_waiter, None
+            waiter.callback(self.remoteCloseCode)
+
+
+class ProxyTests(WsTestMixin, TestCase):
+    timeout = 30
+
+    @inlineCallbacks
+    def start_ws(self):
+        self.origin_factory = WebSocketServerFactory()
+        self.origin_factory.protocol = OriginProtocol
+        self.origin_factory.requests = []
+        self.origin_factory.closes = []
+        self.origin_factory.closed_waiter = None
+        port = yield _listen_endpoint().listen(self.origin_factory)
+        self.addCleanup(port.stopListening)
+        yield self.start_handler(f"* 127.0.0.1:{port.getHost().port},sub=all")
+
+    def origin_closed(self) -> Deferred:
+        d: Deferred = Deferred()
+        self.origin_factory.closed_waiter = d
+        return d
+
+    @inlineCallbacks
+    def test_grip_relay_both_ways(self):
+        """Client messages reach the origin; origin messages with the m: prefix reach the
+        client without it, others are dropped; the handshake carries the grip offer and
+        the client's own headers."""
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x?a=1", headers={"X-App": "1"})
+        client.sendMessage(b"hello")
+        client.sendMessage(b"\x00\x01", isBinary=True)
+        messages = yield side.wait_messages(2)
+        self.assertEqual(messages, [(b"hello", False), (b"\x00\x01", True)])
+        request = self.origin_factory.requests[0]
+        self.assertEqual(request.path, "/grip/x")
+        self.assertEqual(request.params, {"a": ["1"]})
+        self.assertEqual(request.headers["x-app"], "1")
+        self.assertEqual(request.headers["sec-websocket-extensions"], "grip")
+        self.assertIn("grip-feature", request.headers)
+
+    @inlineCallbacks
+    def test_subscribe_and_publish(self):
+        """A c: subscribe from the WebSocket origin subscribes the client; sub= on the
+        target subscribes it at once; publishes reach it."""
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x")
+        client.sendMessage(b"sub:news")
+        yield side.wait_messages(1)
+        self.publish("news", content="one")
+        self.publish("all", content="two")
+        messages = yield side.wait_messages(3)
+        self.assertEqual(messages[1:], [(b"one", False), (b"two", False)])
+
+    @inlineCallbacks
+    def test_plain_origin_is_verbatim(self):
+        """Without grip from the origin, messages (even c:...) pass through unchanged."""
+        yield self.start_ws()
+        side, client = yield self.connect("/plain")
+        client.sendMessage(b'c:{"type":"subscribe","channel":"x"}')
+        messages = yield side.wait_messages(1)
+        self.assertEqual(messages, [(b'c:{"type":"subscribe","channel":"x"}', False)])
+        self.assertFalse(self.router.has_subscribers("x"))
+
+    @inlineCallbacks
+    def test_close_codes_both_ways(self):
+        """A client close reaches the origin with its code; an origin close reaches the
+        client with its code."""
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x")
+        closed = self.origin_closed()
+        client.sendClose(4000, "client bye")
+        code = yield closed
+        self.assertEqual(code, 4000)
+        yield side.closed
+        side2, client2 = yield self.connect("/grip/x")
+        client2.sendMessage(b"close")
+        _clean, code, reason = yield side2.closed
+        self.assertEqual((code, reason), (4003, "origin bye"))
+
+    @inlineCallbacks
+    def test_client_lost_drops_origin(self):
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x")
+        closed = self.origin_closed()
+        client.transport.abortConnection()
+        yield side.closed
+        yield closed
+        self.assertEqual(self.router.subscriber_count(), 0)
+
+    @inlineCallbacks
+    def test_rejection_and_unreachable(self):
+        """An origin that refuses the handshake: the client gets its status. No origin
+        listening: 502."""
+        yield self.start_ws()
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.port}/reject".encode(), UPGRADE)
+        yield treq.content(response)
+        self.assertEqual(response.code, 403)
+        yield self.start_handler("* 127.0.0.1:1")
+        response = yield Agent(reactor).request(
+            b"GET", f"http://127.0.0.1:{self.port}/x".encode(), UPGRADE)
+        body = yield treq.content(response)
+        self.assertEqual((response.code, body), (502, b"Error while proxying to origin.\n"))
+
+    @inlineCallbacks
+    def test_detach(self):
+        """detach: the origin connection closes, the client stays with its subscriptions
+        and still gets publishes."""
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x")
+        closed = self.origin_closed()
+        client.sendMessage(b"detach")
+        yield closed
+        self.publish("all", content="still here")
+        messages = yield side.wait_messages(1)
+        self.assertEqual(messages, [(b"still here", False)])
+        (session,) = self.handler.sessions
+        client.sendMessage(b"goes nowhere")
+        client.sendClose(1000)
+        yield session.finished
+        self.assertEqual(self.router.subscriber_count(), 0)
