@@ -217,6 +217,19 @@ class StreamTests(TestCase):
         self.clock.advance(1)
         await wait_until(lambda: started.text() == b"xk")
 
+    async def test_filters_and_meta(self) -> None:
+        """Grip-Set-Meta feeds the channel filters: skip-self drops the user's own items,
+        var-subst fills in the user's meta."""
+        self.proxy.handle(b"/f", lambda r: grip(
+            r, b"", Grip_Hold="stream", Grip_Set_Meta="user=alice",
+            Grip_Channel="news; filter=skip-self; filter=var-subst"))
+        started = await self.open(b"/f")
+        self.proxy.publish_item({"channel": "news", "meta": {"sender": "alice"},
+                                 "formats": {"http-stream": {"content": "own\n"}}})
+        self.proxy.publish_item({"channel": "news", "meta": {"sender": "bob"},
+                                 "formats": {"http-stream": {"content": "hi %(user)s\n"}}})
+        await wait_until(lambda: started.text() == b"hi alice\n")
+
     async def test_link_recovery_on_gap_splices_once(self) -> None:
         """A gap in prev-ids makes the proxy GET the Grip-Link with Grip-Last; items that
         arrive meanwhile are spliced after the answer, each exactly once."""

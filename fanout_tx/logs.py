@@ -1,0 +1,44 @@
+"""``[runner] log_level``: 0 error, 1 warn, 2 info, 3 debug, applied to twistd's own log.
+
+twistd picks its observers (stdout with ``-n``, ``--logfile``, ``--syslog``) after the
+plugin's ``makeService`` and hands them to ``globalLogBeginner.beginLoggingTo``; wrapping
+that call once puts a level filter in front of whatever twistd chose, so its options keep
+working.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from twisted.logger import (
+    FilteringLogObserver,
+    ILogObserver,
+    LogBeginner,
+    LogLevel,
+    LogLevelFilterPredicate,
+    globalLogBeginner,
+)
+
+LEVELS = (LogLevel.error, LogLevel.warn, LogLevel.info, LogLevel.debug)
+
+
+def level_of(log_level: int) -> LogLevel:
+    """The config's number as the lowest LogLevel that is shown."""
+    return LEVELS[max(0, min(log_level, len(LEVELS) - 1))]
+
+
+def filtered(observer: ILogObserver, log_level: int) -> FilteringLogObserver:
+    return FilteringLogObserver(
+        observer, [LogLevelFilterPredicate(defaultLogLevel=level_of(log_level))]
+    )
+
+
+def filter_twistd_logging(log_level: int, beginner: LogBeginner = globalLogBeginner) -> None:
+    """Show only events at ``log_level`` or above in the observers twistd is about to set."""
+    begin = type(beginner).beginLoggingTo
+
+    def begin_filtered(observers: Iterable[ILogObserver], *args: Any, **kwargs: Any) -> None:
+        begin(beginner, [filtered(o, log_level) for o in observers], *args, **kwargs)
+
+    beginner.beginLoggingTo = begin_filtered  # type: ignore[method-assign]

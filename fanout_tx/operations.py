@@ -1,0 +1,199 @@
+"""What operators see and do: /metrics and /health, the stats socket, the start-up line and
+the graceful, bounded stop. ``install`` wires them onto a service tree built by tap.py."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from typing_extensions import override
+
+from fanout_tx.config import ListenAddress
+from fanout_tx.health import (
+    HealthResource,
+    Listeners,
+    address_text,
+    redis_check,
+    xmpp_check,
+    zmq_check,
+)
+from fanout_tx.metrics import MetricSources, metrics_resource
+from fanout_tx.router import Router
+from fanout_tx.stats_pub import StatsPublisher, Totals
+
+SHUTDOWN_REASON = "shutdown"
+
+_log = Logger(namespace="fanout_tx.operations")
+
+
+def bound_port(service: StreamServerEndpointService) -> Deferred[IListeningPort | None]:
+    """The port a started endpoint service listens on, or None when it could not bind (the
+    service has logged why). Twisted keeps the listen Deferred private."""
+    result: Deferred[IListeningPort | None] = Deferred()
+
+    def fire(port: IListeningPort | None) -> IListeningPort | None:
+        result.callback(port)
+        return port
+
+    service._waitingForPort.addCallback(fire)
+    return result
+
+
+class FanoutRoot(MultiService):
+    """The service tree's root. Stopping it (SIGTERM/SIGINT under twistd) stops every child
+    (listeners stop accepting, WebSockets hear 1001, inputs close), then answers whatever is
+    still held (long-polls get their timeout response, streams end) and gives up waiting
+    after ``shutdown_timeout`` seconds so the process always exits."""
+
+    _log = Logger()
+
+    def __init__(self, router: Router, clock: IReactorTime, shutdown_timeout: float) -> None:
+        super().__init__()
+        self._router = router
+        self._clock = clock
+        self._timeout = shutdown_timeout
+        self.after_start: list[Callable[[], None]] = []
+
+    @override
+    def startService(self) -> None:
+        super().startService()
+        for hook in self.after_start:
+            hook()
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        pending: dict[str, Deferred[Any]] = {}
+        for child in reversed(list(self)):
+            stopping = maybeDeferred(child.stopService)
+            pending[child.name or repr(child)] = stopping
+            stopping.addBoth(self._stopped, pending, child.name or repr(child))
+        self._router.close_all(SHUTDOWN_REASON)
+        done: Deferred[None] = Deferred()
+        everything = DeferredList(list(pending.values()), consumeErrors=True)
+        timer = self._clock.callLater(self._timeout, self._gave_up, done, pending)
+        everything.addCallback(self._all_stopped, done, timer)
+        return done
+
+    @staticmethod
+    def _stopped(result: Any, pending: dict[str, Deferred[Any]], name: str) -> Any:
+        pending.pop(name, None)
+        return result
+
+    def _all_stopped(self, _result: Any, done: Deferred[None], timer: Any) -> None:
+        if timer.active():
+            timer.cancel()
+            self._log.info("stopped cleanly")
+            done.callback(None)
+
+    def _gave_up(self, done: Deferred[None], pending: dict[str, Deferred[Any]]) -> None:
+        self._log.warn("shutdown took over {timeout}s; exiting without waiting for "
+                       "{services}", timeout=self._timeout, services=", ".join(sorted(pending)))
+        done.callback(None)
+
+
+def _child(root: MultiService, name: str) -> Any:
+    try:
+        return root.getServiceNamed(name)
+    except KeyError:
+        return None
+
+
+def _endpoint_services(service: Any) -> list[StreamServerEndpointService]:
+    if isinstance(service, StreamServerEndpointService):
+        return [service]
+    if isinstance(service, MultiService):
+        return [s for s in service if isinstance(s, StreamServerEndpointService)]
+    return []
+
+
+def install(root: FanoutRoot, core: Any, reactor: Any,
+            context: zmq.Context | None = None) -> HealthResource:
+    """Mount /metrics and /health on the publish port, add the ``metrics`` listener and the
+    ``stats`` socket when configured, and log one line with every bound address once all
+    listeners are up. ``core`` is tap.Core; the transports are already children of ``root``."""
+    config = core.config
+    websocket = _child(root, "websocket")
+    webhooks = _child(root, "webhooks")
+    xmpp = _child(root, "xmpp")
+    redis = _child(root, "redis")
+    sources = MetricSources(
+        router=core.router,
+        inputs=core.input_bus.counters,
+        rejecting={"http": core.publish_root.children[b"publish"],
+                   "zmq-pull": _child(root, "zmq-pull"), "zmq-sub": _child(root, "zmq-sub")},
+        ws_sessions=(lambda: len(websocket.handler.sessions)) if websocket else None,
+        webhooks=webhooks,
+        xmpp_link=xmpp.link if xmpp is not None else None,
+        redis=redis,
+    )
+    health = HealthResource()
+    core.publish_root.mount(b"metrics", metrics_resource(sources), public=True)
+    core.publish_root.mount(b"health", health, public=True)
+    if config.metrics.port:
+        page = Resource()
+        page.putChild(b"metrics", metrics_resource(sources))
+        page.putChild(b"health", health)
+        address = ListenAddress(config.metrics.addr or "127.0.0.1", config.metrics.port)
+        site = Site(page, reactor=reactor)
+        site.noisy = False
+        metrics = StreamServerEndpointService(
+            serverFromString(reactor, address.endpoint_description()), site)
+        metrics.setName("metrics")
+        metrics.setServiceParent(root)
+    handler = config.handler
+    if handler.stats_spec:
+        proxy = _child(root, "http-proxy")
+        totals = Totals(lambda: sum(core.input_bus.counters.received.values())
+                        + (redis.received_items if redis is not None else 0),
+                        core.router, lambda: proxy.resource.requests if proxy else 0)
+        stats = StatsPublisher(reactor, context or zmq.Context.instance(), handler.stats_spec,
+                               handler.stats_format, handler.stats_report_interval,
+                               core.router, totals)
+        stats.setName("stats")
+        stats.setServiceParent(root)
+    listener_groups = ("http-proxy", "publish-http", "metrics")
+    watched = {name: Listeners() for name in listener_groups if _child(root, name)}
+    for name, listeners in watched.items():
+        health.add(name, listeners.check)
+    for name in ("zmq-pull", "zmq-sub"):
+        health.add(name, zmq_check(root.getServiceNamed(name)))
+    if xmpp is not None:
+        health.add("xmpp", xmpp_check(xmpp.link))
+    if redis is not None:
+        health.add("redis", redis_check(redis))
+
+    def started() -> None:
+        ports = []
+        for name, listeners in watched.items():
+            for service in _endpoint_services(_child(root, name)):
+                listeners.watch(service, bound_port)
+                ports.append(bound_port(service).addCallback(lambda p, n=name: (n, p)))
+        DeferredList(ports).addCallback(_log_addresses, root)
+
+    root.after_start.append(started)
+    return health
+
+
+def _log_addresses(results: list[tuple[bool, Any]], root: MultiService) -> None:
+    """The one start-up line: every address bound, by what it serves."""
+    parts = [f"{name} {address_text(port)}" for ok, (name, port) in results
+             if ok and port is not None]
+    for name in ("zmq-pull", "zmq-sub"):
+        service = _child(root, name)
+        if service is not None and service.endpoints:
+            parts.append(f"{name} {','.join(service.endpoints)}")
+    stats = _child(root, "stats")
+    if stats is not None and stats.endpoint:
+        parts.append(f"stats {stats.endpoint}")
+    _log.info("fanout_tx listening: {addresses}", addresses="; ".join(parts))
+
