@@ -13,9 +13,7 @@ from typing import Any
 import zmq
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IServiceCollection, MultiService
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
 
@@ -26,6 +24,9 @@ from fanout_tx.http.proxy_service import build_proxy_service
 from fanout_tx.http.publish_api import PublishRoot, PublishSite
 from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.interfaces import IBus
+from fanout_tx.logs import filter_twistd_logging
+from fanout_tx.metrics import InputCounters, MeteredBus
+from fanout_tx.operations import FanoutRoot, bound_port, install
 from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
@@ -115,6 +116,8 @@ class Core:
     reactor: Any
     # The publish port's root; transports mount their pages on it (webhooks, metrics).
     publish_root: PublishRoot | None = None
+    # What the inputs publish through: ``bus``, counting items and failures per input.
+    input_bus: MeteredBus | None = None
 
 
 def build_core(settings: Settings, reactor: Any) -> Core:
@@ -129,7 +132,8 @@ def build_core(settings: Settings, reactor: Any) -> Core:
         RedisBus(router, reactor, parse_redis_url(redis.url), redis.prefix)
         if redis.url else LocalBus(router)
     )
-    return Core(settings.config, router, bus, settings.routes, reactor)
+    return Core(settings.config, router, bus, settings.routes, reactor,
+                input_bus=MeteredBus(bus, InputCounters()))
 
 
 def _named(service: Any, name: str, parent: IServiceCollection) -> None:
@@ -140,7 +144,7 @@ def _named(service: Any, name: str, parent: IServiceCollection) -> None:
 def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]:
     """The whole service tree for ``settings``; returns the core too, for tests."""
     core = build_core(settings, reactor)
-    root = MultiService()
+    root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
     for notice in settings.config.notices:
         _log.info("{notice}", notice=notice)
     _named(core.routes.watcher(), "routes-watch", root)
@@ -155,11 +159,14 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
         _named(_webhooks(core), "webhooks", root)
     handler = settings.config.handler
     zmq_context = zmq.Context.instance()
-    _named(ZmqPullInput(reactor, zmq_context, core.bus, handler.push_in_spec), "zmq-pull", root)
-    _named(ZmqSubInput(reactor, zmq_context, core.bus, core.router, handler.push_in_sub_specs,
+    _named(ZmqPullInput(reactor, zmq_context, core.input_bus, handler.push_in_spec),
+           "zmq-pull", root)
+    _named(ZmqSubInput(reactor, zmq_context, core.input_bus, core.router,
+                       handler.push_in_sub_specs,
                        connect=handler.push_in_sub_connect), "zmq-sub", root)
     if settings.config.xmpp.enabled:
         _named(build_xmpp(settings.config, core.router, reactor), "xmpp", root)
+    install(root, core, reactor, zmq_context)  # /metrics, /health, stats, start-up line
     return root, core
 
 
@@ -177,27 +184,21 @@ def _publish_http(core: Core) -> StreamServerEndpointService:
     """The publish API listener; sets ``core.publish_root`` so transports can mount on it."""
     handler = core.config.handler
     auth = BearerAuth(handler.push_in_http_key, handler.push_in_http_iss, core.reactor)
-    core.publish_root = PublishRoot(core.bus, core.router, auth)
+    core.publish_root = PublishRoot(core.input_bus, core.router, auth)
     site = PublishSite(core.publish_root, handler.push_in_http_max_body_size, core.reactor)
     address = ListenAddress(handler.push_in_http_addr, handler.push_in_http_port)
     endpoint = serverFromString(core.reactor, address.endpoint_description())
     return StreamServerEndpointService(endpoint, site)
 
 
-def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningPort]:
-    """The port a started endpoint service listens on (tests bind port 0 and read it here)."""
-    result: Deferred[IListeningPort] = Deferred()
-
-    def fire(port: IListeningPort) -> IListeningPort:
-        result.callback(port)
-        return port
-
-    service._waitingForPort.addCallback(fire)  # Twisted keeps the listen Deferred private
-    return result
+# The port a started endpoint service listens on (tests bind port 0 and read it here).
+listening_port = bound_port
 
 
 def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin API
     from twisted.internet import reactor
 
-    root, _core = build_service(options["settings"], reactor)
+    settings = options["settings"]
+    filter_twistd_logging(settings.config.runner.log_level)
+    root, _core = build_service(settings, reactor)
     return root

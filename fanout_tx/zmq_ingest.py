@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx.bus import BusUnavailableError
 from fanout_tx.interfaces import IBus, IChannelListener
 from fanout_tx.items import Item, PublishError, decode_message, parse_item
 from fanout_tx.router import Router
@@ -138,6 +139,12 @@ class _ZmqInput(Service):
         d.addErrback(self._publish_failed, item)
 
     def _publish_failed(self, failure: Failure, item: Item) -> None:
+        if failure.check(BusUnavailableError):
+            # Expected while Redis is away; ZeroMQ has no one to answer, so one line.
+            self._log.warn("{input}: item on {channel} reached local subscribers only: "
+                           "{reason}", input=self.input_name, channel=item.channel,
+                           reason=str(failure.value))
+            return
         self._log.failure("{input}: publishing on {channel} failed", failure,
                           input=self.input_name, channel=item.channel)
 

@@ -13,10 +13,10 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
 from fanout_tx import tnetstring
-from fanout_tx.bus import LocalBus
+from fanout_tx.bus import BusUnavailableError, LocalBus
 from fanout_tx.router import Router
 from fanout_tx.zmq_ingest import DRAIN_BATCH, ZmqPullInput, ZmqSubInput
-from tests.helpers import RecordingSubscriber, wait_until
+from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 
 try:  # twisted >= 22.8 keeps it here
     from twisted.internet.testing import EventLoggingObserver
@@ -118,6 +118,7 @@ class PullInputTests(_ZmqTestMixin, TestCase):
         self.assertIn("JSON", reasons[2])
         self.assertIn("no formats", reasons[3])
         self.assertIn("tnetstring", reasons[4])
+        self.assertEqual(self.pull.rejected, 5)
         self.assertTrue(all(e["input"] == "zmq-pull" for e in self.warnings
                             if "dropped a message" in e["log_format"]))
 
@@ -150,6 +151,28 @@ class PullInputTests(_ZmqTestMixin, TestCase):
         self.assertEqual(broken.endpoints, [])
         self.assertNotIn(broken, reactor.getReaders())
         self.assertTrue([e for e in self.warnings if "not started" in e["log_format"]])
+
+
+class PublishFailureTests(_ZmqTestMixin, TestCase):
+    """What the bus says after a valid message never reaches the socket loop."""
+
+    async def send_through(self, bus: RecordingBus) -> None:
+        pull = self.started(ZmqPullInput(reactor, self.context, bus, ANY_PORT))
+        push = self.peer(zmq.PUSH)
+        push.connect(pull.endpoints[0])
+        push.send(as_json(stream_item("a")))
+        await wait_until(lambda: [e for e in self.warnings if e["log_namespace"].endswith(
+            "ZmqPullInput") and "reached" in e["log_format"] or "log_failure" in e])
+
+    async def test_bus_unavailable_is_one_warning(self) -> None:
+        """Redis away (BusUnavailableError): a warning naming the channel, no traceback."""
+        await self.send_through(RecordingBus(BusUnavailableError("redis is down")))
+        [event] = [e for e in self.warnings if "reached local" in e["log_format"]]
+        self.assertEqual((event["channel"], event["reason"]), ("ch", "redis is down"))
+
+    async def test_other_bus_failures_are_logged_with_traceback(self) -> None:
+        await self.send_through(RecordingBus(RuntimeError("boom")))
+        self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
 
 class SubInputTests(_ZmqTestMixin, TestCase):
@@ -257,6 +280,7 @@ class XpubPeerTests(_ZmqTestMixin, TestCase):
         self.assertIn("UTF-8", reasons[2])
         self.assertIn("tnetstring", reasons[3])
         self.assertIn("formats must be an object", reasons[4])
+        self.assertEqual(self.sub.rejected, 5)
 
 
 class BoundSubXpubPeerTests(XpubPeerTests):
