@@ -177,6 +177,7 @@ def _webhooks(core: Core) -> WebhookService:
     config = core.config
     service = build_webhooks(config.webhooks, config.redis, core.router, core.reactor)
     core.publish_root.mount(b"webhooks", WebhooksResource(service))
+    core.publish_root.add_publish_barrier(service.engine.writes_confirmed)
     return service
 
 

@@ -15,7 +15,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
@@ -129,6 +129,34 @@ class PublishTests(_Served):
         self.assertEqual((code, json.loads(body)), (200, {"message": "Published"}))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
         self.assertEqual(self.subscriber.contents, [b"hello\n"])
+
+    async def test_answer_waits_for_publish_barriers(self) -> None:
+        """A publish is answered only once every barrier (webhook deliveries stored) fired;
+        a barrier reporting a failed store write turns the answer into a 503."""
+        root = self.root()
+        held: list[Deferred[bool]] = []
+
+        def barrier() -> Deferred[bool]:
+            held.append(Deferred())
+            return held[-1]
+
+        root.add_publish_barrier(barrier)
+        url = await self.serve(root)
+        answered = Deferred.fromCoroutine(self.post(url + "/publish/", _body(ITEM)))
+        while not held:
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertNoResult(answered)
+        held[0].callback(True)
+        code, _headers, body = await answered
+        self.assertEqual((code, body), (200, b"Published\n"))
+
+        answered = Deferred.fromCoroutine(self.post(url + "/publish/", _body(ITEM)))
+        while len(held) < 2:
+            await deferLater(reactor, 0.01, lambda: None)
+        held[1].callback(False)
+        code, _headers, body = await answered
+        self.assertEqual(code, 503)
+        self.assertIn(b"could not be stored", body)
 
     async def test_any_content_type_is_read_as_json(self) -> None:
         """As Pushpin, the body is JSON whatever the Content-Type says (forms not parsed)."""

@@ -8,6 +8,7 @@ import email.utils
 import hashlib
 import hmac
 
+from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
@@ -75,6 +76,24 @@ class EngineTests(SynchronousTestCase):
         self.answer(0, OK)
         self.assertEqual(self.pending(), [])
         self.assertEqual(self.engine.attempts["success"], 1)
+
+    def test_writes_confirmed_waits_for_the_store(self) -> None:
+        """``writes_confirmed`` fires True once the delivery's store write is confirmed, and
+        False when a write failed, so the publish API can answer 503."""
+        writes: list[Deferred[None]] = []
+        self.store.save_delivery = lambda delivery: writes.append(Deferred()) or writes[-1]
+        self.engine.enqueue(self.delivery("msg_a"))
+        confirmed = self.engine.writes_confirmed()
+        self.assertNoResult(confirmed)
+        writes[0].callback(None)
+        self.assertIs(self.successResultOf(confirmed), True)
+        self.assertIs(self.successResultOf(self.engine.writes_confirmed()), True)
+
+        self.engine.enqueue(self.delivery("msg_b"))
+        confirmed = self.engine.writes_confirmed()
+        writes[1].errback(ConnectionError("redis went away"))
+        self.assertIs(self.successResultOf(confirmed), False)
+        self.flushLoggedErrors()
 
     def test_retries_follow_the_schedule_with_the_same_id(self) -> None:
         """Each failure waits the schedule's next delay; every retry keeps webhook-id but

@@ -9,11 +9,11 @@ package: ``Published``, ``Updated``, ``Method not allowed: GET.``, ``Request bod
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from io import BytesIO
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -26,6 +26,8 @@ from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.interfaces import IBus
 from fanout_tx.items import PublishError, parse_items_json
 from fanout_tx.router import Router
+
+PublishBarrier = Callable[[], Deferred[bool]]
 
 _Headers = Iterable[tuple[bytes, bytes]]
 
@@ -136,9 +138,10 @@ class PublishResource(Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, bus: IBus) -> None:
+    def __init__(self, bus: IBus, barriers: list[PublishBarrier]) -> None:
         super().__init__()
         self._bus = bus
+        self._barriers = barriers
         self.rejected = 0  # refused requests, for fanout_publish_errors_total{input="http"}
 
     @override
@@ -157,11 +160,21 @@ class PublishResource(Resource):
         lost: list[Failure] = []
         request.notifyFinish().addErrback(lost.append)
         done = maybeDeferred(self._bus.publish, items, "http")
+        done.addCallback(lambda _: self._wait_for_barriers())
         done.addCallbacks(lambda _: _success(request, "Published"),
                           lambda failure: self._failed(request, failure))
         done.addCallback(lambda body: None if lost else _finish(request, body))
         done.addErrback(lambda failure: self._log.failure("publish response failed", failure))
         return NOT_DONE_YET
+
+    def _wait_for_barriers(self) -> Deferred[None]:
+        """Hold the answer until every transport that persists deliveries has stored them."""
+
+        def check(results: list[bool]) -> None:
+            if not all(results):
+                raise BusUnavailableError("webhook deliveries could not be stored")
+
+        return gatherResults([barrier() for barrier in self._barriers]).addCallback(check)
 
     def _failed(self, request: IRequest, failure: Failure) -> bytes:
         if failure.check(BusUnavailableError):
@@ -202,8 +215,9 @@ class PublishRoot(Resource):
         super().__init__()
         self._auth = auth
         self._public: set[bytes] = set()
+        self._barriers: list[PublishBarrier] = []
         self.putChild(b"", TextPage(200, "fanout_tx publish API"))
-        self.putChild(b"publish", PublishResource(bus))
+        self.putChild(b"publish", PublishResource(bus, self._barriers))
         self.putChild(b"recover", RecoverResource(router))
 
     def mount(self, name: bytes, resource: IResource, public: bool = False) -> None:
@@ -213,6 +227,10 @@ class PublishRoot(Resource):
         self.putChild(name, resource)
         if public:
             self._public.add(name)
+
+    def add_publish_barrier(self, barrier: PublishBarrier) -> None:
+        """``POST /publish`` answers only once ``barrier()`` fires True (False -> 503)."""
+        self._barriers.append(barrier)
 
     @override
     def getChild(self, path: bytes, request: IRequest) -> IResource:

@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -94,6 +94,9 @@ class DeliveryEngine:
         self._jitter = jitter
         self._max_pending = max_pending
         self._queues: dict[str, _Queue] = {}
+        # One Deferred per store write not yet confirmed; each fires with True (stored) or
+        # False (failed), so the publish that caused it can wait for it.
+        self._unconfirmed: set[Deferred[bool]] = set()
         self.attempts: Counter[str] = Counter()  # success / failure
         self.dead_letters = 0
 
@@ -232,10 +235,25 @@ class DeliveryEngine:
         self._written(self._store.bury(delivery), delivery)
 
     def _written(self, write: Deferred[Any], delivery: Delivery) -> None:
-        def failed(failure: Failure) -> None:
-            self._log.error(
-                "could not store webhook {webhook_id}: {error}",
-                webhook_id=delivery.webhook_id, error=failure.getErrorMessage(),
-            )
+        confirmation: Deferred[bool] = Deferred()
+        self._unconfirmed.add(confirmation)
 
-        write.addErrback(failed)
+        def settled(result: object) -> None:
+            self._unconfirmed.discard(confirmation)
+            if isinstance(result, Failure):
+                self._log.error(
+                    "could not store webhook {webhook_id}: {error}",
+                    webhook_id=delivery.webhook_id, error=result.getErrorMessage(),
+                )
+            confirmation.callback(not isinstance(result, Failure))
+
+        write.addBoth(settled)
+
+    def writes_confirmed(self) -> Deferred[bool]:
+        """Fires once every store write issued so far is settled: True when all were stored.
+        The publish API waits for it, so a publish is answered only after its webhook
+        deliveries are durable (SPEC B2)."""
+        pending = list(self._unconfirmed)
+        if not pending:
+            return succeed(True)
+        return gatherResults(pending).addCallback(all)

@@ -1,0 +1,151 @@
+"""The Pushpin-compatible stats socket, read by a real pyzmq SUB client."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import zmq
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from fanout_tx import tnetstring
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.stats_pub import UNTRACKED_REPORT_FIELDS, StatsPublisher, Totals
+from tests.helpers import RecordingSubscriber, wait_until
+from tests.ops_fixtures import Server
+
+REPORT_FIELDS = {"from", "connections", "minutes", "received", "sent", "http-response-sent",
+                 "duration", *UNTRACKED_REPORT_FIELDS}
+
+
+def decode(message: bytes) -> tuple[str, dict[str, Any]]:
+    """``<type> T<tnetstring>`` or ``<type> J<json>``, as Pushpin frames them."""
+    kind, space, rest = message.partition(b" ")
+    assert space and rest[:1] in (b"T", b"J"), message
+    if rest[:1] == b"J":
+        return kind.decode(), json.loads(rest[1:])
+    body = tnetstring.loads(rest[1:])
+    return kind.decode(), {k.decode(): v.decode() if isinstance(v, bytes) else v
+                           for k, v in body.items()}
+
+
+class Subscriber:
+    """A SUB socket on the stats endpoint, drained without blocking the reactor."""
+
+    def __init__(self, test: Any, endpoint: str) -> None:
+        self.context = zmq.Context()
+        test.addCleanup(self.context.term)
+        self.socket = self.context.socket(zmq.SUB)
+        test.addCleanup(self.socket.close, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.connect(endpoint)
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        while True:
+            try:
+                self.messages.append(decode(self.socket.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                return self.messages
+
+    def find(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        for got_kind, body in self.drain():
+            if got_kind == kind and all(body.get(k) == v for k, v in fields.items()):
+                return body
+        return None
+
+    async def wait(self, kind: str, **fields: Any) -> dict[str, Any]:
+        await wait_until(lambda: self.find(kind, **fields) is not None)
+        body = self.find(kind, **fields)
+        assert body is not None
+        return body
+
+
+class LiveStatsTests(TestCase):
+    timeout = 60
+
+    async def test_conn_sub_message_activity_report(self) -> None:
+        """A stream and a WebSocket: conn and sub on subscribe, message per item and
+        transport, activity for requests, unavailable when they end, and reports with
+        every field Pushpin sends."""
+        server = await Server(self).start(
+            "[handler]\nstats_spec=tcp://127.0.0.1:*\nstats_format=tnetstring\n"
+            "stats_report_interval=1\n")
+        sub = Subscriber(self, server.root.getServiceNamed("stats").endpoint)
+        first = await sub.wait("report")  # the SUB is connected from here on
+        self.assertEqual(set(first), REPORT_FIELDS)
+
+        stream = await server.raw("/stream")
+        ws = await server.websocket()
+        conn = await sub.wait("conn", type="http")
+        self.assertEqual((conn["peer-address"], conn["ttl"]), ("127.0.0.1", 120))
+        self.assertTrue(conn["from"].startswith("fanout_tx_"))
+        await sub.wait("conn", type="ws")
+        await sub.wait("sub", mode="stream", channel="room", subscribers=1, ttl=60)
+        await sub.wait("sub", mode="ws", channel="room", subscribers=1, ttl=60)
+
+        code, _ = await server.post_json("/publish/", {"items": [{
+            "channel": "room", "id": "item-1",
+            "formats": {"http-stream": {"content": "hello\n"}, "ws-message": {"content": "hi"}},
+        }]})
+        self.assertEqual(code, 200)
+        await sub.wait("message", channel="room", count=1, transport="http-stream")
+        message = await sub.wait("message", transport="ws-message")
+        self.assertEqual(message["item-id"], "item-1")
+        activity = await sub.wait("activity")
+        self.assertGreaterEqual(activity["count"], 2)
+        await sub.wait("counts")
+        report = await sub.wait("report", received=1, sent=2)
+        self.assertEqual(report["connections"], 2)
+
+        stream.transport.loseConnection()
+        ended = await sub.wait("conn", unavailable=True)
+        self.assertEqual(ended["id"], conn["id"])
+        await sub.wait("sub", mode="stream", channel="room", unavailable=True)
+        ws.client.sendClose(1000)
+        await ws.closed
+        await sub.wait("sub", mode="ws", channel="room", unavailable=True)
+
+
+class ReportTests(SynchronousTestCase):
+    """Reports on the injected clock, JSON framing, and the periodic conn/sub refresh."""
+
+    def test_json_reports_on_the_clock(self) -> None:
+        clock = Clock()
+        router = Router(clock)
+        received = [0]
+        stats = StatsPublisher(clock, zmq.Context.instance(), "tcp://127.0.0.1:*", "json", 10,
+                               router, Totals(lambda: received[0], router, lambda: 0))
+        stats.startService()
+        self.addCleanup(stats.stopService)
+        sub = Subscriber(self, stats.endpoint)
+        poller = zmq.Poller()
+        poller.register(sub.socket, zmq.POLLIN)
+        for _ in range(100):  # until the SUB is connected: each tick sends a report
+            clock.advance(10)
+            if poller.poll(50):
+                break
+        sub.messages.clear()
+        sub.drain()
+        subscriber = RecordingSubscriber(("http-response",))
+        router.subscribe("news", subscriber)
+        received[0] += 3
+        router.publish(parse_item({"channel": "news", "id": "1",
+                                   "formats": {"http-response": {"body": "x"}}}))
+        clock.advance(10)
+        poller.poll(1000)
+        kinds = [kind for kind, _body in sub.drain()]
+        self.assertEqual(kinds, ["conn", "sub", "message", "report"])
+        report = sub.messages[-1][1]
+        self.assertEqual((report["received"], report["sent"], report["http-response-sent"],
+                          report["duration"], report["connections"]), (3, 1, 1, 10000, 1))
+        sub.messages.clear()
+        clock.advance(30)  # 30 s on: conn and sub are sent again before their TTLs end
+        clock.advance(10)
+        while poller.poll(200):
+            sub.drain()
+        kinds = [kind for kind, _body in sub.messages]
+        self.assertIn("conn", kinds)
+        self.assertIn("sub", kinds)
