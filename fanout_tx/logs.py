@@ -28,10 +28,20 @@ def level_of(log_level: int) -> LogLevel:
     return LEVELS[max(0, min(log_level, len(LEVELS) - 1))]
 
 
+# Twisted logs "Starting factory"/"Stopping factory" at info for every connection an HTTP
+# client pool opens to an origin, backend or webhook endpoint: per-request noise, shown at
+# debug only.
+CONNECTION_NOISE = ("twisted.web.client._HTTP11ClientFactory",)
+
+
 def filtered(observer: ILogObserver, log_level: int) -> FilteringLogObserver:
-    return FilteringLogObserver(
-        observer, [LogLevelFilterPredicate(defaultLogLevel=level_of(log_level))]
-    )
+    level = level_of(log_level)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=level)
+    if level is not LogLevel.debug:
+        quiet = LEVELS[min(LEVELS.index(level), LEVELS.index(LogLevel.warn))]
+        for namespace in CONNECTION_NOISE:
+            predicate.setLogLevelForNamespace(namespace, quiet)
+    return FilteringLogObserver(observer, [predicate])
 
 
 def filter_twistd_logging(log_level: int, beginner: LogBeginner = globalLogBeginner) -> None:

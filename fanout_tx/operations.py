@@ -3,6 +3,8 @@ the graceful, bounded stop. ``install`` wires them onto a service tree built by 
 
 from __future__ import annotations
 
+import contextlib
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +13,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
@@ -99,6 +102,24 @@ class FanoutRoot(MultiService):
         self._log.warn("shutdown took over {timeout}s; exiting without waiting for "
                        "{services}", timeout=self._timeout, services=", ".join(sorted(pending)))
         done.callback(None)
+
+
+def stop_on_signals(reactor: Any) -> None:
+    """SIGTERM and SIGINT stop the reactor (and so the service tree, gracefully), and the
+    process then exits 0. Twisted's own handlers would re-raise the signal after the stop, so
+    a supervisor would see a death by signal even after a clean shutdown. Called once the
+    reactor runs (it installs its handlers at start-up)."""
+
+    def stop() -> None:
+        with contextlib.suppress(ReactorNotRunning):  # a second signal while stopping
+            reactor.stop()
+
+    def handler(signum: int, _frame: Any) -> None:
+        _log.info("received {signal}, shutting down", signal=signal.Signals(signum).name)
+        reactor.callFromThread(stop)
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, handler)
 
 
 def _child(root: MultiService, name: str) -> Any:

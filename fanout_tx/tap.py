@@ -26,7 +26,7 @@ from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.interfaces import IBus
 from fanout_tx.logs import filter_twistd_logging
 from fanout_tx.metrics import InputCounters, MeteredBus
-from fanout_tx.operations import FanoutRoot, bound_port, install
+from fanout_tx.operations import FanoutRoot, bound_port, install, stop_on_signals
 from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
@@ -202,4 +202,5 @@ def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin
     settings = options["settings"]
     filter_twistd_logging(settings.config.runner.log_level)
     root, _core = build_service(settings, reactor)
+    reactor.callWhenRunning(stop_on_signals, reactor)
     return root

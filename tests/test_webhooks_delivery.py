@@ -93,7 +93,15 @@ class EngineTests(SynchronousTestCase):
         confirmed = self.engine.writes_confirmed()
         writes[1].errback(ConnectionError("redis went away"))
         self.assertIs(self.successResultOf(confirmed), False)
-        self.flushLoggedErrors()
+
+        self.engine.enqueue(self.delivery("msg_c"))
+        confirmed = self.engine.writes_confirmed(timeout=5)
+        self.clock.advance(4.9)
+        self.assertNoResult(confirmed)
+        self.clock.advance(0.2)
+        self.assertIs(self.successResultOf(confirmed), False)
+        writes[2].callback(None)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_retries_follow_the_schedule_with_the_same_id(self) -> None:
         """Each failure waits the schedule's next delay; every retry keeps webhook-id but

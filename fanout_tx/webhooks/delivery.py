@@ -14,7 +14,7 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
+from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -46,6 +46,10 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
         return None
     return max(0.0, when.timestamp() - now)
 
+
+# How long a publish waits for its webhook deliveries to be stored before a 503 (SPEC B3's
+# 5 s for noticing that Redis went away).
+STORE_CONFIRM_TIMEOUT = 5.0
 
 class _Queue:
     """One subscription's deliveries: ready, scheduled (timers) and in flight."""
@@ -249,11 +253,31 @@ class DeliveryEngine:
 
         write.addBoth(settled)
 
-    def writes_confirmed(self) -> Deferred[bool]:
-        """Fires once every store write issued so far is settled: True when all were stored.
-        The publish API waits for it, so a publish is answered only after its webhook
-        deliveries are durable (SPEC B2)."""
+    def writes_confirmed(self, timeout: float = STORE_CONFIRM_TIMEOUT) -> Deferred[bool]:
+        """Fires once every store write issued so far is settled: True when all were stored,
+        False when one failed or ``timeout`` passed first (Redis away). The publish API waits
+        for it, so a publish is answered only after its webhook deliveries are durable
+        (SPEC B2), and gets a 503 rather than hanging while Redis is away."""
         pending = list(self._unconfirmed)
         if not pending:
             return succeed(True)
-        return gatherResults(pending).addCallback(all)
+        waiter: Deferred[bool] = Deferred()
+        outcomes: list[bool] = []
+
+        def settle(stored: bool) -> bool:
+            outcomes.append(stored)
+            if len(outcomes) == len(pending) and not waiter.called:
+                timer.cancel()
+                waiter.callback(all(outcomes))
+            return stored
+
+        def expire() -> None:
+            if not waiter.called:
+                self._log.warn("webhook deliveries not confirmed by the store in {timeout}s",
+                               timeout=timeout)
+                waiter.callback(False)
+
+        timer = self._clock.callLater(timeout, expire)
+        for confirmation in pending:
+            confirmation.addCallback(settle)
+        return waiter

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.web.client import Agent, HTTPConnectionPool
 from typing_extensions import override
 
@@ -25,11 +25,14 @@ class WebSocketService(Service):
 
     @override
     def stopService(self) -> Deferred[None]:
-        """Clients hear 1001 (going away); origins hear CLOSE; then the pool closes."""
+        """Clients hear 1001 (going away); origins hear CLOSE; once every session has
+        ended (the root service bounds the wait), the pool closes."""
         super().stopService()
-        for session in list(self.handler.sessions):
+        sessions = list(self.handler.sessions)
+        for session in sessions:
             session.close_client(1001, "server shutting down")
-        return self.pool.closeCachedConnections()
+        ended = DeferredList([session.finished for session in sessions])
+        return ended.addCallback(lambda _: self.pool.closeCachedConnections())
 
 
 def build_websocket_service(config: Config, routes: Any, router: Router,
