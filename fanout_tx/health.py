@@ -39,7 +39,11 @@ class Listeners:
               listening: Callable[[StreamServerEndpointService], Any]) -> None:
         """``listening(service)`` fires with the port once bound (tap.listening_port)."""
         self.expected += 1
-        listening(service).addCallback(self.ports.append)
+        listening(service).addCallback(self._bound)
+
+    def _bound(self, port: IListeningPort | None) -> None:
+        if port is not None:  # None: it could not bind (and has logged why)
+            self.ports.append(port)
 
     def check(self) -> tuple[bool, dict[str, Any]]:
         return (len(self.ports) == self.expected and self.expected > 0,

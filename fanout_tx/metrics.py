@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.twisted import MetricsResource
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
@@ -57,7 +57,13 @@ class MeteredBus:
 
     def publish(self, items: Sequence[Item], input_name: str) -> Deferred[None]:
         self.counters.received[input_name] += len(items)
-        done: Deferred[None] = maybeDeferred(self.bus.publish, items, input_name)
+        try:
+            done: Deferred[None] = self.bus.publish(items, input_name)
+        except Exception:
+            self.counters.errors[input_name] += 1
+            raise
+        if done.called and not isinstance(done.result, Failure):
+            return done  # the common case (LocalBus): no callback to run, per publish
         return done.addErrback(self._failed, input_name)
 
     def _failed(self, failure: Failure, input_name: str) -> Failure:

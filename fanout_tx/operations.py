@@ -17,10 +17,9 @@ from twisted.internet.error import ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import Resource
-from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.config import ListenAddress
+from fanout_tx.config import ListenAddress, MetricsConfig
 from fanout_tx.health import (
     HealthResource,
     Listeners,
@@ -29,11 +28,13 @@ from fanout_tx.health import (
     xmpp_check,
     zmq_check,
 )
+from fanout_tx.http.publish_api import PublishSite
 from fanout_tx.metrics import MetricSources, metrics_resource
 from fanout_tx.router import Router
 from fanout_tx.stats_pub import StatsPublisher, Totals
 
 SHUTDOWN_REASON = "shutdown"
+MAX_BODY_SIZE = 10_000  # the metrics listener only answers GETs
 
 _log = Logger(namespace="fanout_tx.operations")
 
@@ -142,56 +143,16 @@ def install(root: FanoutRoot, core: Any, reactor: Any,
     """Mount /metrics and /health on the publish port, add the ``metrics`` listener and the
     ``stats`` socket when configured, and log one line with every bound address once all
     listeners are up. ``core`` is tap.Core; the transports are already children of ``root``."""
-    config = core.config
-    websocket = _child(root, "websocket")
-    webhooks = _child(root, "webhooks")
-    xmpp = _child(root, "xmpp")
-    redis = _child(root, "redis")
-    sources = MetricSources(
-        router=core.router,
-        inputs=core.input_bus.counters,
-        rejecting={"http": core.publish_root.children[b"publish"],
-                   "zmq-pull": _child(root, "zmq-pull"), "zmq-sub": _child(root, "zmq-sub")},
-        ws_sessions=(lambda: len(websocket.handler.sessions)) if websocket else None,
-        webhooks=webhooks,
-        xmpp_link=xmpp.link if xmpp is not None else None,
-        redis=redis,
-    )
+    sources = _metric_sources(root, core)
     health = HealthResource()
     core.publish_root.mount(b"metrics", metrics_resource(sources), public=True)
     core.publish_root.mount(b"health", health, public=True)
-    if config.metrics.port:
-        page = Resource()
-        page.putChild(b"metrics", metrics_resource(sources))
-        page.putChild(b"health", health)
-        address = ListenAddress(config.metrics.addr or "127.0.0.1", config.metrics.port)
-        site = Site(page, reactor=reactor)
-        site.noisy = False
-        metrics = StreamServerEndpointService(
-            serverFromString(reactor, address.endpoint_description()), site)
-        metrics.setName("metrics")
-        metrics.setServiceParent(root)
-    handler = config.handler
-    if handler.stats_spec:
-        proxy = _child(root, "http-proxy")
-        totals = Totals(lambda: sum(core.input_bus.counters.received.values())
-                        + (redis.received_items if redis is not None else 0),
-                        core.router, lambda: proxy.resource.requests if proxy else 0)
-        stats = StatsPublisher(reactor, context or zmq.Context.instance(), handler.stats_spec,
-                               handler.stats_format, handler.stats_report_interval,
-                               core.router, totals)
-        stats.setName("stats")
-        stats.setServiceParent(root)
-    listener_groups = ("http-proxy", "publish-http", "metrics")
-    watched = {name: Listeners() for name in listener_groups if _child(root, name)}
-    for name, listeners in watched.items():
-        health.add(name, listeners.check)
-    for name in ("zmq-pull", "zmq-sub"):
-        health.add(name, zmq_check(root.getServiceNamed(name)))
-    if xmpp is not None:
-        health.add("xmpp", xmpp_check(xmpp.link))
-    if redis is not None:
-        health.add("redis", redis_check(redis))
+    if core.config.metrics.port:
+        _named(_metrics_listener(core.config.metrics, sources, health, reactor), "metrics",
+               root)
+    if core.config.handler.stats_spec:
+        _named(_stats(root, core, reactor, context or zmq.Context.instance()), "stats", root)
+    watched = _add_checks(root, health)
 
     def started() -> None:
         ports = []
@@ -203,6 +164,66 @@ def install(root: FanoutRoot, core: Any, reactor: Any,
 
     root.after_start.append(started)
     return health
+
+
+def _named(service: Service, name: str, root: MultiService) -> None:
+    service.setName(name)
+    service.setServiceParent(root)
+
+
+def _metric_sources(root: MultiService, core: Any) -> MetricSources:
+    websocket = _child(root, "websocket")
+    xmpp = _child(root, "xmpp")
+    return MetricSources(
+        router=core.router,
+        inputs=core.input_bus.counters,
+        rejecting={"http": core.publish_root.children[b"publish"],
+                   "zmq-pull": _child(root, "zmq-pull"), "zmq-sub": _child(root, "zmq-sub")},
+        ws_sessions=(lambda: len(websocket.handler.sessions)) if websocket else None,
+        webhooks=_child(root, "webhooks"),
+        xmpp_link=xmpp.link if xmpp is not None else None,
+        redis=_child(root, "redis"),
+    )
+
+
+def _metrics_listener(config: MetricsConfig, sources: MetricSources, health: HealthResource,
+                      reactor: Any) -> StreamServerEndpointService:
+    """``[metrics] addr``/``port``: /metrics and /health on a listener of their own."""
+    page = Resource()
+    page.putChild(b"metrics", metrics_resource(sources))
+    page.putChild(b"health", health)
+    address = ListenAddress(config.addr or "127.0.0.1", config.port)
+    site = PublishSite(page, MAX_BODY_SIZE, reactor)  # quiet: no access log
+    return StreamServerEndpointService(
+        serverFromString(reactor, address.endpoint_description()), site)
+
+
+def _stats(root: MultiService, core: Any, reactor: Any, context: zmq.Context) -> StatsPublisher:
+    proxy = _child(root, "http-proxy")
+    redis = _child(root, "redis")
+    totals = Totals(lambda: sum(core.input_bus.counters.received.values())
+                    + (redis.received_items if redis is not None else 0),
+                    core.router, lambda: proxy.resource.requests if proxy else 0)
+    handler = core.config.handler
+    return StatsPublisher(reactor, context, handler.stats_spec, handler.stats_format,
+                          handler.stats_report_interval, core.router, totals)
+
+
+def _add_checks(root: MultiService, health: HealthResource) -> dict[str, Listeners]:
+    """One check per configured component; returns the listener groups to watch."""
+    watched = {name: Listeners() for name in ("http-proxy", "publish-http", "metrics")
+               if _child(root, name)}
+    for name, listeners in watched.items():
+        health.add(name, listeners.check)
+    for name in ("zmq-pull", "zmq-sub"):
+        health.add(name, zmq_check(root.getServiceNamed(name)))
+    xmpp = _child(root, "xmpp")
+    if xmpp is not None:
+        health.add("xmpp", xmpp_check(xmpp.link))
+    redis = _child(root, "redis")
+    if redis is not None:
+        health.add("redis", redis_check(redis))
+    return watched
 
 
 def _log_addresses(results: list[tuple[bool, Any]], root: MultiService) -> None:

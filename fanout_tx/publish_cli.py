@@ -3,8 +3,8 @@
 The item is the one ``pushpin-publish`` 1.36 sends (observed on the wire): ``http-response``
 (body = content + newline, code), ``http-stream`` (content + newline) and ``ws-message``
 (content), or ``action: hint`` / ``action: close`` forms. Differences: ``-`` as content reads
-stdin (pushpin-publish sends a literal ``-``), a hint carries no ``ws-message`` (that format has
-no hint action, SPEC A4), and ``--key``/``--iss`` sign a Bearer token for an API with auth.
+stdin (pushpin-publish sends a literal ``-``), and ``--key``/``--iss`` sign a Bearer token for
+an API with auth.
 Standard library only, so it runs wherever the package is installed.
 """
 
@@ -87,6 +87,7 @@ def build_item(args: argparse.Namespace, content: str | None) -> dict[str, Any]:
         formats: dict[str, Any] = {
             "http-response": {"action": "hint"},
             "http-stream": {"action": "hint"},
+            "ws-message": {"action": "hint"},
         }
     elif args.close:
         formats = {"http-stream": {"action": "close"}, "ws-message": {"action": "close"}}

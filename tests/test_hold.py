@@ -48,6 +48,21 @@ class FakeOrigin:
         return name
 
 
+class CountingWrites:
+    """Counts the writes a StringTransport receives."""
+
+    def __init__(self, transport: StringTransport) -> None:
+        self.count = 0
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            self.count += 1
+            write(data)
+
+        transport.write = counted  # type: ignore[method-assign]
+        transport.writeSequence = lambda seq: counted(b"".join(seq))  # type: ignore[method-assign]
+
+
 class HoldResource(Resource):
     isLeaf = True
 
@@ -86,8 +101,10 @@ class HoldTestsMixin:
         return protocol, transport, resource.holds[0]
 
     def publish(self, channel: str, **formats: Any) -> None:
+        """Publish one item and let the reactor turn end (streams flush their output)."""
         self.router.publish(parse_item({"channel": channel, "formats": {
             k.replace("_", "-"): v for k, v in formats.items()}}))
+        self.clock.advance(0)
 
 
 def long_poll(channels: tuple[str, ...] = ("c",), timeout: int = 30) -> Instruct:
@@ -179,6 +196,26 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         for transport in transports:
             self.assertTrue(transport.value().endswith(b"6\r\nhello\n\r\n4\r\ndata\r\n"))
 
+    def test_items_of_one_turn_go_out_in_one_write(self) -> None:
+        """Write coalescing: everything published in one reactor turn reaches each client
+        in a single transport write, in order, on the next turn."""
+        _protocol, transport, _hold = self.connect(self.make(stream()))
+        writes = CountingWrites(transport)
+        for content in ("a", "bb", "c"):
+            self.router.publish(parse_item({"channel": "c", "formats": {
+                "http-stream": {"content": content}}}))
+        self.assertEqual(writes.count, 0)
+        self.clock.advance(0)
+        self.assertEqual(writes.count, 1)
+        self.assertTrue(transport.value().endswith(b"1\r\na\r\n2\r\nbb\r\n1\r\nc\r\n"))
+
+    def test_close_flushes_what_was_queued_first(self) -> None:
+        _protocol, transport, _hold = self.connect(self.make(stream()))
+        self.router.publish(parse_item({"channel": "c", "formats": {
+            "http-stream": {"content": "last"}}}))
+        self.publish("c", http_stream={"action": "close"})
+        self.assertTrue(transport.value().endswith(b"4\r\nlast\r\n0\r\n\r\n"))
+
     def test_close_action_ends_the_response(self) -> None:
         _protocol, transport, _hold = self.connect(self.make(stream(KeepAlive(b"k", 10))))
         self.publish("c", http_stream={"action": "close"})
@@ -244,6 +281,7 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.assertEqual(grip_last, [("Grip-Last", "c; last-id=2")])
         d.callback(Instruct(hold="stream", channels=(Channel("c", "4"),), next_link=link,
                             response=Response(body=b"34")))
+        self.clock.advance(0)
         self.assertTrue(transport.value().endswith(b"1\r\n2\r\n2\r\n34\r\n1\r\n5\r\n"))
 
     def test_link_failure_delivers_what_was_queued(self) -> None:
@@ -251,5 +289,6 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         hold.recover()
         self.publish("c", http_stream={"content": "q"})
         self.origin.links[0][2].errback(ConnectionError("origin down"))
+        self.clock.advance(0)
         self.assertTrue(transport.value().endswith(b"1\r\nq\r\n"))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the link timer again

@@ -126,7 +126,6 @@ class LiveMetricsTests(TestCase):
         """[metrics] addr/port add a listener serving /metrics and /health."""
         port = free_port()
         server = await Server(self).start(f"[metrics]\naddr=127.0.0.1\nport={port}\n")
-        await server.held(0)
         samples = await server.metrics(port=port)
         self.assertEqual(sample(samples, "fanout_subscriptions"), 0)
         self.assertIn("metrics", [s.name for s in server.root])

@@ -54,7 +54,8 @@ class BuildItemTests(SynchronousTestCase):
         """--hint and --close build action-only items the server accepts."""
         hint = self.item("c", "--hint")
         self.assertEqual(hint["formats"], {"http-response": {"action": "hint"},
-                                           "http-stream": {"action": "hint"}})
+                                           "http-stream": {"action": "hint"},
+                                           "ws-message": {"action": "hint"}})
         close = self.item("c", "--close")
         self.assertEqual(close["formats"], {"http-stream": {"action": "close"},
                                             "ws-message": {"action": "close"}})

@@ -8,17 +8,23 @@ import sys
 from pathlib import Path
 
 import treq
+from twisted.application.service import Service
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError, ProcessDone
 from twisted.internet.protocol import Factory
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogBeginner, LogLevel, LogPublisher
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
+from typing_extensions import override
 
 from fanout_tx.logs import filter_twistd_logging
+from fanout_tx.operations import FanoutRoot
+from fanout_tx.router import Router
 from tests import proxy_fixtures
+from tests.helpers import RecordingSubscriber
 from tests.ops_fixtures import RawClient, hold
 from tests.services import free_port
 from tests.test_tap import _Collect, write_config
@@ -135,6 +141,33 @@ class SigtermTests(TestCase):
         self.assertIn("stopped cleanly", output)
         self.assertNotIn("long-poll held", output)  # a debug event; log_level=2 hides it
         self.assertNotIn("Starting factory", output)  # per origin connection: debug only
+
+
+class StuckService(Service):
+    """A child whose stop never finishes (an origin that never answers, say)."""
+
+    @override
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return Deferred()
+
+
+class BoundedStopTests(SynchronousTestCase):
+    def test_held_subscribers_answered_and_stop_bounded(self) -> None:
+        """Stopping the root closes every router subscriber (long-polls answer, streams
+        end) and fires after shutdown_timeout even when a child never finishes."""
+        clock = Clock()
+        router = Router(clock)
+        root = FanoutRoot(router, clock, SHUTDOWN_TIMEOUT)
+        StuckService().setServiceParent(root)
+        held = RecordingSubscriber(("http-response",))
+        router.subscribe("room", held)
+        root.startService()
+        stopping = root.stopService()
+        self.assertEqual(held.closed, ["shutdown"])
+        self.assertNoResult(stopping)
+        clock.advance(SHUTDOWN_TIMEOUT)
+        self.successResultOf(stopping)
 
 
 class LogLevelTests(SynchronousTestCase):

@@ -107,6 +107,8 @@ class RestartTests(TestCase):
         receiver.secret = subscription.secret
         router.publish(parse_item({"channel": "c", "id": "1",
                                    "formats": {"http-request": {"body": "one"}}}))
+        # What the publish API waits for before answering: the delivery is in Redis.
+        self.assertTrue(await service.engine.writes_confirmed())
         await receiver.wait_for(1, "requests")
         await service.stopService()  # mid-retry: the retry timer dies with it
         self.redis.stop(signal.SIGKILL)

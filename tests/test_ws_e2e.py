@@ -276,6 +276,7 @@ class OverHttpTests(WsTestMixin, TestCase):
         yield side.wait_messages(1)
         self.assertTrue(self.router.has_subscribers("news"))
         self.publish("news", content="breaking")
+        self.publish("news", action="hint")  # pushpin-publish --hint: accepted, ignored
         self.publish("news", **{"content-bin": "AAE=", "type": "binary"})
         messages = yield side.wait_messages(3)
         self.assertEqual(messages[1:], [(b"breaking", False), (b"\x00\x01", True)])

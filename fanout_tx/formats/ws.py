@@ -19,7 +19,11 @@ _TYPES = ("text", "binary", "ping", "pong")
 
 
 def parse_ws_message(obj: Mapping[str, Any]) -> Format:
-    action = choice(obj, "action", ("send", "close"))
+    action = choice(obj, "action", ("send", "close", "hint"))
+    if action == "hint":
+        # pushpin-publish --hint sends it; Pushpin accepts it and WebSockets have nothing to
+        # re-request, so it is accepted and ignored.
+        return Format("ws-message", "hint")
     if action == "close":
         code = optional_int(obj, "code", 1000, 4999)
         reason = optional_str(obj, "reason") or ""

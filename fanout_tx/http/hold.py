@@ -119,6 +119,34 @@ class Origin(Protocol):
         """A Grip-Channel name as the router knows it (route prefix applied)."""
 
 
+class WriteBatch:
+    """The streams that have output queued in this reactor turn, flushed together on the
+    next one. A publish burst (many items in one turn) then costs one transport write per
+    client instead of one per item per client: the per-write work, not Python's loop, is
+    what limits fan-out throughput."""
+
+    _log = Logger()
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._streams: list[HeldStream] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, stream: HeldStream) -> None:
+        self._streams.append(stream)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self.flush)
+
+    def flush(self) -> None:
+        self._call = None
+        streams, self._streams = self._streams, []
+        for stream in streams:
+            try:
+                stream.flush()
+            except Exception:
+                self._log.failure("writing to a stream client failed")
+
+
 # --- the common part ---------------------------------------------------------------------------
 
 
@@ -235,9 +263,14 @@ class HeldStream(_Hold):
 
     def __init__(self, request: Request, router: Router, clock: IReactorTime,
                  instruct: Instruct, origin: Origin,
-                 max_buffer: int = DEFAULT_MAX_CLIENT_BUFFER) -> None:
+                 max_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
+                 batch: WriteBatch | None = None) -> None:
         super().__init__(request, router, clock, instruct, origin)
         self.max_buffer = max_buffer
+        self._batch = batch or WriteBatch(clock)
+        self._out: list[bytes] = []
+        self._framed = False  # chunked response: queue wire bytes, written as they are
+        self._finishing = False
         self._paused = False
         self._queued_while_paused = 0
         self._last_write = 0.0
@@ -256,6 +289,7 @@ class HeldStream(_Hold):
         self._start()
         self._adopt(self.instruct)
         self.request.write(response.body)  # also sends the head when the body is empty
+        self._framed = bool(self.request.chunked) and self.request.method != b"HEAD"
 
     def _adopt(self, instruct: Instruct) -> None:
         """Take the (possibly fresh) instruction's channels, last ids and timers."""
@@ -268,6 +302,8 @@ class HeldStream(_Hold):
     # -- writing ------------------------------------------------------------------------
 
     def _write(self, data: bytes, chunk: bytes | None = None) -> None:
+        """Queue ``data`` (``chunk``: its framing, built once per item by the renderer)
+        for this turn's flush."""
         if self.ended or not data:
             return
         if self._paused:
@@ -278,11 +314,30 @@ class HeldStream(_Hold):
                 self._end()
                 self.request.channel.transport.abortConnection()
                 return
-        if chunk is not None and self.request.chunked and self.request.method != b"HEAD":
-            self.request.channel.write(chunk)  # framing built once per item by the renderer
+        out = self._out
+        if not out:
+            self._batch.add(self)
+        if not self._framed:
+            out.append(data)
+        elif chunk is not None:
+            out.append(chunk)
+        else:
+            out.append(b"%x\r\n%b\r\n" % (len(data), data))
+        self._restart_keep_alive(force=False)
+
+    def flush(self) -> None:
+        """Write everything queued since the last flush in one transport write."""
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.ended and not self._finishing:
+            return  # the client is gone or was dropped: nothing to send it
+        data = b"".join(out)
+        if self._framed:
+            self.request.channel.write(data)
         else:
             self.request.write(data)
-        self._restart_keep_alive(force=False)
 
     # Idle timers are not re-armed on every write (that would be a cancel + callLater per
     # item per subscriber): a write only notes the time, and the timer, when it fires,
@@ -358,6 +413,8 @@ class HeldStream(_Hold):
 
     def _finish(self) -> None:
         if self._end():
+            self._finishing = True
+            self.flush()
             self.request.unregisterProducer()
             self.request.finish()
 

@@ -7,20 +7,32 @@ control in both directions.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from OpenSSL import SSL
 from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IPushProducer
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
+from twisted.internet.interfaces import (
+    IOpenSSLClientConnectionCreator,
+    IPushProducer,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+from twisted.web.client import URI, ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import IAgentEndpointFactory, IPolicyForHTTPS
 from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
@@ -126,13 +138,60 @@ def origin_headers(
             pairs.append(("X-Forwarded-Protocol", "https"))
     key = route.sig_key or settings.sig_key
     if key:
-        pairs.append(("Grip-Sig", grip_sig(route.sig_iss or settings.sig_iss, key, now)))
+        pairs.append(("Grip-Sig", _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
     pairs.append(("Grip-Feature", GRIP_FEATURES))
     pairs.extend(extra)
     headers = Headers()
     for name, value in pairs:
         headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
     return headers
+
+
+@lru_cache(maxsize=64)
+def _grip_sig_at(iss: str, key: bytes, second: int) -> str:
+    """``grip_sig`` only depends on the whole second: one HMAC per second and key, not one
+    per request."""
+    return grip_sig(iss, key, second)
+
+
+@implementer(IAgentEndpointFactory)
+class OriginEndpoints:
+    """The Agent's endpoints, made once per (scheme, host, port) instead of once per
+    request (a HostnameEndpoint costs an IDNA encoding to build). An IP-literal ``http``
+    origin gets a plain TCP endpoint, so a new connection needs no resolver thread."""
+
+    MAX_CACHED = 1000
+
+    def __init__(self, reactor: Any, tls_policy: IPolicyForHTTPS,
+                 connect_timeout: float = 30.0) -> None:
+        self._reactor = reactor
+        self._tls_policy = tls_policy
+        self._timeout = connect_timeout
+        self._cache: dict[tuple[bytes, bytes, int], IStreamClientEndpoint] = {}
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:  # noqa: N802 - Twisted API
+        key = (uri.scheme, uri.host, uri.port)
+        endpoint = self._cache.get(key)
+        if endpoint is None:
+            if len(self._cache) >= self.MAX_CACHED:
+                self._cache.clear()
+            endpoint = self._cache[key] = self._make(*key)
+        return endpoint
+
+    def _make(self, scheme: bytes, host: bytes, port: int) -> IStreamClientEndpoint:
+        text = host.decode("ascii")
+        if scheme == b"http":
+            try:
+                address = ipaddress.ip_address(text)
+            except ValueError:
+                pass
+            else:
+                plain = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+                return plain(self._reactor, text, port, timeout=self._timeout)
+        endpoint = HostnameEndpoint(self._reactor, host, port, timeout=self._timeout)
+        if scheme == b"https":
+            return wrapClientTLS(self._tls_policy.creatorForNetloc(host, port), endpoint)
+        return endpoint
 
 
 class BodyCollector(Protocol):

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet._sslverify import IOpenSSLTrustRoot
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import optionsForClientTLS, platformTrust
@@ -22,10 +22,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import Agent, HTTPConnectionPool, ResponseFailed
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgentEndpointFactory, IBodyProducer
+from twisted.web.iweb import IAgentEndpointFactory
 from typing_extensions import override
 from zope.interface import Interface, implementer
 
+from fanout_tx.http.body import BytesProducer
 from fanout_tx.webhooks.ssrf import IPAddress, RefusedTargetError, UrlError, Vetter, parse_url
 
 MAX_RESPONSE_BODY = 64 * 1024
@@ -88,26 +89,6 @@ class _VettedEndpoint:
         return endpoint
 
 
-@implementer(IBodyProducer)
-class _BytesProducer:
-    def __init__(self, body: bytes) -> None:
-        self.length = len(body)
-        self._body = body
-
-    def startProducing(self, consumer: Any) -> Deferred[None]:  # noqa: N802 - IBodyProducer
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-
 class _LimitedBody(Protocol):
     """Collects at most ``limit`` bytes of a response body, then drops the connection."""
 
@@ -167,7 +148,7 @@ class WebhookClient:
         raw = Headers()
         for name, value in headers:
             raw.addRawHeader(name, value)
-        producer = _BytesProducer(body) if body or method not in ("GET", "HEAD") else None
+        producer = BytesProducer(body) if body or method not in ("GET", "HEAD") else None
         response = await agent.request(method.encode("ascii"), url.encode("ascii"), raw, producer)
         collector = _LimitedBody(MAX_RESPONSE_BODY)
         response.deliverBody(collector)

@@ -236,6 +236,8 @@ class GripSession:
         if fmt.action == "close":
             self.close_client(fmt.fields.get("code"), fmt.fields.get("reason", ""))
             return
+        if fmt.action == "hint":
+            return
         message_type = fmt.fields.get("type", "text")
         if message_type == "ping":
             client.send_ping(fmt.content or b"")

@@ -11,12 +11,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import error as net_error
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
-from twisted.internet.interfaces import IConsumer, IReactorTime
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
-from zope.interface import implementer
+from twisted.web.iweb import IAgent
 
+from fanout_tx.http.body import BytesProducer
 from fanout_tx.http.origin import BodyCollector, header_pairs
 from fanout_tx.ws.session import EVENTS_TYPE, OriginError, OriginReply
 
@@ -28,28 +28,6 @@ _CONNECT_ERRORS = (net_error.ConnectError, net_error.DNSLookupError)
 _OWN_HEADERS = frozenset({
     b"content-type", b"accept", b"connection-id", b"sec-websocket-extensions",
 })
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A request body already in memory, written in one go (no cooperator, no reactor)."""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer: IConsumer) -> Deferred[None]:  # noqa: N802
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
 
 
 class HttpOrigin:

@@ -10,42 +10,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from twisted.internet.defer import Deferred, inlineCallbacks, succeed
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import readBody
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer
+from twisted.web.iweb import IAgent
 from twisted.words.xish import domish
-from zope.interface import implementer
 
 from fanout_tx.grip.signature import grip_sig
+from fanout_tx.http.body import BytesProducer
 from fanout_tx.xmpp.answer import AnswerError, BackendAnswer, parse_answer
 
 XMPP_CONTENT_TYPE = b"application/xmpp+xml"
-
-
-@implementer(IBodyProducer)
-class BytesProducer:
-    """A body already in memory, written at once: no cooperator, so no global reactor.
-    (ws/origin.py and webhooks/client.py each hold the same few lines; kept apart so this
-    transport does not import another one.)"""
-
-    def __init__(self, body: bytes) -> None:
-        self._body = body
-        self.length = len(body)
-
-    def startProducing(self, consumer) -> Deferred[None]:  # noqa: N802 - IBodyProducer
-        consumer.write(self._body)
-        return succeed(None)
-
-    def pauseProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802 - IBodyProducer
-        pass
 
 
 class BackendError(Exception):
