@@ -18,7 +18,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from typing_extensions import override
 
 from fanout_tx.bus import LocalBus
-from fanout_tx.http.hold import register_renderers
+from fanout_tx.http.hold import WriteBatch, register_renderers
 from fanout_tx.http.origin import InsecurePolicy, ProxySettings
 from fanout_tx.http.proxy import ProxyResource, proxy_site
 from fanout_tx.items import parse_item
@@ -115,7 +115,7 @@ class ProxyHarness:
             self.routes, self.router, clock,
             Agent(reactor, contextFactory=policy, pool=self.pool), settings,
             insecure_agent=Agent(reactor, contextFactory=InsecurePolicy(), pool=self.pool),
-            **kwargs)
+            write_batch=WriteBatch(reactor), **kwargs)
         self.proxy_factory = TrackingFactory(proxy_site(self.resource))
         self.proxy_port = reactor.listenTCP(0, self.proxy_factory, backlog=1024,
                                            interface="127.0.0.1")

@@ -147,6 +147,7 @@ class ProxyResource(Resource):
         settings: ProxySettings | None = None, insecure_agent: IAgent | None = None,
         websocket_handler: WebSocketHandler | None = None,
         max_client_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
+        write_batch: WriteBatch | None = None,
     ) -> None:
         super().__init__()
         self.routes = routes
@@ -157,7 +158,9 @@ class ProxyResource(Resource):
         self.settings = settings or ProxySettings()
         self.websocket_handler = websocket_handler
         self.max_client_buffer = max_client_buffer
-        self.write_batch = WriteBatch(clock)  # shared by every stream: one flush per turn
+        # Shared by every stream: one flush per reactor turn. Tests that drive timers with a
+        # fake clock still want real turns for output, so they pass their own.
+        self.write_batch = write_batch or WriteBatch(clock)
         self.requests = 0  # client requests received, for the stats socket's activity
 
     @override
