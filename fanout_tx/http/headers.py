@@ -39,10 +39,10 @@ def get(headers: Sequence[Header], name: str) -> list[str]:
     return [v for n, v in headers if n.lower() == lowered]
 
 
-def split_list(value: str) -> list[str]:
-    """Split a header value on commas that are outside double quotes and ``<...>``."""
-    parts, current, quoted, angled = [], [], False, False
-    escaped = False
+def _split_outside_quotes(value: str, separator: str, angle_brackets: bool) -> list[str]:
+    """Split on ``separator`` where it is outside double quotes (and, when asked, outside
+    ``<...>``, which holds Grip-Link URIs)."""
+    parts, current, quoted, angled, escaped = [], [], False, False, False
     for char in value:
         if escaped:
             escaped = False
@@ -50,17 +50,20 @@ def split_list(value: str) -> list[str]:
             escaped = True
         elif char == '"':
             quoted = not quoted
-        elif not quoted and char == "<":
-            angled = True
-        elif not quoted and char == ">":
-            angled = False
-        elif char == "," and not quoted and not angled:
-            parts.append("".join(current).strip())
+        elif angle_brackets and not quoted and char in "<>":
+            angled = char == "<"
+        elif char == separator and not quoted and not angled:
+            parts.append("".join(current))
             current = []
             continue
         current.append(char)
-    parts.append("".join(current).strip())
-    return [p for p in parts if p]
+    parts.append("".join(current))
+    return parts
+
+
+def split_list(value: str) -> list[str]:
+    """Split a header value on commas that are outside double quotes and ``<...>``."""
+    return [p.strip() for p in _split_outside_quotes(value, ",", True) if p.strip()]
 
 
 def _unquote(text: str) -> str:
@@ -79,20 +82,7 @@ def _unquote(text: str) -> str:
 
 def split_params(item: str) -> tuple[str, list[tuple[str, str | None]]]:
     """``first; k=v; k2="v 2"; flag`` -> (first, [(k, v), (k2, "v 2"), (flag, None)])."""
-    pieces, current, quoted, escaped = [], [], False, False
-    for char in item:
-        if escaped:
-            escaped = False
-        elif quoted and char == "\\":
-            escaped = True
-        elif char == '"':
-            quoted = not quoted
-        elif char == ";" and not quoted:
-            pieces.append("".join(current))
-            current = []
-            continue
-        current.append(char)
-    pieces.append("".join(current))
+    pieces = _split_outside_quotes(item, ";", False)
     first = _unquote(pieces[0])
     params: list[tuple[str, str | None]] = []
     for piece in pieces[1:]:
