@@ -464,14 +464,18 @@ def parse_config(text: str, path: str | Path) -> Config:
     return Config(path=path, notices=tuple(notices), **sections)
 
 
+def read_text(path: Path, what: str) -> str:
+    """A config-like file's text; unreadable or not UTF-8 is a ConfigError naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(path, None, f"cannot read {what}: {e}") from None
+
+
 def load(path: str | Path) -> Config:
     """Read and parse a config file; unreadable files are a ConfigError too."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, None, f"cannot read config: {e}") from None
-    return parse_config(text, path)
+    return parse_config(read_text(path, "config"), path)
 
 
 def default_config_path(candidates: Iterable[str | Path] = (

@@ -12,7 +12,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from fanout_tx.config import ConfigError, parse_bool, parse_int, parse_key
+from fanout_tx.config import ConfigError, parse_bool, parse_int, parse_key, read_text
 
 
 @dataclass(frozen=True)
@@ -199,8 +199,4 @@ def load_routes(path: str | Path, override_lines: tuple[str, ...] = ()) -> Route
     if override_lines:
         return parse_routes("\n".join(override_lines), "--route")
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(path, None, f"cannot read routes: {e}") from None
-    return parse_routes(text, path)
+    return parse_routes(read_text(path, "routes"), path)
