@@ -20,6 +20,7 @@ from twisted.python import usage
 from fanout_tx import config as config_module
 from fanout_tx.bus import LocalBus
 from fanout_tx.config import Config, ConfigError, ListenAddress, parse_listen_addresses
+from fanout_tx.gc_tuning import tune_gc
 from fanout_tx.http.proxy_service import build_proxy_service
 from fanout_tx.http.publish_api import PublishRoot, PublishSite
 from fanout_tx.http.publish_auth import BearerAuth
@@ -203,4 +204,5 @@ def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin
     filter_twistd_logging(settings.config.runner.log_level)
     root, _core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)
+    tune_gc()
     return root

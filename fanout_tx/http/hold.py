@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
+from twisted.internet import tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -117,6 +118,29 @@ class Origin(Protocol):
 
     def channel_name(self, name: str) -> str:
         """A Grip-Channel name as the router knows it (route prefix applied)."""
+
+
+def send_now(transport: object, data: bytes) -> bytes:
+    """Hand ``data`` to the kernel at once when nothing is queued ahead of it on a plain
+    TCP (or UNIX) connection; returns what is left for the transport's own buffer.
+
+    ``transport.write`` only queues, registers the socket for writability (one
+    ``epoll_ctl``), and sends on the next turn, then unregisters it (another): two syscalls
+    per flush on top of the ``send``, an eighth of the channels scenario. Anything else (TLS,
+    HTTP/2, a test transport, data already queued, a closing connection) keeps the
+    ordinary path, so bytes and their order are the same either way."""
+    if (
+        not isinstance(transport, tcp.Connection)
+        or getattr(transport, "TLS", True)
+        or not transport.connected
+        or transport.disconnecting
+        or getattr(transport, "_writeDisconnected", True)
+        or transport.dataBuffer
+        or getattr(transport, "_tempDataBuffer", True)
+    ):
+        return data
+    sent = transport.writeSomeData(data)
+    return data[sent:] if isinstance(sent, int) else data  # an error: write() reports it
 
 
 class WriteBatch:
@@ -335,7 +359,9 @@ class HeldStream(_Hold):
             return  # the client is gone or was dropped: nothing to send it
         data = b"".join(out)
         if self._framed:
-            self.request.channel.write(data)
+            rest = send_now(self.request.channel.transport, data)
+            if rest:
+                self.request.channel.write(rest)
         else:
             self.request.write(data)
 

@@ -1,0 +1,63 @@
+#!/bin/bash
+# fanout_tx beside Pushpin, in one command: regenerates bench/RESULTS.md.
+#
+#   bench/run.sh [bench.py run options]       e.g. bench/run.sh --scenarios fanout,ws
+#
+# Runs the shared load harness (../shared/bench: C epoll subscribers, C origin, wrk) against
+# bench/targets/fanout_tx.sh and against Debian's pushpin, REPEAT times each (default 2),
+# alternating fanout_tx, pushpin, fanout_tx, pushpin so that a burst of load from elsewhere
+# on the machine hits both. Every run starts a fresh server. Raw results go to
+# bench-results/<stamp>/ (gitignored); bench/RESULTS.md gets the medians side by side, the
+# issue's targets as ratios, the machine and the load average around the runs.
+#
+# Environment:
+#   REPEAT          runs per target (default 2)
+#   BENCH_HARNESS   the shared bench folder (default: ../shared/bench beside the repository)
+#   PYTHON          Python with pyzmq for the harness (default: .venv/bin/python, /work/venv,
+#                   python3)
+#   FANOUT_TWISTD   twistd that runs fanout_tx (default: twistd beside $PYTHON)
+#   RESULTS_MD      where to write the report (default: bench/RESULTS.md)
+# Takes about 3 minutes per run and target (6 scenarios); the machine should be otherwise idle.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/.." && pwd)
+HARNESS=${BENCH_HARNESS:-$REPO/../shared/bench}
+[ -x "$HARNESS/run.sh" ] || [ -f "$HARNESS/run.sh" ] || {
+  echo "no load harness at $HARNESS (set BENCH_HARNESS)" >&2; exit 2; }
+HARNESS=$(cd "$HARNESS" && pwd)
+if [ -z "${PYTHON:-}" ]; then
+  for p in "$REPO/.venv/bin/python" /work/venv/bin/python; do
+    if [ -x "$p" ]; then PYTHON=$p; break; fi
+  done
+  PYTHON=${PYTHON:-python3}
+fi
+export PYTHON
+if [ -z "${FANOUT_TWISTD:-}" ] && [ -x "$(dirname "$PYTHON")/twistd" ]; then
+  FANOUT_TWISTD="$(dirname "$PYTHON")/twistd"
+fi
+export FANOUT_TWISTD
+command -v pushpin >/dev/null || { echo "pushpin missing: apt-get install -y pushpin" >&2; exit 2; }
+
+REPEAT=${REPEAT:-2}
+STAMP=$(date -u +%Y%m%d-%H%M%S)
+export BENCH_RESULTS="$REPO/bench-results/$STAMP"
+mkdir -p "$BENCH_RESULTS"
+LOADS="$BENCH_RESULTS/load.txt"
+load_now() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$LOADS"; }
+
+for RUN in $(seq 1 "$REPEAT"); do
+  for TARGET in "$REPO/bench/targets/fanout_tx.sh" pushpin; do
+    load_now "before $(basename "$TARGET" .sh) run $RUN"
+    REPEAT=1 bash "$HARNESS/run.sh" "$TARGET" "$@" --run-index "$RUN" > "$BENCH_RESULTS/$(basename "$TARGET" .sh)-run$RUN.log" 2>&1 || {
+      echo "run $RUN of $TARGET failed; see $BENCH_RESULTS" >&2; exit 1; }
+    echo "run $RUN/$REPEAT of $(basename "$TARGET" .sh) done" >&2
+  done
+done
+load_now "after all runs"
+
+NOTES=(--note "harness: REPEAT=$REPEAT per target, alternating; bench.py run options: ${*:-(defaults)}")
+NOTES+=(--note "load average (1/5/15 min) around the runs, UTC: $(paste -sd ';' "$LOADS" | sed 's/;/; /g')")
+NOTES+=(--note "generated $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'))")
+"$PYTHON" "$HERE/report.py" --harness "$HARNESS" --out "${RESULTS_MD:-$HERE/RESULTS.md}" \
+  "${NOTES[@]}" "$BENCH_RESULTS"/*.jsonl
+echo "wrote ${RESULTS_MD:-$HERE/RESULTS.md}; raw results in $BENCH_RESULTS" >&2
