@@ -7,8 +7,11 @@ from typing import Any
 
 from twisted.internet import task
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
+from twisted.internet.protocol import Protocol
 from twisted.protocols.policies import WrappingFactory
+from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
@@ -99,3 +102,20 @@ class TrackingFactory(WrappingFactory):
         waiter: Deferred[None] = Deferred()
         self._idle.append(waiter)
         return waiter
+
+
+class RawClient(Protocol):
+    """A plain TCP client: collects what the server sends in ``data``; ``closed`` fires with
+    it when the server closes. For seeing exactly what goes on the wire, and when."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.closed: Deferred[bytes] = Deferred()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.data += data
+
+    @override
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:
+        self.closed.callback(self.data)

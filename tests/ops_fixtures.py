@@ -10,17 +10,14 @@ from typing import Any
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
-from twisted.python.failure import Failure
+from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request, Site
-from typing_extensions import override
 
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests import proxy_fixtures
-from tests.helpers import wait_until
+from tests.helpers import RawClient, wait_until
 from tests.test_tap import write_config
 from tests.test_ws_e2e import ClientSide, _listen_endpoint, grip_echo
 from tests.test_ws_e2e import Origin as WsOrigin
@@ -35,22 +32,6 @@ def hold(request: Request) -> bytes:
                                    Grip_Channel="room")
     return proxy_fixtures.grip(request, b"timed out\n", Grip_Hold="response",
                                Grip_Channel="room", Grip_Timeout="300")
-
-
-class RawClient(Protocol):
-    """A plain TCP HTTP client, to see exactly what the server sends and when it closes."""
-
-    def __init__(self) -> None:
-        self.data = b""
-        self.closed: Deferred[None] = Deferred()
-
-    @override
-    def dataReceived(self, data: bytes) -> None:
-        self.data += data
-
-    @override
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        self.closed.callback(None)
 
 
 class Server:

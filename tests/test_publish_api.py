@@ -14,7 +14,6 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.internet.threads import deferToThread
@@ -31,7 +30,7 @@ from fanout_tx.http.publish_api import LimitedRequest, PublishRoot, PublishSite,
 from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.router import Router
 from fanout_tx.tap import Core, build_service, listening_port, load_settings
-from tests.helpers import RecordingBus, RecordingSubscriber, TrackingFactory
+from tests.helpers import RawClient, RecordingBus, RecordingSubscriber, TrackingFactory
 
 KEY = b"publish-secret"
 NOW = 1_800_000_000.0
@@ -46,22 +45,6 @@ def _token(**claims: Any) -> bytes:
     claims.setdefault("iss", "publisher")
     claims.setdefault("exp", int(NOW) + 60)
     return b"Bearer " + encode_hs256(claims, KEY).encode("ascii")
-
-
-class _RawClient(Protocol):
-    """Sends bytes as the test says and collects the answer until the server closes."""
-
-    def __init__(self) -> None:
-        self.received = b""
-        self.closed: Deferred[bytes] = Deferred()
-
-    @override
-    def dataReceived(self, data: bytes) -> None:
-        self.received += data
-
-    @override
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:
-        self.closed.callback(self.received)
 
 
 class _Served(TestCase):
@@ -103,8 +86,8 @@ class _Served(TestCase):
         response = await self.http.get(url, headers=headers)
         return response.code, response.headers, await response.content()
 
-    async def raw(self, *chunks: bytes) -> _RawClient:
-        client = _RawClient()
+    async def raw(self, *chunks: bytes) -> RawClient:
+        client = RawClient()
         await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
         for chunk in chunks:
             client.transport.write(chunk)
