@@ -168,7 +168,7 @@ class WsTestMixin:
     @inlineCallbacks
     def start_handler(self, line: str):
         self.router = Router(reactor)
-        self.factory = ClientFactory(max_message=self.max_message)
+        self.factory = ClientFactory(max_message=self.max_message, clock=reactor)
         self.router.add_renderer("ws-message", self.factory.render)
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)

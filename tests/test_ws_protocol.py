@@ -7,6 +7,7 @@ import struct
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
@@ -52,9 +53,9 @@ def close_code(frame_bytes: bytes) -> int:
 
 
 class ProtocolTests(SynchronousTestCase):
-    def connect(self, max_outbound: int = 1000) -> tuple[ClientProtocol, StringTransport,
-                                                        RecordingSession]:
-        factory = ClientFactory(max_message=1000, max_outbound=max_outbound)
+    def connect(self, max_outbound: int = 1000, clock: Clock | None = None,
+                ) -> tuple[ClientProtocol, StringTransport, RecordingSession]:
+        factory = ClientFactory(max_message=1000, max_outbound=max_outbound, clock=clock)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         session = RecordingSession()
@@ -85,6 +86,26 @@ class ProtocolTests(SynchronousTestCase):
         protocol.send_prepared(prepared)
         self.assertEqual(transport.value(), b"\x81\x05hello")
         self.assertIsNone(self.factory.render(parse_ws_message({"type": "ping"})))
+
+    def test_published_frames_coalesced_per_turn(self) -> None:
+        """With a clock, frames published in one reactor turn are written next turn as one
+        buffer, in order; any other send (here a close) writes the queue first."""
+        clock = Clock()
+        protocol, transport, _session = self.connect(clock=clock)
+        transport.clear()
+        writes: list[bytes] = []
+        transport.write = writes.append  # count transport writes, not just bytes
+        for text in ("one", "two"):
+            protocol.send_prepared(self.factory.render(parse_ws_message({"content": text})))
+        self.assertEqual(writes, [])
+        clock.advance(0)
+        self.assertEqual(writes, [b"\x81\x03one\x81\x03two"])
+        protocol.send_prepared(self.factory.render(parse_ws_message({"content": "three"})))
+        protocol.close(4000, "bye")
+        self.assertEqual(writes[1], b"\x81\x05three")
+        self.assertEqual(close_code(writes[2]), 4000)
+        clock.advance(0)
+        self.assertEqual(len(writes), 3)
 
     def test_slow_reader_closed_1008(self) -> None:
         """While the transport is paused, sends are counted; past the limit the client is

@@ -29,6 +29,7 @@ from fanout_tx.http.headers import Header
 from fanout_tx.interfaces import ISubscriber
 from fanout_tx.items import Item
 from fanout_tx.router import Router
+from fanout_tx.write_batch import WriteBatch
 
 # Bytes a stream may queue for a client that does not read, beyond the transport's own
 # buffer, before the client is dropped.
@@ -141,34 +142,6 @@ def send_now(transport: object, data: bytes) -> bytes:
         return data
     sent = transport.writeSomeData(data)
     return data[sent:] if isinstance(sent, int) else data  # an error: write() reports it
-
-
-class WriteBatch:
-    """The streams that have output queued in this reactor turn, flushed together on the
-    next one. A publish burst (many items in one turn) then costs one transport write per
-    client instead of one per item per client: the per-write work, not Python's loop, is
-    what limits fan-out throughput."""
-
-    _log = Logger()
-
-    def __init__(self, clock: IReactorTime) -> None:
-        self._clock = clock
-        self._streams: list[HeldStream] = []
-        self._call: IDelayedCall | None = None
-
-    def add(self, stream: HeldStream) -> None:
-        self._streams.append(stream)
-        if self._call is None:
-            self._call = self._clock.callLater(0, self.flush)
-
-    def flush(self) -> None:
-        self._call = None
-        streams, self._streams = self._streams, []
-        for stream in streams:
-            try:
-                stream.flush()
-            except Exception:
-                self._log.failure("writing to a stream client failed")
 
 
 # --- the common part ---------------------------------------------------------------------------

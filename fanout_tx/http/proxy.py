@@ -42,7 +42,6 @@ from fanout_tx.http.hold import (
     DEFAULT_MAX_CLIENT_BUFFER,
     HeldResponse,
     HeldStream,
-    WriteBatch,
     set_status_and_headers,
     write_response,
 )
@@ -56,6 +55,7 @@ from fanout_tx.http.origin import (
 )
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, RouteTable
+from fanout_tx.write_batch import WriteBatch
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _TEXT = [("Content-Type", "text/plain")]

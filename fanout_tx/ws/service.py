@@ -37,7 +37,7 @@ class WebSocketService(Service):
 
 def build_websocket_service(config: Config, routes: Any, router: Router,
                             reactor: Any) -> WebSocketService:
-    factory = ClientFactory()
+    factory = ClientFactory(clock=reactor)
     router.add_renderer("ws-message", factory.render)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 32
