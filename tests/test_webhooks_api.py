@@ -4,7 +4,6 @@ hanging endpoint among twenty. Receivers run on 127.0.0.1, allowed through allow
 
 from __future__ import annotations
 
-import datetime
 import ipaddress
 import json
 import time
@@ -13,9 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -34,7 +30,7 @@ from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.webhooks.ssrf import IPAddress
-from tests.helpers import TrackingFactory
+from tests.helpers import TrackingFactory, self_signed_pem
 from tests.test_webhooks_support import (
     HANG,
     NotifyingStore,
@@ -57,23 +53,10 @@ def name_resolver(host: str, port: int) -> Deferred[list[IPAddress]]:
 def self_signed(directory: Path, name: str) -> str:
     """Writes a key and a self-signed certificate for ``name``; returns the endpoint
     options for them (the certificate file doubles as the CA file)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
+    key_pem, cert_pem = self_signed_pem(name, x509.DNSName(name))
     key_path, cert_path = directory / f"{name}.key", directory / f"{name}.pem"
-    key_path.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
-    cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key_pem)
+    cert_path.write_bytes(cert_pem)
     return f"privateKey={key_path}:certKey={cert_path}"
 
 
