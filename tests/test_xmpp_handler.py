@@ -16,6 +16,7 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.words.xish import domish
 
 from fanout_tx import wokkel_compat
+from fanout_tx.formats.xmpp import parse_fragment
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.items import parse_item
 from fanout_tx.router import Router
@@ -60,13 +61,8 @@ class Backend(Resource):
 
 
 def _element(xml: str) -> domish.Element:
-    stream = domish.elementStream()
-    found: list[domish.Element] = []
-    stream.DocumentStartEvent = lambda _root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<s xmlns='jabber:component:accept'>" + xml.encode() + b"</s>")
-    return found[0]
+    """The one element in ``xml``, parsed as a publish is (component namespace)."""
+    return parse_fragment(xml)[0]
 
 
 def _instruct(**document: Any) -> Answer:

@@ -7,6 +7,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
+from fanout_tx.formats.xmpp import parse_fragment
 from fanout_tx.grip.instruct import Channel
 from fanout_tx.interfaces import ISubscriber
 from fanout_tx.items import parse_item
@@ -18,13 +19,8 @@ DOMAIN = "push.example"
 
 
 def _parse(data: bytes) -> domish.Element:
-    stream = domish.elementStream()
-    found: list[domish.Element] = []
-    stream.DocumentStartEvent = lambda _root: None
-    stream.ElementEvent = found.append
-    stream.DocumentEndEvent = lambda: None
-    stream.parse(b"<s xmlns='jabber:component:accept'>" + data + b"</s>")
-    return found[0]
+    """The one element in ``data``, parsed as a publish is (component namespace)."""
+    return parse_fragment(data)[0]
 
 
 class RenderTests(SynchronousTestCase):
