@@ -59,6 +59,8 @@ class ProxyConfig:
     sig_key: bytes = b""
     x_forwarded_for: tuple[str, ...] = ()
     x_forwarded_for_trusted: tuple[str, ...] = ()
+    # Clients whose Grip-Sig verifies with this key are GRIP proxies in front of this one.
+    upstream_key: bytes = b""
     set_x_forwarded_protocol: str = "false"
     accept_x_forwarded_protocol: bool = False
     debug: bool = False
@@ -304,6 +306,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "sig_key": ("sig_key", parse_key),
         "x_forwarded_for": ("x_forwarded_for", _csv),
         "x_forwarded_for_trusted": ("x_forwarded_for_trusted", _csv),
+        "upstream_key": ("upstream_key", parse_key),
         "set_x_forwarded_protocol": ("set_x_forwarded_protocol", _x_forwarded_protocol),
         "accept_x_forwarded_protocol": ("accept_x_forwarded_protocol", parse_bool),
         "debug": ("debug", parse_bool),
@@ -366,7 +369,7 @@ _IGNORED_KEYS = {
     },
     "proxy": {
         "orig_headers_need_mark", "accept_pushpin_route", "log_from", "log_user_agent",
-        "upstream_key", "sockjs_url", "updates_check", "organization_name", "cdn_loop",
+        "sockjs_url", "updates_check", "organization_name", "cdn_loop",
         "max_open_requests", "local_ports",
     },
     "handler": {

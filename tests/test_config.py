@@ -303,9 +303,11 @@ class ValueTests(SynchronousTestCase):
         (folder / "key.txt").write_bytes(b"from-file\n")
         encoded = base64.b64encode(b"\x00\xffsecret").decode()
         config = parse_config(
-            "[proxy]\nsig_key=plain\n[xmpp]\nsig_key=base64:" + encoded
+            "[proxy]\nsig_key=plain\nupstream_key=base64:" + encoded
+            + "\n[xmpp]\nsig_key=base64:" + encoded
             + "\n[handler]\npush_in_http_key=file:key.txt\n", folder / "fanout.conf")
         self.assertEqual(config.proxy.sig_key, b"plain")
+        self.assertEqual(config.proxy.upstream_key, b"\x00\xffsecret")
         self.assertEqual(config.xmpp.sig_key, b"\x00\xffsecret")
         self.assertEqual(config.handler.push_in_http_key, b"from-file")
         absolute = parse_config(f"[proxy]\nsig_key=file:{folder / 'key.txt'}\n", "/elsewhere/f")

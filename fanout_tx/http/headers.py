@@ -27,10 +27,13 @@ def connection_listed(headers: Iterable[Header]) -> frozenset[str]:
     return frozenset(names)
 
 
-def end_to_end(headers: Sequence[Header], drop: Iterable[str] = ()) -> list[Header]:
-    """``headers`` without hop-by-hop, Connection-listed, Grip-* and ``drop`` names."""
+def end_to_end(headers: Sequence[Header], drop: Iterable[str] = (),
+               keep_grip: bool = False) -> list[Header]:
+    """``headers`` without hop-by-hop, Connection-listed, ``drop`` and (unless ``keep_grip``,
+    for a trusted GRIP proxy in front) Grip-* names."""
     skip = HOP_BY_HOP | connection_listed(headers) | {d.lower() for d in drop}
-    return [(n, v) for n, v in headers if n.lower() not in skip and not is_grip(n)]
+    return [(n, v) for n, v in headers
+            if n.lower() not in skip and (keep_grip or not is_grip(n))]
 
 
 def get(headers: Sequence[Header], name: str) -> list[str]:

@@ -28,6 +28,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI, ResponseDone
 from twisted.web.http import PotentialDataLoss
@@ -39,7 +40,7 @@ from zope.interface import implementer
 
 from fanout_tx.config import Config
 from fanout_tx.grip.instruct import GripError
-from fanout_tx.grip.signature import grip_sig
+from fanout_tx.grip.signature import SignatureError, grip_sig, verify_hs256
 from fanout_tx.http.headers import Header, end_to_end
 from fanout_tx.routes import Route, Target
 
@@ -48,6 +49,8 @@ GRIP_FEATURES = (
     "status, link:next, filter:skip-self, filter:skip-users, filter:require-sub, "
     "filter:var-subst"
 )
+
+_log = Logger()
 
 DEFAULT_MAX_HOLD_BODY = 100_000  # Pushpin's limit on an instruction's body
 DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
@@ -60,6 +63,8 @@ class ProxySettings:
     sig_iss: str = "pushpin"
     sig_key: bytes = b""
     x_forwarded_for: tuple[str, ...] = ()
+    x_forwarded_for_trusted: tuple[str, ...] = ()
+    upstream_key: bytes = b""
     set_x_forwarded_protocol: str = "false"
     accept_x_forwarded_protocol: bool = False
     auto_cross_origin: bool = False
@@ -75,6 +80,8 @@ class ProxySettings:
         return cls(
             sig_iss=proxy.sig_iss, sig_key=proxy.sig_key,
             x_forwarded_for=proxy.x_forwarded_for,
+            x_forwarded_for_trusted=proxy.x_forwarded_for_trusted,
+            upstream_key=proxy.upstream_key,
             set_x_forwarded_protocol=proxy.set_x_forwarded_protocol,
             accept_x_forwarded_protocol=proxy.accept_x_forwarded_protocol,
             auto_cross_origin=proxy.auto_cross_origin, debug=proxy.debug,
@@ -102,6 +109,25 @@ def forwarded_for(existing: list[str], client: str, rules: Sequence[str]) -> lis
     return entries
 
 
+def trusted_client(request: Request, settings: ProxySettings, now: float) -> bool:
+    """Whether the client is a GRIP proxy in front of this one, as Pushpin decides it: its
+    ``Grip-Sig`` verifies with ``[proxy] upstream_key`` and has not expired. Its ``Grip-*``
+    headers then reach the origin, and the origin's instructions go back to it unprocessed
+    for it to carry out."""
+    if not settings.upstream_key:
+        return False
+    token = request.getHeader(b"grip-sig")
+    if not token:
+        return False
+    try:
+        verify_hs256(token.decode("latin-1"), settings.upstream_key, now, leeway=0)
+    except SignatureError as error:
+        _log.debug("Grip-Sig from {client} not trusted: {reason}",
+                   client=request.getClientAddress(), reason=error)
+        return False
+    return True
+
+
 def origin_url(target: Target, path_and_query: bytes) -> bytes:
     host = f"[{target.host}]" if ":" in target.host else target.host
     scheme = "https" if target.ssl else "http"
@@ -113,12 +139,14 @@ def origin_headers(
     extra: Sequence[Header] = (),
 ) -> Headers:
     """The headers the origin gets: end-to-end client headers without Grip-*, then the
-    route's, the forwarding headers, ``Grip-Sig`` and ``Grip-Feature``."""
+    route's, the forwarding headers, ``Grip-Sig`` and ``Grip-Feature``. A trusted client's
+    (``trusted_client``) Grip-* headers are kept and it signs for itself, as in Pushpin."""
+    trusted = trusted_client(request, settings, now)
     incoming = header_pairs(request.requestHeaders)
     drop = {"host", "content-length", "expect", "x-forwarded-for"}
     if not settings.accept_x_forwarded_protocol:
         drop |= {"x-forwarded-proto", "x-forwarded-protocol"}
-    pairs = end_to_end(incoming, drop=drop)
+    pairs = end_to_end(incoming, drop=drop, keep_grip=trusted)
     client_host = next((v for n, v in incoming if n.lower() == "host"), "")
     host = route.as_host or target.host_header or client_host or f"{target.host}:{target.port}"
     route_names = {n.lower() for n, _v in route.headers}
@@ -127,7 +155,8 @@ def origin_headers(
     pairs.append(("Host", host))
     xff = forwarded_for(
         [v for n, v in incoming if n.lower() == "x-forwarded-for"],
-        getattr(request.getClientAddress(), "host", ""), settings.x_forwarded_for,
+        getattr(request.getClientAddress(), "host", ""),
+        settings.x_forwarded_for_trusted if trusted else settings.x_forwarded_for,
     )
     if xff:
         pairs.append(("X-Forwarded-For", ", ".join(xff)))
@@ -137,9 +166,11 @@ def origin_headers(
         if settings.set_x_forwarded_protocol == "true":
             pairs.append(("X-Forwarded-Protocol", "https"))
     key = route.sig_key or settings.sig_key
-    if key:
-        pairs.append(("Grip-Sig", _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
-    pairs.append(("Grip-Feature", GRIP_FEATURES))
+    if not trusted:
+        if key:
+            pairs.append(("Grip-Sig",
+                          _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
+        pairs.append(("Grip-Feature", GRIP_FEATURES))
     pairs.extend(extra)
     headers = Headers()
     for name, value in pairs:

@@ -23,7 +23,7 @@ from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.client import FileBodyProducer
 from twisted.web.http import unquote
-from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
 
@@ -52,6 +52,13 @@ from fanout_tx.http.origin import (
     header_pairs,
     origin_headers,
     origin_url,
+    trusted_client,
+)
+from fanout_tx.http.upload import (
+    REPLAY_LIMIT,
+    UploadInterruptedError,
+    UploadStream,
+    UploadTooLargeError,
 )
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, RouteTable
@@ -59,6 +66,11 @@ from fanout_tx.write_batch import WriteBatch
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _TEXT = [("Content-Type", "text/plain")]
+
+
+def _is_websocket_events(request: server.Request) -> bool:
+    media_type = (request.getHeader(b"content-type") or b"").partition(b";")[0]
+    return media_type.strip().lower() == b"application/websocket-events"
 
 
 class RouteSource(Protocol):
@@ -75,11 +87,17 @@ class WebSocketHandler(Protocol):
 
 
 class ProxyRequest(server.Request):
-    """A request whose body is refused (413) past the site's ``max_request_body``."""
+    """A request whose body is refused (413) past the site's ``max_request_body``, and
+    streamed to the origin once it is larger than ``REPLAY_LIMIT`` (http/upload.py): the
+    request is then processed while its body still arrives."""
 
     body_too_large = False
     cross_origin = False  # route ``aco``: answers get CORS headers (http/cors.py)
+    upload: UploadStream | None = None  # set once the body streams
     _body_size = 0
+    _length: int | None = None
+    _stream_at_first_chunk = False
+    _cleanup_waiting = False
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_request_body", ProxySettings.max_request_body)
@@ -102,11 +120,16 @@ class ProxyRequest(server.Request):
 
     @override
     def gotLength(self, length: int | None) -> None:
+        self._length = length
         if length is not None and length > self._limit():
             self.body_too_large = True
             self.content = io.BytesIO()
             return
-        super().gotLength(length)
+        # Bodies up to REPLAY_LIMIT stay in memory; larger ones stream (not to a temp file).
+        self.content = io.BytesIO()
+        # Streaming starts with the first chunk, not here: an ``Expect: 100-continue``
+        # client must get its 100 before any final answer.
+        self._stream_at_first_chunk = length is not None and length > REPLAY_LIMIT
 
     @override
     def handleContentChunk(self, data: bytes) -> None:
@@ -114,11 +137,64 @@ class ProxyRequest(server.Request):
             return
         self._body_size += len(data)
         if self._body_size > self._limit():
-            self.body_too_large = True
-            self.content.close()
-            self.content = io.BytesIO()
+            self._refuse_body()
             return
-        super().handleContentChunk(data)
+        if self.upload is not None:
+            self.upload.feed(data)
+            return
+        self.content.write(data)
+        if self._stream_at_first_chunk or self._body_size > REPLAY_LIMIT:
+            self._stream()
+
+    def _refuse_body(self) -> None:
+        self.body_too_large = True
+        self.content = io.BytesIO()
+        if self.upload is not None:
+            self.upload.fail(UploadTooLargeError(f"body over {self._limit()} bytes"))
+            if self.finished:
+                self.channel.transport.loseConnection()  # answered; the rest is not wanted
+
+    def _stream(self) -> None:
+        """Process the request now, with the body so far queued in an UploadStream."""
+        channel = self.channel
+        self.upload = UploadStream(self._length, channel.transport)
+        self.upload.feed(self.content.getvalue())
+        self.content = io.BytesIO()
+        # What requestReceived would set, from the request line the channel has parsed.
+        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.path = self.uri.split(b"?", 1)[0]
+        self.args = {}
+        self.process()
+
+    @override
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.upload is None:
+            super().requestReceived(command, path, version)
+            return
+        # Already being processed: the body is complete now.
+        if not self.body_too_large:
+            self.upload.finish()
+        if self._cleanup_waiting:
+            super()._cleanup()
+
+    @override
+    def _cleanup(self) -> None:
+        """The response is complete. While a streamed body is still arriving the channel
+        must not move on to the next request yet: wait for the body's end (or, when it is
+        over the limit, close the connection rather than read the rest)."""
+        if self.upload is not None and not self.upload.complete:
+            if self.body_too_large:
+                self.channel.transport.loseConnection()
+            else:
+                self._cleanup_waiting = True
+            return
+        super()._cleanup()
+
+    @override
+    def connectionLost(self, reason: Failure) -> None:
+        if self.upload is not None:
+            self.upload.fail(UploadInterruptedError("client went away mid-body"))
+        super().connectionLost(reason)
 
 
 class ProxySite(server.Site):
@@ -263,6 +339,9 @@ class ProxySession:
         self._relay: BodyRelay | None = None
         self._asked_with_last = False
         self._hold: HeldResponse | HeldStream | None = None
+        # A GRIP proxy in front of this one gets the origin's instructions to carry out.
+        self.trusted = trusted_client(request, proxy.settings, proxy.clock.seconds())
+        self.passthrough = route.no_grip or self.trusted
         request.notifyFinish().addBoth(self._finished)
 
     # -- Origin protocol used by the holds ----------------------------------------------
@@ -305,19 +384,36 @@ class ProxySession:
     def _forward(self, index: int, extra: Sequence[Header]) -> None:
         self._target_index = index
         request, target = self.request, self.route.targets[index]
+        if target.over_http and not self.trusted and _is_websocket_events(request):
+            # As Pushpin: only this proxy (or a trusted one) may speak for a WebSocket.
+            self._log.info("websocket-events from {client} refused",
+                           client=request.getClientAddress())
+            write_response(request, 403, None, _TEXT,
+                           b"Client not allowed to send WebSocket events directly.\n")
+            return
         path = self.route.rewrite_path(request.path.decode("utf-8", "replace"))
         query = request.uri.partition(b"?")
         self.url = origin_url(target, path.encode("utf-8") + query[1] + query[2])
         headers = origin_headers(request, self.route, target, self.proxy.settings,
                                  self.proxy.clock.seconds(), extra)
-        body = None
-        request.content.seek(0, io.SEEK_END)
-        if request.content.tell() or request.method in _BODY_METHODS:
-            request.content.seek(0)
-            body = FileBodyProducer(request.content)
-        d = self._ask(request.method, self.url, headers, body)
+        d = self._ask(request.method, self.url, headers, self._body())
         d.addCallback(self._got_response)
         d.addErrback(self._origin_failed, index, extra)
+
+    @property
+    def _upload(self) -> UploadStream | None:
+        return getattr(self.request, "upload", None)
+
+    def _body(self) -> IBodyProducer | None:
+        """The client's body for an origin request: the stream, or the buffered body again."""
+        if self._upload is not None:
+            return self._upload
+        content = self.request.content
+        content.seek(0, io.SEEK_END)
+        if content.tell() or self.request.method in _BODY_METHODS:
+            content.seek(0)
+            return FileBodyProducer(content)
+        return None
 
     def _ask(self, method: bytes, url: bytes, headers: Any, body: Any) -> Deferred[IResponse]:
         """One origin request; cancelled when the client leaves, and failed with
@@ -336,7 +432,9 @@ class ProxySession:
         return d.addBoth(settled)
 
     def _origin_failed(self, failure: Failure, index: int, extra: Sequence[Header]) -> None:
-        if failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets):
+        upload = self._upload
+        if (failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets)
+                and (upload is None or not upload.started)):  # a streamed body goes once
             self._log.info("origin {url} unreachable, failing over", url=self.url)
             self._forward(index + 1, extra)
             return
@@ -351,6 +449,9 @@ class ProxySession:
                        method=self.request.method, url=self.url, reason=reason)
         if self.request.startedWriting:
             self.request.channel.transport.abortConnection()
+            return
+        if getattr(self.request, "body_too_large", False):  # found out while streaming it
+            write_response(self.request, 413, None, _TEXT, b"Request body too large.\n")
             return
         text = "Error while proxying to origin."
         if self.route.debug or self.proxy.settings.debug:
@@ -370,7 +471,14 @@ class ProxySession:
             response.deliverBody(_Discard())
             return None
         headers = header_pairs(response.headers)
-        if not self.route.no_grip and is_instruct(headers):
+        if not self.passthrough and is_instruct(headers):
+            if self._upload is not None:
+                # As Pushpin: a body too large to keep cannot be re-sent, so no hold.
+                response.deliverBody(_Discard())
+                self._log.info("GRIP instruction for a request with a streamed body, 400")
+                write_response(self.request, 400, None, _TEXT,
+                               b"Request too large to accept GRIP instruct.\n")
+                return None
             d = self._collect(response)
             d.addCallback(lambda body: self._parse(response, headers, body))
             return d.addCallback(self._handle_instruct).addErrback(self._fail)
@@ -389,10 +497,11 @@ class ProxySession:
     # -- plain answers --------------------------------------------------------------------
 
     def _relay_body(self, response: IResponse, headers: list[Header]) -> Deferred[None]:
-        link = None if self.route.no_grip else parse_link(get(headers, "Grip-Link"))
+        link = None if self.passthrough else parse_link(get(headers, "Grip-Link"))
         drop = ("content-length",) if link else ()
         reason = response.phrase.decode("latin-1") if response.phrase else None
-        set_status_and_headers(self.request, response.code, reason, end_to_end(headers, drop))
+        set_status_and_headers(self.request, response.code, reason,
+                               end_to_end(headers, drop, keep_grip=self.trusted))
         # Twisted's client keeps Content-Length apart, as response.length.
         if link is None and response.length != UNKNOWN_LENGTH and self.request.method != b"HEAD":
             self.request.responseHeaders.setRawHeaders(b"content-length",
