@@ -19,7 +19,8 @@ from typing_extensions import override
 
 from fanout_tx.bus import LocalBus
 from fanout_tx.http.hold import register_renderers
-from fanout_tx.http.origin import InsecurePolicy, ProxySettings
+from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
+from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.http.proxy import ProxyResource, proxy_site
 from fanout_tx.items import parse_item
 from fanout_tx.router import Router
@@ -109,14 +110,15 @@ class ProxyHarness:
         self.router = Router(clock)
         register_renderers(self.router)
         self.bus = LocalBus(self.router)
-        self.pool = HTTPConnectionPool(reactor, persistent=True)
         kwargs = {} if max_client_buffer is None else {"max_client_buffer": max_client_buffer}
         policy = BrowserLikePolicyForHTTPS(trustRoot=trust_root)
+        self.origin_clients = (
+            OriginClient(reactor, OriginEndpoints(reactor, policy)),
+            OriginClient(reactor, OriginEndpoints(reactor, InsecurePolicy())),
+        )
         self.resource = ProxyResource(
-            self.routes, self.router, clock,
-            Agent(reactor, contextFactory=policy, pool=self.pool), settings,
-            insecure_agent=Agent(reactor, contextFactory=InsecurePolicy(), pool=self.pool),
-            write_batch=WriteBatch(reactor), **kwargs)
+            self.routes, self.router, clock, self.origin_clients[0], settings,
+            insecure_agent=self.origin_clients[1], write_batch=WriteBatch(reactor), **kwargs)
         self.proxy_factory = TrackingFactory(proxy_site(self.resource))
         self.proxy_port = reactor.listenTCP(0, self.proxy_factory, backlog=1024,
                                            interface="127.0.0.1")
@@ -154,7 +156,7 @@ class ProxyHarness:
 
     async def close(self) -> None:
         await gatherResults([self.client_pool.closeCachedConnections(),
-                             self.pool.closeCachedConnections()])
+                             *(c.closeCachedConnections() for c in self.origin_clients)])
         self.router.close_all("test over")
         await DeferredList(self.bodies, consumeErrors=True)
         await gatherResults([self.proxy_port.stopListening(), self.origin_port.stopListening()])

@@ -1,6 +1,6 @@
-"""The ``http-proxy`` service: one listener per ``[runner] http_port`` address, one shared
-connection pool to the origins (closed when the service stops). Binds nothing until
-``startService``."""
+"""The ``http-proxy`` service: one listener per ``[runner] http_port`` address, and the
+origin clients (http/origin_client.py; their idle connections closed when the service
+stops). Binds nothing until ``startService``."""
 
 from __future__ import annotations
 
@@ -8,15 +8,16 @@ from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import LogLevel
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from typing_extensions import override
 
 from fanout_tx.config import Config
 from fanout_tx.http.hold import register_renderers
 from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
+from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.http.proxy import ProxyResource, RouteSource, WebSocketHandler, proxy_site
 from fanout_tx.logs import level_of
 from fanout_tx.router import Router
@@ -32,15 +33,16 @@ MAX_PERSISTENT_PER_ORIGIN = 256
 
 
 class ProxyService(MultiService):
-    def __init__(self, pool: HTTPConnectionPool, resource: ProxyResource) -> None:
+    def __init__(self, clients: tuple[OriginClient, ...], resource: ProxyResource) -> None:
         super().__init__()
-        self.pool = pool
+        self.clients = clients
         self.resource = resource
 
     @override
-    def stopService(self) -> Deferred[None]:
+    def stopService(self) -> Deferred[object]:
         d = super().stopService()
-        d.addCallback(lambda _: self.pool.closeCachedConnections())
+        d.addCallback(lambda _: gatherResults(
+            [client.closeCachedConnections() for client in self.clients]))
         return d
 
 
@@ -49,15 +51,14 @@ def build_proxy_service(
     websocket_handler: WebSocketHandler | None = None,
 ) -> ProxyService:
     register_renderers(router)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = MAX_PERSISTENT_PER_ORIGIN
-    agent = Agent.usingEndpointFactory(
-        reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()), pool=pool)
-    insecure = Agent.usingEndpointFactory(
-        reactor, OriginEndpoints(reactor, InsecurePolicy()), pool=pool)
+    # Verified and unverified (route option ``insecure``) TLS connections never share a pool.
+    agent = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
+                         max_idle=MAX_PERSISTENT_PER_ORIGIN)
+    insecure = OriginClient(reactor, OriginEndpoints(reactor, InsecurePolicy()),
+                            max_idle=MAX_PERSISTENT_PER_ORIGIN)
     resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
                              insecure_agent=insecure, websocket_handler=websocket_handler)
-    service = ProxyService(pool, resource)
+    service = ProxyService((agent, insecure), resource)
     site = proxy_site(resource, access_log=level_of(config.runner.log_level) is LogLevel.debug)
     for address in config.runner.http_ports:
         listener = StreamServerEndpointService(
