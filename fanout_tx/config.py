@@ -122,6 +122,12 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
+class WebsocketConfig:
+    max_message: int = 1_000_000  # bytes per message, either way (1009 past it)
+    max_outbound: int = 1_000_000  # bytes queued for a client that does not read (1008)
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path | None = None
     runner: RunnerConfig = field(default_factory=RunnerConfig)
@@ -131,6 +137,7 @@ class Config:
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
     notices: tuple[str, ...] = ()
 
     @property
@@ -165,6 +172,13 @@ def _non_negative_int(value: str, base: Path | None = None) -> int:
     number = parse_int(value, base)
     if number < 0:
         raise ValueError(f"expected a number >= 0, got {number}")
+    return number
+
+
+def _positive_int(value: str, base: Path | None = None) -> int:
+    number = parse_int(value, base)
+    if number < 1:
+        raise ValueError(f"expected a number >= 1, got {number}")
     return number
 
 
@@ -357,6 +371,10 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "addr": ("addr", _text),
         "port": ("port", _port),
     },
+    "websocket": {
+        "max_message": ("max_message", _positive_int),
+        "max_outbound": ("max_outbound", _positive_int),
+    },
 }
 
 # Keys that only make sense in Pushpin's multi-process layout (or features not offered here):
@@ -393,6 +411,7 @@ _SECTION_TYPES = {
     "webhooks": WebhooksConfig,
     "redis": RedisConfig,
     "metrics": MetricsConfig,
+    "websocket": WebsocketConfig,
 }
 
 

@@ -16,6 +16,7 @@ from fanout_tx.config import (
     ConfigError,
     HandlerConfig,
     ListenAddress,
+    WebsocketConfig,
     default_config_path,
     load,
     parse_config,
@@ -217,7 +218,8 @@ class DefaultTests(SynchronousTestCase):
         """etc/fanout.conf documents every key with its default value."""
         shipped = load(Path(__file__).parent.parent / "etc" / "fanout.conf")
         default = Config()
-        for section in ("runner", "handler", "xmpp", "webhooks", "redis", "metrics"):
+        for section in ("runner", "handler", "xmpp", "webhooks", "redis", "metrics",
+                        "websocket"):
             self.assertEqual(getattr(shipped, section), getattr(default, section), section)
         self.assertEqual(shipped.notices, ())
 
@@ -282,6 +284,7 @@ class ErrorTests(SynchronousTestCase):
         self.assert_error("[webhooks]\nallow_cidrs=10.0.0.0/33\n", 2, "invalid CIDR")
         self.assert_error("[webhooks]\nretry_schedule=\n", 2, "at least one entry")
         self.assert_error("[xmpp]\nbackend_timeout=-2\n", 2, "seconds >= 0")
+        self.assert_error("[websocket]\nmax_message=0\n", 2, "expected a number >= 1")
 
     def test_syntax_errors(self) -> None:
         self.assert_error("[handler\n", 1, "malformed section header")
@@ -338,7 +341,8 @@ class ValueTests(SynchronousTestCase):
             "[xmpp]\nenabled=true\njid=push.example\nport=5348\n"
             "[webhooks]\nallow_cidrs=127.0.0.0/8, ::1/128\nretry_schedule=0,1.5\n"
             "max_in_flight=2\n[redis]\nurl=unix:///tmp/r.sock\nprefix=p:\n"
-            "[metrics]\naddr=127.0.0.1\nport=9100\n", "f")
+            "[metrics]\naddr=127.0.0.1\nport=9100\n"
+            "[websocket]\nmax_message=65536\nmax_outbound=4000000\n", "f")
         self.assertEqual((config.xmpp.enabled, config.xmpp.jid, config.xmpp.port),
                          (True, "push.example", 5348))
         self.assertEqual(config.webhooks.allow_cidrs, (ipaddress.ip_network("127.0.0.0/8"),
@@ -347,6 +351,8 @@ class ValueTests(SynchronousTestCase):
                          ((0.0, 1.5), 2))
         self.assertEqual((config.redis.url, config.redis.prefix), ("unix:///tmp/r.sock", "p:"))
         self.assertEqual((config.metrics.addr, config.metrics.port), ("127.0.0.1", 9100))
+        self.assertEqual(config.websocket, WebsocketConfig(max_message=65536,
+                                                           max_outbound=4_000_000))
 
     def test_comments_and_handler_aliases(self) -> None:
         """# and ; comments are skipped; push_in_sub_spec (singular) is accepted too."""
@@ -367,6 +373,7 @@ class ValueTests(SynchronousTestCase):
 class PropertyTests(SynchronousTestCase):
     @given(st.lists(st.sampled_from([
         "[runner]", "[proxy]", "[handler]", "[xmpp]", "[webhooks]", "[redis]", "[metrics]",
+        "[websocket]", "max_message=",
         "[global]", "http_port=", "sig_key=", "push_in_http_port=", "allow_cidrs=",
         "retry_schedule=", "log_level=", "url=", "{rundir}", "base64:", "file:", "=", "[",
         ",", ":", "\n", "#", "1", "-1", "true", " ", "\u00e9",

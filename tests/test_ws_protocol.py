@@ -7,15 +7,24 @@ import struct
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
+from fanout_tx.config import Config, WebsocketConfig
 from fanout_tx.formats.ws import parse_ws_message
 from fanout_tx.ws.grip import Accepted, WsClient
-from fanout_tx.ws.protocol import ClientFactory, ClientProtocol
+from fanout_tx.ws.protocol import (
+    DEFAULT_MAX_MESSAGE,
+    DEFAULT_MAX_OUTBOUND,
+    ClientFactory,
+    ClientProtocol,
+)
+from fanout_tx.ws.service import client_factory
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -165,3 +174,40 @@ class ProtocolTests(SynchronousTestCase):
         self.assertEqual(transport.producerState, "paused")
         protocol.resume_reading()
         self.assertEqual(transport.producerState, "producing")
+
+    def test_follow_writes(self) -> None:
+        """A follower is paused and resumed with the client's write buffer, at once when
+        it is full already, and resumed for good when the connection ends."""
+        protocol, _transport, _session = self.connect()
+        follower = RecordingProducer()
+        protocol.guard.pauseProducing()
+        protocol.follow_writes(follower)
+        protocol.guard.resumeProducing()
+        protocol.guard.pauseProducing()
+        protocol.guard.stopProducing()
+        self.assertEqual(follower.calls, ["pause", "resume", "pause", "stop"])
+
+    def test_limits_from_config(self) -> None:
+        """[websocket] max_message and max_outbound reach the factory every client uses."""
+        config = Config(websocket=WebsocketConfig(max_message=10, max_outbound=20))
+        factory = client_factory(config, Clock())
+        self.assertEqual((factory.max_message, factory.maxMessagePayloadSize,
+                          factory.maxFramePayloadSize, factory.max_outbound), (10, 10, 10, 20))
+        default = client_factory(Config(), Clock())
+        self.assertEqual((default.max_message, default.max_outbound),
+                         (DEFAULT_MAX_MESSAGE, DEFAULT_MAX_OUTBOUND))
+
+
+@implementer(IPushProducer)
+class RecordingProducer:
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.calls.append("pause")
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.calls.append("resume")
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
+        self.calls.append("stop")

@@ -24,10 +24,10 @@ UPGRADE = Headers({"Upgrade": ["websocket"], "Connection": ["Upgrade"],
 
 
 class OriginProtocol(WebSocketServerProtocol):
-    """/grip/...: accepts with grip; "sub:X" subscribes, "close" closes with 4003, other
-    "detach" detaches; other messages are echoed with the m: prefix plus one unprefixed
-    message. /plain/...: echoes
-    verbatim without grip. /reject: 403."""
+    """/grip/...: accepts with grip; "sub:X" subscribes, "close" closes with 4003,
+    "detach" detaches, "big" sends 2,002 bytes; other messages are echoed with the m:
+    prefix plus one unprefixed message. /plain/...: echoes verbatim without grip.
+    /reject: 403."""
 
     @override
     def onConnect(self, request: ConnectionRequest) -> Any:  # noqa: N802
@@ -49,6 +49,8 @@ class OriginProtocol(WebSocketServerProtocol):
             self.sendClose(4003, "origin bye")
         elif payload == b"detach":
             self.sendMessage(b'c:{"type": "detach"}')
+        elif payload == b"big":
+            self.sendMessage(b"m:" + b"x" * 2000)
         else:
             self.sendMessage(b"not for the client")
             self.sendMessage(b"m:" + payload, isBinary)
@@ -179,3 +181,17 @@ class ProxyTests(WsTestMixin, TestCase):
         client.sendClose(1000)
         yield session.finished
         self.assertEqual(self.router.subscriber_count(), 0)
+
+    @inlineCallbacks
+    def test_origin_message_size_limit(self):
+        """The client message limit applies to origin messages too: past it the origin
+        hears 1009, and the client hears the origin's close."""
+        self.max_message = 1000
+        yield self.start_ws()
+        side, client = yield self.connect("/grip/x")
+        closed = self.origin_closed()
+        client.sendMessage(b"big")
+        code = yield closed
+        self.assertEqual(code, 1009)
+        yield side.closed
+        self.assertEqual(side.messages, [])

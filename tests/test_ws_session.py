@@ -79,6 +79,9 @@ class FakeClient:
     def abort(self) -> None:
         self.aborted = True
 
+    def follow_writes(self, producer: Any) -> None:
+        """Only plain WebSocket proxying follows the client's writes."""
+
     def pause_reading(self) -> None:
         self.paused = True
 

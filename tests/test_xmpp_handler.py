@@ -203,6 +203,22 @@ class HandlerTests(SynchronousTestCase):
         self.assert_error(answer, "service-unavailable", "wait")
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
+    def test_timeout_while_reading_the_answer_closes_the_connection(self) -> None:
+        """A backend that sends its headers and part of a body, then stalls: at the timeout
+        the iq gets service-unavailable and the backend connection is closed."""
+        self.backend.answer = None
+        self.receive(f"<iq type='get' id='i1' from='{ALICE}' to='{DOMAIN}'><q xmlns='urn:q'/></iq>")
+        [held] = self.backend.requests
+        lost = held.notifyFinish()
+        held.setHeader("Content-Type", "application/grip-instruct")
+        held.write(b'{"reply": [')
+        self.agent.flush()
+        self.clock.advance(5)
+        self.agent.flush()
+        [answer] = self.sent()
+        self.assert_error(answer, "service-unavailable", "wait")
+        self.failureResultOf(lost)
+
     def test_iq_results_and_errors_are_not_forwarded(self) -> None:
         for iq_type in ("result", "error"):
             self.receive(f"<iq type='{iq_type}' id='x' from='{ALICE}' to='{DOMAIN}'/>")

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -40,6 +40,8 @@ class WsClient(Protocol):
     def close(self, code: int | None, reason: str) -> None: ...
 
     def abort(self) -> None: ...
+
+    def follow_writes(self, producer: IPushProducer) -> None: ...
 
     def pause_reading(self) -> None: ...
 

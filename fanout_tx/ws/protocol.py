@@ -5,7 +5,9 @@ for ``ws-message``, so a published message is framed once (``prepareMessage``) a
 subscriber only writes the prepared bytes (``sendPreparedMessage``). Per connection: a
 maximum message size (autobahn closes with 1009 past it) and a bounded outbound buffer:
 while the transport asks us to pause, bytes sent are counted, and past the limit the
-connection is closed with 1008 instead of queueing without end.
+connection is closed with 1008 instead of queueing without end. A session that can slow
+down what it sends (a proxied WebSocket origin) follows those pauses instead
+(``follow_writes``), so only published frames count against the limit.
 """
 
 from __future__ import annotations
@@ -32,22 +34,30 @@ CLOSE_INTERNAL = 1011
 @implementer(IPushProducer)
 class OutboundGuard:
     """Registered as the transport's push producer: knows when the kernel buffer is full
-    and counts what is written meanwhile."""
+    and counts what is written meanwhile. ``follower``, when set, is paused, resumed and
+    stopped with it."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.paused = False
         self.backlog = 0
+        self.follower: IPushProducer | None = None
 
     def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
         self.paused = True
+        if self.follower is not None:
+            self.follower.pauseProducing()
 
     def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
         self.paused = False
         self.backlog = 0
+        if self.follower is not None:
+            self.follower.resumeProducing()
 
     def stopProducing(self) -> None:  # noqa: N802 - IPushProducer
         self.paused = True
+        if self.follower is not None:
+            self.follower.stopProducing()
 
     def written(self, size: int) -> bool:
         """Count ``size`` bytes; False once the backlog is over the limit."""
@@ -175,6 +185,14 @@ class ClientProtocol(WebSocketServerProtocol):
     def abort(self) -> None:
         self.dropConnection(abort=True)
 
+    def follow_writes(self, producer: IPushProducer) -> None:
+        """``producer`` is paused while this connection's write buffer is full, resumed
+        once it drained, and stopped when the connection ends."""
+        if self.guard is not None:
+            self.guard.follower = producer
+            if self.guard.paused:
+                producer.pauseProducing()
+
     def pause_reading(self) -> None:
         self.transport.pauseProducing()
 
@@ -192,6 +210,7 @@ class ClientFactory(WebSocketServerFactory):
                  clock: IReactorTime | None = None) -> None:
         # No Server header of our own: the origin's (if any) is relayed, as Pushpin does.
         super().__init__(server=None)
+        self.max_message = max_message
         self.max_outbound = max_outbound
         # With a clock, published frames are coalesced per client per reactor turn;
         # without one (in-memory tests) they are written at once.

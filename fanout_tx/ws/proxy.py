@@ -3,6 +3,10 @@ origin, with the same GRIP semantics as WebSocket-over-HTTP (``c:`` control mess
 message prefix, subscriptions) when the origin accepts with the ``grip`` extension.
 
 Each hop answers its own pings (autobahn does), so ping and pong are not relayed.
+
+Flow control both ways: while the origin connection's write buffer is full the client is
+not read, and while the client connection's is full the origin is not read, so a slow side
+holds the backlog in the fast side's socket, not in this process.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from typing_extensions import override
+from zope.interface import implementer
 
 from fanout_tx.router import Router
 from fanout_tx.routes import Target
@@ -58,6 +63,28 @@ def endpoint_connector(reactor: Any) -> Connect:
         return endpoint.connect(factory)
 
     return connect
+
+
+@implementer(IPushProducer)
+class Backpressure:
+    """Registered as the push producer of the connection one side writes to: while that
+    connection's buffer is full, ``hold(True)`` stops reading the other side; ``hold(False)``
+    starts it again once the buffer drained or the connection ended."""
+
+    def __init__(self, hold: Callable[[bool], None]) -> None:
+        self._hold = hold
+
+    @override
+    def pauseProducing(self) -> None:
+        self._hold(True)
+
+    @override
+    def resumeProducing(self) -> None:
+        self._hold(False)
+
+    @override
+    def stopProducing(self) -> None:
+        self._hold(False)  # the writer is gone; the session ends the rest
 
 
 class OriginProtocol(WebSocketClientProtocol):
@@ -113,10 +140,11 @@ class OriginProtocol(WebSocketClientProtocol):
                 self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
 
-def origin_factory(url: str, host: str, port: int, resource: str,
-                   headers: Headers) -> WebSocketClientFactory:
+def origin_factory(url: str, host: str, port: int, resource: str, headers: Headers,
+                   max_message: int = DEFAULT_MAX_MESSAGE) -> WebSocketClientFactory:
     """A client factory for one origin handshake: the proxy's origin headers, the client's
-    subprotocols, and ``Sec-WebSocket-Extensions: grip``."""
+    subprotocols, and ``Sec-WebSocket-Extensions: grip``; origin messages over
+    ``max_message`` bytes are refused (1009)."""
     forwarded: dict[str, str] = {}
     protocols: list[str] = []
     for name, values in headers.getAllRawHeaders():
@@ -129,8 +157,8 @@ def origin_factory(url: str, host: str, port: int, resource: str,
     forwarded["Sec-WebSocket-Extensions"] = "grip"
     factory = WebSocketClientFactory(url, protocols=protocols)
     factory.protocol = OriginProtocol
-    factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=DEFAULT_MAX_MESSAGE,
-                               maxFramePayloadSize=DEFAULT_MAX_MESSAGE)
+    factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=max_message,
+                               maxFramePayloadSize=max_message)
     factory.request = ConnectingRequest(
         host=host, port=port, resource=resource, headers=forwarded, useragent=None,
         origin=None, protocols=protocols,
@@ -154,6 +182,8 @@ class WsProxySession(GripSession):
         self._origin: OriginProtocol | None = None
         self._opened: Deferred[Accepted | Rejected] = Deferred()
         self._early: list[tuple[bytes, bool]] = []  # origin messages before attach
+        self.client_held = False  # not reading the client: the origin's buffer is full
+        self.origin_held = False  # not reading the origin: the client's buffer is full
 
     def start(self) -> Deferred[Accepted | Rejected]:
         self._try_next_target()
@@ -183,6 +213,8 @@ class WsProxySession(GripSession):
 
     def origin_accepted(self, protocol: OriginProtocol, response: ConnectionResponse) -> None:
         self._origin = protocol
+        protocol.registerProducer(Backpressure(self._hold_client), True)
+        self._hold_origin(True)  # until the client is attached: _early stays one read long
         headers = list(response.headers.items())
         self._prefix = ev.grip_message_prefix(
             [v for n, v in headers if n.lower() == "sec-websocket-extensions"])
@@ -204,6 +236,7 @@ class WsProxySession(GripSession):
     def origin_closed(self, code: int | None, reason: str) -> None:
         """The origin closed cleanly: the client gets the same code (unless detached)."""
         self._origin = None
+        self._hold_client(False)
         if not self._opened.called:
             self._open_error(f"origin closed during the handshake: {reason}")
             return
@@ -213,6 +246,7 @@ class WsProxySession(GripSession):
 
     def origin_lost(self, reason: str) -> None:
         self._origin = None
+        self._hold_client(False)
         if not self._opened.called:
             self._open_error(reason)
             return
@@ -225,6 +259,10 @@ class WsProxySession(GripSession):
 
     def attach(self, client: WsClient) -> None:
         self._attach_client(client)
+        if self.client_held:
+            client.pause_reading()
+        client.follow_writes(Backpressure(self._hold_origin))
+        self._hold_origin(False)
         early, self._early = self._early, []
         for payload, binary in early:
             self._from_origin(payload, binary)
@@ -242,6 +280,7 @@ class WsProxySession(GripSession):
     def client_closed(self, code: int | None, reason: str) -> None:
         self._client = None
         self._stop_client_side()
+        self._hold_origin(False)  # its close reply must be read
         if self._origin is not None and not self._detached:
             self._origin.close(code, reason)
         self._end_when_idle()
@@ -257,8 +296,27 @@ class WsProxySession(GripSession):
         if self._detached:
             return
         self._detached = True
+        self._hold_client(False)
+        self._hold_origin(False)
         if self._origin is not None:
             self._origin.close(None, "")
+
+    def _hold_client(self, hold: bool) -> None:
+        """Stop or restart reading the client (only while its messages go to an origin)."""
+        hold = hold and self._origin is not None and not self._detached
+        if hold != self.client_held:
+            self.client_held = hold
+            if self._client is not None:
+                (self._client.pause_reading if hold else self._client.resume_reading)()
+
+    def _hold_origin(self, hold: bool) -> None:
+        """Stop or restart reading the origin (never once detached: its close reply must
+        be read)."""
+        hold = hold and not self._detached
+        origin = self._origin
+        if hold != self.origin_held and origin is not None and origin.transport is not None:
+            self.origin_held = hold
+            (origin.transport.pauseProducing if hold else origin.transport.resumeProducing)()
 
     def _end_when_idle(self) -> None:
         if self._client is None and self._origin is None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
 from twisted.web.client import Agent, HTTPConnectionPool
 from typing_extensions import override
 
@@ -35,9 +36,15 @@ class WebSocketService(Service):
         return ended.addCallback(lambda _: self.pool.closeCachedConnections())
 
 
+def client_factory(config: Config, clock: IReactorTime) -> ClientFactory:
+    """The factory for every client WebSocket, with the ``[websocket]`` limits."""
+    return ClientFactory(max_message=config.websocket.max_message,
+                         max_outbound=config.websocket.max_outbound, clock=clock)
+
+
 def build_websocket_service(config: Config, routes: Any, router: Router,
                             reactor: Any) -> WebSocketService:
-    factory = ClientFactory(clock=reactor)
+    factory = client_factory(config, reactor)
     router.add_renderer("ws-message", factory.render)
     pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = 32

@@ -1,8 +1,9 @@
 """POSTs one stanza to the backend (SPEC B1) and turns its answer into a BackendAnswer.
 
-Any failure — an error status, a timeout, a refused connection, a malformed answer — is a
-BackendError carrying the HTTP status when there was one, so the handler can pick the
-stanza error an iq gets.
+Any failure — an error status, a timeout, a refused connection, a malformed or oversized
+answer — is a BackendError carrying the HTTP status when there was one, so the handler can
+pick the stanza error an iq gets. The answer body is read with the GRIP proxy's bounded
+reader: past ``max_body`` bytes the backend connection is closed instead of buffered.
 """
 
 from __future__ import annotations
@@ -12,13 +13,15 @@ from dataclasses import dataclass
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import readBody
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent
+from twisted.web.iweb import IAgent, IResponse
 from twisted.words.xish import domish
 
+from fanout_tx.grip.instruct import GripError
 from fanout_tx.grip.signature import grip_sig
 from fanout_tx.http.body import BytesProducer
+from fanout_tx.http.origin import DEFAULT_MAX_HOLD_BODY, BodyCollector
 from fanout_tx.xmpp.answer import AnswerError, BackendAnswer, parse_answer
 
 XMPP_CONTENT_TYPE = b"application/xmpp+xml"
@@ -44,6 +47,16 @@ class StanzaEnvelope:
     meta: Mapping[str, str]
 
 
+def _pass_on(result: bytes | Failure, body: Deferred[bytes]) -> None:
+    """Fires ``body`` with the collector's outcome, unless it was cancelled meanwhile."""
+    if body.called:
+        return
+    if isinstance(result, Failure):
+        body.errback(result)
+    else:
+        body.callback(result)
+
+
 def request_headers(envelope: StanzaEnvelope, sig: str | None) -> Headers:
     headers = Headers({
         b"Content-Type": [XMPP_CONTENT_TYPE],
@@ -61,11 +74,12 @@ def request_headers(envelope: StanzaEnvelope, sig: str | None) -> Headers:
 
 
 class BackendClient:
-    """One backend URL, reached through the injected agent, each call bounded by ``timeout``."""
+    """One backend URL, reached through the injected agent, each call bounded by ``timeout``
+    and each answer body by ``max_body`` bytes (the GRIP proxy's instruction limit)."""
 
     def __init__(
         self, agent: IAgent, clock: IReactorTime, url: str, timeout: float,
-        sig_iss: str = "", sig_key: bytes = b"",
+        sig_iss: str = "", sig_key: bytes = b"", max_body: int = DEFAULT_MAX_HOLD_BODY,
     ) -> None:
         self._agent = agent
         self._clock = clock
@@ -73,6 +87,7 @@ class BackendClient:
         self._timeout = timeout
         self._sig_iss = sig_iss
         self._sig_key = sig_key
+        self._max_body = max_body
 
     def post(self, stanza: domish.Element, envelope: StanzaEnvelope) -> Deferred[BackendAnswer]:
         d = self._post(stanza.toXml().encode("utf-8"), envelope)
@@ -88,7 +103,11 @@ class BackendClient:
         response = yield self._agent.request(
             b"POST", self._url, request_headers(envelope, sig), BytesProducer(body)
         )
-        answer_body = yield readBody(response)
+        try:
+            answer_body = yield self._read_body(response)
+        except GripError:
+            raise BackendError(None, f"backend answer larger than {self._max_body} bytes; "
+                                     "connection closed") from None
         if not 200 <= response.code < 300:
             raise BackendError(response.code, f"backend answered {response.code}")
         content_type = response.headers.getRawHeaders(b"content-type", [b""])[0]
@@ -99,6 +118,15 @@ class BackendClient:
             )
         except (AnswerError, UnicodeDecodeError) as e:
             raise BackendError(response.code, f"invalid backend answer: {e}") from None
+
+    def _read_body(self, response: IResponse) -> Deferred[bytes]:
+        """The whole body, or a GripError past ``max_body`` (the connection is closed).
+        Cancelling (the call's timeout) closes the connection too, as readBody does."""
+        collector = BodyCollector(self._max_body)
+        response.deliverBody(collector)
+        body: Deferred[bytes] = Deferred(lambda _d: collector.transport.stopProducing())
+        collector.done.addBoth(_pass_on, body)
+        return body
 
     @staticmethod
     def _as_backend_error(failure):
