@@ -423,8 +423,13 @@ class _Entry:
     line: int
 
 
+_INLINE_COMMENT = re.compile(r"\s#.*$")
+
+
 def _read_ini(text: str, path: Path) -> list[_Entry]:
-    """Lines of ``[section]`` and ``key=value``, with ``#``/``;`` comments; keeps line numbers."""
+    """Lines of ``[section]`` and ``key=value``, with ``#``/``;`` comment lines and
+    ``value  # comment`` (a ``#`` after whitespace; SPEC's examples write them); keeps line
+    numbers."""
     entries: list[_Entry] = []
     section = ""
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -441,6 +446,7 @@ def _read_ini(text: str, path: Path) -> list[_Entry]:
         if not section:
             raise ConfigError(path, number, "key outside of any [section]")
         key, _, value = line.partition("=")
+        value = _INLINE_COMMENT.sub("", value)
         entries.append(_Entry(section, key.strip(), value.strip(), number))
     return entries
 

@@ -361,6 +361,15 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(config.handler.push_in_sub_specs, ("tcp://a:1", "tcp://b:2"))
         self.assertTrue(config.handler.push_in_sub_connect)
 
+    def test_inline_comments(self) -> None:
+        """``value  # comment`` as SPEC's examples write it; a ``#`` inside a value stays."""
+        config = parse_config("[xmpp]\nenabled = false          # true starts it\n"
+                              "sig_iss =         # empty\nsecret = a#b\n[proxy]\nsig_key=#k\n",
+                              "f")
+        self.assertFalse(config.xmpp.enabled)
+        self.assertEqual((config.xmpp.sig_iss, config.xmpp.secret), ("", "a#b"))
+        self.assertEqual(config.proxy.sig_key, b"#k")
+
     def test_default_config_path(self) -> None:
         folder = Path(self.mktemp())
         folder.mkdir()
