@@ -7,7 +7,7 @@ throughput). A second phase publishes a burst without waiting and reports the ra
 receives it at. Both instances share one reactor, so the figures include the full path:
 encode, EVALSHA, XADD, XREAD wake-up, decode, router.publish on B.
 
-    /work/venv/bin/python bench/redis_latency.py [--items 2000] [--burst 10000] [--unix]
+    .venv/bin/python bench/redis_latency.py [--items 2000] [--burst 10000] [--unix]
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@
 # Environment:
 #   REPEAT          runs per target (default 2)
 #   BENCH_HARNESS   the shared bench folder (default: ../shared/bench beside the repository)
-#   PYTHON          Python with pyzmq for the harness (default: .venv/bin/python, /work/venv,
-#                   python3)
+#   PYTHON          Python with pyzmq for the harness, and whose twistd runs fanout_tx
+#                   (default: the repository's .venv/bin/python, else python3)
 #   FANOUT_TWISTD   twistd that runs fanout_tx (default: twistd beside $PYTHON)
 #   RESULTS_MD      where to write the report (default: bench/RESULTS.md)
 # Takes about 3 minutes per run and target (6 scenarios); the machine should be otherwise idle.
@@ -26,10 +26,7 @@ HARNESS=${BENCH_HARNESS:-$REPO/../shared/bench}
   echo "no load harness at $HARNESS (set BENCH_HARNESS)" >&2; exit 2; }
 HARNESS=$(cd "$HARNESS" && pwd)
 if [ -z "${PYTHON:-}" ]; then
-  for p in "$REPO/.venv/bin/python" /work/venv/bin/python; do
-    if [ -x "$p" ]; then PYTHON=$p; break; fi
-  done
-  PYTHON=${PYTHON:-python3}
+  if [ -x "$REPO/.venv/bin/python" ]; then PYTHON=$REPO/.venv/bin/python; else PYTHON=python3; fi
 fi
 export PYTHON
 if [ -z "${FANOUT_TWISTD:-}" ] && [ -x "$(dirname "$PYTHON")/twistd" ]; then
