@@ -176,7 +176,8 @@ def _webhooks(core: Core) -> WebhookService:
     port (after ``_publish_http``, which makes the root)."""
     assert core.publish_root is not None
     config = core.config
-    service = build_webhooks(config.webhooks, config.redis, core.router, core.reactor)
+    service = build_webhooks(config.webhooks, config.redis, core.router, core.reactor,
+                             shutdown_timeout=config.runner.shutdown_timeout)
     core.publish_root.mount(b"webhooks", WebhooksResource(service))
     core.publish_root.add_publish_barrier(service.engine.writes_confirmed)
     return service

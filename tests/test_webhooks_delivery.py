@@ -1,5 +1,6 @@
 """The delivery engine on a task.Clock with a fake client: schedule, jitter, Retry-After,
-410, dead letters, the in-flight cap, and signing on every attempt."""
+410, dead letters, the in-flight cap, signing on every attempt, claims (several instances)
+and the drain at shutdown."""
 
 from __future__ import annotations
 
@@ -15,11 +16,17 @@ from typing_extensions import override
 from zope.interface.verify import verifyObject
 
 from fanout_tx.webhooks.client import IWebhookClient, Outcome
-from fanout_tx.webhooks.delivery import DeliveryEngine, parse_retry_after
+from fanout_tx.webhooks.delivery import (
+    BUSY_RECHECK,
+    CLAIM_RETRY,
+    DeliveryEngine,
+    parse_retry_after,
+)
 from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.webhooks.signing import generate_secret
 from fanout_tx.webhooks.store import MemoryStore
-from tests.test_webhooks_support import FakeClient
+from tests.test_webhooks_support import FakeClaims, FakeClient
 
 NOW = 1_800_000_000.0
 SCHEDULE = (0, 5, 300, 1800)
@@ -254,3 +261,157 @@ class EngineTests(SynchronousTestCase):
         self.assertEqual(engine.pending_count("sub_1"), 5)
         self.assertIn("queue full", self.dead()[0]["last_error"])
         engine.stop()
+
+
+class _EngineWithClaims(SynchronousTestCase):
+    """An engine whose attempts are claimed first, the claims answered by the test."""
+
+    @override
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.clock.advance(NOW)
+        self.client = FakeClient()
+        self.store = MemoryStore()
+        self.claims = FakeClaims()
+        self.engine = DeliveryEngine(self.clock, self.client, self.store, SCHEDULE,
+                                     max_in_flight=2, jitter=lambda: 0.0, claims=self.claims)
+        self.unsubscribed: list[str] = []
+        self.engine.on_unsubscribed = self.unsubscribed.append
+        self.engine.open(Subscription("sub_1", "http://hooks.example/x", ("c",),
+                                      generate_secret()))
+
+    def delivery(self, webhook_id: str = "msg_1") -> Delivery:
+        return Delivery(webhook_id, "sub_1", "c", "POST", "http://hooks.example/x", (),
+                        b"hello")
+
+    def grant(self, index: int, claim: Claim) -> None:
+        self.claims.asked[index][1].callback(claim)
+
+
+class ClaimTests(_EngineWithClaims):
+    def test_shared_store_fake_provides_the_interface(self) -> None:
+        """The fake implements ISharedStore like RedisStore."""
+        self.assertTrue(verifyObject(ISharedStore, self.claims))
+
+    def test_attempt_waits_for_its_claim(self) -> None:
+        """Nothing is sent before the claim is granted; then the attempt goes out."""
+        self.engine.enqueue(self.delivery())
+        self.assertEqual((len(self.claims.asked), len(self.client.sent)), (1, 0))
+        self.assertEqual(self.claims.asked[0][0].attempts, 0)
+        self.grant(0, Claim(Verdict.CLAIMED))
+        self.assertEqual(len(self.client.sent), 1)
+        self.client.sent[0].result.callback(OK)
+        self.assertEqual(self.successResultOf(self.store.load()).deliveries, [])
+
+    def test_busy_asks_again_after_the_lease(self) -> None:
+        """Another instance holds the claim: ask again when its lease would end, or after
+        BUSY_RECHECK when that is sooner, and send nothing meanwhile."""
+        self.engine.enqueue(self.delivery())
+        self.grant(0, Claim(Verdict.BUSY, wait=0.5))
+        self.clock.advance(0.49)
+        self.assertEqual((len(self.claims.asked), len(self.client.sent)), (1, 0))
+        self.clock.advance(0.01)
+        self.assertEqual(len(self.claims.asked), 2)
+        self.grant(1, Claim(Verdict.BUSY, wait=15.0))
+        self.clock.advance(BUSY_RECHECK)
+        self.assertEqual(len(self.claims.asked), 3)
+        self.grant(2, Claim(Verdict.CLAIMED))
+        self.assertEqual(len(self.client.sent), 1)
+
+    def test_moved_follows_the_stored_schedule(self) -> None:
+        """Another instance made the attempt and scheduled a retry: this one takes the
+        stored attempt count and due time, and claims again then."""
+        self.engine.enqueue(self.delivery())
+        stored = self.delivery()
+        stored.attempts, stored.due = 1, NOW + 5
+        self.grant(0, Claim(Verdict.MOVED, stored=stored))
+        self.clock.advance(4.9)
+        self.assertEqual(len(self.claims.asked), 1)
+        self.clock.advance(0.1)
+        self.assertEqual(self.claims.asked[1][0].attempts, 1)
+        self.grant(1, Claim(Verdict.CLAIMED))
+        self.client.sent[0].result.callback(FAIL)
+        self.assertEqual(self.successResultOf(self.store.load()).deliveries[0].attempts, 2)
+
+    def test_done_and_unsubscribed_drop_the_delivery(self) -> None:
+        """Delivered elsewhere: forgotten. Subscription deleted elsewhere: forgotten and
+        reported. Neither is sent nor scheduled."""
+        self.engine.enqueue(self.delivery("msg_a"))
+        self.engine.enqueue(self.delivery("msg_b"))
+        self.grant(0, Claim(Verdict.DONE))
+        self.grant(1, Claim(Verdict.UNSUBSCRIBED))
+        self.assertEqual(self.engine.pending_count("sub_1"), 0)
+        self.assertEqual(self.unsubscribed, ["sub_1"])
+        self.assertEqual((self.client.sent, self.clock.getDelayedCalls()), ([], []))
+
+    def test_claim_error_is_retried(self) -> None:
+        """Redis could not answer the claim: logged, asked again after CLAIM_RETRY."""
+        self.engine.enqueue(self.delivery())
+        self.claims.asked[0][1].errback(ConnectionError("redis went away"))
+        self.clock.advance(CLAIM_RETRY)
+        self.assertEqual(len(self.claims.asked), 2)
+
+    def test_claims_count_against_max_in_flight(self) -> None:
+        """Unanswered claims take in-flight places: no third claim while two are asked."""
+        for n in range(3):
+            self.engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual(len(self.claims.asked), 2)
+        self.grant(0, Claim(Verdict.DONE))
+        self.assertEqual(len(self.claims.asked), 3)
+
+
+class DrainTests(_EngineWithClaims):
+    def test_running_attempts_finish_and_nothing_new_starts(self) -> None:
+        """Draining lets the running attempt finish and records its outcome, while the
+        waiting ones (ready, scheduled) are not attempted and stay in the store."""
+        for n in range(3):
+            self.engine.enqueue(self.delivery(f"msg_{n}"))
+        self.grant(0, Claim(Verdict.CLAIMED))
+        self.grant(1, Claim(Verdict.CLAIMED))
+        self.client.sent[1].result.callback(FAIL)  # msg_1: retry scheduled in 5 s
+        self.grant(2, Claim(Verdict.CLAIMED))
+        drained = self.engine.drain(8.0, 1.5)
+        self.client.sent[0].result.callback(OK)
+        self.assertNoResult(drained)  # msg_2 still running
+        self.clock.advance(6)  # msg_1's retry time passes during the drain
+        self.client.sent[2].result.callback(FAIL)
+        self.successResultOf(drained)
+        self.assertEqual(len(self.client.sent), 3)
+        stored = {d.webhook_id: d.attempts for d in
+                  self.successResultOf(self.store.load()).deliveries}
+        self.assertEqual(stored, {"msg_1": 1, "msg_2": 1})
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_attempts_still_running_at_the_deadline_are_abandoned(self) -> None:
+        """An attempt still running when the time is up is cancelled and its claim
+        released; the delivery stays pending with its attempt count unchanged."""
+        self.engine.enqueue(self.delivery())
+        self.grant(0, Claim(Verdict.CLAIMED))
+        drained = self.engine.drain(8.0, 1.5)
+        self.clock.advance(8.0)
+        self.successResultOf(drained)
+        self.assertTrue(self.client.sent[0].result.called)  # cancelled
+        self.assertEqual(self.claims.released, ["msg_1"])
+        self.assertEqual(self.successResultOf(self.store.load()).deliveries[0].attempts, 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_claim_granted_while_draining_is_released(self) -> None:
+        """A claim answered after the drain began is given back, not used."""
+        self.engine.enqueue(self.delivery())
+        drained = self.engine.drain(8.0, 1.5)
+        self.grant(0, Claim(Verdict.CLAIMED))
+        self.successResultOf(drained)
+        self.assertEqual((self.client.sent, self.claims.released), ([], ["msg_1"]))
+
+    def test_outcome_writes_are_awaited(self) -> None:
+        """The drain ends only once the finished attempt's outcome is stored (or the
+        writes' share of the time is up)."""
+        writes: list[Deferred[None]] = []
+        self.engine.enqueue(self.delivery())
+        self.grant(0, Claim(Verdict.CLAIMED))
+        self.store.delete_delivery = lambda *_a: writes.append(Deferred()) or writes[-1]
+        drained = self.engine.drain(8.0, 1.5)
+        self.client.sent[0].result.callback(OK)
+        self.assertNoResult(drained)
+        writes[0].callback(None)
+        self.successResultOf(drained)

@@ -5,14 +5,9 @@ receiver that dedupes on webhook-id gets each item exactly once."""
 from __future__ import annotations
 
 import ipaddress
-import os
 import signal
-import sys
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
@@ -22,61 +17,10 @@ from fanout_tx.router import Router
 from fanout_tx.webhooks.model import NewSubscription
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from tests.services import RedisServer
-from tests.test_webhooks_support import Receiver, fail_first
+from tests.test_webhooks_support import ChildInstance, Receiver, fail_first
 
 CONFIG = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),), verify=False,
                         timeout=5.0, retry_schedule=(0, 0.5, 0.5), max_in_flight=2)
-
-
-# A fanout_tx side in its own process, to be killed with SIGKILL: it registers a
-# subscription, publishes one item, prints the secret, and runs until killed.
-CHILD = """
-import ipaddress, sys
-from twisted.internet import reactor
-from twisted.internet.defer import ensureDeferred
-from fanout_tx.config import RedisConfig, WebhooksConfig
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.webhooks.model import NewSubscription
-from fanout_tx.webhooks.service import build_webhooks
-
-async def main():
-    config = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
-                            verify=False, retry_schedule=(0, 1.0, 1.0))
-    router = Router(reactor)
-    service = build_webhooks(config, RedisConfig(url=sys.argv[1], prefix="durable:"),
-                             router, reactor)
-    service.startService()
-    await service.loaded
-    sub = await service.register(NewSubscription(sys.argv[2], ("c",), None, (), False))
-    print("SECRET", sub.secret, flush=True)
-    router.publish(parse_item({"channel": "c", "id": "1",
-                               "formats": {"http-request": {"body": "one"}}}))
-
-ensureDeferred(main())
-reactor.run()
-"""
-
-
-class _Child(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.secret: Deferred[str] = Deferred()
-        self.ended: Deferred[None] = Deferred()
-
-    @override
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-        *complete, _partial = self.output.split(b"\n")  # a line may arrive in pieces
-        for line in complete:
-            if line.startswith(b"SECRET ") and not self.secret.called:
-                self.secret.callback(line.split()[1].decode())
-
-    @override
-    def processEnded(self, reason: Failure) -> None:
-        if not self.secret.called:
-            self.secret.errback(AssertionError(f"child ended: {self.output!r}"))
-        self.ended.callback(None)
 
 
 class RestartTests(TestCase):
@@ -134,15 +78,11 @@ class RestartTests(TestCase):
         receiver = Receiver(fail_first(1))
         await receiver.listen()
         self.addCleanup(receiver.close)
-        child = _Child()
-        process = reactor.spawnProcess(
-            child, sys.executable, [sys.executable, "-c", CHILD, self.redis.url, receiver.url],
-            env=os.environ.copy(),
-        )
+        child = ChildInstance(self.redis.url, receiver.url, "durable:", lease=1.0)
+        self.addCleanup(lambda: child.ended)
         receiver.secret = await child.secret
         await receiver.wait_for(1, "requests")
-        process.signalProcess("KILL")
-        await child.ended
+        await child.kill()
 
         service, _router = await self.fanout()
         self.addCleanup(service.stopService)

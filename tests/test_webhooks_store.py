@@ -1,8 +1,9 @@
 """The webhooks store: one test mixin run against MemoryStore and against RedisStore on a
-real redis-server, so the two cannot drift."""
+real redis-server, so the two cannot drift; and RedisStore's claims between two instances."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.trial.unittest import TestCase
@@ -11,6 +12,7 @@ from zope.interface.verify import verifyObject
 
 from fanout_tx.webhooks.model import Delivery, Subscription
 from fanout_tx.webhooks.redis_store import RedisStore, connect
+from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, MemoryStore
 from tests.services import RedisServer
 
@@ -102,3 +104,84 @@ class RedisStoreTests(_StoreTestsMixin, TestCase):
         self.addCleanup(other.close)
         self.assertEqual((await other.load()).subscriptions, [])
         self.assertEqual((await store.load()).subscriptions, [SUB])
+
+
+class RedisClaimTests(TestCase):
+    """Two RedisStores (two instances) on one redis-server claiming the same delivery."""
+
+    @override
+    def setUp(self) -> None:
+        self.server = RedisServer()
+        self.addCleanup(self.server.stop)
+
+    def instance(self) -> RedisStore:
+        store = RedisStore(lambda: connect(self.server.url), "test:", lease=5.0)
+        self.addCleanup(store.close)
+        return store
+
+    async def test_shared_store_interface(self) -> None:
+        """RedisStore provides ISharedStore (claims, subscriptions, pending)."""
+        store = self.instance()
+        self.assertTrue(verifyObject(ISharedStore, store))
+        await store.save_subscription(SUB)
+        await store.save_delivery(_delivery("msg_1"))
+        self.assertEqual(await store.subscriptions(), [SUB])
+        self.assertEqual(await store.pending("sub_1"), [_delivery("msg_1")])
+
+    async def test_one_claimant_at_a_time_then_done(self) -> None:
+        """A claims; B is told to wait at most the lease; A's failed attempt (stored with
+        its count) ends the claim and B, with the old count, learns the stored state; B
+        claims with it, delivers, and from then on the delivery is done for everyone, and a
+        late copy saved by a lagging instance does not bring it back."""
+        a, b = self.instance(), self.instance()
+        await a.save_subscription(SUB)
+        fresh = _delivery("msg_1")
+        fresh.attempts, fresh.last_status, fresh.last_error = 0, None, None
+        await a.save_delivery(fresh)
+        await b.save_delivery(replace(fresh))
+        self.assertEqual(await a.claim(fresh), Claim(Verdict.CLAIMED))
+        busy = await b.claim(fresh)
+        self.assertEqual(busy.verdict, Verdict.BUSY)
+        self.assertTrue(0 < busy.wait <= 5.0, busy.wait)
+        self.assertEqual(await a.claim(fresh), Claim(Verdict.CLAIMED))  # its own: renewed
+
+        failed = replace(fresh, attempts=1, due=130.0, last_status=500, last_error="HTTP 500")
+        await a.save_delivery(failed)
+        self.assertEqual(await b.claim(fresh), Claim(Verdict.MOVED, stored=failed))
+        await b.save_delivery(fresh)  # a lagging copy never takes the count backwards
+        self.assertEqual(await b.pending("sub_1"), [failed])
+        self.assertEqual(await b.claim(failed), Claim(Verdict.CLAIMED))
+        self.assertEqual((await a.claim(failed)).verdict, Verdict.BUSY)
+
+        await b.delete_delivery("sub_1", "msg_1")
+        self.assertEqual(await a.claim(failed), Claim(Verdict.DONE))
+        await a.save_delivery(fresh)
+        self.assertEqual(await a.pending("sub_1"), [])
+        self.assertEqual(await a.claim(fresh), Claim(Verdict.DONE))
+
+    async def test_release_and_bury(self) -> None:
+        """A released claim is free at once; a buried delivery is done, and burying it
+        again (another instance) adds no second dead letter."""
+        a, b = self.instance(), self.instance()
+        await a.save_subscription(SUB)
+        delivery = _delivery("msg_1")
+        await a.save_delivery(delivery)
+        self.assertEqual(await a.claim(delivery), Claim(Verdict.CLAIMED))
+        await b.release(delivery)  # not B's claim: nothing happens
+        self.assertEqual((await b.claim(delivery)).verdict, Verdict.BUSY)
+        await a.release(delivery)
+        self.assertEqual(await b.claim(delivery), Claim(Verdict.CLAIMED))
+        await b.bury(delivery)
+        self.assertEqual(await a.claim(delivery), Claim(Verdict.DONE))
+        await a.bury(delivery)  # both gave up on it: one dead letter
+        self.assertEqual(len(await a.dead_letters("sub_1")), 1)
+
+    async def test_deleted_subscription(self) -> None:
+        """Once the subscription is deleted (through any instance) claims say so and saves
+        write nothing under it."""
+        a, b = self.instance(), self.instance()
+        await a.save_subscription(SUB)
+        await a.delete_subscription("sub_1")
+        await b.save_delivery(_delivery("msg_1"))
+        self.assertEqual(await b.pending("sub_1"), [])
+        self.assertEqual(await b.claim(_delivery("msg_1")), Claim(Verdict.UNSUBSCRIBED))

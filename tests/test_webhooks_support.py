@@ -1,4 +1,5 @@
-"""Test support for the webhooks tests: real HTTP receivers on 127.0.0.1 and a fake client.
+"""Test support for the webhooks tests: real HTTP receivers on 127.0.0.1, fake client and
+claims, and a fanout_tx instance in a child process to kill with SIGKILL.
 
 The receiver checks every delivery's Standard Webhooks signature with its own code (hmac,
 not fanout_tx's signing module), dedupes on ``webhook-id`` as a real receiver should, and
@@ -10,13 +11,17 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred, succeed
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
@@ -24,7 +29,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx.webhooks.client import IWebhookClient, Outcome
-from fanout_tx.webhooks.model import Delivery
+from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.shared import Claim, ISharedStore
 from fanout_tx.webhooks.store import MemoryStore
 from tests.helpers import TrackingFactory
 
@@ -38,6 +44,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     signature_ok: bool
+    status: int = 0
 
 
 def check_signature(secret: str, headers: dict[str, str], body: bytes) -> bool:
@@ -76,6 +83,7 @@ class Receiver(Resource):
         self.requests: list[Received] = []
         self.unique: dict[str, Received] = {}
         self.hanging: list[IRequest] = []
+        self._held: list[tuple[IRequest, Received]] = []
         self._waiters: list[tuple[str, int, Deferred[None]]] = []
         self.url = ""
         self.factory: TrackingFactory | None = None
@@ -99,17 +107,37 @@ class Receiver(Resource):
         ok = bool(self.secret) and check_signature(self.secret, headers, body)
         received = Received(request.method.decode(), request.uri.decode(), headers, body, ok)
         status, answer_headers = self.behaviour(len(self.requests))
+        received.status = status
         self.requests.append(received)
         if 200 <= status < 300:
             self.unique.setdefault(headers["webhook-id"], received)
-        self._wake()
         if status == HANG:
             self.hanging.append(request)
+            self._held.append((request, received))
+        self._wake()  # may resume a waiting test at once: the bookkeeping is done
+        if status == HANG:
             return NOT_DONE_YET
         request.setResponseCode(status)
         for name, value in answer_headers.items():
             request.setHeader(name, value)
         return b""
+
+    def answer_held(self, status: int = 204) -> int:
+        """Answer the held (HANG) deliveries whose client is still connected, as a slow
+        endpoint finally does; returns how many were answered."""
+        answered = 0
+        for request, received in self._held:
+            if request.channel is None:  # the client gave up (connection lost)
+                continue
+            request.setResponseCode(status)
+            request.finish()
+            received.status = status
+            answered += 1
+            if 200 <= status < 300:
+                self.unique.setdefault(received.headers["webhook-id"], received)
+        self._held.clear()
+        self._wake()
+        return answered
 
     def _wake(self) -> None:
         for entry in list(self._waiters):
@@ -169,6 +197,29 @@ class FakeClient:
         return self.sent[-1].result
 
 
+@implementer(ISharedStore)
+class FakeClaims:
+    """Records each claim; the test answers it by firing ``asked[i][1]``."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[Delivery, Deferred[Claim]]] = []
+        self.released: list[str] = []
+
+    def claim(self, delivery: Delivery) -> Deferred[Claim]:
+        self.asked.append((delivery, Deferred()))
+        return self.asked[-1][1]
+
+    def release(self, delivery: Delivery) -> Deferred[None]:
+        self.released.append(delivery.webhook_id)
+        return succeed(None)
+
+    def subscriptions(self) -> Deferred[list[Subscription]]:
+        return succeed([])
+
+    def pending(self, subscription_id: str) -> Deferred[list[Delivery]]:
+        return succeed([])
+
+
 class NotifyingStore(MemoryStore):
     """A MemoryStore that tells the test when a given write happened."""
 
@@ -196,3 +247,68 @@ class NotifyingStore(MemoryStore):
         result = super().delete_subscription(subscription_id)
         self._notify("delete_subscription")
         return result
+
+
+# A webhooks instance in its own process, to be killed with SIGKILL. Arguments: Redis URL,
+# receiver URL, key prefix, claim lease. It registers a subscription, prints its secret,
+# publishes one item (its first attempt immediate, the retry 2 s later) and runs until
+# killed.
+CHILD = """
+import ipaddress, sys
+from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred
+from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.webhooks.model import NewSubscription
+from fanout_tx.webhooks.redis_store import RedisStore, connect
+from fanout_tx.webhooks.service import build_webhooks
+
+async def main():
+    url, target, prefix, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
+    config = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),),
+                            verify=False, timeout=30.0, retry_schedule=(0, 2.0, 2.0))
+    router = Router(reactor)
+    store = RedisStore(lambda: connect(url), prefix, lease=lease)
+    service = build_webhooks(config, RedisConfig(url=url, prefix=prefix), router, reactor,
+                             store=store)
+    service.startService()
+    await service.loaded
+    sub = await service.register(NewSubscription(target, ("c",), None, (), False))
+    print("SECRET", sub.secret, flush=True)
+    router.publish(parse_item({"channel": "c", "id": "1",
+                               "formats": {"http-request": {"body": "one"}}}))
+
+ensureDeferred(main())
+reactor.run()
+"""
+
+
+class ChildInstance(ProcessProtocol):
+    """The CHILD process: ``secret`` fires with its subscription's secret, ``ended`` when it
+    exits; ``kill()`` sends SIGKILL."""
+
+    def __init__(self, redis_url: str, receiver_url: str, prefix: str, lease: float) -> None:
+        self.output = b""
+        self.secret: Deferred[str] = Deferred()
+        self.ended: Deferred[None] = Deferred()
+        args = [sys.executable, "-c", CHILD, redis_url, receiver_url, prefix, str(lease)]
+        self._process = reactor.spawnProcess(self, sys.executable, args, env=os.environ.copy())
+
+    def kill(self) -> Deferred[None]:
+        self._process.signalProcess("KILL")
+        return self.ended
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+        *complete, _partial = self.output.split(b"\n")  # a line may arrive in pieces
+        for line in complete:
+            if line.startswith(b"SECRET ") and not self.secret.called:
+                self.secret.callback(line.split()[1].decode())
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        if not self.secret.called:
+            self.secret.errback(AssertionError(f"child ended: {self.output!r}"))
+        self.ended.callback(None)

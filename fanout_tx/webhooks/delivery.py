@@ -4,6 +4,10 @@ Each subscription has its own queue with at most ``max_in_flight`` attempts runn
 slow or dead endpoint only ever holds up its own deliveries. Every change of a delivery's
 state is written through to the store as it happens; the engine's memory is the working
 copy and the store is what a restarted server starts from. Time is the injected clock's.
+
+With a shared store (Redis, several instances) each attempt is claimed first, so only one
+instance sends it (shared.py). Stopping is a drain: no new attempts, the running ones may
+finish and their outcomes are stored, within a bound; what is left stays pending in the store.
 """
 
 from __future__ import annotations
@@ -14,13 +18,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fanout_tx.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.webhooks.model import Delivery, Subscription
+from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.webhooks.signing import secret_key, signed_headers
 from fanout_tx.webhooks.store import IWebhookStore
 
@@ -47,6 +52,13 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, when.timestamp() - now)
 
 
+# When a claim could not be asked for (Redis error), ask again after this many seconds.
+CLAIM_RETRY = 1.0
+# Held by another instance: ask again after its lease or this, whichever is sooner. The
+# holder's attempt usually ends within milliseconds; waiting the whole lease would keep
+# every such delivery in memory here for that long (rate x lease of them).
+BUSY_RECHECK = 1.0
+
 # How long a publish waits for its webhook deliveries to be stored before a 503 (SPEC B3's
 # 5 s for noticing that Redis went away).
 STORE_CONFIRM_TIMEOUT = 5.0
@@ -59,19 +71,28 @@ class _Queue:
         self.key = secret_key(subscription.secret)
         self.ready: deque[Delivery] = deque()
         self.timers: dict[str, IDelayedCall] = {}
-        self.in_flight: dict[str, Deferred[Any]] = {}
+        self.in_flight: dict[str, tuple[Deferred[Any], Delivery]] = {}
+        # Waiting for a claim's answer; these count against max_in_flight too.
+        self.claiming: set[str] = set()
         self.pending: set[str] = set()
         self.closed = False
         self.pumping = False
 
-    def close(self) -> None:
-        self.closed = True
+    def busy(self) -> int:
+        return len(self.in_flight) + len(self.claiming)
+
+    def halt(self) -> None:
+        """No new attempts: timers cancelled, ready deliveries dropped (stored meanwhile)."""
         for timer in self.timers.values():
             timer.cancel()
-        for attempt in list(self.in_flight.values()):
-            attempt.cancel()
         self.timers.clear()
         self.ready.clear()
+
+    def close(self) -> None:
+        self.closed = True
+        self.halt()
+        for attempt, _delivery in list(self.in_flight.values()):
+            attempt.cancel()
         self.pending.clear()
 
 
@@ -87,14 +108,18 @@ class DeliveryEngine:
         max_in_flight: int,
         jitter: Callable[[], float] = random.random,
         max_pending: int = MAX_PENDING,
+        claims: ISharedStore | None = None,
     ) -> None:
         self._clock = clock
         self._client = client
         self._store = store
+        self._claims = claims
         self._schedule = tuple(retry_schedule)
         self._max_in_flight = max(1, max_in_flight)
         # Called with a subscription id when its endpoint answers 410; set by the service.
         self.on_gone: Callable[[str], object] = lambda _subscription_id: None
+        # Called with a subscription id a claim found deleted (through another instance).
+        self.on_unsubscribed: Callable[[str], object] = lambda _subscription_id: None
         self._jitter = jitter
         self._max_pending = max_pending
         self._queues: dict[str, _Queue] = {}
@@ -103,6 +128,8 @@ class DeliveryEngine:
         self._unconfirmed: set[Deferred[bool]] = set()
         self.attempts: Counter[str] = Counter()  # success / failure
         self.dead_letters = 0
+        # Set while draining: fires once no attempt or claim is running.
+        self._idle: Deferred[None] | None = None
 
     # -- subscriptions --------------------------------------------------------------------
 
@@ -114,10 +141,50 @@ class DeliveryEngine:
         queue = self._queues.pop(subscription_id, None)
         if queue is not None:
             queue.close()
+            self._check_idle()
 
     def stop(self) -> None:
+        """Forget every queue at once, cancelling whatever is running."""
         for subscription_id in list(self._queues):
             self.close(subscription_id)
+
+    def drain(self, attempts_timeout: float, writes_timeout: float) -> Deferred[None]:
+        """Stop gracefully: start nothing new, let running attempts finish for at most
+        ``attempts_timeout`` seconds and their outcomes be stored for at most
+        ``writes_timeout`` more. An attempt still running then is cancelled and its claim
+        released; like every delivery not attempted, it stays pending in the store (with
+        Redis, for the next start or another instance). Ends with every queue forgotten."""
+        self._idle = Deferred()
+        for queue in self._queues.values():
+            queue.halt()
+        self._check_idle()
+        return Deferred.fromCoroutine(self._drain(attempts_timeout, writes_timeout))
+
+    async def _drain(self, attempts_timeout: float, writes_timeout: float) -> None:
+        assert self._idle is not None
+        try:
+            await self._idle.addTimeout(attempts_timeout, self._clock)
+        except TimeoutError:
+            self._abandon()
+        await self.writes_confirmed(writes_timeout)
+        self._idle = None
+        self.stop()
+
+    def _abandon(self) -> None:
+        running = [(queue, webhook_id) for queue in self._queues.values()
+                   for webhook_id in queue.in_flight]
+        self._log.warn("webhooks: {count} attempts still running at shutdown are left "
+                       "pending", count=len(running))
+        for queue, webhook_id in running:
+            attempt, delivery = queue.in_flight.pop(webhook_id)
+            attempt.cancel()
+            if self._claims is not None:
+                self._written(self._claims.release(delivery), delivery)
+
+    def _check_idle(self) -> None:
+        if (self._idle is not None and not self._idle.called
+                and not any(queue.busy() for queue in self._queues.values())):
+            self._idle.callback(None)
 
     def pending_count(self, subscription_id: str) -> int:
         queue = self._queues.get(subscription_id)
@@ -150,6 +217,8 @@ class DeliveryEngine:
 
     def _schedule_attempt(self, queue: _Queue, delivery: Delivery) -> None:
         queue.pending.add(delivery.webhook_id)
+        if self._idle is not None:
+            return  # draining: it is in the store with its due time
         wait = delivery.due - self._clock.seconds()
         if wait > 0:
             queue.timers[delivery.webhook_id] = self._clock.callLater(
@@ -169,10 +238,49 @@ class DeliveryEngine:
             return
         queue.pumping = True
         try:
-            while queue.ready and len(queue.in_flight) < self._max_in_flight:
-                self._attempt(queue, queue.ready.popleft())
+            while queue.ready and queue.busy() < self._max_in_flight:
+                self._start(queue, queue.ready.popleft())
         finally:
             queue.pumping = False
+
+    def _start(self, queue: _Queue, delivery: Delivery) -> None:
+        if self._claims is None:
+            self._attempt(queue, delivery)
+            return
+        queue.claiming.add(delivery.webhook_id)
+        claiming = self._claims.claim(delivery)
+        claiming.addBoth(self._claimed, queue, delivery)
+        claiming.addErrback(self._unexpected)
+
+    def _claimed(self, claim: Claim | Failure, queue: _Queue, delivery: Delivery) -> None:
+        queue.claiming.discard(delivery.webhook_id)
+        if queue.closed or self._idle is not None:
+            if isinstance(claim, Claim) and claim.verdict is Verdict.CLAIMED:
+                assert self._claims is not None
+                self._written(self._claims.release(delivery), delivery)
+            self._check_idle()
+            return
+        if isinstance(claim, Failure):
+            self._log.error("could not claim webhook {webhook_id}: {error}",
+                            webhook_id=delivery.webhook_id, error=claim.getErrorMessage())
+            self._reschedule(queue, delivery, CLAIM_RETRY)
+        elif claim.verdict is Verdict.CLAIMED:
+            self._attempt(queue, delivery)
+        elif claim.verdict is Verdict.BUSY:
+            # Another instance's attempt: its outcome (or the lease's end) comes first.
+            self._reschedule(queue, delivery, min(claim.wait, BUSY_RECHECK))
+        elif claim.verdict is Verdict.MOVED:
+            assert claim.stored is not None
+            self._schedule_attempt(queue, claim.stored)
+        else:  # DONE or UNSUBSCRIBED: nothing left to do here
+            queue.pending.discard(delivery.webhook_id)
+            if claim.verdict is Verdict.UNSUBSCRIBED:
+                self.on_unsubscribed(delivery.subscription_id)
+        self._pump(queue)
+
+    def _reschedule(self, queue: _Queue, delivery: Delivery, wait: float) -> None:
+        delivery.due = self._clock.seconds() + wait
+        self._schedule_attempt(queue, delivery)
 
     def _attempt(self, queue: _Queue, delivery: Delivery) -> None:
         delivery.attempts += 1
@@ -182,18 +290,22 @@ class DeliveryEngine:
             *signed_headers(queue.key, delivery.webhook_id, timestamp, delivery.body),
         ]
         attempt = self._client.request(delivery.method, delivery.url, headers, delivery.body)
-        queue.in_flight[delivery.webhook_id] = attempt
+        queue.in_flight[delivery.webhook_id] = (attempt, delivery)
         attempt.addCallback(self._finished, queue, delivery)
         attempt.addErrback(self._unexpected)
 
     def _unexpected(self, failure: Failure) -> None:
-        if not failure.check(CancelledError):  # cancelled = the subscription went away
+        if not failure.check(CancelledError):  # cancelled: subscription gone, or shutdown
             self._log.failure("webhook attempt handling failed", failure)
 
     def _finished(self, outcome: Outcome, queue: _Queue, delivery: Delivery) -> None:
-        queue.in_flight.pop(delivery.webhook_id, None)
-        if queue.closed:
-            return
+        if queue.in_flight.pop(delivery.webhook_id, None) is None or queue.closed:
+            return  # abandoned at shutdown, or the subscription went away
+        self._record(outcome, queue, delivery)
+        self._pump(queue)
+        self._check_idle()
+
+    def _record(self, outcome: Outcome, queue: _Queue, delivery: Delivery) -> None:
         subscription_id = delivery.subscription_id
         if outcome.ok:
             self.attempts["success"] += 1
@@ -213,7 +325,6 @@ class DeliveryEngine:
                 self.on_gone(subscription_id)
                 return
             self._retry_or_bury(queue, delivery, outcome)
-        self._pump(queue)
 
     def _retry_or_bury(self, queue: _Queue, delivery: Delivery, outcome: Outcome) -> None:
         if delivery.attempts >= len(self._schedule):

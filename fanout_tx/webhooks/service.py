@@ -2,7 +2,10 @@
 
 It owns the subscriptions: each one is a WebhookSubscriber on the router for each of its
 channels and a queue in the delivery engine. Registration vets the URL (SSRF) and, when
-asked, checks intent with a challenge before anything is stored.
+asked, checks intent with a challenge before anything is stored. With a shared store
+(Redis) it re-reads the stored subscriptions every few seconds, so subscriptions created or
+deleted through another instance are picked up. Stopping drains the engine within the
+shutdown timeout before the store's connection closes.
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
@@ -21,6 +26,7 @@ from fanout_tx.webhooks.client import IWebhookClient, WebhookClient, make_pool, 
 from fanout_tx.webhooks.delivery import DeliveryEngine
 from fanout_tx.webhooks.model import NewSubscription, Subscription
 from fanout_tx.webhooks.redis_store import RedisStore, connect
+from fanout_tx.webhooks.shared import ISharedStore
 from fanout_tx.webhooks.signing import generate_secret
 from fanout_tx.webhooks.ssrf import (
     AddressPolicy,
@@ -32,6 +38,18 @@ from fanout_tx.webhooks.ssrf import (
 )
 from fanout_tx.webhooks.store import IWebhookStore, MemoryStore
 from fanout_tx.webhooks.subscriber import WebhookSubscriber, render_request
+
+# Of ``[runner] shutdown_timeout``: the share running attempts get to finish at shutdown,
+# then the share their outcomes (and released claims) get to reach the store; the rest is
+# slack before the root gives up waiting.
+DRAIN_ATTEMPTS_SHARE = 0.8
+DRAIN_WRITES_SHARE = 0.15
+
+# How often subscriptions created or deleted through other instances are looked for.
+SYNC_INTERVAL = 5.0
+
+# A claim's lease beyond the attempt timeout: time to store the outcome, which ends it.
+LEASE_MARGIN = 5.0
 
 
 class RegistrationError(ValueError):
@@ -46,7 +64,9 @@ class WebhookService(Service):
 
     def __init__(self, router: Router, engine: DeliveryEngine, store: IWebhookStore,
                  client: IWebhookClient, vetter: Vetter, verify: bool,
-                 closers: tuple[Any, ...] = ()) -> None:
+                 closers: tuple[Any, ...] = (), shutdown_timeout: float = 10.0,
+                 clock: IReactorTime | None = None,
+                 sync_interval: float = SYNC_INTERVAL) -> None:
         self._router = router
         self.engine = engine
         self._store = store
@@ -54,9 +74,20 @@ class WebhookService(Service):
         self._vetter = vetter
         self._verify = verify
         self._closers = closers
+        self._shutdown_timeout = shutdown_timeout
         self._subscribers: dict[str, WebhookSubscriber] = {}
+        # Removed through this instance; a sync that read them just before must not revive
+        # them (ids are random, never reused).
+        self._removed: set[str] = set()
+        self._shared = store if ISharedStore.providedBy(store) else None
+        self._sync_loop: LoopingCall | None = None
+        if self._shared is not None and clock is not None:
+            self._sync_loop = LoopingCall(self.sync)
+            self._sync_loop.clock = clock
+        self._sync_interval = sync_interval
         self.loaded: Deferred[None] = Deferred()
         engine.on_gone = self.gone
+        engine.on_unsubscribed = self._deactivate
         router.add_renderer("http-request", render_request)
 
     # -- life -----------------------------------------------------------------------------
@@ -67,7 +98,13 @@ class WebhookService(Service):
         self.loaded = Deferred()
         load = Deferred.fromCoroutine(self._load())
         load.addErrback(lambda f: self._log.failure("could not load webhook subscriptions", f))
+        # After the load, or after it failed: the syncs then pick up what it could not.
+        load.addCallback(lambda _: self._start_sync())
         load.chainDeferred(self.loaded)
+
+    def _start_sync(self) -> None:
+        if self._sync_loop is not None and self.running and not self._sync_loop.running:
+            self._sync_loop.start(self._sync_interval, now=False)
 
     async def _load(self) -> None:
         state = await self._store.load()
@@ -78,15 +115,48 @@ class WebhookService(Service):
         self._log.info("webhooks: {subs} subscriptions, {pending} pending deliveries loaded",
                        subs=len(state.subscriptions), pending=len(state.deliveries))
 
+    def sync(self) -> Deferred[None]:
+        """Pick up subscriptions created (with their pending deliveries) or deleted through
+        other instances sharing the store. Errors are logged: the next sync tries again."""
+        return Deferred.fromCoroutine(self._sync())
+
+    async def _sync(self) -> None:
+        assert self._shared is not None
+        try:
+            stored = await self._shared.subscriptions()
+            for subscription_id in set(self._subscribers) - {s.id for s in stored}:
+                self._deactivate(subscription_id)
+            for subscription in stored:
+                if not self.running:
+                    return  # stopped while waiting for Redis
+                if subscription.id in self._subscribers or subscription.id in self._removed:
+                    continue
+                self._activate(subscription)
+                self._log.info("webhook subscription {id} was created by another instance",
+                               id=subscription.id)
+                for delivery in await self._shared.pending(subscription.id):
+                    self.engine.restore(delivery)
+        except Exception as e:  # Redis away, or an unreadable entry: the loop must go on
+            if self.running:
+                self._log.warn("webhooks: could not sync subscriptions: {error}", error=e)
+
     @override
     def stopService(self) -> Deferred[Any]:
+        """No new deliveries, running attempts may finish (engine.drain), then close."""
         super().stopService()
-        self.engine.stop()
+        if self._sync_loop is not None and self._sync_loop.running:
+            self._sync_loop.stop()
         for subscriber in self._subscribers.values():
             self._router.unsubscribe_all(subscriber)
         self._subscribers.clear()
+        timeout = self._shutdown_timeout
+        return Deferred.fromCoroutine(self._stop(
+            timeout * DRAIN_ATTEMPTS_SHARE, timeout * DRAIN_WRITES_SHARE))
+
+    async def _stop(self, attempts_timeout: float, writes_timeout: float) -> None:
+        await self.engine.drain(attempts_timeout, writes_timeout)
         closing = [self._store.close()] + [close() for close in self._closers]
-        return DeferredList(closing, consumeErrors=True)
+        await DeferredList(closing, consumeErrors=True)
 
     # -- the API's operations -------------------------------------------------------------
 
@@ -134,6 +204,7 @@ class WebhookService(Service):
         subscriber = self._subscribers.pop(subscription_id, None)
         if subscriber is None:
             return False
+        self._removed.add(subscription_id)
         self._router.unsubscribe_all(subscriber)
         self.engine.close(subscription_id)
         await self._store.delete_subscription(subscription_id)
@@ -150,7 +221,18 @@ class WebhookService(Service):
         removal.addErrback(lambda f: self._log.failure("removing {id} failed", f,
                                                        id=subscription_id))
 
+    def _deactivate(self, subscription_id: str) -> None:
+        """Deleted elsewhere (another instance's API): stop delivering, touch no store."""
+        subscriber = self._subscribers.pop(subscription_id, None)
+        if subscriber is not None:
+            self._router.unsubscribe_all(subscriber)
+            self.engine.close(subscription_id)
+            self._log.info("webhook subscription {id} was deleted by another instance",
+                           id=subscription_id)
+
     def _activate(self, subscription: Subscription) -> None:
+        if subscription.id in self._subscribers:
+            return  # a sync read it between this instance's store write and activation
         subscriber = WebhookSubscriber(subscription, self.engine)
         self._subscribers[subscription.id] = subscriber
         self.engine.open(subscription)
@@ -160,16 +242,25 @@ class WebhookService(Service):
 
 def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, reactor: Any,
                    resolver: Resolver | None = None,
-                   store: IWebhookStore | None = None) -> WebhookService:
+                   store: IWebhookStore | None = None,
+                   shutdown_timeout: float = 10.0,
+                   sync_interval: float = SYNC_INTERVAL) -> WebhookService:
     """The transport as configured: Redis store when ``[redis] url`` is set, else memory;
-    tests may pass their own resolver and store."""
+    tests may pass their own resolver and store. A store that also provides claims (Redis)
+    makes each attempt claimed first, so several instances send it once."""
     if store is None:
         store = (
-            RedisStore(lambda: connect(redis.url), redis.prefix) if redis.url else MemoryStore()
+            RedisStore(lambda: connect(redis.url), redis.prefix,
+                       lease=config.timeout + LEASE_MARGIN)
+            if redis.url else MemoryStore()
         )
     vetter = Vetter(resolver or threaded_resolver(reactor), AddressPolicy(config.allow_cidrs))
     pool = make_pool(reactor, max(1, config.max_in_flight))
     client = WebhookClient(reactor, vetter, pool, config.timeout, trust_root(config.ca_file))
-    engine = DeliveryEngine(reactor, client, store, config.retry_schedule, config.max_in_flight)
+    claims = store if ISharedStore.providedBy(store) else None
+    engine = DeliveryEngine(reactor, client, store, config.retry_schedule, config.max_in_flight,
+                            claims=claims)
     return WebhookService(router, engine, store, client, vetter, config.verify,
-                          closers=(pool.closeCachedConnections,))
+                          closers=(pool.closeCachedConnections,),
+                          shutdown_timeout=shutdown_timeout, clock=reactor,
+                          sync_interval=sync_interval)
