@@ -162,7 +162,11 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     zmq_context = zmq.Context.instance()
     _named(ZmqPullInput(reactor, zmq_context, core.input_bus, handler.push_in_spec),
            "zmq-pull", root)
-    _named(ZmqSubInput(reactor, zmq_context, core.input_bus, core.router,
+    # SUB input is never shared through Redis: a PUB fans every item out to each instance's
+    # SUB, which subscribes only to the channels of that instance's own subscribers.
+    assert core.input_bus is not None
+    sub_bus = MeteredBus(LocalBus(core.router), core.input_bus.counters)
+    _named(ZmqSubInput(reactor, zmq_context, sub_bus, core.router,
                        handler.push_in_sub_specs,
                        connect=handler.push_in_sub_connect), "zmq-sub", root)
     if settings.config.xmpp.enabled:

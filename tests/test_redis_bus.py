@@ -10,6 +10,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any
 
+import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.testing import EventLoggingObserver
@@ -308,6 +309,58 @@ class WiringTests(_RedisCase):
         config.write_text("[redis]\nurl =\n")
         core: Core = build_core(load_settings(str(config), route_lines=("* x:1",)), reactor)
         self.assertNotIsInstance(core.bus, RedisBus)
+
+
+class ZmqSubAcrossInstancesTests(_RedisCase):
+    async def test_sub_input_is_not_shared(self) -> None:
+        """Two instances whose SUB inputs connect to one XPUB publisher: PUB/SUB already
+        gives each instance the items of its own subscribers, so an item without an id
+        reaches each subscriber once (sharing it through Redis too would double it)."""
+        context = zmq.Context.instance()
+        xpub = context.socket(zmq.XPUB)
+        xpub.setsockopt(zmq.LINGER, 0)
+        xpub.setsockopt(zmq.XPUB_VERBOSE, 1)  # every peer's subscription, not the first
+        self.addCleanup(xpub.close)
+        xpub.bind("tcp://127.0.0.1:*")
+        spec = xpub.getsockopt_string(zmq.LAST_ENDPOINT)
+        subscribers, cores = [], []
+        for name in ("a", "b"):
+            config = self.folder / f"{name}.conf"
+            config.write_text(
+                f"[redis]\nurl = {self.redis.url}\nprefix = test:\n[handler]\n"
+                f"push_in_http_port = 0\npush_in_spec = tcp://127.0.0.1:0\n"
+                f"push_in_sub_specs = {spec}\npush_in_sub_connect = true\n")
+            root, core = build_service(load_settings(str(config), route_lines=("* x:1",)),
+                                       reactor)
+            subscriber = WaitingSubscriber()
+            core.router.subscribe(CHANNEL, subscriber)
+            subscribers.append(subscriber)
+            cores.append(core)
+            for service_name in ("redis", "zmq-sub"):
+                service = root.getServiceNamed(service_name)
+                service.startService()
+                self.addCleanup(service.stopService)
+            await core.bus.when_up().addTimeout(10, reactor)
+        seen: list[bytes] = []
+
+        def both_subscribed() -> bool:
+            while xpub.poll(0, zmq.POLLIN):
+                seen.append(xpub.recv())
+            return seen.count(b"\x01" + CHANNEL.encode()) == 2
+
+        await wait_until(both_subscribed)
+        for content in ("no id", "end"):
+            payload = {"formats": {"http-stream": {"content": content}}}
+            xpub.send_multipart([CHANNEL.encode(), b"J" + json.dumps(payload).encode()])
+        for subscriber in subscribers:
+            await subscriber.wait_for(b"end")
+        # A marker through Redis: the stream is ordered, so any copy of the SUB items
+        # shared through it (appended when they arrived) is read before the marker.
+        await cores[0].input_bus.publish([stream_item("marker")], "http")
+        for subscriber in subscribers:
+            await subscriber.wait_for(b"marker")
+        self.assertEqual([s.contents for s in subscribers],
+                         [[b"no id", b"end", b"marker"]] * 2)
 
 
 async def post_items(url: bytes, items: list[dict]) -> tuple[int, bytes]:
