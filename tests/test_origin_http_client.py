@@ -3,6 +3,7 @@ bytes each test gives it: framing, reuse, flow control, failures."""
 
 from __future__ import annotations
 
+import socket
 from io import BytesIO
 
 from twisted.internet import reactor
@@ -20,6 +21,7 @@ from typing_extensions import override
 from fanout_tx.http.origin import OriginEndpoints
 from fanout_tx.http.origin_client import BadResponseError, OriginClient, split_url
 from fanout_tx.http.upload import UploadStream
+from fanout_tx.tcp_options import quick_ack
 from tests.helpers import TrackingFactory, wait_until
 
 
@@ -371,3 +373,36 @@ class _NoFlow:
     def stopProducing(self) -> None:  # noqa: N802
         """Nothing to stop."""
 
+
+
+class SocketOptionTests(TestCase):
+    async def test_origin_connections_skip_nagle_and_delayed_acks(self) -> None:
+        """Origin sockets: TCP_NODELAY on, and a quick-ack call armed for every read (an
+        origin writing head and body in two sends would otherwise wait 40 ms for our ACK
+        on a kept-alive connection)."""
+        origin = Origin(self)
+        await origin.fetch(OK)
+        [connection] = origin.client._idle[split_url(origin.url())[0]]
+        handle = connection.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        self.assertIsNotNone(connection._quick_ack)
+
+    def test_quick_ack_only_for_tcp(self) -> None:
+        self.assertIsNone(quick_ack(object()))
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        self.assertIsNone(quick_ack(_Handle(left)))  # a UNIX socket
+        tcp = socket.socket()
+        self.addCleanup(tcp.close)
+        acknowledge = quick_ack(_Handle(tcp))
+        assert acknowledge is not None
+        acknowledge()  # not connected: the error is swallowed
+
+
+class _Handle:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:  # noqa: N802
+        return self._sock

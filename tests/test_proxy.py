@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 from io import BytesIO
 from typing import Any
 
@@ -21,7 +22,7 @@ from zope.interface import implementer
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.http.origin import ProxySettings
 from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, later
+from tests.proxy_fixtures import Collect, ProxyHarness, grip, later
 from tests.services import free_port
 
 
@@ -303,6 +304,19 @@ class ErrorTests(TestCase):
         proxy2 = ProxyHarness(self)
         proxy2.handle(b"/", lambda r: b"fine")
         self.assertEqual((await proxy2.fetch(b"/"))[1], b"fine")
+
+    async def test_client_connections_skip_nagle(self) -> None:
+        """A push is a small write that must not wait for the client's ACK of the last one."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/s", lambda r: grip(r, b"open\n", Grip_Hold="stream", Grip_Channel="c"))
+        response = await proxy.request(b"/s")
+        [wrapper] = list(proxy.proxy_factory.protocols)
+        handle = wrapper.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        collect = Collect()
+        response.deliverBody(collect)
+        proxy.publish("c", http_stream={"action": "close"})
+        self.assertEqual(await collect.done, b"open\n")
 
     async def test_body_over_limit_413(self) -> None:
         proxy = ProxyHarness(self, settings=ProxySettings(max_request_body=1000))

@@ -17,6 +17,7 @@ asks for them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, gatherResults
@@ -31,6 +32,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBodyProducer
 from typing_extensions import override
 from zope.interface import implementer
+
+from fanout_tx.tcp_options import no_delay, quick_ack
 
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
 _HELD_BODY = 64 * 1024  # body bytes kept before deliverBody; past this reading pauses
@@ -205,7 +208,13 @@ class OriginConnection(Protocol):
         self._reusable = True
         self._paused = False
         self._received_any = False
+        self._quick_ack: Callable[[], None] | None = None
         self.closed: Deferred[None] = Deferred()  # fires when the connection has closed
+
+    @override
+    def connectionMade(self) -> None:
+        no_delay(self.transport)
+        self._quick_ack = quick_ack(self.transport)
 
     # -- sending ----------------------------------------------------------------------------
 
@@ -267,6 +276,8 @@ class OriginConnection(Protocol):
 
     @override
     def dataReceived(self, data: bytes) -> None:
+        if self._quick_ack is not None:
+            self._quick_ack()
         self._received_any = True
         buffer = self._buffer + data if self._buffer else data
         self._buffer = b""

@@ -20,8 +20,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
-from twisted.web.client import FileBodyProducer
+from twisted.web import http, server
 from twisted.web.http import unquote
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
@@ -37,6 +36,7 @@ from fanout_tx.grip.instruct import (
     parse_instruct,
     parse_link,
 )
+from fanout_tx.http.body import BytesProducer
 from fanout_tx.http.headers import Header, end_to_end, get
 from fanout_tx.http.hold import (
     DEFAULT_MAX_CLIENT_BUFFER,
@@ -62,6 +62,7 @@ from fanout_tx.http.upload import (
 )
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, RouteTable
+from fanout_tx.tcp_options import no_delay
 from fanout_tx.write_batch import WriteBatch
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -197,6 +198,15 @@ class ProxyRequest(server.Request):
         super().connectionLost(reason)
 
 
+class ProxyChannel(http.HTTPChannel):
+    """A client connection: pushes go out without waiting for Nagle (tcp_options.py)."""
+
+    @override
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        no_delay(self.transport)
+
+
 class ProxySite(server.Site):
     """The client port's Site: bodies never parsed as forms, no tracebacks to clients, and
     the access log only at debug level (one line per request is too much for a push
@@ -205,6 +215,7 @@ class ProxySite(server.Site):
 
     noisy = False
     displayTracebacks = False
+    protocol = ProxyChannel  # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS
     _log = Logger()
 
     def __init__(self, resource: ProxyResource, access_log: bool = True) -> None:
@@ -408,11 +419,9 @@ class ProxySession:
         """The client's body for an origin request: the stream, or the buffered body again."""
         if self._upload is not None:
             return self._upload
-        content = self.request.content
-        content.seek(0, io.SEEK_END)
-        if content.tell() or self.request.method in _BODY_METHODS:
-            content.seek(0)
-            return FileBodyProducer(content)
+        body = self.request.content.getvalue()  # at most REPLAY_LIMIT bytes, in memory
+        if body or self.request.method in _BODY_METHODS:
+            return BytesProducer(body)  # written with the head: one segment, no cooperator
         return None
 
     def _ask(self, method: bytes, url: bytes, headers: Any, body: Any) -> Deferred[IResponse]:
