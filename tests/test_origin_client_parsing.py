@@ -1,0 +1,147 @@
+"""Properties of http/origin_client.py's response parser over in-memory transports: any valid
+answer parses the same whatever pieces it arrives in, and arbitrary bytes never escape as
+anything but a failed request."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
+
+from fanout_tx.http.origin_client import BadResponseError, OriginClient
+from tests.test_origin_http_client import Reader
+
+
+class MemoryEndpoint:
+    """Connects at once, to a StringTransport."""
+
+    def __init__(self) -> None:
+        self.connections: list[tuple[Any, StringTransport]] = []
+
+    def connect(self, factory: Any) -> Deferred[Any]:
+        protocol = factory.buildProtocol(None)
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        self.connections.append((protocol, transport))
+        return succeed(protocol)
+
+
+@implementer(IAgentEndpointFactory)
+class MemoryEndpoints:
+    def __init__(self) -> None:
+        self.endpoint = MemoryEndpoint()
+
+    def endpointForURI(self, uri: Any) -> MemoryEndpoint:  # noqa: N802
+        return self.endpoint
+
+
+TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12)
+NAME = TOKEN.filter(lambda n: n.lower() not in {
+    "connection", "content-length", "keep-alive", "proxy-connection", "te", "trailers",
+    "transfer-encoding", "upgrade"})
+VALUE = st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=20)
+
+
+@st.composite
+def answers(draw: Any) -> tuple[bytes, dict[str, Any]]:
+    """A valid answer on the wire and what it should parse into."""
+    code = draw(st.integers(200, 599).filter(lambda c: c not in (204, 304)))
+    phrase = draw(st.text("abcdefghij ", max_size=12)).strip()
+    headers = draw(st.lists(st.tuples(NAME, VALUE), max_size=5))
+    body = draw(st.binary(max_size=600))
+    framing = draw(st.sampled_from(["length", "chunked", "close"]))
+    head = [f"HTTP/1.1 {code} {phrase}".encode()]
+    head += [f"{name}: {value}".encode() for name, value in headers]
+    if framing == "length":
+        head.append(b"Content-Length: %d" % len(body))
+        wire_body = body
+    elif framing == "chunked":
+        head.append(b"Transfer-Encoding: chunked")
+        cuts = sorted(draw(st.lists(st.integers(1, max(1, len(body))), max_size=4)))
+        pieces, start = [], 0
+        for cut in [*cuts, len(body)]:
+            if start < cut <= len(body):
+                pieces.append(body[start:cut])
+                start = cut
+        wire_body = b"".join(b"%x\r\n%b\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    else:
+        wire_body = body
+    wire = b"\r\n".join(head) + b"\r\n\r\n" + wire_body
+    return wire, {"code": code, "phrase": phrase.encode(), "headers": headers, "body": body,
+                  "framing": framing}
+
+
+def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
+
+
+class ParserProperties(SynchronousTestCase):
+    def client(self) -> tuple[OriginClient, MemoryEndpoint]:
+        endpoints = MemoryEndpoints()
+        return OriginClient(Clock(), endpoints), endpoints.endpoint
+
+    @given(answers(), st.lists(st.integers(0, 10_000), max_size=8))
+    def test_any_split_parses_the_same(self, answer: tuple[bytes, dict[str, Any]],
+                                       cuts: list[int]) -> None:
+        wire, expected = answer
+        client, endpoint = self.client()
+        responses: list[Any] = []
+        client.request(b"GET", b"http://origin:80/x").addCallback(responses.append)
+        protocol, _transport = endpoint.connections[0]
+        reader = Reader()
+        for piece in pieces(wire, cuts):
+            protocol.dataReceived(piece)
+            if responses and reader.transport is None:
+                responses[0].deliverBody(reader)
+        if expected["framing"] == "close":
+            protocol.connectionLost(Failure(ConnectionDone()))
+        [response] = responses
+        self.assertEqual((response.code, response.phrase), (expected["code"], expected["phrase"]))
+        for name, _value in expected["headers"]:
+            self.assertEqual(
+                response.headers.getRawHeaders(name.encode()),
+                [v.encode() for n, v in expected["headers"] if n.lower() == name.lower()])
+        self.assertEqual(reader.body, expected["body"])
+        if expected["framing"] == "close":
+            reader.reason.trap(PotentialDataLoss)
+        else:
+            reader.reason.trap(ResponseDone)
+            client.request(b"GET", b"http://origin:80/again")
+            self.assertEqual(len(endpoint.connections), 1)  # reused
+
+    @given(st.binary(max_size=300), st.lists(st.integers(0, 1000), max_size=6),
+           st.booleans())
+    def test_arbitrary_bytes_never_escape(self, data: bytes, cuts: list[int],
+                                          head_first: bool) -> None:
+        """Whatever the origin sends, the request ends as an answer or a failure the proxy
+        handles (a 502); nothing raises out of the protocol."""
+        client, endpoint = self.client()
+        outcomes: list[Any] = []
+        client.request(b"GET", b"http://origin:80/x").addBoth(outcomes.append)
+        protocol, _transport = endpoint.connections[0]
+        if head_first:
+            data = b"HTTP/1.1 200 OK\r\n" + data
+        reader = Reader()
+        for piece in pieces(data, cuts):
+            protocol.dataReceived(piece)
+            if outcomes and not isinstance(outcomes[0], Failure) and reader.transport is None:
+                outcomes[0].deliverBody(reader)
+        protocol.connectionLost(Failure(ConnectionDone()))
+        [outcome] = outcomes
+        if isinstance(outcome, Failure):
+            outcome.trap(BadResponseError, ResponseNeverReceived)
+        elif reader.reason is not None:
+            reader.reason.trap(ResponseDone, PotentialDataLoss, ResponseFailed)
