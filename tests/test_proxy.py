@@ -144,6 +144,31 @@ class PassThroughTests(TestCase):
         later(held[0], b"second\n")
         self.assertEqual(await collect.done, b"first\nsecond\n")
 
+    async def test_client_gone_mid_body_closes_origin_connection(self) -> None:
+        """A client that leaves while a body is relayed: the origin connection is dropped
+        (the origin sees it), nothing is left waiting, and the next request is served."""
+        proxy = ProxyHarness(self)
+        held: list[Request] = []
+
+        def slow(request: Request) -> int:
+            request.write(b"first\n")
+            held.append(request)
+            return NOT_DONE_YET
+
+        proxy.handle(b"/slow", slow)
+        proxy.handle(b"/h", hello)
+        response = await proxy.request(b"/slow")
+        collect = Collect()
+        response.deliverBody(collect)
+        await wait_until(lambda: b"".join(collect.chunks) == b"first\n")
+        origin_gone: list[object] = []
+        held[0].notifyFinish().addErrback(origin_gone.append)
+        [client_side] = list(proxy.proxy_factory.protocols)
+        client_side.transport.abortConnection()  # as if the client had gone
+        await self.assertFailure(collect.done, Exception)
+        await wait_until(lambda: bool(origin_gone))
+        self.assertEqual((await proxy.fetch(b"/h"))[1], b"hello\n")
+
     async def test_x_forwarded_for(self) -> None:
         """``truncate:0,append`` replaces client entries with the client's address;
         ``append`` adds it."""

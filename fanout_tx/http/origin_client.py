@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, gatherResults
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
@@ -432,13 +432,14 @@ class OriginConnection(Protocol):
                     self._fail_exchange(Failure(error))
 
     def stop_body(self) -> None:
-        """The body's reader wants no more: this connection ends."""
+        """The body's reader wants no more: this connection ends, and the reader hears the
+        body failed (as with Agent), so whatever waits on it is not left pending."""
         self._reusable = False
         self._state = "stopped"
-        if self._exchange is not None:
-            self._exchange.reader = None
         self._stop_body_producer()
         self.transport.abortConnection()
+        if self._exchange is not None:
+            self._exchange.body_ended(Failure(ResponseFailed([Failure(ConnectionAborted())])))
 
     # -- failures -------------------------------------------------------------------------
 
