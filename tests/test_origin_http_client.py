@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 from io import BytesIO
+from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
@@ -104,12 +105,18 @@ class Origin:
         server.transport.write(data)
         return server
 
-    async def fetch(self, answer: bytes, **kwargs: object) -> tuple[object, Reader, Failure]:
+    async def begin(self, answer: bytes, **kwargs: object) -> tuple[RawServer, Any, Reader]:
+        """A request answered with ``answer`` (maybe not all of it yet): the origin's side,
+        the response, and a reader already given its body."""
         pending = self.request(**kwargs)  # type: ignore[arg-type]
-        await self.answer(answer)
+        server = await self.answer(answer)
         response = await pending
         reader = Reader()
         response.deliverBody(reader)
+        return server, response, reader
+
+    async def fetch(self, answer: bytes, **kwargs: object) -> tuple[object, Reader, Failure]:
+        _server, response, reader = await self.begin(answer, **kwargs)
         await reader.ended
         return response, reader, reader.reason
 
@@ -157,11 +164,7 @@ class FramingTests(TestCase):
     async def test_body_until_close(self) -> None:
         """No length: the body ends with the connection, which is not reused."""
         origin = Origin(self)
-        pending = origin.request()
-        server = await origin.answer(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
-        response = await pending
-        reader = Reader()
-        response.deliverBody(reader)
+        server, _response, reader = await origin.begin(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
         server.transport.write(b"part two")
         server.transport.loseConnection()
         await reader.ended
@@ -176,12 +179,7 @@ class FramingTests(TestCase):
         self.assertEqual((response.length, reader.body), (0, b""))
         ended.trap(ResponseDone)
         for status in (b"204 No Content", b"304 Not Modified"):
-            pending = origin.request()
-            await origin.answer(b"HTTP/1.1 %b\r\n\r\n" % status)
-            response = await pending
-            reader = Reader()
-            response.deliverBody(reader)
-            await reader.ended
+            _response, reader, _reason = await origin.fetch(b"HTTP/1.1 %b\r\n\r\n" % status)
         reader.reason.trap(ResponseDone)
         self.assertEqual(len(origin.connections), 1)
 
@@ -270,11 +268,8 @@ class BodyTests(TestCase):
 class FlowAndFailureTests(TestCase):
     async def test_reader_pauses_and_resumes(self) -> None:
         origin = Origin(self)
-        pending = origin.request()
-        server = await origin.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabcd")
-        response = await pending
-        reader = Reader()
-        response.deliverBody(reader)
+        server, _response, reader = await origin.begin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabcd")
         await wait_until(lambda: reader.body == b"abcd")
         reader.transport.pauseProducing()
         server.transport.write(b"efgh")
@@ -307,11 +302,8 @@ class FlowAndFailureTests(TestCase):
 
     async def test_reset_mid_body_and_before_answer(self) -> None:
         origin = Origin(self)
-        pending = origin.request()
-        server = await origin.answer(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        response = await pending
-        reader = Reader()
-        response.deliverBody(reader)
+        server, _response, reader = await origin.begin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         server.transport.abortConnection()
         await reader.ended
         reader.reason.trap(ResponseFailed)

@@ -56,6 +56,24 @@ def hello(request: Request) -> bytes:
     return b"hello\n"
 
 
+async def slow_stream(proxy: ProxyHarness) -> tuple[list[Request], Collect]:
+    """A client reading ``/slow``, whose origin has written ``first`` and holds the rest:
+    (the held origin request, the client's body reader)."""
+    held: list[Request] = []
+
+    def slow(request: Request) -> int:
+        request.write(b"first\n")
+        held.append(request)
+        return NOT_DONE_YET
+
+    proxy.handle(b"/slow", slow)
+    response = await proxy.request(b"/slow")
+    collect = Collect()
+    response.deliverBody(collect)
+    await wait_until(lambda: b"".join(collect.chunks) == b"first\n")
+    return held, collect
+
+
 class PassThroughTests(TestCase):
     async def test_plain_response_relayed(self) -> None:
         """Status, reason, repeated headers and body reach the client; Grip-* do not."""
@@ -129,18 +147,7 @@ class PassThroughTests(TestCase):
     async def test_chunked_origin_streams_chunk_by_chunk(self) -> None:
         """The client sees the first chunk before the origin has written the second."""
         proxy = ProxyHarness(self)
-        held: list[Request] = []
-
-        def slow(request: Request) -> int:
-            request.write(b"first\n")
-            held.append(request)
-            return NOT_DONE_YET
-
-        proxy.handle(b"/slow", slow)
-        response = await proxy.request(b"/slow")
-        collect = Collect()
-        response.deliverBody(collect)
-        await wait_until(lambda: b"".join(collect.chunks) == b"first\n")
+        held, collect = await slow_stream(proxy)
         later(held[0], b"second\n")
         self.assertEqual(await collect.done, b"first\nsecond\n")
 
@@ -148,19 +155,8 @@ class PassThroughTests(TestCase):
         """A client that leaves while a body is relayed: the origin connection is dropped
         (the origin sees it), nothing is left waiting, and the next request is served."""
         proxy = ProxyHarness(self)
-        held: list[Request] = []
-
-        def slow(request: Request) -> int:
-            request.write(b"first\n")
-            held.append(request)
-            return NOT_DONE_YET
-
-        proxy.handle(b"/slow", slow)
         proxy.handle(b"/h", hello)
-        response = await proxy.request(b"/slow")
-        collect = Collect()
-        response.deliverBody(collect)
-        await wait_until(lambda: b"".join(collect.chunks) == b"first\n")
+        held, collect = await slow_stream(proxy)
         origin_gone: list[object] = []
         held[0].notifyFinish().addErrback(origin_gone.append)
         [client_side] = list(proxy.proxy_factory.protocols)

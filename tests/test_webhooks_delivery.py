@@ -34,7 +34,12 @@ OK = Outcome(204)
 FAIL = Outcome(500)
 
 
-class EngineTests(SynchronousTestCase):
+class _EngineCase(SynchronousTestCase):
+    """A DeliveryEngine on a fake clock, client and store (and claims, when a subclass
+    gives them)."""
+
+    claims: FakeClaims | None = None
+
     @override
     def setUp(self) -> None:
         self.clock = Clock()
@@ -43,7 +48,14 @@ class EngineTests(SynchronousTestCase):
         self.store = MemoryStore()
         self.jitter = 0.0
         self.engine = DeliveryEngine(self.clock, self.client, self.store, SCHEDULE,
-                                     max_in_flight=2, jitter=lambda: self.jitter)
+                                     max_in_flight=2, jitter=lambda: self.jitter,
+                                     claims=self.claims)
+
+
+class EngineTests(_EngineCase):
+    @override
+    def setUp(self) -> None:
+        super().setUp()
         self.gone: list[str] = []
         self.engine.on_gone = self.gone.append
         self.subscription = Subscription("sub_1", "http://hooks.example/x", ("c",),
@@ -263,18 +275,13 @@ class EngineTests(SynchronousTestCase):
         engine.stop()
 
 
-class _EngineWithClaims(SynchronousTestCase):
+class _EngineWithClaims(_EngineCase):
     """An engine whose attempts are claimed first, the claims answered by the test."""
 
     @override
     def setUp(self) -> None:
-        self.clock = Clock()
-        self.clock.advance(NOW)
-        self.client = FakeClient()
-        self.store = MemoryStore()
         self.claims = FakeClaims()
-        self.engine = DeliveryEngine(self.clock, self.client, self.store, SCHEDULE,
-                                     max_in_flight=2, jitter=lambda: 0.0, claims=self.claims)
+        super().setUp()
         self.unsubscribed: list[str] = []
         self.engine.on_unsubscribed = self.unsubscribed.append
         self.engine.open(Subscription("sub_1", "http://hooks.example/x", ("c",),
