@@ -8,41 +8,32 @@ items) take the checked loop. One failing subscriber is logged and dropped; the 
 
 from __future__ import annotations
 
-import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Container, Iterable, Mapping
+from functools import partial
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from fanout_tx.formats import Format
+from fanout_tx.grip import content_filters
+from fanout_tx.grip.directives import FilterError
 from fanout_tx.interfaces import IChannelListener, IRouterObserver, ISubscriber
 from fanout_tx.items import Item
 
 Renderer = Callable[[Format], Any]
 
 DELIVERY_FILTERS = frozenset({"skip-self", "skip-users", "require-sub"})
-CONTENT_FILTERS = frozenset({"var-subst"})
+CONTENT_FILTERS = content_filters.CONTENT_FILTERS
 KNOWN_FILTERS = DELIVERY_FILTERS | CONTENT_FILTERS
 
-_VAR = re.compile(rb"%\((?P<name>[^)]*)\)s")
-
-
-class FilterError(ValueError):
-    """A content filter could not be applied for one subscriber (e.g. unknown variable)."""
-
-
-def substitute_vars(content: bytes, meta: dict[str, str]) -> bytes:
-    """``var-subst``: ``%(name)s`` -> the subscription's meta value; unknown names fail."""
-
-    def replace(match: re.Match[bytes]) -> bytes:
-        name = match["name"].decode("utf-8", "replace")
-        if name not in meta:
-            raise FilterError(f"no such variable {name!r}")
-        return meta[name].encode("utf-8")
-
-    return _VAR.sub(replace, content)
+def _prev_ids_of(subscriber: Any, item: Item) -> content_filters.PrevIds:
+    """``build-id``'s context. A subscriber that tracks prev ids (a stream or long-poll
+    hold) has ``prev_ids(item)``: per channel, the last id it knows, counting ``item`` as
+    received. Others (e.g. WebSocket, as in Pushpin) have none."""
+    prev_ids = getattr(subscriber, "prev_ids", None)
+    return prev_ids(item) if prev_ids is not None else {}
 
 
 class _PublishMeta:
@@ -118,8 +109,9 @@ class Router:
         self._max_last_ids = max_last_ids
         # channel -> format name -> subscribers of that format (with their filters)
         self._groups: dict[str, dict[str, _Group]] = {}
-        # subscriber -> channel -> filters (the one place to unsubscribe everything)
-        self._by_subscriber: dict[Any, dict[str, frozenset[str]]] = {}
+        # subscriber -> channel -> filters in the order given (the one place to unsubscribe
+        # everything; content filters apply in that order)
+        self._by_subscriber: dict[Any, dict[str, tuple[str, ...]]] = {}
         self._renderers: dict[str, Renderer] = {}
         self._listeners: list[IChannelListener] = []
         self._observers: list[IRouterObserver] = []
@@ -147,13 +139,14 @@ class Router:
 
     def subscribe(self, channel: str, subscriber: ISubscriber, filters: Iterable[str] = ()) -> None:
         """Idempotent; a repeated subscribe replaces the subscription's filters."""
-        filter_set = frozenset(filters)
+        ordered = tuple(dict.fromkeys(filters))
+        filter_set = frozenset(ordered)
         is_new_channel = channel not in self._groups
         groups = self._groups.setdefault(channel, {})
         for format_name in subscriber.formats:
             groups.setdefault(format_name, _Group()).add(subscriber, filter_set)
         is_new_subscriber = subscriber not in self._by_subscriber
-        self._by_subscriber.setdefault(subscriber, {})[channel] = filter_set
+        self._by_subscriber.setdefault(subscriber, {})[channel] = ordered
         if self._observers:
             self._observe(subscriber, channel, groups, is_new_subscriber, False)
         if is_new_channel:
@@ -361,7 +354,7 @@ class Router:
         """Delivery with filters, content filters, or a multi-format item."""
         delivered = 0
         publish_meta = _PublishMeta(item.meta) if item.meta else None
-        format_subst = "var-subst" in fmt.content_filters
+        item_filters = tuple(name for name in fmt.content_filters if name in CONTENT_FILTERS)
         for subscriber, filters in entries:
             if seen is not None:
                 if subscriber in seen:
@@ -372,16 +365,24 @@ class Router:
             ):
                 continue
             sub_fmt, sub_prepared = fmt, prepared
-            if format_subst or "var-subst" in filters:
+            names = item_filters
+            if "build-id" in filters or "var-subst" in filters:  # cheaper than a set op
+                own = self._by_subscriber.get(subscriber, {}).get(item.channel, ())
+                names = own + tuple(name for name in item_filters if name not in own)
+            if names and fmt.content is not None:
                 try:
-                    sub_fmt = self._substituted(fmt, subscriber)
+                    content = content_filters.apply_content_filters(
+                        names, fmt.content, subscriber.meta,
+                        partial(_prev_ids_of, subscriber, item),
+                    )
+                    sub_fmt = fmt.with_content(content)
+                    sub_prepared = renderer(sub_fmt) if renderer else sub_fmt
                 except FilterError as e:
                     self._log.warn(
                         "filter dropped {id} on {channel} for one subscriber: {reason}",
                         id=item.id, channel=item.channel, reason=str(e),
                     )
                     continue
-                sub_prepared = renderer(sub_fmt) if renderer else sub_fmt
             try:
                 subscriber.deliver(item, sub_fmt, sub_prepared)
             except Exception:
@@ -394,12 +395,6 @@ class Router:
         self._log.failure("subscriber failed on {channel}; dropping it", channel=channel)
         self.unsubscribe_all(subscriber)
         self._safe_close(subscriber, "internal error")
-
-    @staticmethod
-    def _substituted(fmt: Format, subscriber: ISubscriber) -> Format:
-        if fmt.content is None:
-            return fmt
-        return fmt.with_content(substitute_vars(fmt.content, dict(subscriber.meta)))
 
     def _safe_close(self, subscriber: ISubscriber, reason: str) -> None:
         try:

@@ -292,3 +292,108 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.clock.advance(0)
         self.assertTrue(transport.value().endswith(b"1\r\nq\r\n"))
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the link timer again
+
+
+class PrefixingOrigin(FakeOrigin):
+    """A route with ``prefix=p-``: the router knows channel ``a`` as ``p-a``."""
+
+    def channel_name(self, name: str) -> str:
+        return "p-" + name
+
+
+def build_id_stream(body: bytes = b"start %(x)I %%\n", link: Link | None = None,
+                    id_format: str = "%(a)s_%(b)s") -> Instruct:
+    return Instruct(hold="stream", channels=(Channel("a", "1", ("build-id",)),
+                                             Channel("b", "7", ("build-id",)),
+                                             Channel("c", None, ("build-id",))),
+                    next_link=link, meta={"id_format": id_format},
+                    response=Response(200, None, (), body))
+
+
+class BuildIdHoldTests(HoldTestsMixin, SynchronousTestCase):
+    """build-id as Pushpin 1.36 does it on holds: the prev ids of the hold's channels (as
+    the origin named them), advanced by each item before it is rendered."""
+
+    def setUp(self) -> None:
+        self.setup_hold()
+        self.origin = PrefixingOrigin()
+
+    def open_stream(self, instruct: Instruct) -> tuple[StringTransport, Any]:
+        _protocol, transport, hold = self.connect(
+            lambda request: HeldStream(request, self.router, self.clock, instruct, self.origin))
+        return transport, hold
+
+    def publish_id(self, channel: str, item_id: str, prev_id: str | None,
+                   content: str = "id: %I\n") -> None:
+        item = {"channel": channel, "id": item_id,
+                "formats": {"http-stream": {"content": content}}}
+        if prev_id is not None:
+            item["prev-id"] = prev_id
+        self.router.publish(parse_item(item))
+        self.clock.advance(0)
+
+    def test_stream_ids_advance(self) -> None:
+        transport, hold = self.open_stream(build_id_stream())
+        self.publish_id("p-a", "2", "1")
+        self.publish_id("p-b", "8", "7")
+        self.publish_id("p-c", "x", None)  # no prev-id on c: it stays unknown
+        self.publish_id("p-a", "3", "2")
+        self.assertTrue(transport.value().endswith(
+            b"\r\n\r\na\r\nstart x %\n\r\n8\r\nid: 2_7\n\r\n8\r\nid: 2_8\n\r\n"
+            b"8\r\nid: 2_8\n\r\n8\r\nid: 3_8\n\r\n"))
+        self.assertEqual(hold.prev_ids(parse_item({"channel": "p-b", "id": "9", "formats": {
+            "http-stream": {"content": ""}}})), {"a": "3", "b": "9", "c": None})
+
+    def test_bare_id_in_the_origin_body_ends_the_stream(self) -> None:
+        """Pushpin 1.36: the origin's body is filtered with no prev ids, so %I there is an
+        error: the head goes out, the response ends, nothing is subscribed."""
+        transport, hold = self.open_stream(build_id_stream(body=b"id: %I\n"))
+        value = transport.value()
+        self.assertIn(b"HTTP/1.1 200 OK", value)
+        self.assertTrue(value.endswith(b"\r\n\r\n0\r\n\r\n"))
+        self.assertNotIn(b"id:", value)
+        self.assertTrue(hold.ended)
+        self.assertEqual(self.router.subscriber_count(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_recovery_answer_is_filtered_with_its_own_meta(self) -> None:
+        """A Grip-Link answer's body goes through build-id too; its meta and prev ids
+        replace the old ones."""
+        transport, hold = self.open_stream(build_id_stream(link=Link("/n", 60)))
+        hold.recover()
+        [(link, grip_last, d)] = self.origin.links
+        self.assertEqual(grip_last, [("Grip-Last", "a; last-id=1"), ("Grip-Last", "b; last-id=7")])
+        d.callback(Instruct(hold="stream", channels=(Channel("a", "5", ("build-id",)),),
+                            next_link=link, meta={"id_format": "A%(a)s"},
+                            response=Response(body=b"again %(y)I\n")))
+        self.publish_id("p-a", "6", "5")
+        self.assertTrue(transport.value().endswith(b"8\r\nagain y\n\r\n7\r\nid: A6\n\r\n"))
+
+    def test_bad_recovery_answer_ends_the_stream(self) -> None:
+        transport, hold = self.open_stream(build_id_stream(link=Link("/n", 60)))
+        hold.recover()
+        self.origin.links[0][2].callback(Instruct(
+            hold="stream", channels=(Channel("a", "5", ("build-id",)),), next_link=Link("/n", 60),
+            meta={"id_format": "%(a)s"}, response=Response(body=b"%I")))
+        self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
+        self.assertEqual(self.router.subscriber_count(), 0)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_long_poll(self) -> None:
+        """Pushpin 1.36: the published body gets the id with the item counted (2-5); the
+        timeout response is not filtered."""
+        instruct = Instruct(hold="response", channels=(Channel("a", "1", ("build-id",)),
+                                                       Channel("b", "5", ("build-id",))),
+                            meta={"id_format": "%(a)s-%(b)s"},
+                            response=Response(200, None, (), b"late %I"))
+        _protocol, transport, _hold = self.connect(
+            lambda request: HeldResponse(request, self.router, self.clock, instruct,
+                                         self.origin))
+        self.router.publish(parse_item({"channel": "p-a", "id": "2", "prev-id": "1",
+                                        "formats": {"http-response": {"body": "id=%I"}}}))
+        self.assertTrue(transport.value().endswith(b"\r\n\r\nid=2-5"))
+        _protocol, transport, _hold = self.connect(
+            lambda request: HeldResponse(request, self.router, self.clock, instruct,
+                                         self.origin))
+        self.clock.advance(instruct.timeout)
+        self.assertTrue(transport.value().endswith(b"late %I"))

@@ -12,9 +12,10 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from fanout_tx.formats import Format
+from fanout_tx.grip.content_filters import substitute_vars
 from fanout_tx.interfaces import IChannelListener, ISubscriber
 from fanout_tx.items import Item, parse_item
-from fanout_tx.router import FilterError, Router, substitute_vars
+from fanout_tx.router import FilterError, Router
 from tests.helpers import RecordingSubscriber
 
 try:
@@ -320,6 +321,113 @@ class FilterTests(_RouterTestCase):
         self.assertEqual(substitute_vars(b"%(a)s-%(b)s", {"a": "1", "b": "\u00e9"}),
                          b"1-\xc3\xa9")
         self.assertRaises(FilterError, substitute_vars, b"%(c)s", {})
+
+
+class PrevIdSubscriber(RecordingSubscriber):
+    """A recording subscriber that tracks prev ids as a stream hold does: each delivered
+    item's id becomes the last id of its channel (if the channel had one)."""
+
+    def __init__(self, last_ids: dict[str, str | None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.last_ids = dict(last_ids)
+
+    def prev_ids(self, item: Item) -> dict[str, str | None]:
+        ids = dict(self.last_ids)
+        if ids.get(item.channel) is not None and item.id is not None:
+            ids[item.channel] = item.id
+        return ids
+
+    def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
+        super().deliver(item, fmt, prepared)
+        if self.last_ids.get(item.channel) is not None and item.id is not None:
+            self.last_ids[item.channel] = item.id
+
+
+class BuildIdTests(_RouterTestCase):
+    def subscribe_both(self, sub: RecordingSubscriber, filters: tuple[str, ...]) -> None:
+        for channel in ("a", "b"):
+            self.router.subscribe(channel, sub, filters)
+
+    def test_composite_id_advances_per_subscriber(self) -> None:
+        """Each subscriber renders %I from its own prev ids, counting the item itself
+        (Pushpin 1.36: 2_7, 2_8, 3_8); plain subscribers get the shared rendering."""
+        renders: list[Format] = []
+        self.router.add_renderer("http-stream", lambda f: renders.append(f) or f.content)
+        meta = {"id_format": "%(a)s_%(b)s"}
+        first = PrevIdSubscriber({"a": "1", "b": "7"}, meta=meta)
+        other = PrevIdSubscriber({"a": "10", "b": "70"}, meta=meta)
+        plain = RecordingSubscriber()
+        for sub in (first, other):
+            self.subscribe_both(sub, ("build-id",))
+        self.subscribe_both(plain, ())
+        for channel, item_id, prev in (("a", "2", "1"), ("b", "8", "7"), ("a", "3", "2")):
+            self.router.publish(item("id: %I", channel=channel, id=item_id, prev_id=prev))
+        self.assertEqual(first.contents, [b"id: 2_7", b"id: 2_8", b"id: 3_8"])
+        self.assertEqual(other.contents, [b"id: 2_70", b"id: 2_8", b"id: 3_8"])
+        self.assertEqual(plain.contents, [b"id: %I"] * 3)
+        self.assertEqual([p for _i, _f, p in plain.received], [b"id: %I"] * 3)
+        self.assertEqual(len(renders), 3 * 3)  # shared + one per filtered subscriber
+
+    def test_filter_error_drops_one_delivery(self) -> None:
+        """A subscriber without id_format (or with a bad one) misses the item, logged; the
+        others get it; its prev id does not move."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        good = PrevIdSubscriber({"a": "1"}, meta={"id_format": "%(a)s"})
+        no_format = PrevIdSubscriber({"a": "1"})
+        bad_name = PrevIdSubscriber({"a": "1"}, meta={"id_format": "%(zz)s"})
+        for sub in (good, no_format, bad_name):
+            self.router.subscribe("a", sub, ("build-id",))
+        self.router.publish(item("<%I>", channel="a", id="2"))
+        self.assertEqual(good.contents, [b"<2>"])
+        self.assertEqual((no_format.received, bad_name.received), ([], []))
+        self.assertEqual(no_format.last_ids, {"a": "1"})
+        reasons = [e["reason"] for e in events if "filter dropped" in e["log_format"]]
+        self.assertEqual(len(reasons), 2)
+        self.assertIn("id_format", reasons[0])
+        self.assertIn("zz", reasons[1])
+
+    def test_content_filters_on_the_format(self) -> None:
+        """content-filters: ["build-id"] in the item applies it to every subscriber."""
+        sub = PrevIdSubscriber({"c": "4"}, meta={"id_format": "c%(c)s", "id_encoding": "hex"})
+        self.router.subscribe("c", sub)
+        self.router.publish(parse_item({"channel": "c", "id": "5", "formats": {"http-stream": {
+            "content": "%I %(ab)I", "content-filters": ["build-id"]}}}))
+        self.assertEqual(sub.contents, [b"6335 6162"])
+
+    def test_filters_apply_in_the_subscription_order(self) -> None:
+        """As Pushpin: the order of the subscription's filters; an item's content-filters
+        come after them."""
+        meta = {"id_format": "%(c)s", "user": "ann"}
+        first = PrevIdSubscriber({"c": "1"}, meta=meta)
+        second = PrevIdSubscriber({"c": "1"}, meta=meta)
+        self.router.subscribe("c", first, ("build-id", "skip-self", "var-subst"))
+        self.router.subscribe("c", second, ("var-subst", "build-id"))
+        self.router.publish(item("%I %%(user)s", channel="c", id="2"))
+        self.router.publish(item("%(user)s %%I", channel="c", id="3"))
+        self.assertEqual(first.contents, [b"2 ann"])
+        self.assertEqual(second.contents, [b"ann 3"])
+        only_subst = self.subscriber("d", ("var-subst",), meta={"user": "ann"})
+        self.router.publish(parse_item({"channel": "d", "formats": {"http-stream": {
+            "content": "%(user)s %%(lit)I", "content-filters": ["build-id", "var-subst"]}}}))
+        self.assertEqual(only_subst.contents, [])  # build-id after var-subst: no id_format
+        self.router.publish(parse_item({"channel": "d", "formats": {"http-stream": {
+            "content": "%(user)s", "content-filters": ["var-subst"]}}}))
+        self.assertEqual(only_subst.contents, [b"ann"])
+
+    def test_subscriber_without_prev_ids(self) -> None:
+        """A subscriber that tracks no prev ids (WebSocket) has no id: literal ids work,
+        %I is an error for it."""
+        sub = self.subscriber("c", ("build-id",), meta={"id_format": "%(c)s"})
+        self.router.publish(item("%(lit)I", channel="c", id="1"))
+        self.router.publish(item("%I", channel="c", id="2"))
+        self.assertEqual(sub.contents, [b"lit"])
+
+    def test_close_action_is_not_filtered(self) -> None:
+        """Formats without content (a close) pass the content filters untouched."""
+        sub = self.subscriber("c", ("build-id",))
+        self.router.publish(parse_item({"channel": "c", "formats": {"http-stream": {
+            "action": "close"}}}))
+        self.assertEqual(len(sub.received), 1)
 
 
 class FailureTests(_RouterTestCase):

@@ -23,6 +23,8 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx.formats import Format
+from fanout_tx.grip.content_filters import filter_response_body
+from fanout_tx.grip.directives import FilterError
 from fanout_tx.grip.instruct import GripError, Instruct, KeepAlive, Link
 from fanout_tx.http.cors import cross_origin_headers
 from fanout_tx.http.headers import Header
@@ -163,10 +165,29 @@ class _Hold:
         self.meta = dict(instruct.meta)
         self.ended = False
         self._timers: dict[str, IDelayedCall] = {}
+        # router channel -> the last id known on it: the prev-id, then each item's id
+        # (only on channels that had a prev-id, as Pushpin)
+        self._last_ids: dict[str, str | None] = {}
 
     def _subscribe(self, instruct: Instruct) -> None:
+        self._last_ids = {}
         for channel in instruct.channels:
-            self.router.subscribe(self.origin.channel_name(channel.name), self, channel.filters)
+            name = self.origin.channel_name(channel.name)
+            self._last_ids[name] = channel.prev_id
+            self.router.subscribe(name, self, channel.filters)
+
+    def prev_ids(self, item: Item) -> dict[str, str | None]:
+        """``build-id``'s context, read by the router: per channel, as the origin named it,
+        the last id known, with ``item`` counted as received (Pushpin 1.36 advances the
+        prev-id before it renders the content)."""
+        ids = {}
+        for channel in self.instruct.channels:
+            name = self.origin.channel_name(channel.name)
+            last = self._last_ids.get(name)
+            if last is not None and name == item.channel and item.id is not None:
+                last = item.id
+            ids[channel.name] = last
+        return ids
 
     def _start(self) -> None:
         self.request.notifyFinish().addBoth(self._client_gone)
@@ -272,27 +293,43 @@ class HeldStream(_Hold):
         self._queued_while_paused = 0
         self._last_write = 0.0
         self._last_item = 0.0
-        self._last_ids: dict[str, str | None] = {}
         self._recovering: list[tuple[Item, Format, PreparedChunk | None]] | None = None
 
     def start(self, send_head: bool = True) -> None:
         """Send the origin's response head and body (unless continuing a response that
-        already started, as after a Grip-Link), subscribe, and start the timers."""
+        already started, as after a Grip-Link), subscribe, and start the timers. A body
+        the ``build-id`` filter rejects ends the response there (as Pushpin)."""
         response = self.instruct.response
         if send_head:
             set_status_and_headers(self.request, response.code, response.reason,
                                    response.headers)
+        body = self._filtered_body(self.instruct)
+        if body is None:
+            self.ended = True
+            self.request.finish()
+            return
         self.request.registerProducer(self, True)
         self._start()
         self._adopt(self.instruct)
-        self.request.write(response.body)  # also sends the head when the body is empty
+        self.request.write(body)  # also sends the head when the body is empty
         self._framed = bool(self.request.chunked) and self.request.method != b"HEAD"
 
+    def _filtered_body(self, instruct: Instruct) -> bytes | None:
+        """The origin's body after its channels' ``ResponseContent`` filters; None (logged)
+        on a filter error."""
+        filters = {name for channel in instruct.channels for name in channel.filters}
+        try:
+            return filter_response_body(instruct.response.body, filters, instruct.meta)
+        except FilterError as e:
+            self._log.warn("stream ended: filter error in the origin's body: {reason}",
+                           reason=str(e))
+            return None
+
     def _adopt(self, instruct: Instruct) -> None:
-        """Take the (possibly fresh) instruction's channels, last ids and timers."""
+        """Take the (possibly fresh) instruction's meta and timers (its channels and last
+        ids are taken by ``_subscribe``)."""
         self.instruct = instruct
-        for channel in instruct.channels:
-            self._last_ids[self.origin.channel_name(channel.name)] = channel.prev_id
+        self.meta = dict(instruct.meta)
         self._restart_keep_alive(force=True)
         self._restart_link_timer()
 
@@ -401,7 +438,7 @@ class HeldStream(_Hold):
         self._apply(item, fmt, prepared)
 
     def _apply(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
-        if item.id is not None and item.channel in self._last_ids:
+        if item.id is not None and self._last_ids.get(item.channel) is not None:
             self._last_ids[item.channel] = item.id
         if fmt.action == "close":
             self._finish()
@@ -452,13 +489,17 @@ class HeldStream(_Hold):
         if self.ended:
             return
         queued, self._recovering = self._recovering or [], None
+        body = self._filtered_body(answer)
+        if body is None:
+            self._finish()
+            return
         if answer.hold == "stream":
             self.router.unsubscribe_all(self)
             self._subscribe(answer)
-            self._write(answer.response.body)
+            self._write(body)
             self._adopt(answer)
         else:
-            self._write(answer.response.body)
+            self._write(body)
             if answer.next_link is None:
                 self._finish()
                 return

@@ -44,10 +44,10 @@ from fanout_tx.grip.signature import SignatureError, grip_sig, verify_hs256
 from fanout_tx.http.headers import Header, end_to_end
 from fanout_tx.routes import Route, Target
 
-# What this server really implements (Pushpin also lists session and filter:build-id).
+# What this server really implements (Pushpin also lists session).
 GRIP_FEATURES = (
     "status, link:next, filter:skip-self, filter:skip-users, filter:require-sub, "
-    "filter:var-subst"
+    "filter:build-id, filter:var-subst"
 )
 
 _log = Logger()
