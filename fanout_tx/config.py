@@ -46,6 +46,10 @@ class ListenAddress:
 @dataclass(frozen=True)
 class RunnerConfig:
     http_ports: tuple[ListenAddress, ...] = (ListenAddress("", 7999),)
+    # TLS client ports; certificates in ``certs_dir`` (relative to the config file's folder,
+    # where Pushpin's runner looks: /etc/pushpin/runner/certs beside pushpin.conf).
+    https_ports: tuple[ListenAddress, ...] = ()
+    certs_dir: Path = Path("runner/certs")
     client_maxconn: int = 50000
     log_level: int = 2
     # Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway.
@@ -147,6 +151,10 @@ class Config:
     @property
     def routes_path(self) -> Path:
         return self.base_dir / self.proxy.routes_file
+
+    @property
+    def certs_path(self) -> Path:
+        return self.base_dir / self.runner.certs_dir
 
 
 # --- value parsers: each takes the raw string and the config folder, raises ValueError ---
@@ -255,6 +263,12 @@ def parse_listen_addresses(value: str, _base: Path | None = None) -> tuple[Liste
     return tuple(addresses)
 
 
+def _optional_listen_addresses(value: str, base: Path | None = None
+                               ) -> tuple[ListenAddress, ...]:
+    """As ``parse_listen_addresses``, but empty means none (``https_ports=``)."""
+    return parse_listen_addresses(value, base) if value.strip() else ()
+
+
 def _cidrs(value: str, _base: Path | None = None):
     try:
         return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(value))
@@ -310,6 +324,8 @@ Parser = Callable[[str, Path | None], object]
 _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
     "runner": {
         "http_port": ("http_ports", parse_listen_addresses),
+        "https_ports": ("https_ports", _optional_listen_addresses),
+        "certs_dir": ("certs_dir", lambda v, _b: Path(v.strip())),
         "client_maxconn": ("client_maxconn", _non_negative_int),
         "log_level": ("log_level", _log_level),
         "shutdown_timeout": ("shutdown_timeout", _seconds),
@@ -382,7 +398,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
 _IGNORED_KEYS = {
     "global": {"include", "rundir", "ipc_prefix", "port_offset", "stats_connection_ttl", "libdir"},
     "runner": {
-        "services", "logdir", "client_buffer_size", "https_ports", "local_ports",
+        "services", "logdir", "client_buffer_size", "local_ports",
         "allow_compression",
     },
     "proxy": {

@@ -159,7 +159,8 @@ def install(root: FanoutRoot, core: Any, reactor: Any,
         for name, listeners in watched.items():
             for service in _endpoint_services(_child(root, name)):
                 listeners.watch(service, bound_port)
-                ports.append(bound_port(service).addCallback(lambda p, n=name: (n, p)))
+                label = f"{name} tls" if (service.name or "").startswith("https ") else name
+                ports.append(bound_port(service).addCallback(lambda p, n=label: (n, p)))
         DeferredList(ports).addCallback(_log_addresses, root)
 
     root.after_start.append(started)

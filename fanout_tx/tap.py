@@ -32,6 +32,7 @@ from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.tls_server import ServerIdentities, load_identities
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.ws.service import build_websocket_service
@@ -84,6 +85,8 @@ class Settings:
 
     config: Config
     routes: RoutesFile
+    # One (address, certificates) per ``[runner] https_ports`` entry, loaded and checked.
+    tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = ()
 
 
 def load_settings(
@@ -103,7 +106,9 @@ def load_settings(
     if ports:
         config = replace(config, runner=replace(config.runner, http_ports=ports))
     routes = RoutesFile(Path(routes_path) if routes_path else config.routes_path, route_lines)
-    return Settings(config, routes)
+    tls = tuple((address, load_identities(config.certs_path, address.port))
+                for address in config.runner.https_ports)
+    return Settings(config, routes, tls)
 
 
 @dataclass
@@ -154,7 +159,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     websocket = build_websocket_service(settings.config, core.routes, core.router, reactor)
     _named(websocket, "websocket", root)
     _named(build_proxy_service(settings.config, core.routes, core.router, reactor,
-                               websocket_handler=websocket.handler), "http-proxy", root)
+                               websocket_handler=websocket.handler, tls=settings.tls),
+           "http-proxy", root)
     _named(_publish_http(core), "publish-http", root)
     if settings.config.webhooks.enabled:
         _named(_webhooks(core), "webhooks", root)

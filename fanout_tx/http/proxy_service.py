@@ -14,13 +14,14 @@ from twisted.logger import LogLevel
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from typing_extensions import override
 
-from fanout_tx.config import Config
+from fanout_tx.config import Config, ListenAddress
 from fanout_tx.http.hold import register_renderers
 from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.http.proxy import ProxyResource, RouteSource, WebSocketHandler, proxy_site
 from fanout_tx.logs import level_of
 from fanout_tx.router import Router
+from fanout_tx.tls_server import ServerIdentities, tls_endpoint
 
 # Many clients arrive at once on a push server (reconnect storms); the default of 50 makes
 # the kernel drop SYNs and clients wait a second to retry.
@@ -49,6 +50,7 @@ class ProxyService(MultiService):
 def build_proxy_service(
     config: Config, routes: RouteSource, router: Router, reactor: Any,
     websocket_handler: WebSocketHandler | None = None,
+    tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = (),
 ) -> ProxyService:
     register_renderers(router)
     # Verified and unverified (route option ``insecure``) TLS connections never share a pool.
@@ -65,5 +67,10 @@ def build_proxy_service(
             serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"),
             site)
         listener.setName(f"{address.host}:{address.port}")
+        listener.setServiceParent(service)
+    for address, identities in tls:
+        listener = StreamServerEndpointService(
+            tls_endpoint(reactor, address, identities, BACKLOG), site)
+        listener.setName(f"https {address.host}:{address.port}")
         listener.setServiceParent(service)
     return service
