@@ -37,6 +37,7 @@ from fanout_tx.grip.instruct import (
     parse_link,
 )
 from fanout_tx.http.body import BytesProducer
+from fanout_tx.http.conn_limit import ConnectionLimit, Slot
 from fanout_tx.http.headers import Header, end_to_end, get
 from fanout_tx.http.hold import (
     DEFAULT_MAX_CLIENT_BUFFER,
@@ -199,12 +200,24 @@ class ProxyRequest(server.Request):
 
 
 class ProxyChannel(http.HTTPChannel):
-    """A client connection: pushes go out without waiting for Nagle (tcp_options.py)."""
+    """A client connection: counted against ``client_maxconn`` (conn_limit.py), and pushes go
+    out without waiting for Nagle (tcp_options.py)."""
+
+    limit_slot: Slot | None = None
 
     @override
     def connectionMade(self) -> None:
         super().connectionMade()
         no_delay(self.transport)
+        limit = getattr(self.site, "connection_limit", None)
+        if limit is not None:
+            self.limit_slot = limit.take()
+
+    @override
+    def connectionLost(self, reason: Failure) -> None:
+        super().connectionLost(reason)
+        if self.limit_slot is not None:
+            self.limit_slot.release()
 
 
 class ProxySite(server.Site):
@@ -218,10 +231,12 @@ class ProxySite(server.Site):
     protocol = ProxyChannel  # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS
     _log = Logger()
 
-    def __init__(self, resource: ProxyResource, access_log: bool = True) -> None:
+    def __init__(self, resource: ProxyResource, access_log: bool = True,
+                 connection_limit: ConnectionLimit | None = None) -> None:
         super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
         self.max_request_body = resource.settings.max_request_body
         self.access_log = access_log
+        self.connection_limit = connection_limit
 
     @override
     def log(self, request: server.Request) -> None:
@@ -230,8 +245,9 @@ class ProxySite(server.Site):
                             uri=request.uri, code=request.code)
 
 
-def proxy_site(resource: ProxyResource, access_log: bool = True) -> ProxySite:
-    return ProxySite(resource, access_log)
+def proxy_site(resource: ProxyResource, access_log: bool = True,
+               connection_limit: ConnectionLimit | None = None) -> ProxySite:
+    return ProxySite(resource, access_log, connection_limit)
 
 
 def plain(request: server.Request, code: int, text: str) -> bytes:

@@ -15,6 +15,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from typing_extensions import override
 
 from fanout_tx.config import Config, ListenAddress
+from fanout_tx.http.conn_limit import ConnectionLimit, LimitedEndpoint
 from fanout_tx.http.hold import register_renderers
 from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.http.origin_client import OriginClient
@@ -61,16 +62,23 @@ def build_proxy_service(
     resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
                              insecure_agent=insecure, websocket_handler=websocket_handler)
     service = ProxyService((agent, insecure), resource)
-    site = proxy_site(resource, access_log=level_of(config.runner.log_level) is LogLevel.debug)
-    for address in config.runner.http_ports:
-        listener = StreamServerEndpointService(
-            serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"),
-            site)
-        listener.setName(f"{address.host}:{address.port}")
-        listener.setServiceParent(service)
-    for address, identities in tls:
-        listener = StreamServerEndpointService(
-            tls_endpoint(reactor, address, identities, BACKLOG), site)
-        listener.setName(f"https {address.host}:{address.port}")
+    maximum = config.runner.client_maxconn
+    limit = ConnectionLimit(maximum) if maximum else None  # 0: no limit
+    site = proxy_site(resource, access_log=level_of(config.runner.log_level) is LogLevel.debug,
+                      connection_limit=limit)
+    endpoints = [
+        (f"{address.host}:{address.port}",
+         serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"))
+        for address in config.runner.http_ports
+    ] + [
+        (f"https {address.host}:{address.port}",
+         tls_endpoint(reactor, address, identities, BACKLOG))
+        for address, identities in tls
+    ]
+    for name, endpoint in endpoints:
+        if limit is not None:
+            endpoint = LimitedEndpoint(endpoint, limit)
+        listener = StreamServerEndpointService(endpoint, site)
+        listener.setName(name)
         listener.setServiceParent(service)
     return service

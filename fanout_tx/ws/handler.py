@@ -41,15 +41,19 @@ class _OneConnection:
     """What autobahn's WebSocketResource asks for: a factory building *this* connection's
     protocol, already bound to its session."""
 
-    def __init__(self, factory: ClientFactory, session: Any, accepted: Accepted) -> None:
+    def __init__(self, factory: ClientFactory, session: Any, accepted: Accepted,
+                 limit_slot: Any = None) -> None:
         self._factory = factory
         self._session = session
         self._accepted = accepted
+        self._limit_slot = limit_slot
 
     def buildProtocol(self, addr: Any) -> ClientProtocol:  # noqa: N802 - factory API
         protocol = self._factory.buildProtocol(addr)
         protocol.session = self._session
         protocol.accepted = self._accepted
+        # The HTTP channel gives up the socket: its client_maxconn slot goes with it.
+        protocol.limit_slot = self._limit_slot
         return protocol
 
 
@@ -148,7 +152,8 @@ class WebSocketHandler(Resource):
         if gone:
             session.client_lost()
             return
-        WebSocketResource(_OneConnection(self._factory, session, outcome)).render(request)
+        slot = getattr(request.channel, "limit_slot", None)
+        WebSocketResource(_OneConnection(self._factory, session, outcome, slot)).render(request)
 
     def _open_failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if failure.check(OriginError):

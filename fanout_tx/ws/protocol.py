@@ -77,6 +77,7 @@ class ClientProtocol(WebSocketServerProtocol):
     session: Any = None
     accepted: Any = None
     guard: OutboundGuard | None = None
+    limit_slot: Any = None  # the connection's client_maxconn place (http/conn_limit.py)
     # Published frames queued this reactor turn, written as one buffer by the factory's
     # WriteBatch (None: nothing queued).
     _pending: list[bytes] | None = None
@@ -109,6 +110,12 @@ class ClientProtocol(WebSocketServerProtocol):
     @override
     def onPong(self, payload: bytes) -> None:  # noqa: N802
         self.session.client_pong(payload)
+
+    @override
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        if self.limit_slot is not None:
+            self.limit_slot.release()
 
     @override
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
