@@ -111,7 +111,9 @@ class ExactlyOnceTests(_Harness):
         a, b = await self.instance(), await self.instance(sync_interval=0.05)
         subscription, other = [await a.service.register(NewSubscription(
             r.url, ("c",), None, (), False)) for r in (receiver, witness)]
-        await wait_until(lambda: b.service.get(other.id) is not None)
+        # One sync takes in each stored subscription in turn (in Redis's order).
+        await wait_until(lambda: None not in (b.service.get(other.id),
+                                              b.service.get(subscription.id)))
         self.assertEqual(b.service.get(subscription.id), subscription)
         await b.publish("1")
         await receiver.wait_for(1)
