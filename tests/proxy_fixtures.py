@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twisted.internet import reactor
@@ -166,10 +167,37 @@ class ProxyHarness:
         await gatherResults([self.proxy_factory.wait_closed(), self.origin_factory.wait_closed()])
 
 
+def origin_on_loopback(test: TestCase, handlers: dict[bytes, Handler]) -> tuple[Origin, int]:
+    """A real origin Site on 127.0.0.1 answering ``handlers``; stopped by the test case.
+    Returns the origin and its port."""
+    origin = Origin()
+    origin.handlers.update(handlers)
+    factory = TrackingFactory(Site(origin))
+    port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    test.addCleanup(factory.wait_closed)
+    test.addCleanup(port.stopListening)
+    return origin, port.getHost().port
+
+
+def tree_config(folder: Path, origin_port: int, runner: str = "", more: str = "") -> Path:
+    """A fanout.conf (and routes file to the origin) for a whole service tree on loopback,
+    every port 0; ``runner`` adds lines to ``[runner]``, ``more`` other sections. Returns
+    the config's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "routes").write_text(f"* 127.0.0.1:{origin_port}\n")
+    config = folder / "fanout.conf"
+    config.write_text(
+        f"[runner]\nhttp_port = 127.0.0.1:0\n{runner}"
+        "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
+        "push_in_spec = tcp://127.0.0.1:*\npush_in_sub_specs = tcp://127.0.0.1:*\n" + more)
+    return config
+
+
 def later(request: Request, body: bytes) -> None:
     """Finish a held origin request (used by handlers returning NOT_DONE_YET)."""
     request.write(body)
     request.finish()
 
 
-__all__ = ["NOT_DONE_YET", "Collect", "Origin", "ProxyHarness", "grip", "later"]
+__all__ = ["NOT_DONE_YET", "Collect", "Origin", "ProxyHarness", "grip", "later",
+           "origin_on_loopback", "tree_config"]

@@ -12,14 +12,13 @@ from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import ClientCreator
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from twisted.web.server import Site
 
 from fanout_tx.http.conn_limit import ConnectionLimit
 from fanout_tx.http.proxy import ProxyResource, proxy_site
 from fanout_tx.routes import parse_routes
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests.helpers import RawClient, TrackingFactory, wait_until
-from tests.proxy_fixtures import Origin
+from tests.proxy_fixtures import origin_on_loopback, tree_config
 from tests.test_ws_e2e import WsTestMixin, _listen_endpoint, grip_echo
 
 
@@ -57,20 +56,9 @@ class LimitTests(SynchronousTestCase):
 
 class ServiceTreeLimitTests(TestCase):
     async def test_third_client_waits_for_a_free_place(self) -> None:
-        origin = Origin()
-        origin.handlers[b"/hi"] = lambda request: b"hello"
-        origin_factory = TrackingFactory(Site(origin))
-        origin_port = reactor.listenTCP(0, origin_factory, interface="127.0.0.1")
-        self.addCleanup(origin_factory.wait_closed)
-        self.addCleanup(origin_port.stopListening)
-        folder = Path(self.mktemp())
-        folder.mkdir()
-        (folder / "routes").write_text(f"* 127.0.0.1:{origin_port.getHost().port}\n")
-        (folder / "fanout.conf").write_text(
-            "[runner]\nhttp_port = 127.0.0.1:0\nclient_maxconn = 2\n"
-            "[handler]\npush_in_http_port = 0\npush_in_spec = tcp://127.0.0.1:*\n"
-            "push_in_sub_specs = tcp://127.0.0.1:*\n")
-        root, _core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
+        _origin, origin_port = origin_on_loopback(self, {b"/hi": lambda request: b"hello"})
+        config = tree_config(Path(self.mktemp()), origin_port, "client_maxconn = 2\n")
+        root, _core = build_service(load_settings(str(config)), reactor)
         proxy = root.getServiceNamed("http-proxy")
         [listener] = list(proxy)
         limit = listener.factory.connection_limit

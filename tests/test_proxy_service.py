@@ -14,12 +14,12 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.server import Request, Site
+from twisted.web.server import Request
 
 from fanout_tx.http.proxy_service import ProxyService
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests.helpers import TrackingFactory, wait_until
-from tests.proxy_fixtures import Collect, Origin, grip
+from tests.proxy_fixtures import Collect, grip, origin_on_loopback, tree_config
 
 
 def read_body(response: Any) -> Deferred[bytes]:
@@ -30,21 +30,10 @@ def read_body(response: Any) -> Deferred[bytes]:
 
 class ServiceTreeTests(TestCase):
     async def setUp(self) -> None:
-        self.origin = Origin()
-        self.origin.handlers[b"/lp"] = lambda r: grip(r, b"timeout", Grip_Hold="response",
-                                                       Grip_Channel="news")
-        origin_factory = TrackingFactory(Site(self.origin))
-        origin_port = reactor.listenTCP(0, origin_factory, interface="127.0.0.1")
-        self.addCleanup(origin_factory.wait_closed)
-        self.addCleanup(origin_port.stopListening)
-        folder = Path(self.mktemp())
-        folder.mkdir()
-        (folder / "routes").write_text(f"* 127.0.0.1:{origin_port.getHost().port}\n")
-        (folder / "fanout.conf").write_text(
-            "[runner]\nhttp_port = 127.0.0.1:0\n"
-            "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
-            "push_in_spec = tcp://127.0.0.1:*\npush_in_sub_specs = tcp://127.0.0.1:*\n")
-        root, self.core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
+        self.origin, origin_port = origin_on_loopback(self, {
+            b"/lp": lambda r: grip(r, b"timeout", Grip_Hold="response", Grip_Channel="news")})
+        config = tree_config(Path(self.mktemp()), origin_port)
+        root, self.core = build_service(load_settings(str(config)), reactor)
         proxy = root.getServiceNamed("http-proxy")
         self.assertIsInstance(proxy, ProxyService)
         publish = root.getServiceNamed("publish-http")

@@ -13,13 +13,12 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.python import usage
 from twisted.trial.unittest import TestCase
-from twisted.web.server import Site
 
 from fanout_tx.config import ConfigError
 from fanout_tx.tap import Options, build_service, listening_port, load_settings
 from fanout_tx.tls_server import load_identities
 from tests.helpers import RawClient, TrackingFactory, self_signed_pem
-from tests.proxy_fixtures import Origin
+from tests.proxy_fixtures import origin_on_loopback, tree_config
 
 
 def write_identity(folder: Path, name: str, hostname: str) -> bytes:
@@ -84,24 +83,16 @@ class TlsPortTests(TestCase):
     async def test_tls_clients_with_and_without_sni(self) -> None:
         """A TLS client gets the default certificate, or the one its SNI names; the proxy
         knows the request is secure (X-Forwarded-Proto: https, as Pushpin)."""
-        origin = Origin()
-        origin.handlers[b"/hi"] = lambda request: b"hello over tls"
-        origin_factory = TrackingFactory(Site(origin))
-        origin_port = reactor.listenTCP(0, origin_factory, interface="127.0.0.1")
-        self.addCleanup(origin_factory.wait_closed)
-        self.addCleanup(origin_port.stopListening)
+        origin, origin_port = origin_on_loopback(self, {
+            b"/hi": lambda request: b"hello over tls"})
         folder = Path(self.mktemp())
         certs = folder / "runner" / "certs"
         certs.mkdir(parents=True)
         default_cert = write_identity(certs, "default", "localhost")
         named_cert = write_identity(certs, "b.test", "b.test")
-        (folder / "routes").write_text(f"* 127.0.0.1:{origin_port.getHost().port}\n")
-        (folder / "fanout.conf").write_text(
-            "[runner]\nhttp_port = 127.0.0.1:0\nhttps_ports = 127.0.0.1:0\n"
-            "[proxy]\nset_x_forwarded_protocol = proto-only\n"
-            "[handler]\npush_in_http_port = 0\npush_in_spec = tcp://127.0.0.1:*\n"
-            "push_in_sub_specs = tcp://127.0.0.1:*\n")
-        root, _core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
+        config = tree_config(folder, origin_port, "https_ports = 127.0.0.1:0\n",
+                             "[proxy]\nset_x_forwarded_protocol = proto-only\n")
+        root, _core = build_service(load_settings(str(config)), reactor)
         proxy = root.getServiceNamed("http-proxy")
         listener = proxy.getServiceNamed("https 127.0.0.1:0")
         listener.factory = factory = TrackingFactory(listener.factory)
