@@ -76,7 +76,8 @@ class Route:
 class RouteTable:
     """Routes ranked by specificity; lookups scan the (short) list once."""
 
-    def __init__(self, routes: list[Route]) -> None:
+    def __init__(self, routes: list[Route], notices: tuple[str, ...] = ()) -> None:
+        self.notices = notices  # Pushpin-only options that were ignored, one line each
         # Host-specific routes first, then by specificity, then by line (stable tie-break).
         self.routes = sorted(
             routes,
@@ -111,8 +112,16 @@ def _need_value(name: str, value: str | None) -> str:
 
 _FLAG_CONDITIONS = {"no_grip", "debug", "aco"}
 
+# Pushpin 1.36 route options this server does not implement: a Pushpin routes file still
+# loads (Pushpin itself ignores options it does not know), each one named in a notice.
+PUSHPIN_ONLY_CONDITIONS = frozenset({
+    "orig_headers", "jsonp_mode", "jsonp_cb", "jsonp_body", "jsonp_defcb", "jsonp_defmethod",
+    "session", "sockjs", "sockjs_as_path",
+})
+PUSHPIN_ONLY_TARGET_OPTIONS = frozenset({"untrusted", "trust_connect_host", "ipc_file_mode"})
 
-def _parse_condition(token: str) -> dict:
+
+def _parse_condition(token: str, notices: list[str]) -> dict:
     head, opts = _split_opts(token)
     fields: dict = {"host": "" if head == "*" else head}
     headers = []
@@ -140,16 +149,21 @@ def _parse_condition(token: str) -> dict:
             if not sep or not header_name.strip():
                 raise ValueError(f"header option must be Name:Value, got {value!r}")
             headers.append((header_name.strip(), header_value.strip()))
+        elif name in PUSHPIN_ONLY_CONDITIONS:
+            notices.append(name)
         else:
             raise ValueError(f"unknown route option {name!r}")
     fields["headers"] = tuple(headers)
     return fields
 
 
-def _parse_target(token: str) -> Target:
+def _parse_target(token: str, notices: list[str]) -> Target:
     head, opts = _split_opts(token)
     if head == "test":
         return Target(kind="test")
+    if head.startswith(("zhttp/", "zhttpreq/")):
+        raise ValueError(f"Pushpin's ZeroMQ targets ({head.partition('/')[0]}/...) are not "
+                         "supported: use host:port")
     host, sep, port_text = head.rpartition(":")
     if not sep or not host:
         raise ValueError(f"target must be host:port, got {head!r}")
@@ -166,32 +180,39 @@ def _parse_target(token: str) -> Target:
             fields["host_header"] = _need_value(name, value)
         elif name == "sub":
             subscriptions.append(_need_value(name, value))
+        elif name in PUSHPIN_ONLY_TARGET_OPTIONS:
+            notices.append(name)
         else:
             raise ValueError(f"unknown target option {name!r}")
     return Target(subscriptions=tuple(subscriptions), **fields)
 
 
-def parse_route_line(line: str, number: int) -> Route:
-    """One non-comment routes line; raises ValueError with the reason."""
+def parse_route_line(line: str, number: int, notices: list[str] | None = None) -> Route:
+    """One non-comment routes line; raises ValueError with the reason. Pushpin-only options
+    are accepted and their names added to ``notices``."""
+    notices = [] if notices is None else notices
     tokens = shlex.split(line, comments=False, posix=True)
     if len(tokens) < 2:
         raise ValueError("a route needs a condition and at least one target")
-    condition = _parse_condition(tokens[0])
-    targets = tuple(_parse_target(t) for t in tokens[1:])
+    condition = _parse_condition(tokens[0], notices)
+    targets = tuple(_parse_target(t, notices) for t in tokens[1:])
     return Route(line=number, targets=targets, **condition)
 
 
 def parse_routes(text: str, path: str | Path = "<routes>") -> RouteTable:
-    routes = []
+    routes, notices = [], []
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.split("#", 1)[0].strip()
         if not line:
             continue
+        ignored: list[str] = []
         try:
-            routes.append(parse_route_line(line, number))
+            routes.append(parse_route_line(line, number, ignored))
         except ValueError as e:
             raise ConfigError(path, number, str(e)) from None
-    return RouteTable(routes)
+        notices += [f"{path}:{number}: Pushpin route option {name!r} is not supported "
+                    "here; ignored" for name in dict.fromkeys(ignored)]
+    return RouteTable(routes, tuple(notices))
 
 
 def load_routes(path: str | Path, override_lines: tuple[str, ...] = ()) -> RouteTable:

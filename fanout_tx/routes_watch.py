@@ -25,7 +25,12 @@ class RoutesFile:
         self.path = path
         self.override_lines = override_lines
         self.table: RouteTable = load_routes(path, override_lines)
+        self._log_notices()
         self._stamp = self._read_stamp()
+
+    def _log_notices(self) -> None:
+        for notice in self.table.notices:
+            self._log.warn("{notice}", notice=notice)
 
     def _read_stamp(self) -> tuple[int, int] | None:
         try:
@@ -49,6 +54,7 @@ class RoutesFile:
             return False
         self._log.info("routes reloaded from {path}: {count} routes", path=str(self.path),
                        count=len(self.table))
+        self._log_notices()
         return True
 
     def watcher(self, interval: float = 1.0) -> TimerService:

@@ -122,6 +122,28 @@ class ErrorTests(SynchronousTestCase):
         self.assert_error(good + "* h:1,warp\n", 4, "unknown target option 'warp'")
         self.assert_error(good + "* h:1,sub=\n", 4, "option sub needs a value")
 
+    def test_pushpin_only_options_load_with_a_notice(self) -> None:
+        """A Pushpin routes file with options this server lacks still loads (Pushpin ignores
+        what it does not know); each is named once per line. ZeroMQ targets cannot work."""
+        table = parse_routes(
+            "*,session,jsonp_mode=basic,jsonp_cb=cb h:1,untrusted,trust_connect_host\n"
+            "api.example,orig_headers,sockjs=/s,session h:2,ipc_file_mode=600\n", "/etc/routes")
+        self.assertEqual(len(table), 2)
+        self.assertEqual(table.notices, (
+            "/etc/routes:1: Pushpin route option 'session' is not supported here; ignored",
+            "/etc/routes:1: Pushpin route option 'jsonp_mode' is not supported here; ignored",
+            "/etc/routes:1: Pushpin route option 'jsonp_cb' is not supported here; ignored",
+            "/etc/routes:1: Pushpin route option 'untrusted' is not supported here; ignored",
+            "/etc/routes:1: Pushpin route option 'trust_connect_host' is not supported here; "
+            "ignored",
+            "/etc/routes:2: Pushpin route option 'orig_headers' is not supported here; ignored",
+            "/etc/routes:2: Pushpin route option 'sockjs' is not supported here; ignored",
+            "/etc/routes:2: Pushpin route option 'session' is not supported here; ignored",
+            "/etc/routes:2: Pushpin route option 'ipc_file_mode' is not supported here; "
+            "ignored",
+        ))
+        self.assert_error("* zhttp/tcp://127.0.0.1:5000\n", 1, "ZeroMQ targets (zhttp/...)")
+
     def test_unreadable_file(self) -> None:
         error = self.assertRaises(ConfigError, load_routes, Path(self.mktemp()))
         self.assertIsNone(error.line)

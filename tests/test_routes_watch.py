@@ -34,6 +34,13 @@ class RoutesFileTests(SynchronousTestCase):
     def first_target_port(self) -> int:
         return self.routes.table.routes[0].targets[0].port
 
+    def test_pushpin_only_options_are_logged_on_load(self) -> None:
+        self.edit("*,session 127.0.0.1:8080\n")
+        self.assertTrue(self.routes.check())
+        warnings = [e for e in self.events if "not supported here" in e.get("notice", "")]
+        self.assertEqual(len(warnings), 1)
+        self.assertIn("'session'", warnings[0]["notice"])
+
     def test_unchanged_file_is_not_reloaded(self) -> None:
         table = self.routes.table
         self.assertFalse(self.routes.check())
