@@ -294,11 +294,14 @@ class FlowAndFailureTests(TestCase):
         await self.assertFailure(pending, BadResponseError)
 
     async def test_bad_chunk_fails_the_body(self) -> None:
+        """Chunk sizes are strict hex: what Python's int() would also take is refused."""
         origin = Origin(self)
-        _response, reader, ended = await origin.fetch(
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\n")
-        ended.trap(ResponseFailed)
-        self.assertEqual(reader.body, b"abc")
+        for size in (b"zz", b"+5", b"0x5", b"1_0", b"-1"):
+            _response, reader, ended = await origin.fetch(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n%b\r\n"
+                % size)
+            ended.trap(ResponseFailed)
+            self.assertEqual(reader.body, b"abc")
 
     async def test_reset_mid_body_and_before_answer(self) -> None:
         origin = Origin(self)

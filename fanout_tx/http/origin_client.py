@@ -17,6 +17,7 @@ asks for them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -42,6 +43,7 @@ _CONNECTION_CONTROL = frozenset({
     b"transfer-encoding", b"upgrade",
 })
 _NO_BODY_CODES = frozenset({204, 304})
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 
@@ -379,12 +381,9 @@ class OriginConnection(Protocol):
         if state == "trailer":
             return not line  # trailer fields are dropped; an empty line ends them
         size_text = line.partition(b";")[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BadResponseError(f"bad chunk size {size_text[:20]!r}") from None
-        if size < 0:
-            raise BadResponseError("negative chunk size")
+        if not _CHUNK_SIZE.fullmatch(size_text):  # int() would take "+5", "0x5", "1_0"
+            raise BadResponseError(f"bad chunk size {size_text[:20]!r}")
+        size = int(size_text, 16)
         if size == 0:
             self._state = "trailer"
         else:
