@@ -460,7 +460,8 @@ class ProxySession:
         upload = self._upload
         if (failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets)
                 and (upload is None or not upload.started)):  # a streamed body goes once
-            self._log.info("origin {url} unreachable, failing over", url=self.url)
+            self._log.info("origin {url} unreachable, failing over",
+                           url=self.url.decode("latin-1"))
             self._forward(index + 1, extra)
             return
         self._fail(failure)
@@ -471,7 +472,8 @@ class ProxySession:
         reason = (failure.getErrorMessage() if failure.check(GripError)
                   else f"{failure.type.__name__}: {failure.getErrorMessage()}")
         self._log.warn("proxying {method} {url} failed: {reason}",
-                       method=self.request.method, url=self.url, reason=reason)
+                       method=self.request.method.decode("latin-1"),
+                       url=self.url.decode("latin-1"), reason=reason)
         if self.request.startedWriting:
             self.request.channel.transport.abortConnection()
             return
