@@ -93,6 +93,7 @@ class MetricSources:
     webhooks: Any = None  # WebhookService: .engine.attempts, .engine.dead_letters
     xmpp_link: LinkStateLike | None = None
     redis: Any = None  # RedisBus: .up, .received_items
+    client_connections: Any = None  # http/conn_limit.ConnectionLimit: .open, .paused
 
 
 def connection_counts(router: Router) -> Counter[str]:
@@ -136,6 +137,17 @@ class FanoutCollector(Collector):
         yield from self._webhooks()
         yield from self._xmpp()
         yield from self._redis()
+        yield from self._client_connections()
+
+    def _client_connections(self) -> Iterator[Metric]:
+        limit = self.sources.client_connections
+        if limit is None:
+            return
+        yield GaugeMetricFamily("fanout_client_connections", "Open client connections on the "
+                                "client ports (HTTP, TLS, WebSocket).", value=limit.open)
+        yield GaugeMetricFamily("fanout_client_accept_paused", "1 while client_maxconn is "
+                                "reached and the client ports do not accept.",
+                                value=int(limit.paused))
 
     def _inputs(self) -> Iterator[Metric]:
         s = self.sources

@@ -184,6 +184,7 @@ def _metric_sources(root: MultiService, core: Any) -> MetricSources:
         webhooks=_child(root, "webhooks"),
         xmpp_link=xmpp.link if xmpp is not None else None,
         redis=_child(root, "redis"),
+        client_connections=getattr(_child(root, "http-proxy"), "connection_limit", None),
     )
 
 

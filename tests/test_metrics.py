@@ -74,6 +74,8 @@ class LiveMetricsTests(TestCase):
             self.assertEqual(sample(held, "fanout_connections", transport=transport), 1,
                              transport)
         self.assertEqual(sample(held, "fanout_subscriptions"), 4)
+        self.assertEqual(sample(held, "fanout_client_connections"), 3)  # poll, stream, ws
+        self.assertEqual(sample(held, "fanout_client_accept_paused"), 0)
 
         await server.publish(**{"http-response": {"body": "poll answer\n"},
                                 "http-stream": {"content": "stream item\n"},
@@ -154,8 +156,11 @@ class CollectorTests(SynchronousTestCase):
         redis = SimpleNamespace(up=False, received_items=7)
         router.publish(parse_item({"channel": "room", "formats": {
             "xmpp-message": {"body": "hi"}, "http-request": {"body": "x"}}}))
-        values = self.collect(MetricSources(router, InputCounters(), webhooks=webhooks,
-                                            xmpp_link=link, redis=redis))
+        values = self.collect(MetricSources(
+            router, InputCounters(), webhooks=webhooks, xmpp_link=link, redis=redis,
+            client_connections=SimpleNamespace(open=5, paused=True)))
+        self.assertEqual(values[("fanout_client_connections", ())], 5)
+        self.assertEqual(values[("fanout_client_accept_paused", ())], 1)
         self.assertEqual(values[("fanout_connections", (("transport", "xmpp"),))], 2)
         self.assertEqual(values[("fanout_connections", (("transport", "webhook"),))], 1)
         self.assertEqual(values[("fanout_deliveries_total", (("transport", "xmpp"),))], 2)

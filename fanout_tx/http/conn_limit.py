@@ -18,7 +18,8 @@ from zope.interface import implementer
 
 
 class ConnectionLimit:
-    """Counts open client connections; pauses and resumes accepting on its ports."""
+    """Counts open client connections; at ``maximum`` (0: never) pauses accepting on its
+    ports, and resumes below it. The count is also what /metrics reports."""
 
     _log = Logger()
 
@@ -36,7 +37,7 @@ class ConnectionLimit:
     def take(self) -> Slot:
         """One more connection; its Slot is released when it ends."""
         self.open += 1
-        if self.open >= self.maximum and not self.paused:
+        if self.maximum and self.open >= self.maximum and not self.paused:
             self.paused = True
             self._log.warn("{open} client connections ([runner] client_maxconn): not "
                            "accepting more until one ends", open=self.open)

@@ -39,6 +39,7 @@ class ProxyService(MultiService):
         super().__init__()
         self.clients = clients
         self.resource = resource
+        self.connection_limit: ConnectionLimit | None = None  # set by build_proxy_service
 
     @override
     def stopService(self) -> Deferred[object]:
@@ -62,8 +63,8 @@ def build_proxy_service(
     resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
                              insecure_agent=insecure, websocket_handler=websocket_handler)
     service = ProxyService((agent, insecure), resource)
-    maximum = config.runner.client_maxconn
-    limit = ConnectionLimit(maximum) if maximum else None  # 0: no limit
+    limit = ConnectionLimit(config.runner.client_maxconn)  # 0: counted, never paused
+    service.connection_limit = limit
     site = proxy_site(resource, access_log=level_of(config.runner.log_level) is LogLevel.debug,
                       connection_limit=limit)
     endpoints = [
@@ -76,9 +77,7 @@ def build_proxy_service(
         for address, identities in tls
     ]
     for name, endpoint in endpoints:
-        if limit is not None:
-            endpoint = LimitedEndpoint(endpoint, limit)
-        listener = StreamServerEndpointService(endpoint, site)
+        listener = StreamServerEndpointService(LimitedEndpoint(endpoint, limit), site)
         listener.setName(name)
         listener.setServiceParent(service)
     return service
