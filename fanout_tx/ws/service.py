@@ -1,5 +1,6 @@
 """The ``websocket`` service: builds the handler the proxy delegates upgrades to, and owns
-what it needs at run time (the connection pool to WebSocket-over-HTTP origins)."""
+what it needs at run time (the client to WebSocket-over-HTTP origins: the proxy's lean
+HTTP/1.1 client, so event POSTs get its persistent connections and quick ACKs)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,12 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.client import BrowserLikePolicyForHTTPS
 from typing_extensions import override
 
 from fanout_tx.config import Config
-from fanout_tx.http.origin import ProxySettings
+from fanout_tx.http.origin import OriginEndpoints, ProxySettings
+from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.router import Router
 from fanout_tx.ws.handler import WebSocketHandler
 from fanout_tx.ws.protocol import ClientFactory
@@ -20,20 +22,20 @@ from fanout_tx.ws.proxy import endpoint_connector
 
 
 class WebSocketService(Service):
-    def __init__(self, handler: WebSocketHandler, pool: HTTPConnectionPool) -> None:
+    def __init__(self, handler: WebSocketHandler, origins: OriginClient) -> None:
         self.handler = handler
-        self.pool = pool
+        self.origins = origins
 
     @override
     def stopService(self) -> Deferred[None]:
         """Clients hear 1001 (going away); origins hear CLOSE; once every session has
-        ended (the root service bounds the wait), the pool closes."""
+        ended (the root service bounds the wait), the idle origin connections close."""
         super().stopService()
         sessions = list(self.handler.sessions)
         for session in sessions:
             session.close_client(1001, "server shutting down")
         ended = DeferredList([session.finished for session in sessions])
-        return ended.addCallback(lambda _: self.pool.closeCachedConnections())
+        return ended.addCallback(lambda _: self.origins.closeCachedConnections())
 
 
 def client_factory(config: Config, clock: IReactorTime) -> ClientFactory:
@@ -46,9 +48,9 @@ def build_websocket_service(config: Config, routes: Any, router: Router,
                             reactor: Any) -> WebSocketService:
     factory = client_factory(config, reactor)
     router.add_renderer("ws-message", factory.render)
-    pool = HTTPConnectionPool(reactor, persistent=True)
-    pool.maxPersistentPerHost = 32
-    handler = WebSocketHandler(routes, router, Agent(reactor, pool=pool), reactor,
+    origins = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
+                           max_idle=32)
+    handler = WebSocketHandler(routes, router, origins, reactor,
                                ProxySettings.from_config(config), factory,
                                endpoint_connector(reactor))
-    return WebSocketService(handler, pool)
+    return WebSocketService(handler, origins)
