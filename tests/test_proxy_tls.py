@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import ipaddress
+from types import SimpleNamespace
+from typing import Any
 
 from cryptography import x509
-from twisted.internet import ssl
+from twisted.internet import reactor, ssl
+from twisted.internet.defer import inlineCallbacks
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
+from twisted.web.client import BrowserLikePolicyForHTTPS
+from twisted.web.server import Site
 
+from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints
+from fanout_tx.http.origin_client import OriginClient
+from fanout_tx.routes import parse_routes
+from fanout_tx.ws.handler import WebSocketHandler
+from fanout_tx.ws.proxy import endpoint_connector
 from tests.helpers import self_signed_pem
 from tests.proxy_fixtures import ProxyHarness
+from tests.test_ws_e2e import ClientSide, Origin, WsTestMixin, _listen_endpoint, grip_echo
 
 
 def self_signed_for_loopback() -> tuple[ssl.PrivateCertificate, ssl.Certificate]:
@@ -45,3 +57,45 @@ class TlsTargetTests(TestCase):
         proxy.handle(b"/", lambda r: b"unchecked")
         response, body = await proxy.fetch(b"/")
         self.assertEqual((response.code, body), (200, b"unchecked"))
+
+
+class WebSocketOverHttpTlsTests(WsTestMixin, TestCase):
+    """WebSocket-over-HTTP to an https origin: ``insecure`` skips the certificate check
+    there too; without it, an unverifiable origin refuses the handshake."""
+
+    @inlineCallbacks
+    def start_tls(self, target_options: str):
+        cert, _public = self_signed_for_loopback()
+        self.origin = Origin(grip_echo)
+        port = reactor.listenSSL(0, Site(self.origin), cert.options(), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        line = f"* 127.0.0.1:{port.getHost().port},over_http,ssl{target_options}"
+        verified = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()))
+        insecure = OriginClient(reactor, OriginEndpoints(reactor, InsecurePolicy()))
+        for client in (verified, insecure):  # after the sessions end (cleanups run last first)
+            self.addCleanup(client.closeCachedConnections)
+        yield self.start_handler(line)
+        self.handler = WebSocketHandler(
+            SimpleNamespace(table=parse_routes(line)), self.router, verified, reactor,
+            self.proxy_settings, self.factory, endpoint_connector(reactor),
+            insecure_agent=insecure)
+        listening = yield _listen_endpoint().listen(Site(self.handler))
+        self.addCleanup(listening.stopListening)
+        self.port = listening.getHost().port
+
+    @inlineCallbacks
+    def test_insecure_origin(self) -> Any:
+        yield self.start_tls(",insecure")
+        side, client = yield self.connect()
+        client.sendMessage(b"hello")
+        messages = yield side.wait_messages(1)
+        self.assertEqual(messages[0][0], b"hello")
+
+    @inlineCallbacks
+    def test_unverifiable_origin_refused(self) -> Any:
+        yield self.start_tls("")
+        side = ClientSide(f"ws://127.0.0.1:{self.port}/ws")
+        yield TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(side)
+        failure = yield self.assertFailure(side.opened, Exception)
+        self.assertIn("502", str(failure))
+        self.assertEqual(self.origin.requests, [])

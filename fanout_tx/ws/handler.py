@@ -67,11 +67,13 @@ class WebSocketHandler(Resource):
         self, routes: Any, router: Router, agent: IAgent, clock: IReactorTime,
         settings: ProxySettings, factory: ClientFactory, connect: Connect,
         new_connection_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        insecure_agent: IAgent | None = None,
     ) -> None:
         super().__init__()
         self._routes = routes
         self._router = router
         self._agent = agent
+        self._insecure_agent = insecure_agent or agent  # for ``insecure`` https targets
         self._clock = clock
         self._settings = settings
         self._factory = factory
@@ -111,7 +113,9 @@ class WebSocketHandler(Resource):
                    path_and_query: bytes, options: SessionOptions) -> WsOverHttpSession:
         settings = self._settings
         origin = HttpOrigin(
-            self._agent, self._clock, [origin_url(t, path_and_query) for t in targets],
+            self._clock,
+            [(origin_url(t, path_and_query), self._insecure_agent if t.insecure else self._agent)
+             for t in targets],
             lambda now: origin_headers(request, route, targets[0], settings, now),
             self._new_connection_id(),
         )

@@ -31,17 +31,17 @@ _OWN_HEADERS = frozenset({
 
 
 class HttpOrigin:
-    """Posts websocket-events to the route's targets (``urls``), failing over on connect
-    errors. ``base_headers(now)`` gives the proxy's origin headers (forwarding rules, a
-    Grip-Sig signed at ``now``), so every request is signed afresh."""
+    """Posts websocket-events to the route's targets (``targets``: each URL with the client
+    that reaches it, verified or ``insecure``), failing over on connect errors.
+    ``base_headers(now)`` gives the proxy's origin headers (forwarding rules, a Grip-Sig
+    signed at ``now``), so every request is signed afresh."""
 
     def __init__(
-        self, agent: IAgent, clock: IReactorTime, urls: Sequence[bytes],
+        self, clock: IReactorTime, targets: Sequence[tuple[bytes, IAgent]],
         base_headers: Callable[[float], Headers], connection_id: str,
     ) -> None:
-        self._agent = agent
         self._clock = clock
-        self._urls = list(urls)
+        self._targets = list(targets)
         self._base_headers = base_headers
         self._connection_id = connection_id.encode("ascii")
 
@@ -64,14 +64,14 @@ class HttpOrigin:
     def post(self, body: bytes, meta: Mapping[str, str]) -> Any:  # Deferred[OriginReply]
         headers = self._request_headers(meta)
         while True:
+            url, agent = self._targets[0]
             try:
-                response = yield self._agent.request(
-                    b"POST", self._urls[0], headers, BytesProducer(body))
+                response = yield agent.request(b"POST", url, headers, BytesProducer(body))
                 break
             except _CONNECT_ERRORS as e:
-                if len(self._urls) == 1:
+                if len(self._targets) == 1:
                     raise OriginError(f"cannot connect to the origin: {e}") from None
-                self._urls.pop(0)
+                self._targets.pop(0)
             except Exception as e:  # reset, invalid answer: the origin is unusable
                 raise OriginError(f"origin request failed: {e}") from None
         collector = BodyCollector(MAX_REPLY_BODY)

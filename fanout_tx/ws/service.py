@@ -13,7 +13,7 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from typing_extensions import override
 
 from fanout_tx.config import Config
-from fanout_tx.http.origin import OriginEndpoints, ProxySettings
+from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.router import Router
 from fanout_tx.ws.handler import WebSocketHandler
@@ -22,7 +22,7 @@ from fanout_tx.ws.proxy import endpoint_connector
 
 
 class WebSocketService(Service):
-    def __init__(self, handler: WebSocketHandler, origins: OriginClient) -> None:
+    def __init__(self, handler: WebSocketHandler, origins: tuple[OriginClient, ...]) -> None:
         self.handler = handler
         self.origins = origins
 
@@ -35,7 +35,8 @@ class WebSocketService(Service):
         for session in sessions:
             session.close_client(1001, "server shutting down")
         ended = DeferredList([session.finished for session in sessions])
-        return ended.addCallback(lambda _: self.origins.closeCachedConnections())
+        return ended.addCallback(lambda _: DeferredList(
+            [origins.closeCachedConnections() for origins in self.origins]))
 
 
 def client_factory(config: Config, clock: IReactorTime) -> ClientFactory:
@@ -48,9 +49,11 @@ def build_websocket_service(config: Config, routes: Any, router: Router,
                             reactor: Any) -> WebSocketService:
     factory = client_factory(config, reactor)
     router.add_renderer("ws-message", factory.render)
-    origins = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
-                           max_idle=32)
-    handler = WebSocketHandler(routes, router, origins, reactor,
+    # Verified and ``insecure`` TLS connections in pools of their own, as for HTTP routes.
+    verified = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
+                            max_idle=32)
+    insecure = OriginClient(reactor, OriginEndpoints(reactor, InsecurePolicy()), max_idle=32)
+    handler = WebSocketHandler(routes, router, verified, reactor,
                                ProxySettings.from_config(config), factory,
-                               endpoint_connector(reactor))
-    return WebSocketService(handler, origins)
+                               endpoint_connector(reactor), insecure_agent=insecure)
+    return WebSocketService(handler, (verified, insecure))
