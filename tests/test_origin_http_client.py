@@ -332,6 +332,31 @@ class FlowAndFailureTests(TestCase):
         await self.assertFailure(pending, ResponseNeverReceived)
         self.assertEqual(len(origin.connections), 2)
 
+    async def test_no_resend_when_asked_not_to(self) -> None:
+        """``resend_stale=False`` (webhooks: a retry is the engine's decision): the same
+        stale GET fails instead."""
+        origin = Origin(self)
+        origin.client.resend_stale = False
+        await origin.fetch(OK)
+        origin.connections[0].hang_up_on_next = True
+        await self.assertFailure(origin.request(), ResponseNeverReceived)
+        self.assertEqual(len(origin.connections), 1)
+
+    async def test_endpoints_per_request(self) -> None:
+        """A client without default endpoints takes them with each request."""
+        origin = Origin(self)
+        client = OriginClient(reactor, None)
+        self.addCleanup(client.closeCachedConnections)
+        self.assertRaises(ValueError, client.request, b"GET", origin.url())
+        pending = client.request(b"GET", origin.url(),
+                                 endpoints=OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()))
+        await origin.answer(OK)
+        response = await pending
+        self.assertEqual(response.code, 200)
+        reader = Reader()
+        response.deliverBody(reader)
+        await reader.ended
+
     async def test_cancel(self) -> None:
         origin = Origin(self)
         pending = origin.request()

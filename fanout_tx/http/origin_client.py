@@ -148,6 +148,7 @@ class _Exchange:
         self.cancelled = False
         self.connecting: Deferred[OriginConnection] | None = None
         self.connection: OriginConnection | None = None
+        self.endpoints: IAgentEndpointFactory | None = None  # for a new connection
         self.reader: Any = None  # the protocol given to deliverBody
         self.reader_transport: _BodyTransport | None = None
         self.held: list[bytes] = []  # body bytes that came before deliverBody
@@ -467,7 +468,7 @@ class OriginConnection(Protocol):
             exchange.body.stopProducing()  # type: ignore[union-attr]
         if not exchange.answer.called:
             if (self.reused and not self._received_any and exchange.method in _IDEMPOTENT
-                    and exchange.body is None):
+                    and exchange.body is None and self._client.resend_stale):
                 # The origin closed an idle keep-alive connection as we reused it.
                 self._client.resend(self.address, exchange)
                 return
@@ -521,17 +522,22 @@ class OriginClient:
     """Requests to origins over persistent connections, at most ``max_idle`` idle ones per
     origin, each closed after ``idle_timeout`` seconds unused."""
 
-    def __init__(self, reactor: IReactorTime, endpoints: IAgentEndpointFactory,
-                 max_idle: int = 256, idle_timeout: float = 240.0) -> None:
+    def __init__(self, reactor: IReactorTime, endpoints: IAgentEndpointFactory | None,
+                 max_idle: int = 256, idle_timeout: float = 240.0,
+                 resend_stale: bool = True) -> None:
         self._reactor = reactor
-        self._endpoints = endpoints
+        self._endpoints = endpoints  # None: every request brings its own
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
+        self.resend_stale = resend_stale  # a GET meeting a just-closed kept-alive connection
         self._idle: dict[OriginAddress, list[OriginConnection]] = {}
 
     def request(self, method: bytes, url: bytes, headers: Headers | None = None,
                 bodyProducer: IBodyProducer | None = None,  # noqa: N803 - IAgent's name
+                endpoints: IAgentEndpointFactory | None = None,
                 ) -> Deferred[OriginResponse]:
+        """As ``IAgent.request``; ``endpoints`` says how to reach the origin when a new
+        connection is needed (webhooks connect to the address they vetted)."""
         address, authority, target = split_url(url)
         head = [b"%b %b HTTP/1.1\r\n" % (method, target)]
         has_host = False
@@ -546,6 +552,9 @@ class OriginClient:
             head.append(b"Content-Length: 0\r\n")
         exchange = _Exchange(method, b"".join(head), bodyProducer,
                              Deferred(lambda d: self._cancel(exchange)))
+        exchange.endpoints = endpoints or self._endpoints
+        if exchange.endpoints is None:
+            raise ValueError("no endpoint factory for this request")
         self._start(address, exchange)
         return exchange.answer
 
@@ -558,7 +567,7 @@ class OriginClient:
             connection.reused = True
             connection.send(exchange)
             return
-        endpoint = self._endpoints.endpointForURI(address)
+        endpoint = exchange.endpoints.endpointForURI(address)  # type: ignore[union-attr]
         connecting = endpoint.connect(_ConnectionFactory(self, address))
         exchange.connecting = connecting
         connecting.addCallbacks(self._connected, self._connect_failed,
