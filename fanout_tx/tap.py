@@ -20,6 +20,7 @@ from twisted.python import usage
 from fanout_tx import config as config_module
 from fanout_tx.bus import LocalBus
 from fanout_tx.config import Config, ConfigError, ListenAddress, parse_listen_addresses
+from fanout_tx.fd_limit import connection_cap, raise_open_files_limit
 from fanout_tx.gc_tuning import tune_gc
 from fanout_tx.http.proxy_service import build_proxy_service
 from fanout_tx.http.publish_api import PublishRoot, PublishSite
@@ -208,10 +209,24 @@ def _publish_http(core: Core) -> StreamServerEndpointService:
 listening_port = bound_port
 
 
+def with_descriptor_room(settings: Settings, open_files: int) -> Settings:
+    """``settings`` with ``client_maxconn`` lowered to what ``open_files`` descriptors allow
+    (fd_limit.py), and a warning saying so."""
+    runner = settings.config.runner
+    cap = connection_cap(runner.client_maxconn, open_files)
+    if cap == runner.client_maxconn:
+        return settings
+    _log.warn("client_maxconn {configured} lowered to {cap}: the process may open "
+              "{open_files} files (ulimit -n); raise that limit to allow more",
+              configured=runner.client_maxconn or "(none)", cap=cap, open_files=open_files)
+    config = replace(settings.config, runner=replace(runner, client_maxconn=cap))
+    return replace(settings, config=config)
+
+
 def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin API
     from twisted.internet import reactor
 
-    settings = options["settings"]
+    settings = with_descriptor_room(options["settings"], raise_open_files_limit())
     filter_twistd_logging(settings.config.runner.log_level)
     root, _core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)

@@ -142,13 +142,16 @@ class _Collect(ProcessProtocol):
 class TwistdTests(TestCase):
     """End-to-end: ``twistd -n fanout`` as a subprocess, stopped by the PID started here."""
 
-    def twistd(self, *args: str) -> _Collect:
+    def twistd(self, *args: str, open_files: int | None = None) -> _Collect:
+        """Start twistd; with ``open_files``, under that ``ulimit -n`` (soft and hard)."""
         folder = Path(self.mktemp())
         folder.mkdir(parents=True, exist_ok=True)
         protocol = _Collect()
         twistd = Path(sys.executable).parent / "twistd"
         command = [str(twistd), "-n", "--pidfile=", "fanout", *args]
-        process = reactor.spawnProcess(protocol, str(twistd), command, env=dict(os.environ),
+        if open_files is not None:
+            command = ["/bin/sh", "-c", f'ulimit -n {open_files} && exec "$0" "$@"', *command]
+        process = reactor.spawnProcess(protocol, command[0], command, env=dict(os.environ),
                                        path=str(folder))
 
         async def stop() -> None:
@@ -191,6 +194,17 @@ class TwistdTests(TestCase):
         self.assertIn("zmq-pull listening on tcp://127.0.0.1:", output)
         self.assertIn("Server Shut Down.", output)
         self.assertNotIn("Traceback", output)
+
+    async def test_client_maxconn_fits_the_open_files_limit(self) -> None:
+        """Under ``ulimit -n 600`` the default client_maxconn (50,000) cannot be met: it is
+        lowered to what the descriptors allow, and the log says so."""
+        publish_port = free_port()
+        config = loopback_config(Path(self.mktemp()), publish_port)
+        protocol = self.twistd("--config", str(config.resolve()), open_files=600)
+        code, _body = await self.get(f"http://127.0.0.1:{publish_port}/".encode(), protocol)
+        self.assertEqual(code, 200)
+        self.assertIn("client_maxconn 50000 lowered to 344: the process may open 600 files",
+                      protocol.output.decode(errors="replace"))
 
     async def test_bad_config_refuses_to_start(self) -> None:
         """A bad config stops start-up with file:line and the reason, no traceback, and a
