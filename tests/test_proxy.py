@@ -10,7 +10,7 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.protocol import ClientCreator, Protocol, ServerFactory
 from twisted.trial.unittest import TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
@@ -21,7 +21,7 @@ from zope.interface import implementer
 
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.http.origin import ProxySettings
-from tests.helpers import wait_until
+from tests.helpers import RawClient, wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip, later
 from tests.services import free_port
 
@@ -338,6 +338,16 @@ class ErrorTests(TestCase):
         response.deliverBody(collect)
         proxy.publish("c", http_stream={"action": "close"})
         self.assertEqual(await collect.done, b"open\n")
+
+    async def test_header_line_too_long_431(self) -> None:
+        """A header line over 16 KiB gets a 431 before the connection closes."""
+        proxy = ProxyHarness(self)
+        client = await ClientCreator(reactor, RawClient).connectTCP(
+            "127.0.0.1", proxy.proxy_port.getHost().port)
+        client.transport.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20000)
+        answer = await client.closed
+        self.assertTrue(answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large"))
+        self.assertTrue(answer.endswith(b"\r\n\r\nRequest header too large.\n"))
 
     async def test_body_over_limit_413(self) -> None:
         proxy = ProxyHarness(self, settings=ProxySettings(max_request_body=1000))

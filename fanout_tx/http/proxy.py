@@ -204,6 +204,7 @@ class ProxyChannel(http.HTTPChannel):
     out without waiting for Nagle (tcp_options.py)."""
 
     limit_slot: Slot | None = None
+    _log = Logger()
 
     @override
     def connectionMade(self) -> None:
@@ -218,6 +219,17 @@ class ProxyChannel(http.HTTPChannel):
         super().connectionLost(reason)
         if self.limit_slot is not None:
             self.limit_slot.release()
+
+    @override
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A request line or header over ``MAX_LENGTH`` (16 KiB): say so before hanging up
+        (Twisted would only hang up)."""
+        self._log.info("431 for {client}: request header line over {limit} bytes",
+                       client=self.transport.getPeer(), limit=self.MAX_LENGTH)
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
+            b"Content-Length: 26\r\nConnection: close\r\n\r\nRequest header too large.\n")
+        self.transport.loseConnection()
 
 
 class ProxySite(server.Site):
