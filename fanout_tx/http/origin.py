@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
 
@@ -38,7 +38,7 @@ from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.config import Config
+from fanout_tx.config import Config, ProxyConfig
 from fanout_tx.grip.instruct import GripError
 from fanout_tx.grip.signature import SignatureError, grip_sig, verify_hs256
 from fanout_tx.http.headers import Header, end_to_end
@@ -57,18 +57,10 @@ DEFAULT_MAX_REQUEST_BODY = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
-class ProxySettings:
-    """The ``[proxy]``/``[handler]`` values the proxy uses."""
+class ProxySettings(ProxyConfig):
+    """What the proxy uses: the ``[proxy]`` section, one ``[handler]`` value, and limits
+    of its own."""
 
-    sig_iss: str = "pushpin"
-    sig_key: bytes = b""
-    x_forwarded_for: tuple[str, ...] = ()
-    x_forwarded_for_trusted: tuple[str, ...] = ()
-    upstream_key: bytes = b""
-    set_x_forwarded_protocol: str = "false"
-    accept_x_forwarded_protocol: bool = False
-    auto_cross_origin: bool = False
-    debug: bool = False
     connection_subscription_max: int = 20
     max_hold_body: int = DEFAULT_MAX_HOLD_BODY
     max_request_body: int = DEFAULT_MAX_REQUEST_BODY
@@ -76,17 +68,9 @@ class ProxySettings:
 
     @classmethod
     def from_config(cls, config: Config) -> ProxySettings:
-        proxy = config.proxy
-        return cls(
-            sig_iss=proxy.sig_iss, sig_key=proxy.sig_key,
-            x_forwarded_for=proxy.x_forwarded_for,
-            x_forwarded_for_trusted=proxy.x_forwarded_for_trusted,
-            upstream_key=proxy.upstream_key,
-            set_x_forwarded_protocol=proxy.set_x_forwarded_protocol,
-            accept_x_forwarded_protocol=proxy.accept_x_forwarded_protocol,
-            auto_cross_origin=proxy.auto_cross_origin, debug=proxy.debug,
-            connection_subscription_max=config.handler.connection_subscription_max,
-        )
+        proxy = {f.name: getattr(config.proxy, f.name) for f in fields(ProxyConfig)}
+        return cls(**proxy,
+                   connection_subscription_max=config.handler.connection_subscription_max)
 
 
 def header_pairs(headers: Headers) -> list[Header]:
