@@ -31,6 +31,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class JsonpConfig:
+    """JSON-P on an ``aco`` route (http/jsonp.py): Pushpin's ``jsonp_*`` options."""
+
+    mode: str = "extended"  # or "basic"
+    callback_param: str = "callback"  # jsonp_cb
+    body_param: str = ""  # jsonp_body: a parameter whose value is sent as a JSON body
+    default_callback: str = ""  # jsonp_defcb: used when only the body parameter is given
+    default_method: str = ""  # jsonp_defmethod; "" = GET (extended) or POST (basic)
+
+
+@dataclass(frozen=True)
 class Route:
     line: int
     targets: tuple[Target, ...]
@@ -49,6 +60,7 @@ class Route:
     no_grip: bool = False
     debug: bool = False
     aco: bool = False
+    jsonp: JsonpConfig = JsonpConfig()
 
     def matches(self, host: str, path: str, proto: str, ssl: bool) -> bool:
         if self.host and self.host.lower() != host.lower():
@@ -114,10 +126,9 @@ _FLAG_CONDITIONS = {"no_grip", "debug", "aco"}
 
 # Pushpin 1.36 route options this server does not implement: a Pushpin routes file still
 # loads (Pushpin itself ignores options it does not know), each one named in a notice.
-PUSHPIN_ONLY_CONDITIONS = frozenset({
-    "orig_headers", "jsonp_mode", "jsonp_cb", "jsonp_body", "jsonp_defcb", "jsonp_defmethod",
-    "session", "sockjs", "sockjs_as_path",
-})
+PUSHPIN_ONLY_CONDITIONS = frozenset({"orig_headers", "session", "sockjs", "sockjs_as_path"})
+_JSONP_OPTIONS = {"jsonp_cb": "callback_param", "jsonp_body": "body_param",
+                  "jsonp_defcb": "default_callback", "jsonp_defmethod": "default_method"}
 PUSHPIN_ONLY_TARGET_OPTIONS = frozenset({"untrusted", "trust_connect_host", "ipc_file_mode"})
 
 
@@ -125,6 +136,7 @@ def _parse_condition(token: str, notices: list[str]) -> dict:
     head, opts = _split_opts(token)
     fields: dict = {"host": "" if head == "*" else head}
     headers = []
+    jsonp: dict[str, str] = {}
     for name, value in opts:
         if name in _FLAG_CONDITIONS:
             fields[name] = True if value is None else parse_bool(value)
@@ -149,11 +161,19 @@ def _parse_condition(token: str, notices: list[str]) -> dict:
             if not sep or not header_name.strip():
                 raise ValueError(f"header option must be Name:Value, got {value!r}")
             headers.append((header_name.strip(), header_value.strip()))
+        elif name == "jsonp_mode":
+            if value not in ("basic", "extended"):
+                raise ValueError(f"jsonp_mode must be basic or extended, got {value!r}")
+            jsonp["mode"] = value
+        elif name in _JSONP_OPTIONS:
+            jsonp[_JSONP_OPTIONS[name]] = _need_value(name, value)
         elif name in PUSHPIN_ONLY_CONDITIONS:
             notices.append(name)
         else:
             raise ValueError(f"unknown route option {name!r}")
     fields["headers"] = tuple(headers)
+    if jsonp:
+        fields["jsonp"] = JsonpConfig(**jsonp)
     return fields
 
 

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.config import ConfigError
-from fanout_tx.routes import Route, Target, load_routes, parse_route_line, parse_routes
+from fanout_tx.routes import (
+    JsonpConfig,
+    Route,
+    Target,
+    load_routes,
+    parse_route_line,
+    parse_routes,
+)
 
 
 class ConditionTests(SynchronousTestCase):
@@ -131,8 +138,6 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(len(table), 2)
         self.assertEqual(table.notices, (
             "/etc/routes:1: Pushpin route option 'session' is not supported here; ignored",
-            "/etc/routes:1: Pushpin route option 'jsonp_mode' is not supported here; ignored",
-            "/etc/routes:1: Pushpin route option 'jsonp_cb' is not supported here; ignored",
             "/etc/routes:1: Pushpin route option 'untrusted' is not supported here; ignored",
             "/etc/routes:1: Pushpin route option 'trust_connect_host' is not supported here; "
             "ignored",
@@ -143,6 +148,13 @@ class ErrorTests(SynchronousTestCase):
             "ignored",
         ))
         self.assert_error("* zhttp/tcp://127.0.0.1:5000\n", 1, "ZeroMQ targets (zhttp/...)")
+
+    def test_jsonp_options(self) -> None:
+        route = parse_route_line("*,aco,jsonp_mode=basic,jsonp_cb=cb,jsonp_body=b,"
+                                 "jsonp_defcb=f,jsonp_defmethod=PUT h:1", 1)
+        self.assertEqual(route.jsonp, JsonpConfig("basic", "cb", "b", "f", "PUT"))
+        self.assertEqual(parse_route_line("* h:1", 1).jsonp, JsonpConfig())
+        self.assert_error("*,jsonp_mode=fancy h:1\n", 1, "jsonp_mode must be basic or extended")
 
     def test_unreadable_file(self) -> None:
         error = self.assertRaises(ConfigError, load_routes, Path(self.mktemp()))

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http import unquote
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
@@ -46,6 +47,7 @@ from fanout_tx.http.hold import (
     set_status_and_headers,
     write_response,
 )
+from fanout_tx.http.jsonp import JsonpAnswer, JsonpCall, JsonpError, parse_jsonp
 from fanout_tx.http.origin import (
     BodyCollector,
     BodyRelay,
@@ -95,6 +97,7 @@ class ProxyRequest(server.Request):
 
     body_too_large = False
     cross_origin = False  # route ``aco``: answers get CORS headers (http/cors.py)
+    jsonp: JsonpAnswer | None = None  # a JSON-P call: the answer is wrapped at finish
     upload: UploadStream | None = None  # set once the body streams
     _body_size = 0
     _length: int | None = None
@@ -167,6 +170,46 @@ class ProxyRequest(server.Request):
         self.path = self.uri.split(b"?", 1)[0]
         self.args = {}
         self.process()
+
+    def take_jsonp(self, call: JsonpCall) -> None:
+        """Become the request a JSON-P call stands for, as Pushpin rewrites it: method,
+        query, ``_headers`` first, ``Accept: */*``, the body; its answer gets wrapped."""
+        self.method, self.uri = call.method, call.uri
+        self.path = call.uri.split(b"?", 1)[0]
+        headers = Headers()
+        for name, value in call.headers:
+            headers.addRawHeader(name, value)
+        for name, values in self.requestHeaders.getAllRawHeaders():
+            if name.lower() != b"accept":
+                for value in values:
+                    headers.addRawHeader(name, value)
+        headers.setRawHeaders(b"accept", [b"*/*"])
+        if call.json_body:
+            headers.setRawHeaders(b"content-type", [b"application/json"])
+        self.requestHeaders = headers
+        self.content = io.BytesIO(call.body)
+        self.cross_origin = False  # JSON-P answers carry no CORS headers (Pushpin's rule)
+        self.jsonp = JsonpAnswer(call.callback, call.extended)
+
+    @override
+    def write(self, data: bytes) -> None:
+        if self.jsonp is None:
+            super().write(data)
+        else:
+            self.jsonp.add(data)
+
+    @override
+    def finish(self) -> None:
+        jsonp, self.jsonp = self.jsonp, None
+        if jsonp is not None:
+            headers = [(n, v) for n, vs in self.responseHeaders.getAllRawHeaders() for v in vs]
+            code, body = jsonp.wrapped(self.code, self.code_message, headers)
+            self.setResponseCode(code)
+            kind = b"application/javascript" if code == 200 else b"text/plain"
+            self.responseHeaders = Headers({b"content-type": [kind],
+                                            b"content-length": [b"%d" % len(body)]})
+            super().write(body)
+        super().finish()
 
     @override
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
@@ -315,6 +358,14 @@ class ProxyResource(Resource):
             return plain(request, 502, f"No route for host: {name}\n")  # Pushpin's words
         request.defaultContentType = None
         request.cross_origin = route.aco or self.settings.auto_cross_origin
+        if request.cross_origin and request.method == b"GET":
+            try:
+                call = parse_jsonp(request.uri, route.jsonp)
+            except JsonpError as e:
+                self._log.info("JSON-P call refused: {reason}", reason=str(e))
+                return plain(request, 400, f"{e}\n")
+            if call is not None:
+                request.take_jsonp(call)
         if route.targets[0].kind == "test":
             return self._render_test(request, route)
         ProxySession(self, request, route).start()
@@ -325,6 +376,8 @@ class ProxyResource(Resource):
         if request.path == b"/":
             return plain(request, 200, "Hello from the Pushpin test handler!\n")
         if request.path == b"/stream":
+            if getattr(request, "jsonp", None) is not None:
+                return plain(request, 502, "JSON-P is not available for streams.\n")
             instruct = Instruct(
                 hold="stream", channels=(Channel("test"),),
                 response=Response(200, None, tuple(_TEXT), b"[stream opened]\n"),
@@ -489,6 +542,10 @@ class ProxySession:
         if self.request.startedWriting:
             self.request.channel.transport.abortConnection()
             return
+        jsonp = getattr(self.request, "jsonp", None)
+        if jsonp is not None:  # what was collected of the failed answer is not the answer
+            jsonp.discard()
+            self.request.responseHeaders = Headers()
         if getattr(self.request, "body_too_large", False):  # found out while streaming it
             write_response(self.request, 413, None, _TEXT, b"Request body too large.\n")
             return
@@ -607,6 +664,8 @@ class ProxySession:
 
     def _start_hold(self, instruct: Instruct, send_head: bool) -> None:
         proxy = self.proxy
+        if instruct.hold == "stream" and getattr(self.request, "jsonp", None) is not None:
+            raise GripError("JSON-P is not available for stream holds")
         if instruct.hold == "stream":
             stream = HeldStream(self.request, proxy.router, proxy.clock, instruct, self,
                                 proxy.max_client_buffer, proxy.write_batch)
