@@ -58,8 +58,10 @@ def parse_item(obj: Any, channel: str | None = None) -> Item:
     no_seq = obj.get("no-seq", False)
     if not isinstance(no_seq, bool):
         raise PublishError("no-seq must be true or false")
-    meta = obj.get("meta", {})
-    if not isinstance(meta, Mapping) or not all(
+    meta = obj.get("meta")
+    if meta is None:
+        meta = {}
+    elif not isinstance(meta, Mapping) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in meta.items()
     ):
         raise PublishError("meta must be an object of string values")
@@ -69,9 +71,9 @@ def parse_item(obj: Any, channel: str | None = None) -> Item:
     if nested is not None:
         if not isinstance(nested, Mapping):
             raise PublishError("formats must be an object")
-        unknown = sorted(k for k in nested if k not in PARSERS)
-        if unknown:
-            raise PublishError(f"Invalid format: unknown format {unknown[0]!r}")
+        if not nested.keys() <= PARSERS.keys():  # the usual case costs one set operation
+            unknown = min(k for k in nested if k not in PARSERS)
+            raise PublishError(f"Invalid format: unknown format {unknown!r}")
         sources.update(nested)
     if not sources:
         raise PublishError("item has no formats")

@@ -116,7 +116,9 @@ def headers(obj: Mapping[str, Any], key: str = "headers") -> tuple[tuple[str, st
 
 
 def content_filters(obj: Mapping[str, Any]) -> tuple[str, ...]:
-    value = obj.get("content-filters", [])
+    if "content-filters" not in obj:
+        return ()
+    value = obj["content-filters"]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise FormatError("content-filters must be a list of filter names")
     return tuple(value)
