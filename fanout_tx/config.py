@@ -142,7 +142,8 @@ class Config:
     redis: RedisConfig = field(default_factory=RedisConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
-    notices: tuple[str, ...] = ()
+    notices: tuple[str, ...] = ()  # Pushpin-only keys, ignored (logged at info)
+    warnings: tuple[str, ...] = ()  # unknown keys, likely typos (logged at warn)
 
     @property
     def base_dir(self) -> Path:
@@ -485,6 +486,7 @@ def parse_config(text: str, path: str | Path) -> Config:
     variables = {e.key: e.value for e in entries if e.section == "global"}
     values: dict[str, dict[str, object]] = {name: {} for name in _SECTION_TYPES}
     notices: list[str] = []
+    warnings: list[str] = []
     for entry in entries:
         known = _KNOWN.get(entry.section, {}).get(entry.key)
         where = f"{path}:{entry.line}"
@@ -495,7 +497,7 @@ def parse_config(text: str, path: str | Path) -> Config:
                     "(Pushpin multi-process setting, not needed here)"
                 )
             else:
-                notices.append(f"{where}: warning: unknown key [{entry.section}] {entry.key}")
+                warnings.append(f"{where}: unknown key [{entry.section}] {entry.key}")
             continue
         field_name, parser = known
         try:
@@ -505,7 +507,7 @@ def parse_config(text: str, path: str | Path) -> Config:
         except ValueError as e:
             raise ConfigError(path, entry.line, f"[{entry.section}] {entry.key}: {e}") from None
     sections = {name: cls(**values[name]) for name, cls in _SECTION_TYPES.items()}
-    return Config(path=path, notices=tuple(notices), **sections)
+    return Config(path=path, notices=tuple(notices), warnings=tuple(warnings), **sections)
 
 
 def read_text(path: Path, what: str) -> str:

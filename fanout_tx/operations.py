@@ -31,6 +31,7 @@ from fanout_tx.health import (
 from fanout_tx.http.publish_api import PublishSite
 from fanout_tx.metrics import MetricSources, metrics_resource
 from fanout_tx.router import Router
+from fanout_tx.startup import exit_if_failed, listen_strictly, start_children
 from fanout_tx.stats_pub import StatsPublisher, Totals
 
 SHUTDOWN_REASON = "shutdown"
@@ -53,7 +54,8 @@ def bound_port(service: StreamServerEndpointService) -> Deferred[IListeningPort 
 
 
 class FanoutRoot(MultiService):
-    """The service tree's root. Stopping it (SIGTERM/SIGINT under twistd) stops every child
+    """The service tree's root. A socket that cannot be opened at start-up ends the process
+    (startup.py). Stopping it (SIGTERM/SIGINT under twistd) stops every child
     (listeners stop accepting, WebSockets hear 1001, inputs close), then answers whatever is
     still held (long-polls get their timeout response, streams end) and gives up waiting
     after ``shutdown_timeout`` seconds so the process always exits."""
@@ -66,10 +68,22 @@ class FanoutRoot(MultiService):
         self._clock = clock
         self._timeout = shutdown_timeout
         self.after_start: list[Callable[[], None]] = []
+        self._startup_failures: list[str] = []
+
+    @override
+    def privilegedStartService(self) -> None:
+        Service.privilegedStartService(self)
+        listen_strictly(self)
+        self._startup_failures = start_children(self, lambda c: c.privilegedStartService())
 
     @override
     def startService(self) -> None:
-        super().startService()
+        """Exits the process when a socket could not be opened; both phases' failures are
+        reported together."""
+        Service.startService(self)
+        listen_strictly(self)
+        failures = start_children(self, lambda child: child.startService())
+        exit_if_failed(self._startup_failures + failures)
         for hook in self.after_start:
             hook()
 

@@ -37,6 +37,7 @@ from fanout_tx import tnetstring
 from fanout_tx.interfaces import IRouterObserver, ISubscriber
 from fanout_tx.items import Item
 from fanout_tx.router import Router
+from fanout_tx.startup import StartupError
 
 CONN_TTL = 120
 SUB_TTL = 60
@@ -127,9 +128,8 @@ class StatsPublisher(Service):
             sock.bind(self._spec)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            self._log.error("stats socket not started on {spec}: {reason}", spec=self._spec,
-                            reason=str(e))
-            return
+            reason = zmq.strerror(e.errno)
+            raise StartupError(f"stats socket cannot bind {self._spec}: {reason}") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self._last_report = self._last_refresh = self._clock.seconds()

@@ -154,6 +154,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
     for notice in settings.config.notices:
         _log.info("{notice}", notice=notice)
+    for warning in settings.config.warnings:
+        _log.warn("{warning}", warning=warning)
     _named(core.routes.watcher(), "routes-watch", root)
     if isinstance(core.bus, RedisBus):
         _named(core.bus, "redis", root)  # owns the Redis connections

@@ -28,6 +28,7 @@ from fanout_tx.bus import BusUnavailableError
 from fanout_tx.interfaces import IBus, IChannelListener
 from fanout_tx.items import Item, PublishError, decode_message, parse_item
 from fanout_tx.router import Router
+from fanout_tx.startup import StartupError
 
 # Messages handled per reactor turn before yielding, so a flood cannot starve other I/O.
 DRAIN_BATCH = 500
@@ -40,6 +41,7 @@ class _ZmqInput(Service):
     _log = Logger()
     input_name = ""
     socket_type = 0
+    _specs: tuple[str, ...] = ()  # what the socket binds (or connects) to
 
     def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
         self._reactor = reactor
@@ -62,9 +64,8 @@ class _ZmqInput(Service):
             self.endpoints = self._open(sock)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            self._log.error("{input} not started: {reason}", input=self.input_name,
-                            reason=str(e))
-            return
+            reason = f"cannot open {', '.join(self._specs)}: {zmq.strerror(e.errno)}"
+            raise StartupError(f"{self.input_name} {reason}") from None
         self._socket = sock
         self._fd = sock.getsockopt(zmq.FD)
         self._reactor.addReader(self)
@@ -157,11 +158,11 @@ class ZmqPullInput(_ZmqInput):
 
     def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, spec: str) -> None:
         super().__init__(reactor, context, bus)
-        self._spec = spec
+        self._specs = (spec,)
 
     @override
     def _open(self, sock: zmq.Socket) -> list[str]:
-        sock.bind(self._spec)
+        sock.bind(self._specs[0])
         return [sock.getsockopt_string(zmq.LAST_ENDPOINT)]
 
     @override

@@ -264,6 +264,22 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
             transport.producer.resumeProducing()
         self.assertFalse(transport.disconnecting)
 
+    def test_resume_keeps_the_idle_timers(self) -> None:
+        """A pause and resume of the client is not idleness: the keep-alive and the
+        Grip-Link timer still count from the last write and the last item."""
+        instruct = stream(KeepAlive(b"ka", 10), Link("/next", 30))
+        _protocol, transport, _hold = self.connect(self.make(instruct))
+        self.clock.advance(9)
+        self.publish("c", http_stream={"content": "x"})
+        transport.producer.pauseProducing()
+        transport.producer.resumeProducing()
+        self.clock.advance(9)  # the keep-alive timer fires 10 s after the start
+        self.assertFalse(transport.value().endswith(b"ka\r\n"))
+        self.clock.advance(20)  # the link timer fired at 30 s and sleeps until 39 s
+        self.assertEqual(self.origin.links, [])
+        self.clock.advance(1)
+        self.assertEqual(len(self.origin.links), 1)
+
     def test_gap_recovery_splices_each_item_once(self) -> None:
         _protocol, transport, _hold = self.connect(self.make(stream(link=Link("/n", 60),
                                                                     prev_id="1")))

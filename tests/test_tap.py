@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -217,3 +218,31 @@ class TwistdTests(TestCase):
         self.assertIn(f"{config}:2: [runner] http_port".encode(), protocol.output)
         self.assertNotIn(b"Traceback", protocol.output)
 
+
+    async def test_taken_addresses_refuse_to_start(self) -> None:
+        """A client port and a ZeroMQ port held by another process (Pushpin during a
+        migration, say): each is named with the reason, no traceback, exit code 1 before
+        anything is served (startup.py)."""
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        config = write_config(Path(self.mktemp()), (
+            f"[runner]\nhttp_port=127.0.0.1:{port}\n"
+            "[proxy]\nroutesfile=routes\n"
+            f"[handler]\npush_in_spec=tcp://127.0.0.1:{port}\n"
+            "push_in_sub_specs=tcp://127.0.0.1:*\n"
+            f"push_in_http_addr=127.0.0.1\npush_in_http_port={free_port()}\n"
+        )).resolve()
+        protocol = self.twistd("--config", str(config))
+        reason = await protocol.ended
+        output = protocol.output.decode(errors="replace")
+        self.assertIsInstance(reason, ProcessTerminated, output)
+        self.assertEqual(reason.exitCode, 1, output)
+        self.assertIn(f"cannot start http-proxy: cannot listen on 127.0.0.1:{port}: "
+                      "Address already in use", output)
+        self.assertIn(f"cannot start zmq-pull: zmq-pull cannot open tcp://127.0.0.1:{port}: "
+                      "Address already in use", output)
+        self.assertNotIn("Traceback", output)
+        self.assertNotIn("fanout_tx listening:", output)

@@ -11,6 +11,8 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
@@ -141,13 +143,16 @@ class ProxyTests(WsTestMixin, TestCase):
 
     @inlineCallbacks
     def test_client_lost_drops_origin(self):
+        """The origin connection goes too, without a warning per connection in the log."""
         yield self.start_ws()
         side, client = yield self.connect("/grip/x")
         closed = self.origin_closed()
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         client.transport.abortConnection()
         yield side.closed
         yield closed
         self.assertEqual(self.router.subscriber_count(), 0)
+        self.assertEqual([e for e in logged if e["log_level"] >= LogLevel.warn], [])
 
     @inlineCallbacks
     def test_rejection_and_unreachable(self):

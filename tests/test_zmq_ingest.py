@@ -15,6 +15,7 @@ from twisted.trial.unittest import TestCase
 from fanout_tx import tnetstring
 from fanout_tx.bus import BusUnavailableError, LocalBus
 from fanout_tx.router import Router
+from fanout_tx.startup import StartupError
 from fanout_tx.zmq_ingest import DRAIN_BATCH, ZmqPullInput, ZmqSubInput
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 
@@ -145,12 +146,14 @@ class PullInputTests(_ZmqTestMixin, TestCase):
         await wait_until(lambda: self.subscriber.received)
         self.assertEqual(self.subscriber.contents, [b"again"])
 
-    def test_bind_failure_is_logged(self) -> None:
-        """A spec that cannot be bound logs an error naming the reason; nothing is read."""
-        broken = self.started(ZmqPullInput(reactor, self.context, self.bus, "bogus://x"))
+    def test_bind_failure_stops_start_up(self) -> None:
+        """A spec that cannot be bound raises StartupError naming the input, the spec and
+        the reason (startup.py ends the process); nothing is read."""
+        broken = ZmqPullInput(reactor, self.context, self.bus, "bogus://x")
+        error = self.assertRaises(StartupError, broken.startService)
+        self.assertEqual(str(error), "zmq-pull cannot open bogus://x: Protocol not supported")
         self.assertEqual(broken.endpoints, [])
         self.assertNotIn(broken, reactor.getReaders())
-        self.assertTrue([e for e in self.warnings if "not started" in e["log_format"]])
 
 
 class PublishFailureTests(_ZmqTestMixin, TestCase):

@@ -531,8 +531,6 @@ class HeldStream(_Hold):
     def resumeProducing(self) -> None:
         self._paused = False
         self._queued_while_paused = 0
-        self._last_write = 0.0
-        self._last_item = 0.0
 
     @override
     def stopProducing(self) -> None:

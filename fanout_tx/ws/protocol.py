@@ -190,7 +190,9 @@ class ClientProtocol(WebSocketServerProtocol):
                 self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
     def abort(self) -> None:
-        self.dropConnection(abort=True)
+        """Drop the TCP connection. Not autobahn's dropConnection, which logs a warning for
+        every unclean drop: a deliberate one (DISCONNECT) is not worth one per connection."""
+        self.transport.abortConnection()
 
     def follow_writes(self, producer: IPushProducer) -> None:
         """``producer`` is paused while this connection's write buffer is full, resumed

@@ -156,6 +156,7 @@ def origin_factory(url: str, host: str, port: int, resource: str, headers: Heade
             forwarded[text] = joined
     forwarded["Sec-WebSocket-Extensions"] = "grip"
     factory = WebSocketClientFactory(url, protocols=protocols)
+    factory.noisy = False  # one factory per connection: no start/stop line for each
     factory.protocol = OriginProtocol
     factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=max_message,
                                maxFramePayloadSize=max_message)
@@ -288,8 +289,8 @@ class WsProxySession(GripSession):
     def client_lost(self) -> None:
         self._client = None
         self._stop_client_side()
-        if self._origin is not None:
-            self._origin.dropConnection(abort=True)
+        if self._origin is not None:  # as protocol.abort: no autobahn warning per client
+            self._origin.transport.abortConnection()
         self._end_when_idle()
 
     def _detach(self) -> None:

@@ -1,0 +1,70 @@
+"""Start-up that fails loudly: an address that cannot be bound stops the process.
+
+Left to itself, twistd logs a traceback for a listener that cannot bind and keeps running,
+exit code 0, serving nothing: with the client port still held by Pushpin during a migration,
+a supervisor would see a healthy service. Here every listener and ZeroMQ socket that cannot
+be opened is named with the reason, and the process exits 1 before the reactor runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import IService, MultiService
+from twisted.internet.error import CannotListenError
+from twisted.logger import Logger
+
+EXIT_CODE = 1
+
+_log = Logger(namespace="fanout_tx.startup")
+
+
+class StartupError(Exception):
+    """A socket could not be opened at start-up; the text says which address and why."""
+
+
+def listen_strictly(root: MultiService) -> None:
+    """Make every endpoint listener under ``root`` raise when it cannot bind, rather than log.
+
+    ``_raiseSynchronously`` is StreamServerEndpointService's own switch for this (private,
+    but the documented behaviour of ``privilegedStartService`` it selects is tested here).
+    """
+    for service in _walk(root):
+        if isinstance(service, StreamServerEndpointService):
+            service._raiseSynchronously = True
+
+
+def start_children(root: MultiService, start: Callable[[IService], None]) -> list[str]:
+    """``start(child)`` for each child of ``root``; what could not be opened, by child."""
+    failures = []
+    for child in root:
+        try:
+            start(child)
+        except (CannotListenError, StartupError) as e:
+            failures.append(f"{child.name}: {_reason(e)}")
+    return failures
+
+
+def exit_if_failed(failures: list[str]) -> None:
+    """Log each failure and end the process with EXIT_CODE, if there is any."""
+    if failures:
+        for failure in failures:
+            _log.critical("cannot start {failure}", failure=failure)
+        _log.critical("fanout_tx not started: every address above must be free")
+        raise SystemExit(EXIT_CODE)
+
+
+def _reason(error: Exception) -> str:
+    if isinstance(error, CannotListenError):
+        host = error.interface or "*"
+        cause = getattr(error.socketError, "strerror", None) or str(error.socketError)
+        return f"cannot listen on {host}:{error.port}: {cause}"
+    return str(error)
+
+
+def _walk(service: IService) -> Iterator[IService]:
+    yield service
+    if isinstance(service, MultiService):
+        for child in service:
+            yield from _walk(child)
