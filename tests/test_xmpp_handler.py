@@ -219,10 +219,14 @@ class HandlerTests(SynchronousTestCase):
         self.assert_error(answer, "service-unavailable", "wait")
         self.failureResultOf(lost)
 
-    def test_iq_results_and_errors_are_not_forwarded(self) -> None:
+    def test_iq_results_and_errors_are_forwarded_unanswered(self) -> None:
+        """They answer an iq a backend pushed to the JID, so the backend gets them; the
+        component sends nothing back (an iq result or error is never answered)."""
         for iq_type in ("result", "error"):
             self.receive(f"<iq type='{iq_type}' id='x' from='{ALICE}' to='{DOMAIN}'/>")
-        self.assertEqual((self.sent(), self.backend.requests), ([], []))
+            self.assertEqual(self.backend.header("Xmpp-Type"), iq_type)
+            self.assertEqual(self.backend.header("Xmpp-Kind"), "iq")
+        self.assertEqual((self.sent(), len(self.backend.requests)), ([], 2))
 
     def test_wrong_domain_or_bad_address(self) -> None:
         """Stanzas not for this domain, or without a usable from/to, never reach the

@@ -125,11 +125,8 @@ class ComponentHandler(XMPPHandler):
                 self._send(StanzaError("item-not-found").toResponse(stanza))
             return
         leaving = _leaving(kind, stanza_type)
-        if kind == "iq" and stanza_type not in ("get", "set"):
-            # Results and errors: this component sends no requests of its own.
-            if leaving and not self._serial.submit(sender, lambda: self._leave(sender, leaving)):
-                self._leave(sender, leaving)
-            return
+        # iq results and errors are POSTed too (SPEC B1: every other stanza): they answer
+        # iq requests a backend pushed to the JID; they get no answer of their own.
         if kind == "iq" and self._answer_locally(stanza, stanza_type):
             return
         envelope = StanzaEnvelope(kind, sender, to, stanza_type, {})
