@@ -87,6 +87,7 @@ def item_to_json(item: Item) -> dict[str, Any]:
         "prev-id": item.prev_id,
         "no-seq": item.no_seq,
         "meta": dict(item.meta),
+        "key": item.share_key,
         "formats": [
             [key, fmt.name, fmt.action,
              None if fmt.content is None else base64.b64encode(fmt.content).decode("ascii"),
@@ -127,6 +128,7 @@ def item_from_json(value: Any) -> Item:
     except KeyError as e:
         raise ItemCodecError(f"item lacks {e.args[0]!r}") from None
     meta = _expect(meta, dict, "meta")
+    share_key = obj.get("key")  # absent in what older instances wrote
     if not all(isinstance(v, str) for v in meta.values()):
         raise ItemCodecError("meta values must be strings")
     return Item(
@@ -136,6 +138,7 @@ def item_from_json(value: Any) -> Item:
         prev_id=None if prev_id is None else _expect(prev_id, str, "prev-id"),
         no_seq=_expect(no_seq, bool, "no-seq"),
         meta=meta,
+        share_key=None if share_key is None else _expect(share_key, str, "key"),
     )
 
 

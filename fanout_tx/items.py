@@ -27,6 +27,9 @@ class Item:
     prev_id: str | None = None
     no_seq: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+    # For an item without an id shared through Redis: a random name the publishing instance
+    # gives it, the same on every instance, so each derives the same webhook-id.
+    share_key: str | None = None
 
 
 _ITEM_KEYS = {"channel", "id", "prev-id", "no-seq", "meta", "formats"}

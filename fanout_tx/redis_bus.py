@@ -14,6 +14,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -87,6 +88,16 @@ def _text(value: bytes | str) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+def _with_share_keys(items: Sequence[Item]) -> Sequence[Item]:
+    """``items`` with a share key on each one without an id: one random batch name plus
+    the item's place in the batch (one uuid per publish, not per item)."""
+    if all(item.id is not None for item in items):
+        return items
+    batch = uuid.uuid4().hex
+    return [item if item.id is not None else replace(item, share_key=f"{batch}.{index}")
+            for index, item in enumerate(items)]
+
+
 @implementer(IBus)
 class RedisBus(MultiService):
     """IBus over Redis, and the service that owns its two connections (``commands`` for
@@ -143,6 +154,10 @@ class RedisBus(MultiService):
         self._reader.setName("reader")
         self._reader.setServiceParent(self)
 
+    def command(self, *args: Any) -> Deferred[Any]:
+        """One command on the publishing connection; fails while Redis is unreachable."""
+        return self._commands.command(*args)
+
     # -- state ------------------------------------------------------------------------------
 
     @property
@@ -186,6 +201,7 @@ class RedisBus(MultiService):
     def publish(self, items: Sequence[Item], input_name: str) -> Deferred[None]:
         """Deliver locally, then share; fails with BusUnavailableError when the items could
         not be shared (they still reached this instance's subscribers)."""
+        items = _with_share_keys(items)
         for item in items:
             self.router.publish(item)
         if not items:

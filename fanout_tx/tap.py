@@ -35,6 +35,7 @@ from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
 from fanout_tx.tls_server import ServerIdentities, load_identities
 from fanout_tx.webhooks.api import WebhooksResource
+from fanout_tx.webhooks.redis_store import warn_if_webhooks_elsewhere
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.ws.service import build_websocket_service
 from fanout_tx.xmpp.component import build_xmpp
@@ -159,6 +160,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     _named(core.routes.watcher(), "routes-watch", root)
     if isinstance(core.bus, RedisBus):
         _named(core.bus, "redis", root)  # owns the Redis connections
+        if not settings.config.webhooks.enabled:
+            warn_if_webhooks_elsewhere(core.bus, settings.config.redis.prefix)
     websocket = build_websocket_service(settings.config, core.routes, core.router, reactor)
     _named(websocket, "websocket", root)
     _named(build_proxy_service(settings.config, core.routes, core.router, reactor,

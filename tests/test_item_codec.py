@@ -32,7 +32,7 @@ _items = st.builds(
     channel=st.text(min_size=1),
     formats=st.dictionaries(st.text(min_size=1), _formats, min_size=1, max_size=3),
     id=st.none() | st.text(), prev_id=st.none() | st.text(), no_seq=st.booleans(),
-    meta=st.dictionaries(st.text(), st.text(), max_size=3),
+    meta=st.dictionaries(st.text(), st.text(), max_size=3), share_key=st.none() | st.text(),
 )
 
 

@@ -14,7 +14,7 @@ import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
 from twisted.internet.testing import EventLoggingObserver
-from twisted.logger import globalLogPublisher
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from zope.interface.verify import verifyObject
@@ -303,6 +303,27 @@ class WiringTests(_RedisCase):
         self.assertIsInstance(core.bus, RedisBus)
         self.assertIs(root.getServiceNamed("redis"), core.bus)
         self.assertEqual(core.bus.state, "down")
+
+    async def test_webhooks_off_here_but_subscribed_elsewhere(self) -> None:
+        """An instance with webhooks off warns, once Redis is up, when other instances keep
+        webhook subscriptions there: items published through it would miss them while
+        no webhooks instance runs."""
+        seed = RedisBus(Router(reactor), reactor, parse_redis_url(self.redis.url), "test:")
+        seed.startService()
+        self.addCleanup(seed.stopService)
+        await seed.when_up().addTimeout(10, reactor)
+        await seed.command("HSET", "test:webhooks:subs", "sub1", "{}")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        config = self.folder / "off.conf"
+        config.write_text(f"[redis]\nurl = {self.redis.url}\nprefix = test:\n"
+                          "[webhooks]\nenabled = false\n[handler]\npush_in_http_port = 0\n")
+        _root, core = build_service(load_settings(str(config), route_lines=("* x:1",)), reactor)
+        core.bus.startService()
+        self.addCleanup(core.bus.stopService)
+        await wait_until(lambda: any("webhook subscriptions are in Redis" in e["log_format"]
+                                     for e in logged))
+        [warning] = [e for e in logged if "webhook subscriptions are in Redis" in e["log_format"]]
+        self.assertEqual((warning["log_level"], warning["count"]), (LogLevel.warn, 1))
 
     def test_no_url_keeps_local_bus(self) -> None:
         config = self.folder / "local.conf"

@@ -39,8 +39,8 @@ class _Instance:
     def __init__(self, router: Router, bus: RedisBus, service: WebhookService) -> None:
         self.router, self.bus, self.service = router, bus, service
 
-    def publish(self, item_id: str) -> Deferred[None]:
-        item = parse_item({"channel": "c", "id": item_id,
+    def publish(self, item_id: str, with_id: bool = True) -> Deferred[None]:
+        item = parse_item({"channel": "c", "id": item_id if with_id else None,
                            "formats": {"http-request": {"body": f"item {item_id}"}}})
         return self.bus.publish([item], "test")
 
@@ -102,6 +102,25 @@ class ExactlyOnceTests(_Harness):
         self.assertTrue(all(r.signature_ok for r in receiver.requests))
         self.assertTrue(all(e.attempts["success"] > 0 for e in engines),
                         [e.attempts for e in engines])
+
+    async def test_items_without_id_once_from_two_instances(self) -> None:
+        """An item without an id gets a share key from the instance that accepts it, so
+        both instances derive the same webhook-id: each item is answered 2xx once."""
+        receiver = await self.receiver()
+        a, b = await self.instance(), await self.instance()
+        subscription = await a.service.register(NewSubscription(
+            receiver.url, ("c",), None, (), False))
+        receiver.secret = subscription.secret
+        await b.service.sync()
+        for n in range(40):
+            await (a if n % 2 else b).publish(str(n), with_id=False)
+        await receiver.wait_for(40)
+        engines = (a.service.engine, b.service.engine)
+        await wait_until(lambda: not any(e.pending_count(subscription.id) for e in engines))
+        successes = self.successes(receiver)
+        self.assertEqual((len(successes), set(successes.values())), (40, {1}))
+        self.assertEqual(sorted(r.body for r in receiver.requests),
+                         sorted(f"item {n}".encode() for n in range(40)))
 
     async def test_subscriptions_reach_the_other_instance(self) -> None:
         """A subscription created through A is picked up by B's periodic sync; deleted

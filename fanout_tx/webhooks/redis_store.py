@@ -24,6 +24,7 @@ from typing import Any
 
 import txredisapi
 from twisted.internet.defer import Deferred, succeed
+from twisted.logger import Logger
 from zope.interface import implementer
 
 from fanout_tx.redis_url import parse_redis_url
@@ -37,6 +38,8 @@ DEFAULT_LEASE = 15.0
 # How long a finished delivery's webhook-id stays marked ``done``: longer than any instance
 # can lag behind another in seeing the same item (the Redis bus keeps ~10,000 entries).
 DONE_TTL = 600
+
+_log = Logger(namespace="fanout_tx.webhooks")
 
 # KEYS: subs, pending, claim. ARGV: subscription id, webhook-id, JSON, attempts, token.
 _SAVE = """
@@ -98,6 +101,29 @@ def connect(url: str) -> Any:
     if address.path:
         return txredisapi.lazyUnixConnection(address.path, **credentials)
     return txredisapi.lazyConnection(address.host, address.port, **credentials)
+
+
+def warn_if_webhooks_elsewhere(bus: Any, prefix: str) -> Deferred[None]:
+    """On an instance with ``[webhooks]`` off: once ``bus`` (the Redis bus) is up, warn when
+    instances sharing ``prefix`` keep webhook subscriptions. Only instances with webhooks
+    on store deliveries, so an item published through this one while none of them runs is
+    never delivered to a webhook (docs/webhooks.rst)."""
+
+    def count(_: object) -> Deferred[Any]:
+        return bus.command("HLEN", prefix + "webhooks:subs")
+
+    def warn(subscriptions: Any) -> None:
+        if int(subscriptions):
+            _log.warn(
+                "[webhooks] is off here but {count} webhook subscriptions are in Redis: items "
+                "published through this instance miss them while no instance with webhooks "
+                "on is running; turn webhooks on in every instance", count=int(subscriptions))
+
+    def failed(failure: Any) -> None:
+        _log.info("could not count webhook subscriptions: {reason}",
+                  reason=failure.getErrorMessage())
+
+    return bus.when_up().addCallback(count).addCallbacks(warn, failed)
 
 
 @implementer(IWebhookStore, ISharedStore)

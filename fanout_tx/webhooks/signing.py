@@ -32,12 +32,18 @@ def secret_key(secret: str) -> bytes:
     return key
 
 
-def message_id(subscription_id: str, channel: str, item_id: str | None) -> str:
+def message_id(subscription_id: str, channel: str, item_id: str | None,
+               share_key: str | None = None) -> str:
     """``webhook-id``: derived from the item id when there is one, so a publisher's retry of
-    the same item gets the same id (receivers dedupe on it); random otherwise."""
-    if item_id is None:
+    the same item gets the same id (receivers dedupe on it); else from the item's share key
+    (Redis), so every instance derives the same one; random otherwise."""
+    if item_id is not None:
+        name = f"{subscription_id}\0{channel}\0{item_id}"
+    elif share_key is not None:
+        name = f"{subscription_id}\0{channel}\0\0{share_key}"
+    else:
         return "msg_" + secrets.token_urlsafe(18)
-    digest = hashlib.sha256(f"{subscription_id}\0{channel}\0{item_id}".encode()).digest()
+    digest = hashlib.sha256(name.encode()).digest()
     return "msg_" + base64.urlsafe_b64encode(digest[:18]).decode("ascii")
 
 

@@ -64,7 +64,8 @@ class WebhookSubscriber:
             pair for pair in subscription.headers if pair[0].lower() not in request.header_names
         ) + request.headers
         self.engine.enqueue(Delivery(
-            message_id(subscription.id, item.channel, item.id), subscription.id, item.channel,
+            message_id(subscription.id, item.channel, item.id, item.share_key),
+            subscription.id, item.channel,
             request.method, self._target.joined(request.path, request.query), headers,
             request.body,
         ))
