@@ -349,6 +349,24 @@ class ErrorTests(TestCase):
         self.assertTrue(answer.startswith(b"HTTP/1.1 431 Request Header Fields Too Large"))
         self.assertTrue(answer.endswith(b"\r\n\r\nRequest header too large.\n"))
 
+    async def test_request_target_must_be_a_path(self) -> None:
+        """Absolute-form, authority-form and a path without its ``/`` get a 400 and never
+        reach an origin: pasted after the target's ``host:port``, ``0/x`` would name another
+        port (``:2808`` + ``0`` = ``:28080``)."""
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/x", lambda r: b"ok")
+        # (``OPTIONS *`` and ``GET *`` are answered by twisted.web itself: 200 and 405.)
+        for method, target in ((b"GET", b"0/x"), (b"GET", b"http://127.0.0.1/x"),
+                               (b"CONNECT", b"127.0.0.1:22")):
+            client = await ClientCreator(reactor, RawClient).connectTCP(
+                "127.0.0.1", proxy.proxy_port.getHost().port)
+            client.transport.write(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                                   b"Connection: close\r\n\r\n")
+            answer = await client.closed
+            self.assertTrue(answer.startswith(b"HTTP/1.1 400 "), (target, answer))
+            self.assertTrue(answer.endswith(b"Request target must be a path starting with /.\n"))
+        self.assertEqual(proxy.origin.requests, [])
+
     async def test_body_over_limit_413(self) -> None:
         proxy = ProxyHarness(self, settings=ProxySettings(max_request_body=1000))
         proxy.handle(b"/", lambda r: b"ok")

@@ -113,6 +113,8 @@ def trusted_client(request: Request, settings: ProxySettings, now: float) -> boo
 
 
 def origin_url(target: Target, path_and_query: bytes) -> bytes:
+    if not path_and_query.startswith(b"/"):  # never part of the authority
+        path_and_query = b"/" + path_and_query
     host = f"[{target.host}]" if ":" in target.host else target.host
     scheme = "https" if target.ssl else "http"
     return f"{scheme}://{host}:{target.port}".encode("ascii") + path_and_query

@@ -345,6 +345,12 @@ class ProxyResource(Resource):
             self._log.info("413 for {uri}: body over {limit} bytes", uri=request.uri,
                            limit=self.settings.max_request_body)
             return plain(request, 413, "Request body too large.\n")
+        if not request.uri.startswith(b"/"):
+            # Absolute-form (``http://h/p``), authority-form (CONNECT) and ``*``: this is a
+            # reverse proxy, and such a target pasted after the origin's address could name
+            # another port (``0/x`` after ``:2808``).
+            self._log.info("400 for request target {uri!r}: not a path", uri=request.uri)
+            return plain(request, 400, "Request target must be a path starting with /.\n")
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         path = request.path.decode("utf-8", "replace")
         if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
