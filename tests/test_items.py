@@ -98,6 +98,12 @@ class FormatTests(SynchronousTestCase):
         self.assert_invalid("http-response", {"code": 42}, "code must be")
         self.assert_invalid("http-response", {"headers": [["Bad Name", "v"]]}, "invalid header")
         self.assert_invalid("http-response", {"headers": {"A": "x\r\ny"}}, "invalid header")
+        # Anything that would split or break the held client's response head is refused here,
+        # not found out at delivery (where it used to drop the client).
+        self.assert_invalid("http-response", {"headers": {"é": "x"}}, "invalid header")
+        self.assert_invalid("http-response", {"headers": {"A": "x\x00"}}, "invalid header")
+        self.assert_invalid("http-response", {"reason": "OK\r\nSet-Cookie: evil=1"},
+                            "reason must not contain control characters")
         self.assert_invalid("http-response", {"headers": "A: b"}, "headers must be")
         self.assert_invalid("http-response", {"action": "explode"}, "action must be one of")
 

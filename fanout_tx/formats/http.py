@@ -12,7 +12,7 @@ from fanout_tx.formats.base import (
     content_filters,
     headers,
     optional_int,
-    optional_str,
+    optional_text,
     payload,
 )
 
@@ -24,7 +24,7 @@ def parse_http_response(obj: Mapping[str, Any]) -> Format:
         body = b""
     fields = {
         "code": optional_int(obj, "code", 100, 999) or 200,
-        "reason": optional_str(obj, "reason"),
+        "reason": optional_text(obj, "reason"),
         "headers": headers(obj),
     }
     return Format("http-response", action, body, fields, content_filters(obj))
