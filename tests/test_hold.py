@@ -300,6 +300,20 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.clock.advance(0)
         self.assertTrue(transport.value().endswith(b"1\r\n2\r\n2\r\n34\r\n1\r\n5\r\n"))
 
+    def test_link_that_raises_delivers_what_was_queued(self) -> None:
+        """A recovery request that fails before it is sent does not leave the stream
+        queueing forever: later items are delivered."""
+        _protocol, transport, hold = self.connect(self.make(stream(link=Link("/n", 60))))
+
+        def broken(_link: Link, _grip_last: object) -> Deferred[Instruct]:
+            raise ValueError("not an http(s) URL")
+
+        self.origin.fetch_link = broken  # type: ignore[method-assign]
+        hold.recover()
+        self.publish("c", http_stream={"content": "q"})
+        self.clock.advance(0)
+        self.assertTrue(transport.value().endswith(b"1\r\nq\r\n"))
+
     def test_link_failure_delivers_what_was_queued(self) -> None:
         _protocol, transport, hold = self.connect(self.make(stream(link=Link("/n", 60))))
         hold.recover()

@@ -122,6 +122,12 @@ class HeaderInstructTests(SynchronousTestCase):
         for extra in (("Grip-Status", "abc"), ("Grip-Status", "42"),
                       ("Grip-Link", "/no-brackets; rel=next"),
                       ("Grip-Link", "<x>; rel=next; timeout=never"),
+                      # links the proxy could never fetch: refused now, not at recovery
+                      ("Grip-Link", "<ftp://a/b>; rel=next"),
+                      ("Grip-Link", "<http://[::1>; rel=next"),
+                      ("Grip-Link", "<http://h:port/x>; rel=next"),
+                      ("Grip-Link", "<http://é€/>; rel=next"),
+                      ("Grip-Link", "<http:///nohost>; rel=next"),
                       ("Grip-Set-Meta", "novalue")):
             with self.assertRaises(GripError, msg=str(extra)):
                 parse_instruct(200, None, [*base, extra], b"")

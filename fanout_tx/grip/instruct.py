@@ -14,6 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from fanout_tx.http.headers import Header, end_to_end, get, split_list, split_params
 
@@ -201,6 +202,21 @@ def parse_status(value: str) -> tuple[int, str | None]:
     return code, reason.strip() or None
 
 
+def _link_uri(uri: str) -> str:
+    """A Grip-Link URI the proxy can fetch: a relative reference or an http(s) URL, ASCII;
+    checked here so a bad one is a 502 now, not a failed recovery later."""
+    if not uri.isascii() or any(c.isspace() or not c.isprintable() for c in uri):
+        raise GripError(f"Grip-Link URI must be printable ASCII, got {uri!r}")
+    try:
+        parts = urlsplit(uri)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise GripError(f"Grip-Link URI is malformed: {uri!r}") from None
+    if parts.scheme not in ("", "http", "https") or (parts.scheme and not parts.hostname):
+        raise GripError(f"Grip-Link URI must be relative or http(s), got {uri!r}")
+    return uri
+
+
 def parse_link(values: list[str]) -> Link | None:
     """The ``rel=next`` link among ``Grip-Link`` values, if any."""
     for value in values:
@@ -214,7 +230,7 @@ def parse_link(values: list[str]) -> Link | None:
             timeout = DEFAULT_LINK_TIMEOUT
             if "timeout" in options:
                 timeout = _int(options["timeout"], "Grip-Link timeout", low=1)
-            return Link(target[1:-1].strip(), timeout)
+            return Link(_link_uri(target[1:-1].strip()), timeout)
     return None
 
 

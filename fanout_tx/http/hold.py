@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Protocol
 
 from twisted.internet import tcp
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -473,7 +473,8 @@ class HeldStream(_Hold):
             for c in self.instruct.channels
             if (last := self._last_ids.get(self.origin.channel_name(c.name))) is not None
         ]
-        self.origin.fetch_link(link, grip_last).addCallbacks(self._recovered, self._link_failed)
+        fetching = maybeDeferred(self.origin.fetch_link, link, grip_last)
+        fetching.addCallbacks(self._recovered, self._link_failed)
 
     def _link_failed(self, failure: Failure) -> None:
         if self.ended:
