@@ -122,6 +122,20 @@ class ParserProperties(SynchronousTestCase):
             client.request(b"GET", b"http://origin:80/again")
             self.assertEqual(len(endpoint.connections), 1)  # reused
 
+    def test_bad_header_name_and_status_code(self) -> None:
+        """A header name that is not a token, or a status below 100, fails the request
+        (a 502 for the client) instead of raising out of the protocol."""
+        for wire in (b"HTTP/1.1 200 OK\r\nX\x01: y\r\nContent-Length: 0\r\n\r\n",
+                     b"HTTP/1.1 099 Odd\r\nContent-Length: 0\r\n\r\n"):
+            client, endpoint = self.client()
+            outcomes: list[Any] = []
+            client.request(b"GET", b"http://origin:80/x").addBoth(outcomes.append)
+            protocol, _transport = endpoint.connections[0]
+            protocol.dataReceived(wire)
+            [outcome] = outcomes
+            self.assertIsInstance(outcome, Failure, wire)
+            outcome.trap(BadResponseError)
+
     @given(st.binary(max_size=300), st.lists(st.integers(0, 1000), max_size=6),
            st.booleans())
     def test_arbitrary_bytes_never_escape(self, data: bytes, cuts: list[int],

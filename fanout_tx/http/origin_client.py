@@ -44,6 +44,7 @@ _CONNECTION_CONTROL = frozenset({
 })
 _NO_BODY_CODES = frozenset({204, 304})
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 
@@ -342,7 +343,9 @@ class OriginConnection(Protocol):
         if not version.startswith(b"HTTP/1.") or len(code_text) != 3 or not code_text.isdigit():
             raise BadResponseError(f"bad status line {lines[0][:80]!r}")
         code = int(code_text)
-        if 100 <= code < 200:
+        if code < 100:
+            raise BadResponseError(f"bad status line {lines[0][:80]!r}")
+        if code < 200:
             return rest  # 100 Continue and friends: the real answer follows
         headers, control = _parse_headers(lines[1:])
         connection = b",".join(control.get(b"connection", ())).lower()
@@ -489,7 +492,7 @@ def _parse_headers(lines: list[bytes]) -> tuple[Headers, dict[bytes, list[bytes]
             pairs[-1][1] += b" " + line.strip()
             continue
         name, colon, value = line.partition(b":")
-        if not colon or not name.strip():
+        if not colon or not _TOKEN.fullmatch(name.strip()):
             raise BadResponseError(f"bad header line {line[:80]!r}")
         pairs.append([name.strip(), value.strip()])
     headers = Headers()
