@@ -373,6 +373,49 @@ class OverHttpTests(WsTestMixin, TestCase):
         self.assertEqual(code, 1009)
 
     @inlineCallbacks
+    def test_origin_message_over_limit_closes_1009(self):
+        """An origin message over max_message cannot reach the client: it is closed with
+        1009 and the reason, whether the message came with OPEN or later."""
+        self.max_message = 1000
+        big = ev.Event("TEXT", b"m:" + b"x" * 5000)
+
+        def answer(events, headers):
+            if events and events[0].name == "OPEN":
+                with_open = headers.get("sec-websocket-protocol") == "early"
+                return events_reply(ev.Event("OPEN"), *([big] if with_open else []),
+                                    headers=[("Sec-WebSocket-Extensions", "grip")])
+            return events_reply(big, headers=[("Sec-WebSocket-Extensions", "grip")])
+        yield self.start(answer)
+        side, client = yield self.connect()
+        client.sendMessage(b"go")
+        self.assertEqual((yield side.closed)[1:], (1009, "message too big"))
+        side, _client = yield self.connect(protocols=["early"])
+        self.assertEqual((yield side.closed)[1:], (1009, "message too big"))
+
+    @inlineCallbacks
+    def test_unbounded_control_values_ignored(self):
+        """Control JSON nested too deep, or a timeout past a day, is dropped like any
+        invalid control message; the next message arrives."""
+        def answer(events, headers):
+            if events and events[0].name == "OPEN":
+                return events_reply(ev.Event("OPEN"),
+                                    headers=[("Sec-WebSocket-Extensions", "grip")])
+            return events_reply(
+                ev.Event("TEXT", b"c:" + b"[" * 50_000),
+                ev.Event("TEXT", b'c:{"type": "keep-alive", "content": "k", "timeout": '
+                         + b"9" * 400 + b"}"),
+                ev.Event("TEXT", b"m:after"), headers=[("Sec-WebSocket-Extensions", "grip")])
+        yield self.start(answer)
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        side, client = yield self.connect()
+        client.sendMessage(b"go")
+        messages = yield side.wait_messages(1)
+        self.assertEqual(messages, [(b"after", False)])
+        reasons = [str(e.get("reason", "")) for e in logged]
+        self.assertIn("control message is not valid JSON", reasons)
+        self.assertIn("'timeout' must be a whole number of seconds, 0 to 86400", reasons)
+
+    @inlineCallbacks
     def test_unreachable_origin_is_502(self):
         """No origin listening: the handshake gets 502."""
         yield self.start(grip_echo, "* 127.0.0.1:1,over_http")

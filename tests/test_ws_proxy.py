@@ -3,6 +3,8 @@ grip extension semantics, over loopback sockets."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from typing import Any
 
@@ -11,6 +13,7 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
@@ -19,6 +22,8 @@ from twisted.web.http_headers import Headers
 from typing_extensions import override
 
 from tests.test_ws_e2e import WsTestMixin, _listen_endpoint
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 UPGRADE = Headers({"Upgrade": ["websocket"], "Connection": ["Upgrade"],
                    "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
@@ -63,6 +68,24 @@ class OriginProtocol(WebSocketServerProtocol):
         if self.factory.closed_waiter is not None:
             waiter, self.factory.closed_waiter = self.factory.closed_waiter, None
             waiter.callback(self.remoteCloseCode)
+
+
+class MaskingOrigin(Protocol):
+    """A broken WebSocket origin: accepts the handshake, then sends a masked frame (a
+    protocol error from a server) and keeps the connection open."""
+
+    answered = False
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        if self.answered:  # frames after the handshake are not read
+            return
+        self.answered = True
+        key = next(line.split(b":", 1)[1].strip() for line in data.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                             + b"\r\n\r\n" + b"\x81\x81\x00\x00\x00\x00x")
 
 
 class ProxyTests(WsTestMixin, TestCase):
@@ -153,6 +176,21 @@ class ProxyTests(WsTestMixin, TestCase):
         yield closed
         self.assertEqual(self.router.subscriber_count(), 0)
         self.assertEqual([e for e in logged if e["log_level"] >= LogLevel.warn], [])
+
+    @inlineCallbacks
+    def test_client_messages_after_the_origin_failed(self):
+        """The origin broke the protocol (autobahn is closing it): client messages sent
+        meanwhile are dropped, not raised out of the handler, and the client is closed."""
+        port = yield _listen_endpoint().listen(Factory.forProtocol(MaskingOrigin))
+        self.addCleanup(port.stopListening)
+        yield self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        side, client = yield self.connect("/x")
+        for _ in range(3):
+            client.sendMessage(b"hello")
+        _clean, code, _reason = yield side.closed
+        self.assertIn(code, (1002, 1006, 1011))
+        self.assertEqual([e for e in logged if e["log_level"] >= LogLevel.error], [])
 
     @inlineCallbacks
     def test_rejection_and_unreachable(self):

@@ -208,10 +208,14 @@ def _message_type(obj: dict[str, Any], implied: str | None) -> str:
     return value
 
 
+# The longest timer a control message may set (a day); JSON integers are unbounded.
+MAX_TIMEOUT = 86_400
+
+
 def _timeout(obj: dict[str, Any]) -> int:
     value = obj.get("timeout", 0)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ControlError("'timeout' must be a whole number of seconds, at least 0")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_TIMEOUT:
+        raise ControlError(f"'timeout' must be a whole number of seconds, 0 to {MAX_TIMEOUT}")
     return value
 
 
@@ -219,7 +223,7 @@ def parse_control(payload: bytes) -> ControlMessage:
     """One control message (the JSON after ``c:``)."""
     try:
         obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
         raise ControlError("control message is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ControlError("control message must be a JSON object")

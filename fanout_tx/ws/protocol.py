@@ -142,7 +142,15 @@ class ClientProtocol(WebSocketServerProtocol):
         return False
 
     def send_message(self, payload: bytes, binary: bool) -> None:
-        if self.state == self.STATE_OPEN and self._room_for(len(payload)):
+        if self.state != self.STATE_OPEN:
+            return
+        if len(payload) > self.maxMessagePayloadSize > 0:
+            # Over [websocket] max_message (autobahn would raise): the client cannot be
+            # given it, and dropping it silently would lose it.
+            self._log.warn("message for the client over {limit} bytes; closing with 1009",
+                           limit=self.maxMessagePayloadSize)
+            self.close(1009, "message too big")
+        elif self._room_for(len(payload)):
             self.flush()
             self.sendMessage(payload, binary)
 

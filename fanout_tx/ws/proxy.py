@@ -269,8 +269,11 @@ class WsProxySession(GripSession):
             self._from_origin(payload, binary)
 
     def client_message(self, payload: bytes, binary: bool) -> None:
-        if self._origin is not None and not self._detached:
-            self._origin.sendMessage(payload, binary)
+        origin = self._origin
+        # Not while the origin side is closing (autobahn failed it, e.g. for a masked
+        # frame): its end reaches the client through origin_closed/origin_lost.
+        if origin is not None and not self._detached and origin.state == origin.STATE_OPEN:
+            origin.sendMessage(payload, binary)
 
     def client_ping(self, payload: bytes) -> None:
         """Answered by autobahn; not relayed."""

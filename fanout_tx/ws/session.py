@@ -141,7 +141,11 @@ class WsOverHttpSession(GripSession):
         """The client's handshake is done: apply ``sub=``, then the first reply's events."""
         self._attach_client(client)
         events, self._first_events = self._first_events, []
-        self._handle_events(events)
+        try:
+            self._handle_events(events)
+        except Exception:  # as for later replies (_internal_error): 1011, not a stuck client
+            self._internal_error(Failure())
+            return
         self._after_round_trip()
 
     # -- client activity --------------------------------------------------------------------
