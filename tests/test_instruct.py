@@ -169,6 +169,8 @@ class JsonInstructTests(SynchronousTestCase):
         """Bad JSON, non-200 status and wrong types are GripErrors."""
         with self.assertRaisesRegex(GripError, "status 500"):
             parse_instruct(500, None, INSTRUCT_TYPE, b"{}")
+        with self.assertRaisesRegex(GripError, "not valid JSON"):  # not a RecursionError
+            parse_instruct(200, None, INSTRUCT_TYPE, b"[" * 100_000)
         for body in (b"{not json", b"[]", instruct_body({"hold": {"mode": "x"}}),
                      instruct_body({"hold": {"channels": []}}),
                      instruct_body({"hold": {"channels": [{"name": 1}]}}),

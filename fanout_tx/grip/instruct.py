@@ -367,7 +367,7 @@ def _json_keep_alive(value: Any) -> KeepAlive | None:
 def _from_json(body: bytes, max_channels: int) -> Instruct:
     try:
         document = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
         raise GripError("grip-instruct body is not valid JSON") from None
     obj = _expect(document, dict, "grip-instruct body")
     response = _json_response(obj.get("response"))
