@@ -198,6 +198,10 @@ class EngineTests(_EngineCase):
         date = email.utils.formatdate(NOW + 600, usegmt=True)
         self.assertEqual(parse_retry_after(date, NOW), 600)
         self.assertEqual(parse_retry_after("garbage", NOW), None)
+        # what a receiver may send that is neither: ignored, not raised into the engine
+        self.assertEqual(parse_retry_after("\xb2", NOW), None)  # "²".isdigit() is True
+        self.assertEqual(parse_retry_after("Sun, Feb 99999999999 99999999999 24:00:00 GMT",
+                                           NOW), None)
         self.engine.enqueue(self.delivery())
         self.answer(0, Outcome(503, retry_after="86400"))
         self.assertEqual(self.pending()[0].due, NOW + 3600)
