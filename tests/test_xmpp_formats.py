@@ -67,6 +67,9 @@ class XmppStanzaTests(SynchronousTestCase):
             ("<!DOCTYPE m [<!ENTITY e 'x'>]><message>&e;</message>", "well-formed"),
             ("<?xml-stylesheet href='x'?><message/>", "processing instructions"),
             ("<message/></fragment><fragment>", "well-formed"),
+            # what domish would write unescaped or too deep: the server would drop the link
+            ("<message xmlns:a='x&amp;y'><body>b</body></message>", "cannot write"),
+            ("<message>" + "<a>" * 70 + "</a>" * 70 + "</message>", "nested deeper than 64"),
             ("<message><body>" + "x" * MAX_STANZA_BYTES + "</body></message>", "larger"),
             ("", "exactly one"),
         ):

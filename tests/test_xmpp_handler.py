@@ -65,6 +65,17 @@ def _element(xml: str) -> domish.Element:
     return parse_fragment(xml)[0]
 
 
+def _as_received(xml: str) -> domish.Element:
+    """The element as the XML stream delivers it: domish alone, no publish-side checks."""
+    elements: list[domish.Element] = []
+    stream = domish.elementStream()
+    stream.DocumentStartEvent = lambda _root: None
+    stream.ElementEvent = elements.append
+    stream.DocumentEndEvent = lambda: None
+    stream.parse(f"<stream xmlns='jabber:component:accept'>{xml}</stream>".encode())
+    return elements[0]
+
+
 def _instruct(**document: Any) -> Answer:
     return 200, INSTRUCT, json.dumps(document).encode()
 
@@ -227,6 +238,22 @@ class HandlerTests(SynchronousTestCase):
             self.assertEqual(self.backend.header("Xmpp-Type"), iq_type)
             self.assertEqual(self.backend.header("Xmpp-Kind"), "iq")
         self.assertEqual((self.sent(), len(self.backend.requests)), ([], 2))
+
+    def test_stanza_domish_cannot_write_is_dropped(self) -> None:
+        """A namespace URI with ``&`` (domish writes it unescaped) or nesting past 64: not
+        forwarded, and an iq's error answer does not echo it, so the XML the component sends
+        stays well-formed and the server keeps the link."""
+        self.stub.send(_as_received(f"<iq type='set' id='i1' from='{ALICE}' to='bot@{DOMAIN}'>"
+                                    "<q xmlns='u&amp;v'/></iq>"))
+        [answer] = self.sent()
+        self.assert_error(answer, "bad-request", "modify")
+        self.assertEqual([c.name for c in answer.elements()], ["error"])
+        _element(answer.toXml())  # well-formed
+        self.stub.output.clear()
+        self.stub.send(_as_received(f"<message from='{ALICE}' to='bot@{DOMAIN}'>"
+                                    f"{'<a>' * 70}{'</a>' * 70}</message>"))
+        self.agent.flush()
+        self.assertEqual((self.sent(), self.backend.requests), ([], []))
 
     def test_wrong_domain_or_bad_address(self) -> None:
         """Stanzas not for this domain, or without a usable from/to, never reach the

@@ -31,6 +31,30 @@ MESSAGE_TYPES = ("chat", "normal", "headline")
 _NOT_XML_CHAR = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 
+# domish writes namespace URIs into xmlns='...' without escaping them: one of these in a URI
+# makes the XML it sends not well-formed, and the XMPP server drops the component link.
+_UNWRITABLE_IN_URI = re.compile("[&<>'\"]")
+# Deeper than any real stanza; domish writes elements recursively.
+MAX_DEPTH = 64
+
+
+def unwritable(element: domish.Element, depth: int = 1) -> str | None:
+    """Why domish cannot safely write ``element`` (a namespace URI it would not escape, or
+    nesting past MAX_DEPTH), or None."""
+    if depth > MAX_DEPTH:
+        return f"elements nested deeper than {MAX_DEPTH}"
+    uris = [element.uri, element.defaultUri, *element.localPrefixes.values()]
+    uris += [name[0] for name in element.attributes if isinstance(name, tuple)]
+    for uri in uris:
+        if uri and _UNWRITABLE_IN_URI.search(uri):
+            return f"namespace {uri!r} holds a character this server cannot write"
+    for child in element.elements():
+        reason = unwritable(child, depth + 1)
+        if reason is not None:
+            return reason
+    return None
+
+
 def _as_bytes(value: str | bytes, what: str) -> bytes:
     data = value if isinstance(value, bytes) else value.encode("utf-8")
     if len(data) > MAX_STANZA_BYTES:
@@ -84,6 +108,9 @@ def parse_fragment(data: str | bytes, what: str = "content") -> list[domish.Elem
     except pyexpat.ExpatError as e:
         raise FormatError(f"{what} is not well-formed XML: {pyexpat.ErrorString(e.code)}") from None
     for element in elements:
+        reason = unwritable(element)
+        if reason is not None:
+            raise FormatError(f"{what}: {reason}")
         _to_component_ns(element)
     return elements
 

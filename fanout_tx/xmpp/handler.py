@@ -19,6 +19,7 @@ from twisted.words.xish import domish
 from typing_extensions import override
 from wokkel.subprotocols import XMPPHandler
 
+from fanout_tx.formats.xmpp import unwritable
 from fanout_tx.router import Router
 from fanout_tx.xmpp.answer import BackendAnswer
 from fanout_tx.xmpp.backend import BackendClient, BackendError, StanzaEnvelope
@@ -116,6 +117,15 @@ class ComponentHandler(XMPPHandler):
             self._log.warn("dropped <{kind}> with a missing or invalid from/to", kind=kind)
             if _needs_answer(stanza):
                 self._send(StanzaError("jid-malformed").toResponse(stanza))
+            return
+        reason = unwritable(stanza)
+        if reason is not None:  # echoing it (an error copies the stanza) would drop the link
+            self._log.warn("dropped <{kind}> from {sender}: {reason}", kind=kind,
+                           sender=sender_jid.full(), reason=reason)
+            if _needs_answer(stanza):
+                answer = toResponse(stanza, "error")
+                answer.addChild(StanzaError("bad-request").getElement())
+                self._send(answer)
             return
         sender, to = sender_jid.full(), to_jid.full()
         if to_jid.host != self.domain:
