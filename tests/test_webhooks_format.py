@@ -83,6 +83,8 @@ class FormatTests(SynchronousTestCase):
             "method": {"method": "GE T"},
             "path must start": {"path": "relative"},
             "path must": {"path": "/a b"},
+            "not an HTTP method": {"method": "POST\n"},  # a final newline, too
+            "path must start with / and hold no": {"path": "/x\n"},
             "only one of body and body-bin": {"body": "a", "body-bin": "YQ=="},
         }
         for expected, fmt in cases.items():

@@ -31,6 +31,10 @@ REFUSED_BY_DEFAULT = [
     "http://224.0.0.1/", "http://[ff02::1]/", "http://[fe80::1]/", "http://[fc00::1]/",
     "http://192.0.2.1/", "http://[::]/", "http://240.0.0.1/", "http://[2002:7f00:1::]/",
     "http://private.example/", "http://mixed.example/", "http://localhost/",
+    # IPv4 inside IPv6 that a gateway or the host would reach: NAT64, IPv4-compatible,
+    # IPv4-translated; local-use NAT64 and site-local are never public
+    "http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b::7f00:1]/", "http://[::a9fe:a9fe]/",
+    "http://[::ffff:0:a9fe:a9fe]/", "http://[64:ff9b:1::808:808]/", "http://[fec0::1]/",
 ]
 
 DNS = {

@@ -14,9 +14,9 @@ from typing import Any
 from fanout_tx.formats.base import Format, FormatError, headers, optional_str, payload
 
 _FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
-_METHOD = re.compile(r"^[A-Z]{1,20}$")
+_METHOD = re.compile(r"[A-Z]{1,20}")  # fullmatch: "$" would let a final newline through
 # Printable ASCII without space, '#' (fragments are not sent) and '\\'.
-_PATH = re.compile(r"^/[!-\"$-\[\]-~]*$")
+_PATH = re.compile(r"/[!-\"$-\[\]-~]*")
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"
 BINARY_CONTENT_TYPE = "application/octet-stream"
@@ -37,10 +37,10 @@ def parse_http_request(obj: Mapping[str, Any]) -> Format:
     subscription URL's query) and ``headers`` with the Content-Type default filled in.
     """
     method = (optional_str(obj, "method") or "POST").upper()
-    if not _METHOD.match(method):
+    if not _METHOD.fullmatch(method):
         raise FormatError(f"method {method!r} is not an HTTP method name")
     raw_path = optional_str(obj, "path") or ""
-    if raw_path and not _PATH.match(raw_path):
+    if raw_path and not _PATH.fullmatch(raw_path):
         raise FormatError("path must start with / and hold no spaces, # or control characters")
     path, _, query = raw_path.partition("?")
     pairs = headers(obj)

@@ -85,10 +85,24 @@ def literal_address(host: str) -> IPAddress | None:
         return None
 
 
+# IPv6 prefixes whose last 32 bits are an IPv4 address a gateway or the host may reach:
+# NAT64 (RFC 6052), IPv4-compatible (deprecated), IPv4-translated (SIIT).
+_EMBEDS_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "::/96",
+                                                        "::ffff:0:0:0/96"))
+# Never a public destination, though Python's ``is_global`` says so: local-use NAT64
+# (RFC 8215, whatever IPv4 it embeds) and the deprecated site-local range.
+_NEVER_PUBLIC = tuple(ipaddress.ip_network(n) for n in ("64:ff9b:1::/48", "fec0::/10"))
+
+
 def _judged(address: IPAddress) -> IPAddress:
-    """An IPv6 address that embeds an IPv4 one (mapped or 6to4) is judged as that IPv4."""
+    """An IPv6 address that embeds an IPv4 one (mapped, 6to4, NAT64, IPv4-compatible or
+    -translated) is judged as that IPv4."""
     if isinstance(address, ipaddress.IPv6Address):
-        return address.ipv4_mapped or address.sixtofour or address
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is not None:
+            return embedded
+        if any(address in net for net in _EMBEDS_IPV4):
+            return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
     return address
 
 
@@ -104,7 +118,8 @@ class AddressPolicy:
         for net in self._allowed:
             if any(a.version == net.version and a in net for a in (address, judged)):
                 return None
-        if judged.is_multicast or judged.is_unspecified or not judged.is_global:
+        if (judged.is_multicast or judged.is_unspecified or not judged.is_global
+                or any(address in net for net in _NEVER_PUBLIC if net.version == 6)):
             return f"address {address} is not a public address (allow it with allow_cidrs)"
         return None
 
