@@ -19,6 +19,7 @@ from typing import Any
 
 from fanout_tx.formats import Format
 from fanout_tx.items import Item
+from fanout_tx.json_input import loads
 
 WIRE_VERSION = 1
 
@@ -154,8 +155,8 @@ def encode_items(items: Sequence[Item]) -> bytes:
 def decode_items(payload: bytes) -> list[Item]:
     """The inverse of encode_items; raises ItemCodecError on anything else."""
     try:
-        document = json.loads(payload)
-    except (ValueError, UnicodeDecodeError):
+        document = loads(payload)
+    except ValueError:
         raise ItemCodecError("payload is not JSON") from None
     if not isinstance(document, dict) or document.get("v") != WIRE_VERSION:
         raise ItemCodecError("payload is not a version-1 item batch")

@@ -6,13 +6,13 @@ published. Formats may sit under ``formats`` or, in the legacy form, at the item
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from fanout_tx import tnetstring
 from fanout_tx.formats import PARSERS, Format, FormatError
+from fanout_tx.json_input import loads
 
 
 class PublishError(ValueError):
@@ -101,8 +101,8 @@ def parse_item(obj: Any, channel: str | None = None) -> Item:
 def parse_items_json(body: bytes) -> list[Item]:
     """The HTTP API body ``{"items": [...]}``; every item must be valid."""
     try:
-        document = json.loads(body)
-    except (ValueError, RecursionError):  # RecursionError: nesting too deep
+        document = loads(body)
+    except ValueError:
         raise PublishError("Body is not valid JSON.") from None
     if not isinstance(document, Mapping):
         raise PublishError("Body must be a JSON object.")
@@ -145,8 +145,8 @@ def decode_message(payload: bytes) -> Any:
     """A ZeroMQ payload: tnetstring, ``T`` + tnetstring, or ``J`` + JSON -> plain objects."""
     if payload.startswith(b"J"):
         try:
-            return json.loads(payload[1:])
-        except (ValueError, RecursionError):  # RecursionError: nesting too deep
+            return loads(payload[1:])
+        except ValueError:
             raise PublishError("message is not valid JSON") from None
     raw = payload[1:] if payload.startswith(b"T") else payload
     try:

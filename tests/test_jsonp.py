@@ -72,6 +72,7 @@ class ParseTests(SynchronousTestCase):
             (b"/?callback=alert(1)", "Invalid callback parameter."),
             (b"/?callback=f&_method=GE%20T", "Invalid _method parameter."),
             (b"/?callback=f&_headers=nope", "Invalid _headers parameter."),
+            (b"/?callback=f&_headers=" + b"%5B" * 5000, "Invalid _headers parameter."),
             (b"/?callback=f&_headers=%5B1%5D", "Invalid _headers parameter."),
             (b"/?callback=f&_headers=%7B%22A%22%3A%22x%5Cny%22%7D", "Invalid _headers parameter."),
         ]:

@@ -208,8 +208,9 @@ class SubscriptionApiTests(_Harness):
             self.assertIn(answer["id"], body["error"])
         self.assertEqual((await self.call("GET", self.api + "/x/y/z"))[0], 404)
         self.assertEqual((await self.call("PUT", self.api))[0], 405)
-        code, body = await self.call("POST", self.api, b"{oops")
-        self.assertEqual((code, body), (400, {"error": "body is not valid JSON"}))
+        for bad in (b"{oops", b"[" * 5000 + b"]" * 5000):  # the second was a 500
+            code, body = await self.call("POST", self.api, bad)
+            self.assertEqual((code, body), (400, {"error": "body is not valid JSON"}))
         code, body = await self.call("POST", self.api, {"url": "ftp://x/", "channels": ["c"]})
         self.assertEqual((code, body), (400, {"error": "url scheme must be http or https"}))
         code, body = await self.call("POST", self.api, {"url": receiver.url, "channels": 5})

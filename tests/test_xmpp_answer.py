@@ -43,6 +43,7 @@ class AnswerTests(SynchronousTestCase):
         """Every malformed answer is one AnswerError naming the problem."""
         for document, words in (
             (b"{", "JSON"),
+            (b"[" * 100_000, "JSON"),  # nested too deep: not a RecursionError
             (b"[]", "object"),
             (b'{"hold": {}}', "unknown"),
             (b'{"subscribe": "a"}', "list"),

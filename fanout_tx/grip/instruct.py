@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from fanout_tx.http.headers import Header, end_to_end, get, split_list, split_params
+from fanout_tx.json_input import loads
 
 DEFAULT_TIMEOUT = 55
 MIN_TIMEOUT = 5
@@ -366,8 +366,8 @@ def _json_keep_alive(value: Any) -> KeepAlive | None:
 
 def _from_json(body: bytes, max_channels: int) -> Instruct:
     try:
-        document = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
+        document = loads(body)
+    except ValueError:
         raise GripError("grip-instruct body is not valid JSON") from None
     obj = _expect(document, dict, "grip-instruct body")
     response = _json_response(obj.get("response"))

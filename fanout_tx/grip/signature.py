@@ -12,6 +12,8 @@ import hmac
 import json
 from typing import Any
 
+from fanout_tx.json_input import loads
+
 
 class SignatureError(ValueError):
     """A token is malformed, badly signed, expired or from the wrong issuer."""
@@ -52,9 +54,9 @@ def verify_hs256(
     if len(parts) != 3:
         raise SignatureError("token is not a JWT")
     try:
-        header = json.loads(_unb64url(parts[0]))
-        claims = json.loads(_unb64url(parts[1]))
-    except (ValueError, UnicodeDecodeError):
+        header = loads(_unb64url(parts[0]))
+        claims = loads(_unb64url(parts[1]))
+    except ValueError:
         raise SignatureError("token is not valid JSON") from None
     if not isinstance(header, dict) or header.get("alg") != "HS256":
         raise SignatureError("token algorithm must be HS256")

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from fanout_tx.json_input import loads
 from fanout_tx.routes import JsonpConfig
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP method (RFC 9110 token)
@@ -86,8 +87,8 @@ def _split_pair(part: bytes) -> tuple[bytes, bytes]:
 
 def _headers(raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
     try:
-        parsed = json.loads(unquote_to_bytes(raw))
-    except (ValueError, UnicodeDecodeError):
+        parsed = loads(unquote_to_bytes(raw))
+    except ValueError:
         raise JsonpError("Invalid _headers parameter.") from None
     if not isinstance(parsed, dict) or not all(isinstance(v, str) for v in parsed.values()):
         raise JsonpError("Invalid _headers parameter.")

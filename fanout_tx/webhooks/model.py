@@ -14,6 +14,7 @@ from typing import Any
 from fanout_tx.formats.base import FormatError, headers
 from fanout_tx.formats.webhook import check_header_names
 from fanout_tx.items import MAX_CHANNEL_LENGTH
+from fanout_tx.json_input import loads
 from fanout_tx.webhooks.signing import SecretError, secret_key
 from fanout_tx.webhooks.ssrf import UrlError, parse_url
 
@@ -117,8 +118,8 @@ def _channels(value: Any) -> tuple[str, ...]:
 def parse_new_subscription(body: bytes) -> NewSubscription:
     """``{"url", "channels", "secret"?, "headers"?, "verify"?}`` or RequestError."""
     try:
-        obj = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        obj = loads(body)
+    except ValueError:
         raise RequestError("body is not valid JSON") from None
     if not isinstance(obj, Mapping):
         raise RequestError("body must be a JSON object")

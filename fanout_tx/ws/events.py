@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from fanout_tx.json_input import loads
 
 EVENT_NAMES = frozenset({"OPEN", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "DISCONNECT"})
 
@@ -222,8 +223,8 @@ def _timeout(obj: dict[str, Any]) -> int:
 def parse_control(payload: bytes) -> ControlMessage:
     """One control message (the JSON after ``c:``)."""
     try:
-        obj = json.loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
+        obj = loads(payload)
+    except ValueError:
         raise ControlError("control message is not valid JSON") from None
     if not isinstance(obj, dict):
         raise ControlError("control message must be a JSON object")

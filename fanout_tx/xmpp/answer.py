@@ -7,7 +7,6 @@ nothing and the sender gets one clear error.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +18,7 @@ from fanout_tx.formats import FormatError
 from fanout_tx.formats.xmpp import parse_stanza, xml_text
 from fanout_tx.grip.instruct import INSTRUCT_CONTENT_TYPE, Channel
 from fanout_tx.http.headers import split_list, split_params
+from fanout_tx.json_input import loads
 
 REPLY_STANZAS = ("message", "presence", "iq")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -103,8 +103,8 @@ def _reply(text: Any) -> domish.Element:
 def parse_instruct(body: bytes) -> BackendAnswer:
     """The ``application/grip-instruct`` JSON body."""
     try:
-        document = json.loads(body) if body.strip() else {}
-    except (ValueError, UnicodeDecodeError):
+        document = loads(body) if body.strip() else {}
+    except ValueError:
         raise AnswerError("grip-instruct body is not valid JSON") from None
     if not isinstance(document, Mapping):
         raise AnswerError("grip-instruct body must be a JSON object")

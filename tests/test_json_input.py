@@ -1,0 +1,29 @@
+"""json_input.loads: every malformed input, nesting too deep included, is a ValueError."""
+
+from __future__ import annotations
+
+import base64
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from fanout_tx.grip.signature import SignatureError, verify_hs256
+from fanout_tx.json_input import loads
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+class LoadsTests(SynchronousTestCase):
+    def test_values_and_errors(self) -> None:
+        self.assertEqual(loads(b'{"a": [1]}'), {"a": [1]})
+        for bad in (b"{", b"\xff\xfe", b"[" * 100_000, "[" * 100_000):
+            self.assertRaises(ValueError, loads, bad)
+
+    def test_deep_token_is_a_signature_error(self) -> None:
+        """A bearer token or Grip-Sig whose claims nest too deep is refused like any
+        malformed token, not raised as a RecursionError into the request."""
+        token = ".".join((_b64url(b'{"alg":"HS256","typ":"JWT"}'), _b64url(b"[" * 50_000),
+                          "sig"))
+        error = self.assertRaises(SignatureError, verify_hs256, token, b"key", 0.0)
+        self.assertEqual(str(error), "token is not valid JSON")
