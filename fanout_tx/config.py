@@ -11,9 +11,13 @@ from __future__ import annotations
 import base64
 import ipaddress
 import re
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from twisted.words.protocols.jabber.jid import JID, InvalidFormat
 
 from fanout_tx.redis_url import parse_redis_url
 
@@ -171,10 +175,10 @@ def parse_bool(value: str, _base: Path | None = None) -> bool:
 
 
 def parse_int(value: str, _base: Path | None = None) -> int:
-    try:
-        return int(value.strip())
-    except ValueError:
-        raise ValueError(f"expected a whole number, got {value!r}") from None
+    text = value.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+", text):  # int() would take "٣" and "1_000"
+        raise ValueError(f"expected a whole number, got {value!r}")
+    return int(text)
 
 
 def _non_negative_int(value: str, base: Path | None = None) -> int:
@@ -198,14 +202,49 @@ def _port(value: str, base: Path | None = None) -> int:
     return number
 
 
+# The longest duration a setting may ask for (a year); also keeps timers finite.
+MAX_SECONDS = 31_536_000
+
+
 def _seconds(value: str, _base: Path | None = None) -> float:
-    try:
-        number = float(value.strip())
-    except ValueError:
-        raise ValueError(f"expected a number of seconds, got {value!r}") from None
-    if number < 0:
-        raise ValueError(f"expected seconds >= 0, got {value!r}")
+    text = value.strip()
+    if not re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text):  # no nan, inf, 1e400, "-1"
+        raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
+    number = float(text)
+    if number > MAX_SECONDS:
+        raise ValueError(f"expected at most {MAX_SECONDS} seconds, got {value!r}")
     return number
+
+
+def _path(value: str, _base: Path | None = None) -> Path:
+    text = value.strip()
+    if "\0" in text:
+        raise ValueError("a path cannot hold a NUL character")
+    return Path(text)
+
+
+def _domain_jid(value: str, _base: Path | None = None) -> str:
+    """The component's JID: a bare domain (``push.example.com``)."""
+    text = value.strip()
+    try:
+        jid = JID(text)
+    except (InvalidFormat, UnicodeError, ValueError, RuntimeError):  # RuntimeError: empty
+        raise ValueError(f"not a valid XMPP domain: {text!r}") from None
+    if jid.user or jid.resource or not jid.host:
+        raise ValueError(f"must be a bare domain like push.example.com, got {text!r}")
+    return text
+
+
+def _http_url(value: str, _base: Path | None = None) -> str:
+    text = value.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        raise ValueError(f"not a valid URL: {text!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"expected an http(s) URL, got {text!r}")
+    return text
 
 
 def _text(value: str, _base: Path | None = None) -> str:
@@ -252,13 +291,17 @@ def parse_listen_addresses(value: str, _base: Path | None = None) -> tuple[Liste
     """``[addr:]port`` entries, comma separated; IPv6 hosts in brackets."""
     addresses = []
     for entry in _csv(value):
-        match = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]:|(?P<host>[^:\[\]]+):)?(?P<port>\d+)", entry)
+        match = re.fullmatch(r"(?:\[(?P<v6>[^\]]+)\]:|(?P<host>[^:\[\]]+):)?(?P<port>[0-9]+)",
+                             entry)
         if not match:
             raise ValueError(f"expected [addr:]port, got {entry!r}")
         port = int(match["port"])
         if not 0 <= port <= 65535:
             raise ValueError(f"port out of range: {port}")
-        addresses.append(ListenAddress(match["v6"] or match["host"] or "", port))
+        address = ListenAddress(match["v6"] or match["host"] or "", port)
+        if address in addresses and port != 0:
+            raise ValueError(f"{entry} is listed twice")
+        addresses.append(address)
     if not addresses:
         raise ValueError("no port given")
     return tuple(addresses)
@@ -332,7 +375,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "shutdown_timeout": ("shutdown_timeout", _seconds),
     },
     "proxy": {
-        "routesfile": ("routes_file", lambda v, _b: Path(v.strip())),
+        "routesfile": ("routes_file", _path),
         "sig_iss": ("sig_iss", _text),
         "sig_key": ("sig_key", parse_key),
         "x_forwarded_for": ("x_forwarded_for", _csv),
@@ -362,11 +405,11 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
     },
     "xmpp": {
         "enabled": ("enabled", parse_bool),
-        "jid": ("jid", _text),
+        "jid": ("jid", _domain_jid),
         "host": ("host", _text),
         "port": ("port", _port),
         "secret": ("secret", _text),
-        "backend": ("backend", _text),
+        "backend": ("backend", _http_url),
         "backend_timeout": ("backend_timeout", _seconds),
         "sig_iss": ("sig_iss", _text),
         "sig_key": ("sig_key", parse_key),
@@ -510,10 +553,22 @@ def parse_config(text: str, path: str | Path) -> Config:
     return Config(path=path, notices=tuple(notices), warnings=tuple(warnings), **sections)
 
 
+# A config or routes file is a few kB; this bounds what a wrong path (a log) can cost.
+MAX_FILE_BYTES = 16 * 1024 * 1024
+
+
 def read_text(path: Path, what: str) -> str:
-    """A config-like file's text; unreadable or not UTF-8 is a ConfigError naming it."""
+    """A config-like file's text; unreadable, not a regular file (``/dev/zero`` would never
+    end), over MAX_FILE_BYTES or not UTF-8 is a ConfigError naming it."""
     try:
-        return path.read_text(encoding="utf-8")
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ConfigError(path, None, f"cannot read {what}: not a regular file")
+        with path.open("rb") as file:
+            data = file.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ConfigError(path, None, f"cannot read {what}: larger than {MAX_FILE_BYTES} "
+                                          "bytes")
+        return data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as e:
         raise ConfigError(path, None, f"cannot read {what}: {e}") from None
 

@@ -287,6 +287,27 @@ class ErrorTests(SynchronousTestCase):
         self.assert_error("[xmpp]\nbackend_timeout=-2\n", 2, "seconds >= 0")
         self.assert_error("[websocket]\nmax_message=0\n", 2, "expected a number >= 1")
 
+    def test_values_that_used_to_fail_later(self) -> None:
+        """Values a fuzzing pass got past the parser, where they failed at start-up (a
+        traceback), at shutdown, or bound the wrong port: now errors naming the line."""
+        self.assert_error("[xmpp]\njid=@@@\n", 2, "not a valid XMPP domain")
+        self.assert_error("[xmpp]\njid=a@b/c\n", 2, "bare domain")
+        self.assert_error("[xmpp]\njid=\n", 2, "")
+        self.assert_error("[xmpp]\nbackend=notaurl\n", 2, "http(s) URL")
+        self.assert_error("[proxy]\nroutesfile=a\x00b\n", 2, "NUL")
+        self.assert_error("[runner]\nhttp_port=7999,7999\n", 2, "listed twice")
+        self.assert_error("[runner]\nhttp_port=\u0663\n", 2, "expected [addr:]port")
+        self.assert_error("[runner]\nclient_maxconn=\u0663\n", 2, "whole number")
+        for value in ("nan", "inf", "1e400", "-0", "40000000"):
+            self.assert_error(f"[runner]\nshutdown_timeout={value}\n", 2, "seconds")
+        self.assertEqual(parse_config("[runner]\nshutdown_timeout=2.5\n", "f").runner
+                         .shutdown_timeout, 2.5)
+
+    def test_not_a_regular_file(self) -> None:
+        """/dev/zero as a config (or routes) file is refused at once, not read forever."""
+        error = self.assertRaises(ConfigError, load, Path("/dev/zero"))
+        self.assertIn("not a regular file", str(error))
+
     def test_syntax_errors(self) -> None:
         self.assert_error("[handler\n", 1, "malformed section header")
         self.assert_error("[runner]\nhttp_port 7999\n", 2, "expected key=value")
