@@ -207,12 +207,15 @@ class HandlerTests(SynchronousTestCase):
     def test_iq_timeout(self) -> None:
         """A backend that does not answer within backend_timeout: service-unavailable."""
         self.backend.answer = None
+        logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.receive(f"<iq type='get' id='i1' from='{ALICE}' to='{DOMAIN}'><q xmlns='urn:q'/></iq>")
         self.assertEqual(self.sent(), [])
         self.clock.advance(5)
         [answer] = self.sent()
         self.assert_error(answer, "service-unavailable", "wait")
         self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertIn("backend did not answer within 5", " ".join(
+            str(e.get("reason", "")) for e in logged))
 
     def test_timeout_while_reading_the_answer_closes_the_connection(self) -> None:
         """A backend that sends its headers and part of a body, then stalls: at the timeout

@@ -91,9 +91,13 @@ class BackendClient:
 
     def post(self, stanza: domish.Element, envelope: StanzaEnvelope) -> Deferred[BackendAnswer]:
         d = self._post(stanza.toXml().encode("utf-8"), envelope)
-        d.addTimeout(self._timeout, self._clock)
+        d.addTimeout(self._timeout, self._clock, onTimeoutCancel=self._timed_out)
         d.addErrback(self._as_backend_error)
         return d
+
+    @staticmethod
+    def _timed_out(_result: object, timeout: float) -> Failure:
+        return Failure(BackendError(None, f"backend did not answer within {timeout} s"))
 
     @inlineCallbacks
     def _post(self, body: bytes, envelope: StanzaEnvelope):
