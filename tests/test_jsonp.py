@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from urllib.parse import quote
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet import task
 from twisted.internet.defer import ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -80,6 +82,24 @@ class ParseTests(SynchronousTestCase):
             self.assertEqual(str(error), text, uri)
 
 
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from([b"callback=", b"_method=", b"_headers=", b"_body=", b"&",
+                                     b"=", b"%", b"%7B", b"%22", b"%0A", b"+", b"cb", b"\xff",
+                                     b"?", b"/", b"x"]), max_size=12).map(b"".join),
+           st.sampled_from([EXTENDED, BASIC, JsonpConfig(body_param="d",
+                                                         default_callback="f")]))
+    def test_any_query_parses_or_is_refused(self, query: bytes, config: JsonpConfig) -> None:
+        """Whatever the query, a call, None, or a JsonpError for the client; the call's
+        uri keeps the path."""
+        try:
+            call = parse_jsonp(b"/p?" + query, config)
+        except JsonpError:
+            return
+        if call is not None:
+            self.assertTrue(call.uri.startswith(b"/p"))
+            self.assertRegex(call.callback, rb"\A[A-Za-z0-9_$.]+\Z")
+
+
 class WrapTests(SynchronousTestCase):
     def test_extended(self) -> None:
         """Code, reason, first value of each header (sorted), body as a JSON string."""
@@ -87,6 +107,18 @@ class WrapTests(SynchronousTestCase):
                     [(b"X-B", b"1"), (b"X-A", b"2"), (b"X-B", b"3")], "é\n".encode())
         self.assertEqual(body, b'/**/cb({"code": 404, "reason": "Not Found", '
                                b'"headers": {"X-A":"2","X-B":"1"}, "body": "\xc3\xa9\\n"});\n')
+
+    @settings(max_examples=200, deadline=None)
+    @given(st.integers(100, 599), st.binary(max_size=20),
+           st.lists(st.tuples(st.binary(min_size=1, max_size=8), st.binary(max_size=8)),
+                    max_size=4), st.text(max_size=40) | st.just("a\u2028b\u2029"))
+    def test_extended_is_always_one_call_with_json(self, code: int, reason: bytes,
+                                                   headers: list, body: str) -> None:
+        """Any answer wraps into ``/**/cb(JSON);`` whose JSON round-trips the body."""
+        wrapped = wrap(b"cb", True, code, reason, headers, body.encode("utf-8"))
+        answer = unwrap(wrapped)
+        self.assertEqual((answer["code"], answer["body"]), (code, body))
+        self.assertNotIn("\u2028".encode(), wrapped)  # a line end to older JavaScript
 
     def test_basic(self) -> None:
         """The body itself, one trailing newline dropped."""

@@ -120,8 +120,15 @@ def wrap(callback: bytes, extended: bool, code: int, reason: bytes,
         first.setdefault(name.decode("latin-1"), value.decode("latin-1"))
     inner = (f'{{"code": {code}, "reason": {json.dumps(reason.decode("latin-1"))}, '
              f'"headers": {json.dumps(dict(sorted(first.items())), separators=(",", ":"))}, '
-             f'"body": {json.dumps(text, ensure_ascii=False)}}}')
+             f'"body": {_js_string(text)}}}')
     return b"/**/" + callback + b"(" + inner.encode("utf-8") + b");\n"
+
+
+def _js_string(text: str) -> str:
+    """A JSON string that is also a JavaScript one: U+2028/U+2029 end a line in older
+    JavaScript, so they are escaped (other text stays as it is, UTF-8)."""
+    return (json.dumps(text, ensure_ascii=False)
+            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
 
 # The largest answer wrapped; JSON-P is for small replies, a larger one is an error.
