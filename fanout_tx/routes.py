@@ -232,6 +232,8 @@ def parse_routes(text: str, path: str | Path = "<routes>") -> RouteTable:
             raise ConfigError(path, number, str(e)) from None
         notices += [f"{path}:{number}: Pushpin route option {name!r} is not supported "
                     "here; ignored" for name in dict.fromkeys(ignored)]
+    if not routes:  # loads (a file being written may be empty for a moment), but say so
+        notices.append(f"{path}: no routes: every request gets 502 No route for host")
     return RouteTable(routes, tuple(notices))
 
 

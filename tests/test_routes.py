@@ -149,6 +149,13 @@ class ErrorTests(SynchronousTestCase):
         ))
         self.assert_error("* zhttp/tcp://127.0.0.1:5000\n", 1, "ZeroMQ targets (zhttp/...)")
 
+    def test_no_routes_is_noted(self) -> None:
+        """An empty (or all-comment) routes file loads, with a notice that nothing routes."""
+        table = parse_routes("# nothing yet\n\n", "/etc/routes")
+        self.assertEqual(len(table), 0)
+        self.assertEqual(table.notices,
+                         ("/etc/routes: no routes: every request gets 502 No route for host",))
+
     def test_jsonp_options(self) -> None:
         route = parse_route_line("*,aco,jsonp_mode=basic,jsonp_cb=cb,jsonp_body=b,"
                                  "jsonp_defcb=f,jsonp_defmethod=PUT h:1", 1)
