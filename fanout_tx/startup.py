@@ -4,24 +4,33 @@ Left to itself, twistd logs a traceback for a listener that cannot bind and keep
 exit code 0, serving nothing: with the client port still held by Pushpin during a migration,
 a supervisor would see a healthy service. Here every listener and ZeroMQ socket that cannot
 be opened is named with the reason, and the process exits 1 before the reactor runs.
+
+How it exits: StartupAbandonedError is raised out of ``startService``. A daemonized twistd reports
+an exception to its waiting parent (which exits 1); a SystemExit would leave the parent
+waiting forever. In the foreground the exception ends the process (exit 1), and the
+excepthook installed here prints its one line instead of a traceback.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator
+from types import TracebackType
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
-EXIT_CODE = 1
-
 _log = Logger(namespace="fanout_tx.startup")
 
 
 class StartupError(Exception):
     """A socket could not be opened at start-up; the text says which address and why."""
+
+
+class StartupAbandonedError(Exception):
+    """Start-up is abandoned; the text lists every address that could not be opened."""
 
 
 def listen_strictly(root: MultiService) -> None:
@@ -47,12 +56,26 @@ def start_children(root: MultiService, start: Callable[[IService], None]) -> lis
 
 
 def exit_if_failed(failures: list[str]) -> None:
-    """Log each failure and end the process with EXIT_CODE, if there is any."""
+    """Log each failure and abandon start-up (StartupAbandonedError), if there is any."""
     if failures:
         for failure in failures:
             _log.critical("cannot start {failure}", failure=failure)
         _log.critical("fanout_tx not started: every address above must be free")
-        raise SystemExit(EXIT_CODE)
+        sys.excepthook = _without_traceback(sys.excepthook)
+        raise StartupAbandonedError("; ".join(failures))
+
+
+def _without_traceback(
+    previous: Callable[[type[BaseException], BaseException, TracebackType | None], object],
+) -> Callable[[type[BaseException], BaseException, TracebackType | None], object]:
+    def hook(kind: type[BaseException], error: BaseException,
+             trace: TracebackType | None) -> object:
+        if isinstance(error, StartupAbandonedError):
+            sys.stderr.write(f"fanout_tx not started: {error}\n")
+            return None
+        return previous(kind, error, trace)
+
+    return hook
 
 
 def _reason(error: Exception) -> str:

@@ -143,13 +143,18 @@ class _Collect(ProcessProtocol):
 class TwistdTests(TestCase):
     """End-to-end: ``twistd -n fanout`` as a subprocess, stopped by the PID started here."""
 
-    def twistd(self, *args: str, open_files: int | None = None) -> _Collect:
-        """Start twistd; with ``open_files``, under that ``ulimit -n`` (soft and hard)."""
+    def twistd(self, *args: str, open_files: int | None = None,
+               daemon: bool = False) -> _Collect:
+        """Start twistd (in the foreground unless ``daemon``); with ``open_files``, under
+        that ``ulimit -n`` (soft and hard)."""
         folder = Path(self.mktemp())
         folder.mkdir(parents=True, exist_ok=True)
         protocol = _Collect()
         twistd = Path(sys.executable).parent / "twistd"
-        command = [str(twistd), "-n", "--pidfile=", "fanout", *args]
+        where = folder.resolve()
+        mode = (f"--pidfile={where}/twistd.pid", f"--logfile={where}/twistd.log") if daemon \
+            else ("-n", "--pidfile=")
+        command = [str(twistd), *mode, "fanout", *args]
         if open_files is not None:
             command = ["/bin/sh", "-c", f'ulimit -n {open_files} && exec "$0" "$@"', *command]
         process = reactor.spawnProcess(protocol, command[0], command, env=dict(os.environ),
@@ -246,3 +251,22 @@ class TwistdTests(TestCase):
                       "Address already in use", output)
         self.assertNotIn("Traceback", output)
         self.assertNotIn("fanout_tx listening:", output)
+
+    async def test_taken_address_as_a_daemon(self) -> None:
+        """Daemonized (no ``-n``), the waiting parent hears of it and exits 1 with the
+        reason (a SystemExit would have left it waiting forever)."""
+        taken = socket.socket()
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        self.addCleanup(taken.close)
+        port = taken.getsockname()[1]
+        config = loopback_config(Path(self.mktemp()), free_port())
+        protocol = self.twistd("--config", str(config.resolve()), "--port",
+                               f"127.0.0.1:{port}", daemon=True)
+        reason = await protocol.ended
+        output = protocol.output.decode(errors="replace")
+        self.assertIsInstance(reason, ProcessTerminated, output)
+        self.assertEqual(reason.exitCode, 1, output)
+        # (twistd passes the parent the first 100 bytes; the log has every line)
+        self.assertIn(f"An error has occurred: b'fanout_tx.startup.StartupAbandonedError: "
+                      f"http-proxy: cannot listen on 127.0.0.1:{port}", output)
