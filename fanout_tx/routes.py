@@ -8,11 +8,17 @@ with ``ssl`` set (as Pushpin's DomainMap ranks them).
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 from fanout_tx.config import ConfigError, parse_bool, parse_int, parse_key, read_text
+from fanout_tx.http.headers import is_token
+
+# A JSON-P callback: a JavaScript name path. (differs) Pushpin takes any non-empty text; a
+# name keeps what is reflected into the page harmless.
+CALLBACK_NAME = re.compile(r"[A-Za-z0-9_$.]+")
 
 
 @dataclass(frozen=True)
@@ -173,8 +179,19 @@ def _parse_condition(token: str, notices: list[str]) -> dict:
             raise ValueError(f"unknown route option {name!r}")
     fields["headers"] = tuple(headers)
     if jsonp:
-        fields["jsonp"] = JsonpConfig(**jsonp)
+        fields["jsonp"] = _jsonp_config(jsonp)
     return fields
+
+
+def _jsonp_config(options: dict[str, str]) -> JsonpConfig:
+    """The route's JSON-P settings, held to the rules a client's own values meet."""
+    config = JsonpConfig(**options)
+    if config.default_method and not is_token(config.default_method):
+        raise ValueError(f"jsonp_defmethod must be an HTTP method, got {config.default_method!r}")
+    if config.default_callback and not CALLBACK_NAME.fullmatch(config.default_callback):
+        raise ValueError("jsonp_defcb must be a JavaScript name (letters, digits, _ $ .), "
+                         f"got {config.default_callback!r}")
+    return config
 
 
 def _parse_target(token: str, notices: list[str]) -> Target:

@@ -5,10 +5,11 @@ exit code 0, serving nothing: with the client port still held by Pushpin during 
 a supervisor would see a healthy service. Here every listener and ZeroMQ socket that cannot
 be opened is named with the reason, and the process exits 1 before the reactor runs.
 
-How it exits: StartupAbandonedError is raised out of ``startService``. A daemonized twistd reports
-an exception to its waiting parent (which exits 1); a SystemExit would leave the parent
-waiting forever. In the foreground the exception ends the process (exit 1), and the
-excepthook installed here prints its one line instead of a traceback.
+How it exits: StartupAbandonedError is raised out of ``startService``. A daemonized twistd
+reports an exception to its waiting parent (which exits 1); a SystemExit would leave the
+parent waiting forever. In the foreground the exception ends the process (exit 1), and the
+excepthook the plugin installs (``quiet_startup_failures``) prints its one line instead of
+a traceback. tests/test_tap.py runs both with a real twistd.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ class StartupAbandonedError(Exception):
 def listen_strictly(root: MultiService) -> None:
     """Make every endpoint listener under ``root`` raise when it cannot bind, rather than log.
 
-    ``_raiseSynchronously`` is StreamServerEndpointService's own switch for this (private,
-    but the documented behaviour of ``privilegedStartService`` it selects is tested here).
+    ``_raiseSynchronously`` is StreamServerEndpointService's own switch for this (private;
+    tests/test_tap.py would notice if it stopped working).
     """
     for service in _walk(root):
         if isinstance(service, StreamServerEndpointService):
@@ -61,21 +62,22 @@ def exit_if_failed(failures: list[str]) -> None:
         for failure in failures:
             _log.critical("cannot start {failure}", failure=failure)
         _log.critical("fanout_tx not started: every address above must be free")
-        sys.excepthook = _without_traceback(sys.excepthook)
         raise StartupAbandonedError("; ".join(failures))
 
 
-def _without_traceback(
-    previous: Callable[[type[BaseException], BaseException, TracebackType | None], object],
-) -> Callable[[type[BaseException], BaseException, TracebackType | None], object]:
+def quiet_startup_failures() -> None:
+    """Make an uncaught StartupAbandonedError print one line, not a traceback (the process
+    still exits 1); other exceptions keep the hook they had. Called once by the plugin."""
+    previous = sys.excepthook
+
     def hook(kind: type[BaseException], error: BaseException,
-             trace: TracebackType | None) -> object:
+             trace: TracebackType | None) -> None:
         if isinstance(error, StartupAbandonedError):
             sys.stderr.write(f"fanout_tx not started: {error}\n")
-            return None
-        return previous(kind, error, trace)
+        else:
+            previous(kind, error, trace)
 
-    return hook
+    sys.excepthook = hook
 
 
 def _reason(error: Exception) -> str:

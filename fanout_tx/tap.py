@@ -33,6 +33,7 @@ from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.startup import quiet_startup_failures
 from fanout_tx.tls_server import ServerIdentities, load_identities
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.redis_store import warn_if_webhooks_elsewhere
@@ -235,5 +236,6 @@ def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin
     filter_twistd_logging(settings.config.runner.log_level)
     root, _core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)
+    quiet_startup_failures()
     tune_gc()
     return root

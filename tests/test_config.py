@@ -292,7 +292,7 @@ class ErrorTests(SynchronousTestCase):
         traceback), at shutdown, or bound the wrong port: now errors naming the line."""
         self.assert_error("[xmpp]\njid=@@@\n", 2, "not a valid XMPP domain")
         self.assert_error("[xmpp]\njid=a@b/c\n", 2, "bare domain")
-        self.assert_error("[xmpp]\njid=\n", 2, "")
+        self.assert_error("[xmpp]\njid=\n", 2, "not a valid XMPP domain: ''")
         self.assert_error("[xmpp]\nbackend=notaurl\n", 2, "http(s) URL")
         self.assert_error("[proxy]\nroutesfile=a\x00b\n", 2, "NUL")
         self.assert_error("[runner]\nhttp_port=7999,7999\n", 2, "listed twice")

@@ -162,6 +162,9 @@ class ErrorTests(SynchronousTestCase):
         self.assertEqual(route.jsonp, JsonpConfig("basic", "cb", "b", "f", "PUT"))
         self.assertEqual(parse_route_line("* h:1", 1).jsonp, JsonpConfig())
         self.assert_error("*,jsonp_mode=fancy h:1\n", 1, "jsonp_mode must be basic or extended")
+        # held to the rules a client's own _method and callback meet
+        self.assert_error("*,aco,jsonp_defmethod=GE@T h:1\n", 1, "jsonp_defmethod must be")
+        self.assert_error("*,aco,jsonp_defcb=alert(1) h:1\n", 1, "jsonp_defcb must be")
 
     def test_unreadable_file(self) -> None:
         error = self.assertRaises(ConfigError, load_routes, Path(self.mktemp()))

@@ -223,7 +223,6 @@ class TwistdTests(TestCase):
         self.assertIn(f"{config}:2: [runner] http_port".encode(), protocol.output)
         self.assertNotIn(b"Traceback", protocol.output)
 
-
     async def test_taken_addresses_refuse_to_start(self) -> None:
         """A client port and a ZeroMQ port held by another process (Pushpin during a
         migration, say): each is named with the reason, no traceback, exit code 1 before

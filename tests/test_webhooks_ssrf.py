@@ -73,7 +73,6 @@ class UrlTests(SynchronousTestCase):
                     "http://h/ a", "http://h:0x1/", "", "http://"):
             self.assertRaises(UrlError, parse_url, url)
 
-
     @given(st.text(max_size=40).map(lambda t: "http://" + t) | st.text(max_size=40))
     def test_parse_raises_only_url_error(self, url: str) -> None:
         """Any string is a Target or a UrlError, never another exception."""

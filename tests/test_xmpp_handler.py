@@ -253,10 +253,25 @@ class HandlerTests(SynchronousTestCase):
         self.assertEqual([c.name for c in answer.elements()], ["error"])
         _element(answer.toXml())  # well-formed
         self.stub.output.clear()
+        # with a bad sender too: no jid-malformed error, which would copy the child
+        self.stub.send(_as_received("<iq type='get' id='i2' from='a@@b' to='bot@push.test'>"
+                                    "<q xmlns=\"u'v\"/></iq>"))
+        [answer] = self.sent()
+        self.assertEqual([c.name for c in answer.elements()], ["error"])
+        _element(answer.toXml())
+        self.stub.output.clear()
         self.stub.send(_as_received(f"<message from='{ALICE}' to='bot@{DOMAIN}'>"
                                     f"{'<a>' * 70}{'</a>' * 70}</message>"))
         self.agent.flush()
         self.assertEqual((self.sent(), self.backend.requests), ([], []))
+
+    def test_unwritable_departure_still_unsubscribes(self) -> None:
+        """Unavailable presence that cannot be forwarded still ends the subscriptions."""
+        self.subscribe_alice()
+        self.stub.send(_as_received(f"<presence type='unavailable' from='{ALICE}' "
+                                    f"to='{DOMAIN}'><x xmlns='a&amp;b'/></presence>"))
+        self.assertIsNone(self.handler.subscriptions.get(ALICE))
+        self.assertEqual(self.router.subscriber_count(), 0)
 
     def test_wrong_domain_or_bad_address(self) -> None:
         """Stanzas not for this domain, or without a usable from/to, never reach the

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
-_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # no CR/LF/NUL: they would split the head
+from fanout_tx.http.headers import has_control, is_token
 
 
 class FormatError(ValueError):
@@ -52,7 +50,7 @@ def optional_str(obj: Mapping[str, Any], key: str, default: str | None = None) -
 def optional_text(obj: Mapping[str, Any], key: str) -> str | None:
     """A string that goes into an HTTP head (a reason phrase): no control characters."""
     value = optional_str(obj, key)
-    if value is not None and _CONTROL.search(value):
+    if value is not None and has_control(value):
         raise FormatError(f"{key} must not contain control characters")
     return value
 
@@ -121,7 +119,7 @@ def headers(obj: Mapping[str, Any], key: str = "headers") -> tuple[tuple[str, st
         ):
             raise FormatError(f"{key} entries must be [name, value] strings")
         name, header_value = pair
-        if not _TOKEN.fullmatch(name) or _CONTROL.search(header_value):
+        if not is_token(name) or has_control(header_value):
             raise FormatError(f"invalid header {name!r}")
         result.append((name, header_value))
     return tuple(result)

@@ -3,15 +3,29 @@ and the small ``value; key=value`` parameter grammar GRIP headers use."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 Header = tuple[str, str]
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL and the rest but tab
 
 # Never forwarded in either direction (RFC 9110 7.6.1, plus Pushpin's list).
 HOP_BY_HOP = frozenset({
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection",
     "te", "trailer", "trailers", "transfer-encoding", "upgrade",
 })
+
+
+def is_token(name: str) -> bool:
+    """A valid header name (an RFC 9110 token)."""
+    return _TOKEN.fullmatch(name) is not None
+
+
+def has_control(value: str) -> bool:
+    """A control character (tab aside), which would split or break a message head."""
+    return _CONTROL.search(value) is not None
 
 
 def is_grip(name: str) -> bool:

@@ -16,18 +16,15 @@ Pure functions; the proxy applies them (http/proxy.py).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
+from fanout_tx.http.headers import Header, has_control, is_token
 from fanout_tx.json_input import loads
-from fanout_tx.routes import JsonpConfig
+from fanout_tx.routes import CALLBACK_NAME, JsonpConfig
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # an HTTP method (RFC 9110 token)
-# (differs) Pushpin takes any non-empty callback; a name keeps the reflected text harmless.
-_CALLBACK = re.compile(rb"[A-Za-z0-9_$.]+")
-_SKIPPED_HEADERS = frozenset({b"host", b"accept"})  # set by the proxy itself, as Pushpin
+_SKIPPED_HEADERS = frozenset({"host", "accept"})  # set by the proxy itself, as Pushpin
 
 
 class JsonpError(ValueError):
@@ -54,11 +51,11 @@ def parse_jsonp(uri: bytes, config: JsonpConfig) -> JsonpCall | None:
     values = {}
     for key, value in pairs:
         values.setdefault(key, value)
-    callback_param = (config.callback_param or "callback").encode()
+    callback_param = config.callback_param.encode()
     body_param = config.body_param.encode()
     if callback_param in values:
         callback = unquote_to_bytes(values[callback_param])
-        if not _CALLBACK.fullmatch(callback):
+        if not CALLBACK_NAME.fullmatch(callback.decode("latin-1")):
             raise JsonpError("Invalid callback parameter.")
     elif config.default_callback and body_param and body_param in values:
         callback = config.default_callback.encode()
@@ -68,7 +65,7 @@ def parse_jsonp(uri: bytes, config: JsonpConfig) -> JsonpCall | None:
     method = (config.default_method or ("GET" if extended else "POST")).encode()
     if b"_method" in values:
         method = unquote_to_bytes(values[b"_method"])
-        if not _TOKEN.fullmatch(method):
+        if not is_token(method.decode("latin-1")):
             raise JsonpError("Invalid _method parameter.")
     headers = _headers(values[b"_headers"]) if b"_headers" in values else ()
     body_key = body_param or b"_body"
@@ -94,16 +91,19 @@ def _headers(raw: bytes) -> tuple[tuple[bytes, bytes], ...]:
         raise JsonpError("Invalid _headers parameter.")
     headers = []
     for name, value in parsed.items():
-        encoded = name.encode("utf-8")
-        if not _TOKEN.fullmatch(encoded) or any(c in value for c in "\r\n\0"):
+        if not is_token(name) or has_control(value):
             raise JsonpError("Invalid _headers parameter.")
-        if encoded.lower() not in _SKIPPED_HEADERS:
-            headers.append((encoded, value.encode("utf-8")))
+        try:
+            encoded = value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800")
+            raise JsonpError("Invalid _headers parameter.") from None
+        if name.lower() not in _SKIPPED_HEADERS:
+            headers.append((name.encode("ascii"), encoded))
     return tuple(headers)
 
 
 def wrap(callback: bytes, extended: bool, code: int, reason: bytes,
-         headers: Sequence[tuple[bytes, bytes]], body: bytes) -> bytes:
+         headers: Sequence[Header], body: bytes) -> bytes:
     """The JSON-P answer for an HTTP answer; JsonpError when the body is not UTF-8 text."""
     try:
         text = body.decode("utf-8")
@@ -117,7 +117,7 @@ def wrap(callback: bytes, extended: bool, code: int, reason: bytes,
         return b"/**/" + callback + b"(" + text.encode("utf-8") + b");\n"
     first: dict[str, str] = {}
     for name, value in headers:
-        first.setdefault(name.decode("latin-1"), value.decode("latin-1"))
+        first.setdefault(name, value)
     inner = (f'{{"code": {code}, "reason": {json.dumps(reason.decode("latin-1"))}, '
              f'"headers": {json.dumps(dict(sorted(first.items())), separators=(",", ":"))}, '
              f'"body": {_js_string(text)}}}')
@@ -154,7 +154,7 @@ class JsonpAnswer:
         self._parts, self._size = [], 0
 
     def wrapped(self, code: int, reason: bytes,
-                headers: Sequence[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+                headers: Sequence[Header]) -> tuple[int, bytes]:
         """(status, body) for the client: 200 and the call, or 500 and the reason."""
         try:
             if self._size > MAX_WRAPPED:

@@ -34,6 +34,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx.http.headers import is_token
 from fanout_tx.tcp_options import no_delay, quick_ack
 
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
@@ -44,7 +45,6 @@ _CONNECTION_CONTROL = frozenset({
 })
 _NO_BODY_CODES = frozenset({204, 304})
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # a header name (RFC 9110)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 
@@ -492,7 +492,7 @@ def _parse_headers(lines: list[bytes]) -> tuple[Headers, dict[bytes, list[bytes]
             pairs[-1][1] += b" " + line.strip()
             continue
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name.strip()):
+        if not colon or not is_token(name.strip().decode("latin-1")):
             raise BadResponseError(f"bad header line {line[:80]!r}")
         pairs.append([name.strip(), value.strip()])
     headers = Headers()

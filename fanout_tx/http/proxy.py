@@ -202,12 +202,17 @@ class ProxyRequest(server.Request):
     def finish(self) -> None:
         jsonp, self.jsonp = self.jsonp, None
         if jsonp is not None:
-            headers = [(n, v) for n, vs in self.responseHeaders.getAllRawHeaders() for v in vs]
-            code, body = jsonp.wrapped(self.code, self.code_message, headers)
+            answered = [(n.decode("latin-1"), v.decode("latin-1"))
+                        for n, vs in self.responseHeaders.getAllRawHeaders() for v in vs]
+            # The origin's end-to-end headers only: not Twisted's own Connection header.
+            code, body = jsonp.wrapped(self.code, self.code_message, end_to_end(answered))
             self.setResponseCode(code)
             kind = b"application/javascript" if code == 200 else b"text/plain"
+            connection = self.responseHeaders.getRawHeaders(b"connection")
             self.responseHeaders = Headers({b"content-type": [kind],
                                             b"content-length": [b"%d" % len(body)]})
+            if connection:
+                self.responseHeaders.setRawHeaders(b"connection", connection)
             super().write(body)
         super().finish()
 
@@ -367,6 +372,10 @@ class ProxyResource(Resource):
         if request.cross_origin and request.method == b"GET":
             try:
                 call = parse_jsonp(request.uri, route.jsonp)
+                if call is not None and getattr(request, "upload", None) is not None:
+                    # a body over 100 kB streams to the origin as it arrives: _body cannot
+                    # take its place
+                    raise JsonpError("Request body too large for a JSON-P call.")
             except JsonpError as e:
                 self._log.info("JSON-P call refused: {reason}", reason=str(e))
                 return plain(request, 400, f"{e}\n")

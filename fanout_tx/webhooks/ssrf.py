@@ -119,7 +119,7 @@ class AddressPolicy:
             if any(a.version == net.version and a in net for a in (address, judged)):
                 return None
         if (judged.is_multicast or judged.is_unspecified or not judged.is_global
-                or any(address in net for net in _NEVER_PUBLIC if net.version == 6)):
+                or any(address in net for net in _NEVER_PUBLIC)):
             return f"address {address} is not a public address (allow it with allow_cidrs)"
         return None
 

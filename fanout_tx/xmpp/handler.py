@@ -113,19 +113,21 @@ class ComponentHandler(XMPPHandler):
     def _dispatch(self, stanza: domish.Element) -> None:
         kind, stanza_type = stanza.name, stanza.getAttribute("type")
         sender_jid, to_jid = _jid(stanza.getAttribute("from")), _jid(stanza.getAttribute("to"))
+        leaving = _leaving(kind, stanza_type)
+        reason = unwritable(stanza)
+        if reason is not None:  # checked first: every error answer below copies the stanza
+            self._log.warn("dropped <{kind}>: {reason}", kind=kind, reason=reason)
+            if leaving and sender_jid is not None:
+                self._leave(sender_jid.full(), leaving)
+            if _needs_answer(stanza):
+                answer = toResponse(stanza, "error")  # without the stanza's children
+                answer.addChild(StanzaError("bad-request").getElement())
+                self._send(answer)
+            return
         if sender_jid is None or to_jid is None:
             self._log.warn("dropped <{kind}> with a missing or invalid from/to", kind=kind)
             if _needs_answer(stanza):
                 self._send(StanzaError("jid-malformed").toResponse(stanza))
-            return
-        reason = unwritable(stanza)
-        if reason is not None:  # echoing it (an error copies the stanza) would drop the link
-            self._log.warn("dropped <{kind}> from {sender}: {reason}", kind=kind,
-                           sender=sender_jid.full(), reason=reason)
-            if _needs_answer(stanza):
-                answer = toResponse(stanza, "error")
-                answer.addChild(StanzaError("bad-request").getElement())
-                self._send(answer)
             return
         sender, to = sender_jid.full(), to_jid.full()
         if to_jid.host != self.domain:
@@ -134,7 +136,6 @@ class ComponentHandler(XMPPHandler):
             if _needs_answer(stanza):
                 self._send(StanzaError("item-not-found").toResponse(stanza))
             return
-        leaving = _leaving(kind, stanza_type)
         # iq results and errors are POSTed too (SPEC B1: every other stanza): they answer
         # iq requests a backend pushed to the JID; they get no answer of their own.
         if kind == "iq" and self._answer_locally(stanza, stanza_type):
@@ -230,7 +231,6 @@ class ComponentHandler(XMPPHandler):
         )
         if _needs_answer(stanza):
             self._send(stanza_error_for(error.status).toResponse(stanza))
-
 
     def _apply_failed(self, failure: Failure, stanza: domish.Element,
                       envelope: StanzaEnvelope) -> None:
