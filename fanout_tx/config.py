@@ -251,6 +251,21 @@ def _text(value: str, _base: Path | None = None) -> str:
     return value.strip()
 
 
+def _zmq_spec(value: str, base: Path | None = None) -> str:
+    """A ZeroMQ endpoint; a relative ``ipc://`` path is taken from the config's folder, as
+    Pushpin's ``ipc://{rundir}/...`` with a relative ``rundir`` means."""
+    spec = value.strip()
+    if spec.startswith("ipc://") and base is not None:
+        path = Path(spec[len("ipc://"):])
+        if not path.is_absolute():
+            spec = f"ipc://{base / path}"
+    return spec
+
+
+def _zmq_specs(value: str, base: Path | None = None) -> tuple[str, ...]:
+    return tuple(_zmq_spec(part, base) for part in _csv(value))
+
+
 def _csv(value: str, _base: Path | None = None) -> tuple[str, ...]:
     return tuple(part.strip() for part in value.split(",") if part.strip())
 
@@ -387,9 +402,9 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "auto_cross_origin": ("auto_cross_origin", parse_bool),
     },
     "handler": {
-        "push_in_spec": ("push_in_spec", _text),
-        "push_in_sub_specs": ("push_in_sub_specs", _csv),
-        "push_in_sub_spec": ("push_in_sub_specs", _csv),
+        "push_in_spec": ("push_in_spec", _zmq_spec),
+        "push_in_sub_specs": ("push_in_sub_specs", _zmq_specs),
+        "push_in_sub_spec": ("push_in_sub_specs", _zmq_specs),
         "push_in_sub_connect": ("push_in_sub_connect", parse_bool),
         "push_in_http_addr": ("push_in_http_addr", _text),
         "push_in_http_port": ("push_in_http_port", _port),
@@ -400,7 +415,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "id_cache_ttl": ("id_cache_ttl", _non_negative_int),
         "connection_subscription_max": ("connection_subscription_max", _non_negative_int),
         "stats_report_interval": ("stats_report_interval", _non_negative_int),
-        "stats_spec": ("stats_spec", _text),
+        "stats_spec": ("stats_spec", _zmq_spec),
         "stats_format": ("stats_format", _stats_format),
     },
     "xmpp": {
@@ -483,13 +498,13 @@ class _Entry:
     line: int
 
 
-_INLINE_COMMENT = re.compile(r"\s#.*$")
+_INLINE_COMMENT = re.compile(r"\s[#;].*$")
 
 
 def _read_ini(text: str, path: Path) -> list[_Entry]:
     """Lines of ``[section]`` and ``key=value``, with ``#``/``;`` comment lines and
-    ``value  # comment`` (a ``#`` after whitespace; SPEC's examples write them); keeps line
-    numbers."""
+    ``value  # comment`` or ``value  ; comment`` (after whitespace; SPEC's examples write
+    them); keeps line numbers."""
     entries: list[_Entry] = []
     section = ""
     for number, raw in enumerate(text.splitlines(), start=1):

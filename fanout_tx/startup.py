@@ -61,7 +61,7 @@ def exit_if_failed(failures: list[str]) -> None:
     if failures:
         for failure in failures:
             _log.critical("cannot start {failure}", failure=failure)
-        _log.critical("fanout_tx not started: every address above must be free")
+        _log.critical("fanout_tx not started: each address above must be free and usable")
         raise StartupAbandonedError("; ".join(failures))
 
 

@@ -38,6 +38,7 @@ from fanout_tx.interfaces import IRouterObserver, ISubscriber
 from fanout_tx.items import Item
 from fanout_tx.router import Router
 from fanout_tx.startup import StartupError
+from fanout_tx.zmq_bind import bind
 
 CONN_TTL = 120
 SUB_TTL = 60
@@ -125,7 +126,7 @@ class StatsPublisher(Service):
         sock = self._context.socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         try:
-            sock.bind(self._spec)
+            bind(sock, self._spec)
         except zmq.ZMQError as e:
             sock.close(linger=0)
             reason = zmq.strerror(e.errno)

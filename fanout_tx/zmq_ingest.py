@@ -29,6 +29,7 @@ from fanout_tx.interfaces import IBus, IChannelListener
 from fanout_tx.items import Item, PublishError, decode_message, parse_item
 from fanout_tx.router import Router
 from fanout_tx.startup import StartupError
+from fanout_tx.zmq_bind import bind
 
 # Messages handled per reactor turn before yielding, so a flood cannot starve other I/O.
 DRAIN_BATCH = 500
@@ -162,7 +163,7 @@ class ZmqPullInput(_ZmqInput):
 
     @override
     def _open(self, sock: zmq.Socket) -> list[str]:
-        sock.bind(self._specs[0])
+        bind(sock, self._specs[0])
         return [sock.getsockopt_string(zmq.LAST_ENDPOINT)]
 
     @override
@@ -199,7 +200,7 @@ class ZmqSubInput(_ZmqInput):
             if self._connect:
                 sock.connect(spec)
             else:
-                sock.bind(spec)
+                bind(sock, spec)
             endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         for channel in self._router.channels():
             sock.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))

@@ -376,6 +376,16 @@ class ValueTests(SynchronousTestCase):
         self.assertEqual(config.websocket, WebsocketConfig(max_message=65536,
                                                            max_outbound=4_000_000))
 
+    def test_relative_ipc_specs_from_the_config_folder(self) -> None:
+        """Pushpin's ``ipc://{rundir}/...`` with a relative rundir is next to the config."""
+        config = parse_config("[global]\nrundir=run\nipc_prefix=pushpin-\n[handler]\n"
+                              "stats_spec=ipc://{rundir}/{ipc_prefix}stats\n"
+                              "push_in_sub_specs=ipc:///abs/sub, tcp://127.0.0.1:5562\n",
+                              "/etc/pp/pushpin.conf")
+        self.assertEqual(config.handler.stats_spec, "ipc:///etc/pp/run/pushpin-stats")
+        self.assertEqual(config.handler.push_in_sub_specs,
+                         ("ipc:///abs/sub", "tcp://127.0.0.1:5562"))
+
     def test_comments_and_handler_aliases(self) -> None:
         """# and ; comments are skipped; push_in_sub_spec (singular) is accepted too."""
         config = parse_config("; c\n# c\n[handler]\npush_in_sub_spec=tcp://a:1, tcp://b:2\n"
@@ -384,13 +394,16 @@ class ValueTests(SynchronousTestCase):
         self.assertTrue(config.handler.push_in_sub_connect)
 
     def test_inline_comments(self) -> None:
-        """``value  # comment`` as SPEC's examples write it; a ``#`` inside a value stays."""
+        """``value  # comment`` as SPEC's examples write it, or with ``;`` as the comment
+        lines may; a ``#`` or ``;`` inside a value stays."""
         config = parse_config("[xmpp]\nenabled = false          # true starts it\n"
-                              "sig_iss =         # empty\nsecret = a#b\n[proxy]\nsig_key=#k\n",
+                              "sig_iss =         # empty\nsecret = a#b;c\n[proxy]\nsig_key=#k\n"
+                              "[handler]\npush_in_http_iss = my-backend     ; optional\n",
                               "f")
         self.assertFalse(config.xmpp.enabled)
-        self.assertEqual((config.xmpp.sig_iss, config.xmpp.secret), ("", "a#b"))
+        self.assertEqual((config.xmpp.sig_iss, config.xmpp.secret), ("", "a#b;c"))
         self.assertEqual(config.proxy.sig_key, b"#k")
+        self.assertEqual(config.handler.push_in_http_iss, "my-backend")
 
     def test_default_config_path(self) -> None:
         folder = Path(self.mktemp())

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -145,6 +148,17 @@ class PullInputTests(_ZmqTestMixin, TestCase):
         push.send(as_json(stream_item("again")))
         await wait_until(lambda: self.subscriber.received)
         self.assertEqual(self.subscriber.contents, [b"again"])
+
+    def test_ipc_folder_is_created(self) -> None:
+        """An ipc:// endpoint in a folder that does not exist yet: the folder is made (as
+        Pushpin's runner makes its rundir) and the socket reads."""
+        top = tempfile.mkdtemp()  # short: a unix socket path is limited to ~107 bytes
+        self.addCleanup(shutil.rmtree, top)
+        folder = Path(top) / "run"
+        pull = self.started(ZmqPullInput(reactor, self.context, self.bus,
+                                         f"ipc://{folder}/pushpin-in"))
+        self.assertTrue(folder.is_dir())
+        self.assertEqual(pull.endpoints, [f"ipc://{folder}/pushpin-in"])
 
     def test_bind_failure_stops_start_up(self) -> None:
         """A spec that cannot be bound raises StartupError naming the input, the spec and
