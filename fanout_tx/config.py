@@ -91,6 +91,7 @@ class HandlerConfig:
     stats_report_interval: int = 10
     stats_spec: str = ""
     stats_format: str = "tnetstring"
+    command_spec: str = ""  # Pushpin's command REP socket; off unless set
 
 
 @dataclass(frozen=True)
@@ -416,6 +417,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "connection_subscription_max": ("connection_subscription_max", _non_negative_int),
         "stats_report_interval": ("stats_report_interval", _non_negative_int),
         "stats_spec": ("stats_spec", _zmq_spec),
+        "command_spec": ("command_spec", _zmq_spec),
         "stats_format": ("stats_format", _stats_format),
     },
     "xmpp": {
@@ -466,7 +468,7 @@ _IGNORED_KEYS = {
         "max_open_requests", "local_ports",
     },
     "handler": {
-        "push_in_http_max_headers_size", "command_spec", "message_rate", "message_hwm",
+        "push_in_http_max_headers_size", "message_rate", "message_hwm",
         "subscription_linger", "stats_subscription_ttl", "stats_connection_ttl",
         "stats_connection_send", "prometheus_port", "prometheus_prefix",
     },

@@ -246,7 +246,7 @@ def _log_addresses(results: list[tuple[bool, Any]], root: MultiService) -> None:
     """The one start-up line: every address bound, by what it serves."""
     parts = [f"{name} {address_text(port)}" for ok, (name, port) in results
              if ok and port is not None]
-    for name in ("zmq-pull", "zmq-sub"):
+    for name in ("zmq-pull", "zmq-sub", "zmq-command"):
         service = _child(root, name)
         if service is not None and service.endpoints:
             parts.append(f"{name} {','.join(service.endpoints)}")

@@ -40,6 +40,7 @@ from fanout_tx.webhooks.redis_store import warn_if_webhooks_elsewhere
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.ws.service import build_websocket_service
 from fanout_tx.xmpp.component import build_xmpp
+from fanout_tx.zmq_command import ZmqCommand
 from fanout_tx.zmq_ingest import ZmqPullInput, ZmqSubInput
 
 _log = Logger(namespace="fanout_tx.tap")
@@ -182,10 +183,26 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     _named(ZmqSubInput(reactor, zmq_context, sub_bus, core.router,
                        handler.push_in_sub_specs,
                        connect=handler.push_in_sub_connect), "zmq-sub", root)
+    if handler.command_spec:
+        _named(_command(root, core, zmq_context), "zmq-command", root)
     if settings.config.xmpp.enabled:
         _named(build_xmpp(settings.config, core.router, reactor), "xmpp", root)
     install(root, core, reactor, zmq_context)  # /metrics, /health, stats, start-up line
     return root, core
+
+
+def _command(root: MultiService, core: Core, context: zmq.Context) -> ZmqCommand:
+    """Pushpin's command socket; ``get-zmq-uris`` names the inputs as they are bound."""
+
+    def uris() -> dict[str, str]:
+        found = {"command": command.endpoints}
+        for name, key in (("zmq-pull", "publish-pull"), ("zmq-sub", "publish-sub")):
+            found[key] = root.getServiceNamed(name).endpoints
+        return {key: endpoints[0] for key, endpoints in found.items() if endpoints}
+
+    command = ZmqCommand(core.reactor, context, core.config.handler.command_spec, uris,
+                         core.router.recover_all)
+    return command
 
 
 def _webhooks(core: Core) -> WebhookService:

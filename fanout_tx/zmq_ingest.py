@@ -36,23 +36,22 @@ DRAIN_BATCH = 500
 
 
 @implementer(IReadDescriptor)
-class _ZmqInput(Service):
-    """One ZeroMQ socket feeding the bus; subclasses say how to open it and read a message."""
+class ZmqReader(Service):
+    """One ZeroMQ socket read inside the reactor; subclasses say how to open it and what
+    to do with each message."""
 
     _log = Logger()
     input_name = ""
     socket_type = 0
     _specs: tuple[str, ...] = ()  # what the socket binds (or connects) to
 
-    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
+    def __init__(self, reactor: Any, context: zmq.Context) -> None:
         self._reactor = reactor
         self._context = context
-        self._bus = bus
         self._socket: zmq.Socket | None = None
         self._fd = -1
         self._again: IDelayedCall | None = None
         self.endpoints: list[str] = []
-        self.rejected = 0  # refused messages, for fanout_publish_errors_total
 
     # -- Service --------------------------------------------------------------------------
 
@@ -90,8 +89,8 @@ class _ZmqInput(Service):
         """Bind or connect ``sock``; returns the endpoints in use (``LAST_ENDPOINT``)."""
         raise NotImplementedError
 
-    def _parse(self, parts: list[bytes]) -> Item:
-        """One ZeroMQ message -> Item, or PublishError naming the problem."""
+    def _handle(self, parts: list[bytes]) -> None:
+        """One message, in the order they arrived."""
         raise NotImplementedError
 
     # -- IReadDescriptor ------------------------------------------------------------------
@@ -129,6 +128,20 @@ class _ZmqInput(Service):
             self._handle(parts)
         self.schedule_drain()
 
+
+class _ZmqInput(ZmqReader):
+    """A ZeroMQ socket feeding the bus: each message is parsed into an item."""
+
+    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
+        super().__init__(reactor, context)
+        self._bus = bus
+        self.rejected = 0  # refused messages, for fanout_publish_errors_total
+
+    def _parse(self, parts: list[bytes]) -> Item:
+        """One ZeroMQ message -> Item, or PublishError naming the problem."""
+        raise NotImplementedError
+
+    @override
     def _handle(self, parts: list[bytes]) -> None:
         try:
             item = self._parse(parts)

@@ -249,9 +249,12 @@ class PushpinConfTests(SynchronousTestCase):
         self.assertIn("/etc/pushpin/pushpin.conf:19: [runner] services is ignored", notices[5])
         ignored = {n.split("] ")[1].split(" ")[0] for n in notices}
         self.assertTrue({"include", "rundir", "services", "condure_bin", "zurl_bin",
-                         "sockjs_url", "command_spec", "message_hwm"} <= ignored)
+                         "sockjs_url", "message_hwm"} <= ignored)
         self.assertEqual(len(ignored), len(notices))
         self.assertEqual(self.config.warnings, ())
+        # used, not ignored: the command socket and the stats socket, in the rundir
+        self.assertEqual(self.config.handler.command_spec, "tcp://127.0.0.1:5563")
+        self.assertEqual(self.config.handler.stats_spec, "ipc:///var/run/pushpin/pushpin-stats")
 
     def test_unknown_key_is_a_warning(self) -> None:
         config = parse_config("[handler]\nfrobnicate=1\n[nosuch]\nx=1\n", "f.conf")
