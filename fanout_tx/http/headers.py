@@ -10,6 +10,8 @@ Header = tuple[str, str]
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 token, ASCII only
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # CR, LF, NUL and the rest but tab
+# RFC 9112 4: reason-phrase = 1*( HTAB / SP / VCHAR / obs-text ), obs-text being 0x80-0xFF.
+_REASON = re.compile(r"[\t \x21-\x7e\x80-\xff]*")
 
 # Never forwarded in either direction (RFC 9110 7.6.1, plus Pushpin's list).
 HOP_BY_HOP = frozenset({
@@ -26,6 +28,12 @@ def is_token(name: str) -> bool:
 def has_control(value: str) -> bool:
     """A control character (tab aside), which would split or break a message head."""
     return _CONTROL.search(value) is not None
+
+
+def is_reason_phrase(reason: str) -> bool:
+    """RFC 9112's reason-phrase grammar (empty allowed): anything else could split the status
+    line into a forged header, so every reason from an origin, GRIP or a publish is checked."""
+    return _REASON.fullmatch(reason) is not None
 
 
 def is_grip(name: str) -> bool:
