@@ -87,6 +87,7 @@ class HandlerConfig:
     push_in_http_iss: str = ""
     message_wait: int = 5000
     id_cache_ttl: int = 60
+    id_cache_max: int = 100_000
     connection_subscription_max: int = 20
     stats_report_interval: int = 10
     stats_spec: str = ""
@@ -414,6 +415,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "push_in_http_iss": ("push_in_http_iss", _text),
         "message_wait": ("message_wait", _non_negative_int),
         "id_cache_ttl": ("id_cache_ttl", _non_negative_int),
+        "id_cache_max": ("id_cache_max", _positive_int),
         "connection_subscription_max": ("connection_subscription_max", _non_negative_int),
         "stats_report_interval": ("stats_report_interval", _non_negative_int),
         "stats_spec": ("stats_spec", _zmq_spec),

@@ -99,12 +99,14 @@ class Router:
         clock: IReactorTime,
         message_wait: float = 5.0,
         id_cache_ttl: float = 60.0,
+        id_cache_max: int = 100_000,
         max_pending: int = 100,
         max_last_ids: int = 100_000,
     ) -> None:
         self._clock = clock
         self._message_wait = message_wait
         self._id_cache_ttl = id_cache_ttl
+        self._id_cache_max = id_cache_max
         self._max_pending = max_pending
         self._max_last_ids = max_last_ids
         # channel -> format name -> subscribers of that format (with their filters)
@@ -237,7 +239,8 @@ class Router:
 
     def is_duplicate(self, item: Item) -> bool:
         """True when the item's id was seen on its channel within ``id_cache_ttl``;
-        otherwise records it."""
+        otherwise records it. At most ``id_cache_max`` ids are kept (oldest forgotten first),
+        so a publisher sending unique ids fast cannot grow the cache without bound."""
         if item.id is None:
             return False
         now = self._clock.seconds()
@@ -251,6 +254,8 @@ class Router:
         if key in seen:
             return True
         seen[key] = now + self._id_cache_ttl
+        if len(seen) > self._id_cache_max:
+            seen.popitem(last=False)
         return False
 
     def publish(self, item: Item) -> None:

@@ -136,6 +136,7 @@ def build_core(settings: Settings, reactor: Any) -> Core:
         reactor,
         message_wait=handler.message_wait / 1000.0,
         id_cache_ttl=handler.id_cache_ttl,
+        id_cache_max=handler.id_cache_max,
     )
     redis = settings.config.redis
     bus: IBus = (

@@ -210,6 +210,7 @@ class DefaultTests(SynchronousTestCase):
                          ("127.0.0.1", 5561))
         self.assertEqual((config.handler.message_wait, config.handler.id_cache_ttl,
                           config.handler.connection_subscription_max), (5000, 60, 20))
+        self.assertEqual(config.handler.id_cache_max, 100_000)
         self.assertEqual(config.handler.push_in_http_max_body_size, 1000000)
         self.assertEqual(config.notices, ())
         self.assertEqual(config.routes_path, Path("/x/routes"))

@@ -191,6 +191,17 @@ class DeduplicationTests(_RouterTestCase):
         self.router.publish(item("2", id="a"))
         self.assertEqual(sub.contents, [b"1", b"2"])
 
+    def test_cache_bounded_by_count(self) -> None:
+        """Within the TTL the cache keeps at most id_cache_max ids, the oldest forgotten
+        first: a flood of unique ids cannot grow it without bound."""
+        self.router = Router(self.clock, id_cache_ttl=60.0, id_cache_max=3)
+        sub = self.subscriber()
+        for n in range(5):
+            self.router.publish(item(str(n), id=str(n)))
+        for n in (4, 3, 2, 1, 0):  # 2, 3 and 4 are remembered; 0 and 1 were forgotten
+            self.router.publish(item(f"again {n}", id=str(n)))
+        self.assertEqual(sub.contents[5:], [b"again 1", b"again 0"])
+
 
 class SequencingTests(_RouterTestCase):
     def test_held_until_predecessor_arrives(self) -> None:
