@@ -118,7 +118,8 @@ def parse_items_json(body: bytes) -> list[Item]:
     return result
 
 
-_BINARY_KEYS = frozenset({"content", "body"})
+# ``-bin`` values stay bytes too: ws-message takes them raw, as Pushpin (formats/base.payload).
+_BINARY_KEYS = frozenset({"content", "body", "content-bin", "body-bin"})
 
 
 def _from_tnetstring(value: Any, key: str = "") -> Any:

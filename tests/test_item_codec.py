@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from fanout_tx import tnetstring
 from fanout_tx.formats import Format
 from fanout_tx.item_codec import ItemCodecError, decode_items, encode_items
-from fanout_tx.items import Item, parse_items_json
+from fanout_tx.items import Item, decode_message, parse_item, parse_items_json
 
 _scalars = (st.none() | st.booleans() | st.integers() | st.text()
             | st.floats(allow_nan=False, allow_infinity=False) | st.binary())
@@ -70,6 +71,15 @@ class ItemCodecTests(SynchronousTestCase):
         self.assertEqual(decoded, items)
         self.assertEqual(decoded[0].formats["http-response"].fields["headers"],
                          (("X-A", "1"), ("X-A", "2")))
+
+    def test_raw_binary_from_tnetstring_round_trips(self) -> None:
+        """A ws-message whose tnetstring content-bin held raw bytes reaches the other
+        instances (the Redis wire form) as the same bytes."""
+        [item] = [parse_item(decode_message(tnetstring.dumps({"channel": "c", "formats": {
+            "ws-message": {"content-bin": b"\x00\xff\xfe"}}})))]
+        [decoded] = decode_items(encode_items([item]))
+        self.assertEqual(decoded.formats["ws-message"].content, b"\x00\xff\xfe")
+        self.assertEqual(decoded, item)
 
     def test_unsupported_values_are_refused(self) -> None:
         """A field value with no wire form (a set, NaN) is an ItemCodecError, not a crash."""

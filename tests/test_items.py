@@ -112,7 +112,8 @@ class FormatTests(SynchronousTestCase):
         self.assertEqual(self.fmt("http-stream", {"content-bin": "eA=="}).content, b"x")
         fmt = self.fmt("http-stream", {"content": "x", "content-filters": ["var-subst"]})
         self.assertEqual(fmt.content_filters, ("var-subst",))
-        self.assert_invalid("http-stream", {"action": "close", "content": "x"}, "not allowed")
+        close = self.fmt("http-stream", {"action": "close", "content": "x"})  # as Pushpin
+        self.assertEqual((close.action, close.content), ("close", None))
         self.assert_invalid("http-stream", {"content": 5}, "content must be a string")
         self.assert_invalid("http-stream", {"content": "x", "content-filters": "var-subst"},
                             "content-filters")
@@ -177,6 +178,22 @@ class DecodeMessageTests(SynchronousTestCase):
         self.assertEqual(decoded["channel"], "c")
         error = self.assertRaises(PublishError, decode_message, tnetstring.dumps({"id": b"\xff"}))
         self.assertIn("id is not UTF-8", str(error))
+
+    def test_tnetstring_bin_fields(self) -> None:
+        """As Pushpin, a tnetstring ws-message content-bin is the raw bytes (not refused as
+        "not UTF-8"); http-stream/http-response take theirs as base64 text, as pubcontrol's
+        ZeroMQ client sends them (Pushpin reads those from JSON only)."""
+        item = parse_item(decode_message(tnetstring.dumps({"channel": "c", "formats": {
+            "ws-message": {"content-bin": b"\xff\x00"},
+            "http-stream": {"content-bin": b"/wA="},
+            "http-response": {"body-bin": b"/wA="}}})))
+        self.assertEqual({k: f.content for k, f in item.formats.items()},
+                         dict.fromkeys(("ws-message", "http-stream", "http-response"),
+                                       b"\xff\x00"))
+        self.assertEqual(item.formats["ws-message"].fields["type"], "binary")
+        error = self.assertRaises(PublishError, parse_item, decode_message(tnetstring.dumps(
+            {"channel": "c", "formats": {"http-stream": {"content-bin": b"\xff"}}})))
+        self.assertIn("content-bin is not valid base64", str(error))
 
     def test_errors(self) -> None:
         deep = b"0:]"

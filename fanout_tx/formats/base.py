@@ -72,8 +72,14 @@ def choice(obj: Mapping[str, Any], key: str, allowed: tuple[str, ...]) -> str:
     return value
 
 
-def payload(obj: Mapping[str, Any], text_key: str, required: bool) -> bytes | None:
-    """``text_key`` (text) or ``text_key + '-bin'`` (base64), never both."""
+def payload(obj: Mapping[str, Any], text_key: str, required: bool,
+            raw_bin: bool = False) -> bytes | None:
+    """``text_key`` (text) or ``text_key + '-bin'`` (base64), never both.
+
+    A tnetstring's ``-bin`` value arrives as bytes: with ``raw_bin`` (``ws-message``, as
+    Pushpin) those are the payload itself; otherwise they are base64 text, as pubcontrol's
+    ZeroMQ client sends ``content-bin``/``body-bin`` (which Pushpin reads from JSON only).
+    """
     bin_key = text_key + "-bin"
     if text_key in obj and bin_key in obj:
         raise FormatError(f"only one of {text_key} and {bin_key} may be given")
@@ -86,9 +92,9 @@ def payload(obj: Mapping[str, Any], text_key: str, required: bool) -> bytes | No
         return value.encode("utf-8")
     if bin_key in obj:
         value = obj[bin_key]
-        if isinstance(value, bytes):
+        if isinstance(value, bytes) and raw_bin:
             return value
-        if not isinstance(value, str):
+        if not isinstance(value, (str, bytes)):
             raise FormatError(f"{bin_key} must be a base64 string")
         try:
             return base64.b64decode(value, validate=True)

@@ -7,7 +7,6 @@ from typing import Any
 
 from fanout_tx.formats.base import (
     Format,
-    FormatError,
     choice,
     content_filters,
     headers,
@@ -19,8 +18,11 @@ from fanout_tx.formats.base import (
 
 def parse_http_response(obj: Mapping[str, Any]) -> Format:
     action = choice(obj, "action", ("send", "hint"))
+    if action == "hint":
+        # As Pushpin: the send-only fields of a hint are ignored, not checked.
+        return Format("http-response", "hint")
     body = payload(obj, "body", required=False)
-    if action == "send" and body is None:
+    if body is None:
         body = b""
     fields = {
         "code": optional_int(obj, "code", 100, 999) or 200,
@@ -32,7 +34,9 @@ def parse_http_response(obj: Mapping[str, Any]) -> Format:
 
 def parse_http_stream(obj: Mapping[str, Any]) -> Format:
     action = choice(obj, "action", ("send", "close", "hint"))
-    content = payload(obj, "content", required=action == "send")
-    if action != "send" and content is not None:
-        raise FormatError(f"content is not allowed with action {action}")
+    if action != "send":
+        # As Pushpin, which reads content only for a send: the npm HttpStreamFormat(null, true)
+        # sends {"action": "close", "content": ""}.
+        return Format("http-stream", action)
+    content = payload(obj, "content", required=True)
     return Format("http-stream", action, content, {}, content_filters(obj))

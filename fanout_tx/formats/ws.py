@@ -35,7 +35,7 @@ def parse_ws_message(obj: Mapping[str, Any]) -> Format:
     message_type = obj.get("type", default_type)
     if message_type not in _TYPES:
         raise FormatError(f"type must be one of {', '.join(_TYPES)}, got {message_type!r}")
-    content = payload(obj, "content", required=message_type in ("text", "binary"))
+    content = payload(obj, "content", required=message_type in ("text", "binary"), raw_bin=True)
     content = content if content is not None else b""
     if message_type == "text":
         try:
