@@ -66,6 +66,8 @@ class Route:
     no_grip: bool = False
     debug: bool = False
     aco: bool = False
+    # Grip-Link URLs may name any host:port, not only this route's targets (http/origin.py)
+    link_any_host: bool = False
     jsonp: JsonpConfig = JsonpConfig()
 
     def matches(self, host: str, path: str, proto: str, ssl: bool) -> bool:
@@ -128,7 +130,7 @@ def _need_value(name: str, value: str | None) -> str:
     return value
 
 
-_FLAG_CONDITIONS = {"no_grip", "debug", "aco"}
+_FLAG_CONDITIONS = {"no_grip", "debug", "aco", "link_any_host"}
 
 # Pushpin 1.36 route options this server does not implement: a Pushpin routes file still
 # loads (Pushpin itself ignores options it does not know), each one named in a notice.

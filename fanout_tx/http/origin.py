@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from typing import Any
+from urllib.parse import urlsplit
 
 from OpenSSL import SSL
 from twisted.internet import ssl
@@ -158,6 +159,47 @@ def origin_headers(
                           _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
         pairs.append(("Grip-Feature", GRIP_FEATURES))
     pairs.extend(extra)
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
+    return headers
+
+
+def link_target(url: str, route: Route) -> Target | None:
+    """The route target a ``Grip-Link`` URL names (same scheme, host and port), if any."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = (parts.hostname or "").lower()
+    for target in route.targets:
+        if (target.kind == "http" and target.host.lower() == host and target.port == port
+                and parts.scheme == ("https" if target.ssl else "http")):
+            return target
+    return None
+
+
+def link_headers(
+    request: Request, route: Route, target: Target | None, settings: ProxySettings, now: float,
+    grip_last: Sequence[Header],
+) -> Headers:
+    """What a ``Grip-Link`` fetch carries, as in Pushpin: ``Grip-Last`` and nothing of the
+    client's (no Cookie, Authorization, ...). Towards one of the route's own targets it is
+    also signed and gets the route's headers and the ``Host`` the client request had there;
+    a foreign host (route option ``link_any_host``) gets ``Grip-Last`` only."""
+    pairs: list[Header] = []
+    if target is not None:
+        client_host = (request.getHeader(b"host") or b"").decode("latin-1")
+        pairs.extend(route.headers)
+        pairs.append(("Host", route.as_host or target.host_header or client_host
+                      or f"{target.host}:{target.port}"))
+        key = route.sig_key or settings.sig_key
+        if key:
+            pairs.append(("Grip-Sig",
+                          _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
+        pairs.append(("Grip-Feature", GRIP_FEATURES))
+    pairs.extend(grip_last)
     headers = Headers()
     for name, value in pairs:
         headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))

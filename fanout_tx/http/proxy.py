@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from typing import Any, Protocol
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
@@ -53,6 +53,8 @@ from fanout_tx.http.origin import (
     BodyRelay,
     ProxySettings,
     header_pairs,
+    link_headers,
+    link_target,
     origin_headers,
     origin_url,
     trusted_client,
@@ -462,10 +464,21 @@ class ProxySession:
             self._forward(0, grip_last)
 
     def fetch_link(self, link: Link, grip_last: Sequence[Header]) -> Deferred[Instruct]:
-        url = urljoin(self.url.decode("latin-1"), link.uri).encode("latin-1")
-        headers = origin_headers(self.request, self.route, self._target, self.proxy.settings,
-                                 self.proxy.clock.seconds(), grip_last)
-        return self._ask(b"GET", url, headers, None).addCallback(self._read_link_answer)
+        """GET the link with ``Grip-Last`` only (http/origin.py ``link_headers``); a link
+        to another host:port than the route's targets is refused (GripError) unless the
+        route has ``link_any_host``."""
+        url = urljoin(self.url.decode("latin-1"), link.uri)
+        target = link_target(url, self.route)
+        if target is None and not self.route.link_any_host:
+            parts = urlsplit(url)
+            raise GripError(f"Grip-Link to {parts.scheme}://{parts.netloc} refused: not one "
+                            "of the route's targets (route option link_any_host allows it)")
+        headers = link_headers(self.request, self.route, target, self.proxy.settings,
+                               self.proxy.clock.seconds(), grip_last)
+        agent = (self.proxy.insecure_agent if target is not None and target.insecure
+                 else self.proxy.agent)
+        return self._ask(b"GET", url.encode("latin-1"), headers, None, agent).addCallback(
+            self._read_link_answer)
 
     def _read_link_answer(self, response: IResponse) -> Deferred[Instruct]:
         if not 200 <= response.code < 300:
@@ -520,10 +533,11 @@ class ProxySession:
             return BytesProducer(body)  # written with the head: one segment, no cooperator
         return None
 
-    def _ask(self, method: bytes, url: bytes, headers: Any, body: Any) -> Deferred[IResponse]:
+    def _ask(self, method: bytes, url: bytes, headers: Any, body: Any,
+             agent: IAgent | None = None) -> Deferred[IResponse]:
         """One origin request; cancelled when the client leaves, and failed with
         OriginTimeoutError when no response head arrives within ``origin_timeout``."""
-        d = self._agent.request(method, url, headers, body)
+        d = (agent or self._agent).request(method, url, headers, body)
         self._pending = d
         timer = self.proxy.clock.callLater(self.proxy.settings.origin_timeout, d.cancel)
 
