@@ -52,3 +52,17 @@ def filter_twistd_logging(log_level: int, beginner: LogBeginner = globalLogBegin
         begin(beginner, [filtered(o, log_level) for o in observers], *args, **kwargs)
 
     beginner.beginLoggingTo = begin_filtered  # type: ignore[method-assign]
+
+
+def url_for_log(url: str | bytes, path: bool = True) -> str:
+    """A URL (or request target) as the logs show it: without user info, query or fragment,
+    which carry credentials (``?access_token=...``). ``path=False`` keeps only
+    ``scheme://host:port``: a webhook's path is often its secret (``/services/T0/B0/XXX``)."""
+    text = url.decode("latin-1") if isinstance(url, bytes) else url
+    text = text.partition("?")[0].partition("#")[0]
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        return text if path else ""
+    authority, slash, rest_path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}://{host}" + (slash + rest_path if path else "")

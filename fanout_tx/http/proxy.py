@@ -65,6 +65,7 @@ from fanout_tx.http.upload import (
     UploadStream,
     UploadTooLargeError,
 )
+from fanout_tx.logs import url_for_log
 from fanout_tx.router import Router
 from fanout_tx.routes import Route, RouteTable
 from fanout_tx.tcp_options import no_delay
@@ -303,8 +304,8 @@ class ProxySite(server.Site):
     @override
     def log(self, request: server.Request) -> None:
         if self.access_log:
-            self._log.debug("{method} {uri} -> {code}", method=request.method,
-                            uri=request.uri, code=request.code)
+            self._log.debug("{method} {path} -> {code}", method=request.method,
+                            path=url_for_log(request.uri), code=request.code)
 
 
 def proxy_site(resource: ProxyResource, access_log: bool = True,
@@ -349,14 +350,15 @@ class ProxyResource(Resource):
     def render(self, request: server.Request) -> Any:
         self.requests += 1
         if getattr(request, "body_too_large", False):
-            self._log.info("413 for {uri}: body over {limit} bytes", uri=request.uri,
-                           limit=self.settings.max_request_body)
+            self._log.info("413 for {path}: body over {limit} bytes",
+                           path=url_for_log(request.uri), limit=self.settings.max_request_body)
             return plain(request, 413, "Request body too large.\n")
         if not request.uri.startswith(b"/"):
             # Absolute-form (``http://h/p``), authority-form (CONNECT) and ``*``: this is a
             # reverse proxy, and such a target pasted after the origin's address could name
             # another port (``0/x`` after ``:2808``).
-            self._log.info("400 for request target {uri!r}: not a path", uri=request.uri)
+            self._log.info("400 for request target {target!r}: not a path",
+                           target=url_for_log(request.uri))
             return plain(request, 400, "Request target must be a path starting with /.\n")
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         path = request.path.decode("utf-8", "replace")
@@ -555,7 +557,7 @@ class ProxySession:
         if (failure.check(ConnectError, DNSLookupError) and index + 1 < len(self.route.targets)
                 and (upload is None or not upload.started)):  # a streamed body goes once
             self._log.info("origin {url} unreachable, failing over",
-                           url=self.url.decode("latin-1"))
+                           url=url_for_log(self.url))
             self._forward(index + 1, extra)
             return
         self._fail(failure)
@@ -567,7 +569,7 @@ class ProxySession:
                   else f"{failure.type.__name__}: {failure.getErrorMessage()}")
         self._log.warn("proxying {method} {url} failed: {reason}",
                        method=self.request.method.decode("latin-1"),
-                       url=self.url.decode("latin-1"), reason=reason)
+                       url=url_for_log(self.url), reason=reason)
         if self.request.startedWriting:
             self.request.channel.transport.abortConnection()
             return

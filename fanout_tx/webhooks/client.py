@@ -28,6 +28,7 @@ from zope.interface import Interface, implementer
 
 from fanout_tx.http.body import BytesProducer
 from fanout_tx.http.origin_client import OriginClient
+from fanout_tx.logs import url_for_log
 from fanout_tx.webhooks.ssrf import IPAddress, RefusedTargetError, UrlError, Vetter, parse_url
 
 MAX_RESPONSE_BODY = 64 * 1024
@@ -169,7 +170,8 @@ class WebhookClient:
 
         def failed(failure: Failure) -> Outcome:
             if not failure.check(RefusedTargetError, UrlError, TimeoutError):
-                self._log.debug("attempt to {url} failed: {f}", url=url, f=failure.value)
+                self._log.debug("attempt to {url} failed: {f}", url=url_for_log(url, path=False),
+                                f=failure.value)
             return Outcome(None, error=describe_failure(failure))
 
         return d.addErrback(failed)

@@ -23,6 +23,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from fanout_tx.logs import url_for_log
 from fanout_tx.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.webhooks.model import Delivery, Subscription
 from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
@@ -318,7 +319,8 @@ class DeliveryEngine:
             delivery.last_error = outcome.error or f"HTTP {outcome.status}"
             self._log.debug(
                 "webhook {webhook_id} to {url} failed (attempt {attempts}): {error}",
-                webhook_id=delivery.webhook_id, url=delivery.url, attempts=delivery.attempts,
+                webhook_id=delivery.webhook_id, url=url_for_log(delivery.url, path=False),
+                attempts=delivery.attempts,
                 error=delivery.last_error,
             )
             if outcome.status == 410:
@@ -344,7 +346,8 @@ class DeliveryEngine:
         self.dead_letters += 1
         self._log.warn(
             "webhook {webhook_id} to {url} is a dead letter after {attempts} attempts: {error}",
-            webhook_id=delivery.webhook_id, url=delivery.url, attempts=delivery.attempts,
+            webhook_id=delivery.webhook_id, url=url_for_log(delivery.url, path=False),
+                attempts=delivery.attempts,
             error=delivery.last_error,
         )
         self._written(self._store.bury(delivery), delivery)

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 
 from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.logs import url_for_log
 from fanout_tx.router import Router
 from fanout_tx.webhooks.client import IWebhookClient, WebhookClient, make_pool, trust_root
 from fanout_tx.webhooks.delivery import DeliveryEngine
@@ -183,7 +184,7 @@ class WebhookService(Service):
         await self._store.save_subscription(subscription)
         self._activate(subscription)
         self._log.info("webhook subscription {id} created for {url} on {channels}",
-                       id=subscription.id, url=subscription.url,
+                       id=subscription.id, url=url_for_log(subscription.url, path=False),
                        channels=",".join(subscription.channels))
         return subscription
 
