@@ -91,7 +91,7 @@ class AccessLogTests(SynchronousTestCase):
     def test_only_built_when_asked(self) -> None:
         self.assertEqual(self.site_log(False), [])
         [event] = self.site_log(True)
-        self.assertEqual(event["uri"], b"/x")
+        self.assertEqual(event["path"], "/x")
 
 
 class ProcessTests(SynchronousTestCase):
