@@ -368,6 +368,7 @@ class Router:
             if filters and publish_meta is not None and publish_meta.drops(
                 filters, subscriber, self._by_subscriber
             ):
+                self._skip(subscriber, item, fmt)
                 continue
             sub_fmt, sub_prepared = fmt, prepared
             names = item_filters
@@ -387,6 +388,7 @@ class Router:
                         "filter dropped {id} on {channel} for one subscriber: {reason}",
                         id=item.id, channel=item.channel, reason=str(e),
                     )
+                    self._skip(subscriber, item, fmt)
                     continue
             try:
                 subscriber.deliver(item, sub_fmt, sub_prepared)
@@ -395,6 +397,19 @@ class Router:
                 continue
             delivered += 1
         return delivered
+
+    def _skip(self, subscriber: Any, item: Item, fmt: Format) -> None:
+        """Tell a subscriber that tracks last ids (a hold: ``skipped(item, fmt)``) that a
+        filter kept ``item`` from it: as Pushpin, the item still moves its channel's last
+        id, or the next item would look like a gap and the recovery would replay the very
+        item the filter dropped (django-eventstream's ``skip_user_ids``)."""
+        skipped = getattr(subscriber, "skipped", None)
+        if skipped is None:
+            return
+        try:
+            skipped(item, fmt)
+        except Exception:
+            self._drop_failed(subscriber, item.channel)
 
     def _drop_failed(self, subscriber: Any, channel: str) -> None:
         self._log.failure("subscriber failed on {channel}; dropping it", channel=channel)

@@ -154,7 +154,7 @@ class HeldResponseTests(HoldTestsMixin, SynchronousTestCase):
     def test_hint_and_recover_ask_the_origin_again(self) -> None:
         _protocol, transport, hold = self.connect(self.make(long_poll()))
         self.publish("c", http_response={"action": "hint"})
-        self.assertEqual(self.origin.retries, [()])
+        self.assertEqual(self.origin.retries, [[]])
         self.assertEqual(transport.value(), b"")
         self.assertEqual(self.router.subscriber_count(), 0)
         hold.recover()  # already ended: nothing more

@@ -153,8 +153,20 @@ class LongPollTests(TestCase):
         self.assertEqual(len(self.proxy.origin.requests), 2)
         self.assertIsNone(self.proxy.origin.header(0, "grip-last"))
         self.assertEqual(self.proxy.origin.header(1, "grip-last"), ["news; last-id=old"])
-        self.proxy.publish("news", http_response={"body": "caught up"})
+        self.proxy.publish_item({"channel": "news", "id": "new-2", "prev-id": "old",
+                                 "no-seq": True, "http-response": {"body": "caught up"}})
         self.assertEqual(await started.body(), b"caught up")
+
+    async def test_item_without_prev_id_rerequests_with_grip_last(self) -> None:
+        """As Pushpin: on a channel held with a prev-id, an item without one (or with another)
+        does not follow the poll; the origin is asked again, told where the client is."""
+        self.proxy.handle(b"/prev", lambda r: grip(r, b"", Grip_Hold="response",
+                                                    Grip_Channel="news; prev-id=7"))
+        started = await self.held(b"/prev")
+        self.proxy.handle(b"/prev", lambda r: b"from origin")
+        self.proxy.publish("news", http_response={"body": "out of sequence"})
+        self.assertEqual(await started.body(), b"from origin")
+        self.assertEqual(self.proxy.origin.header(1, "grip-last"), ["news; last-id=7"])
 
     async def test_hint_rerequests_origin(self) -> None:
         """action hint: the origin is asked again and its new answer is what the client gets."""

@@ -3,12 +3,18 @@ service tree (tap.build_service) on loopback."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import zmq
+from twisted.internet import task
 from twisted.trial.unittest import TestCase
+from twisted.web.server import Request
 
 from fanout_tx import tnetstring
 from tests.helpers import wait_until
 from tests.ops_fixtures import Server
+from tests.proxy_fixtures import ProxyHarness, grip
+from tests.test_proxy_grip import Started
 
 
 def zmq_peer(test: TestCase, socket_type: int, endpoint: str) -> zmq.Socket:
@@ -73,3 +79,92 @@ class PublishFormatTests(TestCase):
         """The same through the SUB input ([channel, payload])."""
         item = {"formats": {"ws-message": {"content-bin": RAW}}}
         await self._binary_over_zmq("zmq-sub", zmq.PUB, [b"room", b"T" + tnetstring.dumps(item)])
+
+
+def reliable_stream(filters: str = "") -> Any:
+    """A reliable stream on ``news`` from prev-id 1 for user alice, with a next link."""
+    return lambda r: grip(r, b"", Grip_Hold="stream", Grip_Set_Meta="user=alice",
+                          Grip_Channel=f"news; prev-id=1{filters}",
+                          Grip_Link="</r/next>; rel=next; timeout=60")
+
+
+class SequenceTests(TestCase):
+    """Last ids on reliable holds: filtered items still count, missing prev-ids do not."""
+
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.proxy = ProxyHarness(self, clock=task.Clock())
+        self.fetches: list[Request] = []
+
+    def item(self, item_id: str, prev_id: str | None, content: str, **meta: str) -> None:
+        item: dict[str, Any] = {"channel": "news", "id": item_id, "meta": meta, "formats": {
+            "http-stream": {"content": content}, "http-response": {"body": content}}}
+        if prev_id is not None:
+            item["prev-id"] = prev_id
+        self.proxy.publish_item(item)
+
+    def link_answers(self, body: bytes, prev_id: str) -> None:
+        def next_link(request: Request) -> bytes:
+            self.fetches.append(request)
+            return grip(request, body, Grip_Hold="stream", Grip_Channel=f"news; prev-id={prev_id}",
+                        Grip_Link="</r/next>; rel=next; timeout=60")
+        self.proxy.handle(b"/r/next", next_link)
+
+    async def open(self, path: bytes = b"/r") -> Started:
+        started = Started(self.proxy, path)
+        await wait_until(lambda: self.proxy.router.has_subscribers("news"))
+        await started.headers_arrived()
+        return started
+
+    async def test_skipped_item_advances_the_stream(self) -> None:
+        """skip_users drops item 2 for alice; item 3 (prev-id 2) follows without a gap, so
+        no recovery replays item 2 to the user it skipped (django-eventstream)."""
+        for filters in ("; filter=skip-users", "; filter=skip-self", "; filter=require-sub"):
+            self.proxy = ProxyHarness(self, clock=task.Clock())  # fresh last ids
+            self.fetches = []
+            self.proxy.handle(b"/r", reliable_stream(filters))
+            self.link_answers(b"2 replayed\n", "2")
+            started = await self.open()
+            meta = {"skip_users": "alice", "sender": "alice", "require_sub": "other"}
+            self.item("2", "1", "2 skipped\n", **meta)
+            self.item("3", "2", "3\n")
+            await wait_until(lambda s=started: s.text().endswith(b"3\n"))
+            self.assertEqual((started.text(), self.fetches), (b"3\n", []), filters)
+
+    async def test_content_filter_drop_advances_the_stream(self) -> None:
+        """An item a content filter refuses for this subscriber counts too."""
+        self.proxy.handle(b"/r", reliable_stream("; filter=var-subst"))
+        self.link_answers(b"2 replayed\n", "2")
+        started = await self.open()
+        self.item("2", "1", "2 for %(nobody)s\n")  # no such meta: refused for this one
+        self.item("3", "2", "3\n")
+        await wait_until(lambda: started.text().endswith(b"3\n"))
+        self.assertEqual((started.text(), self.fetches), (b"3\n", []))
+
+    async def test_skipped_item_advances_the_long_poll(self) -> None:
+        """The same for a long-poll: the skipped item moves its last id, the next one
+        answers it (not a re-request of the origin)."""
+        self.proxy.handle(b"/lp", lambda r: grip(
+            r, b"", Grip_Hold="response", Grip_Set_Meta="user=alice",
+            Grip_Channel="news; prev-id=1; filter=skip-users"))
+        started = Started(self.proxy, b"/lp")
+        await wait_until(lambda: self.proxy.router.has_subscribers("news"))
+        self.item("2", "1", "2 skipped\n", skip_users="alice")
+        self.item("3", "2", "3\n")
+        self.assertEqual(await started.body(), b"3\n")
+        self.assertEqual(len(self.proxy.origin.requests), 1)
+
+    async def test_item_without_prev_id_recovers_through_the_link(self) -> None:
+        """As Pushpin: a missing prev-id on a channel held with one is a mismatch; the stream
+        stays open, asks the link (Grip-Last), and the backend's answer is what it gets."""
+        self.proxy.handle(b"/r", reliable_stream())
+        self.link_answers(b"2 from the link\n", "2")
+        started = await self.open()
+        self.item("2", None, "2 without prev-id\n")
+        await wait_until(lambda: self.fetches)
+        self.assertEqual(self.fetches[0].requestHeaders.getRawHeaders(b"grip-last"),
+                         [b"news; last-id=1"])
+        self.item("3", "2", "3\n")
+        await wait_until(lambda: started.text().endswith(b"3\n"))
+        self.assertEqual(started.text(), b"2 from the link\n3\n")

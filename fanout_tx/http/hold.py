@@ -68,6 +68,10 @@ class PreparedChunk:
     chunk: bytes
 
 
+# What a stream queues for an item a filter kept from it (HeldStream.skipped).
+_SKIPPED = PreparedChunk(b"", b"")
+
+
 def render_http_stream(fmt: Format) -> PreparedChunk | None:
     if not fmt.content:
         return None
@@ -189,6 +193,24 @@ class _Hold:
             ids[channel.name] = last
         return ids
 
+    def _out_of_sequence(self, item: Item) -> bool:
+        """As Pushpin: on a channel held with a prev-id, an item whose prev-id is not the
+        last id known does not follow the hold, a missing prev-id included."""
+        expected = self._last_ids.get(item.channel)
+        return expected is not None and item.prev_id != expected
+
+    def _advance(self, item: Item) -> None:
+        if item.id is not None and self._last_ids.get(item.channel) is not None:
+            self._last_ids[item.channel] = item.id
+
+    def _grip_last(self) -> list[Header]:
+        """``Grip-Last`` for each channel with a known last id, for the origin to resume."""
+        return [
+            ("Grip-Last", f"{c.name}; last-id={last}")
+            for c in self.instruct.channels
+            if (last := self._last_ids.get(self.origin.channel_name(c.name))) is not None
+        ]
+
     def _start(self) -> None:
         self.request.notifyFinish().addBoth(self._client_gone)
         self._subscribe(self.instruct)
@@ -245,7 +267,7 @@ class HeldResponse(_Hold):
     def deliver(self, item: Item, fmt: Format, prepared: PreparedResponse) -> None:
         if self.ended:
             return
-        if fmt.action == "hint":
+        if fmt.action == "hint" or self._out_of_sequence(item):
             self.recover()
             return
         self._end()
@@ -254,13 +276,23 @@ class HeldResponse(_Hold):
         headers.extend(prepared.headers)
         write_response(self.request, prepared.code, prepared.reason, headers, prepared.body)
 
+    def skipped(self, item: Item, fmt: Format) -> None:
+        """A filter kept ``item`` from this poll: it still moves the channel's last id."""
+        if self.ended:
+            return
+        if self._out_of_sequence(item):
+            self.recover()
+        else:
+            self._advance(item)
+
     def close(self, reason: str) -> None:
         """Server shutdown: answer as on a timeout, so the client simply polls again."""
         self._timed_out()
 
     def recover(self) -> None:
+        """Ask the origin again, saying where the client is (``Grip-Last``, as Pushpin)."""
         if self._end():
-            self.origin.retry()
+            self.origin.retry(self._grip_last())
 
 
 # --- stream ------------------------------------------------------------------------------------
@@ -424,22 +456,26 @@ class HeldStream(_Hold):
         if self._recovering is not None:
             self._recovering.append((item, fmt, prepared))
             return
-        if fmt.action == "hint":
+        if fmt.action == "hint" and prepared is not _SKIPPED:
             self.recover()
             return
-        expected = self._last_ids.get(item.channel)
-        if (self.instruct.next_link is not None and item.prev_id is not None
-                and expected is not None and item.prev_id != expected):
+        if self.instruct.next_link is not None and self._out_of_sequence(item):
             self._log.info("gap on {channel}: got prev-id {prev}, expected {expected}; "
                            "recovering", channel=item.channel, prev=item.prev_id,
-                           expected=expected)
+                           expected=self._last_ids.get(item.channel))
             self._begin_recovery([(item, fmt, prepared)])
             return
         self._apply(item, fmt, prepared)
 
+    def skipped(self, item: Item, fmt: Format) -> None:
+        """A filter kept ``item`` from this stream: sequenced like any item (a gap still
+        recovers), it moves the channel's last id and writes nothing."""
+        self.deliver(item, fmt, _SKIPPED)
+
     def _apply(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
-        if item.id is not None and self._last_ids.get(item.channel) is not None:
-            self._last_ids[item.channel] = item.id
+        self._advance(item)
+        if prepared is _SKIPPED:
+            return
         if fmt.action == "close":
             self._finish()
             return
@@ -468,12 +504,7 @@ class HeldStream(_Hold):
             return
         self._recovering = queued
         self._cancel_timer("link")
-        grip_last = [
-            ("Grip-Last", f"{c.name}; last-id={last}")
-            for c in self.instruct.channels
-            if (last := self._last_ids.get(self.origin.channel_name(c.name))) is not None
-        ]
-        fetching = maybeDeferred(self.origin.fetch_link, link, grip_last)
+        fetching = maybeDeferred(self.origin.fetch_link, link, self._grip_last())
         fetching.addCallbacks(self._recovered, self._link_failed)
 
     def _link_failed(self, failure: Failure) -> None:
