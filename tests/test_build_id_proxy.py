@@ -59,7 +59,9 @@ class BuildIdProxyTests(TestCase):
             self.publish(channel, item_id, prev_id)
             sent.append(b"id: %s\n\n" % composite)
             await wait_until(lambda: b"".join(collect.chunks) == b"".join(sent))
-        self.proxy.publish_item({"channel": "a", "formats": {"http-stream": {"action": "close"}}})
+        # On a prev-id channel the close too must follow the last id (as Pushpin).
+        self.proxy.publish_item({"channel": "a", "prev-id": "3",
+                                 "formats": {"http-stream": {"action": "close"}}})
         self.assertEqual(await collect.done, b"".join(sent))
         self.assertEqual(len(self.proxy.origin.requests), 1)  # no gap, no recovery
 
