@@ -117,6 +117,8 @@ class WebhooksConfig:
     retry_schedule: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
     max_in_flight: int = 4
     ca_file: str = ""
+    max_subscriptions: int = 10_000  # per instance (per Redis prefix): 409 past it
+    max_pending_bytes: int = 64 * 1024 * 1024  # per subscription: oldest become dead letters
 
 
 @dataclass(frozen=True)
@@ -441,6 +443,8 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "retry_schedule": ("retry_schedule", _schedule),
         "max_in_flight": ("max_in_flight", _non_negative_int),
         "ca_file": ("ca_file", _existing_file),
+        "max_subscriptions": ("max_subscriptions", _positive_int),
+        "max_pending_bytes": ("max_pending_bytes", _positive_int),
     },
     "redis": {
         "url": ("url", _redis_url),

@@ -175,6 +175,11 @@ class FanoutCollector(Collector):
         yield attempts
         yield CounterMetricFamily("fanout_webhook_dead_letters", "Webhook deliveries given up.",
                                   value=engine.dead_letters if engine else 0)
+        yield CounterMetricFamily("fanout_webhook_evicted", "Webhook deliveries made dead "
+                                  "letters by [webhooks] max_pending_bytes (of the dead "
+                                  "letters).", value=engine.evicted if engine else 0)
+        yield GaugeMetricFamily("fanout_webhook_pending_bytes", "Bytes held by pending webhook "
+                                "deliveries.", value=engine.pending_bytes() if engine else 0)
 
     def _xmpp(self) -> Iterator[Metric]:
         link = self.sources.xmpp_link

@@ -152,7 +152,8 @@ class CollectorTests(SynchronousTestCase):
         link = LinkState(up=True)
         link.errors.update({"not-authorized": 2, "unreachable": 1})
         webhooks = SimpleNamespace(engine=SimpleNamespace(
-            attempts=Counter(success=3, failure=2), dead_letters=1))
+            attempts=Counter(success=3, failure=2), dead_letters=1, evicted=1,
+            pending_bytes=lambda: 4096))
         redis = SimpleNamespace(up=False, received_items=7)
         router.publish(parse_item({"channel": "room", "formats": {
             "xmpp-message": {"body": "hi"}, "http-request": {"body": "x"}}}))
@@ -170,6 +171,8 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(
             values[("fanout_webhook_attempts_total", (("outcome", "failure"),))], 2)
         self.assertEqual(values[("fanout_webhook_dead_letters_total", ())], 1)
+        self.assertEqual(values[("fanout_webhook_evicted_total", ())], 1)
+        self.assertEqual(values[("fanout_webhook_pending_bytes", ())], 4096)
         self.assertEqual(values[("fanout_redis_up", ())], 0)
         self.assertEqual(values[("fanout_items_received_total", (("input", "redis"),))], 7)
         link.up = False

@@ -278,6 +278,32 @@ class EngineTests(_EngineCase):
         self.assertIn("queue full", self.dead()[0]["last_error"])
         engine.stop()
 
+    def test_pending_bytes_evict_the_oldest_waiting(self) -> None:
+        """Past max_pending_bytes the oldest deliveries not being attempted become dead
+        letters (their timers cancelled), a retry keeps its place among the oldest, one
+        larger than the cap alone is a dead letter at once, and restored ones count too."""
+        size = self.delivery().size
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0, 10), 1,
+                                max_pending_bytes=3 * size)
+        engine.open(self.subscription)
+        for n in range(3):
+            engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual(len(self.client.sent), 1)  # msg_0 in flight, msg_1/2 ready
+        self.client.sent[0].result.callback(FAIL)  # msg_0 waits for its retry
+        self.assertEqual(len(self.client.sent), 2)  # msg_1 in flight
+        engine.enqueue(self.delivery("msg_3"))  # msg_0 is the oldest not in flight
+        self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_0"])
+        self.assertEqual(self.clock.getDelayedCalls(), [])  # msg_0's retry cancelled
+        big = self.delivery("msg_big")
+        big.body = b"x" * 3 * size
+        engine.enqueue(big)
+        engine.restore(self.delivery("msg_4"))
+        self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_2", "msg_big", "msg_0"])
+        self.assertEqual(engine.evicted, 3)
+        self.assertEqual(engine.pending_bytes(), 3 * size)
+        self.assertEqual(engine.pending_count("sub_1"), 3)
+        engine.stop()
+
 
 class _EngineWithClaims(_EngineCase):
     """An engine whose attempts are claimed first, the claims answered by the test."""

@@ -19,7 +19,11 @@ from twisted.web.server import NOT_DONE_YET
 from typing_extensions import override
 
 from fanout_tx.webhooks.model import RequestError, parse_new_subscription
-from fanout_tx.webhooks.service import RegistrationError, WebhookService
+from fanout_tx.webhooks.service import (
+    RegistrationError,
+    SubscriptionLimitError,
+    WebhookService,
+)
 
 MAX_REQUEST_BODY = 64 * 1024
 
@@ -89,6 +93,11 @@ class WebhooksResource(Resource):
             return 413, {"error": "request body too large"}
         try:
             subscription = await self._service.register(parse_new_subscription(body))
+        except SubscriptionLimitError as e:
+            # 409: the collection's state, not the request, is the problem, and deleting a
+            # subscription resolves it (429 would promise that waiting helps; 507 is a 5xx).
+            self._log.warn("webhook subscription refused: {reason}", reason=str(e))
+            return 409, {"error": str(e)}
         except (RequestError, RegistrationError) as e:
             self._log.info("webhook subscription refused: {reason}", reason=str(e))
             return 400, {"error": str(e)}

@@ -35,6 +35,9 @@ MAX_JITTER = 0.2
 # Deliveries waiting per subscription; past it new items go straight to the dead letters,
 # so a dead endpoint cannot grow memory without bound.
 MAX_PENDING = 10_000
+# Bytes of deliveries waiting per subscription ([webhooks] max_pending_bytes); past it the
+# oldest waiting ones become dead letters, so a dead endpoint holds a bounded amount.
+MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -75,12 +78,49 @@ class _Queue:
         self.in_flight: dict[str, tuple[Deferred[Any], Delivery]] = {}
         # Waiting for a claim's answer; these count against max_in_flight too.
         self.claiming: set[str] = set()
-        self.pending: set[str] = set()
+        # Every delivery not finished, oldest first, and the bytes they hold.
+        self.pending: dict[str, Delivery] = {}
+        self.pending_bytes = 0
         self.closed = False
         self.pumping = False
 
     def busy(self) -> int:
         return len(self.in_flight) + len(self.claiming)
+
+    def add(self, delivery: Delivery) -> None:
+        """Pending (again: a retry keeps its place among the oldest)."""
+        previous = self.pending.get(delivery.webhook_id)
+        if previous is not None:
+            self.pending_bytes -= previous.size
+        self.pending[delivery.webhook_id] = delivery
+        self.pending_bytes += delivery.size
+
+    def discard(self, webhook_id: str) -> None:
+        delivery = self.pending.pop(webhook_id, None)
+        if delivery is not None:
+            self.pending_bytes -= delivery.size
+
+    def oldest_waiting(self, room: int, limit: int) -> list[Delivery]:
+        """The oldest deliveries not being attempted whose removal brings the pending bytes
+        to ``limit - room`` or below (as near as possible: attempts running stay)."""
+        excess = self.pending_bytes + room - limit
+        victims: list[Delivery] = []
+        for webhook_id, delivery in self.pending.items():
+            if excess <= 0:
+                break
+            if webhook_id not in self.in_flight and webhook_id not in self.claiming:
+                victims.append(delivery)
+                excess -= delivery.size
+        return victims
+
+    def unschedule(self, delivery: Delivery) -> None:
+        """Neither timer nor ready slot left for a delivery that is not running."""
+        timer = self.timers.pop(delivery.webhook_id, None)
+        if timer is not None:
+            timer.cancel()
+        elif delivery in self.ready:
+            self.ready.remove(delivery)
+        self.discard(delivery.webhook_id)
 
     def halt(self) -> None:
         """No new attempts: timers cancelled, ready deliveries dropped (stored meanwhile)."""
@@ -95,6 +135,7 @@ class _Queue:
         for attempt, _delivery in list(self.in_flight.values()):
             attempt.cancel()
         self.pending.clear()
+        self.pending_bytes = 0
 
 
 class DeliveryEngine:
@@ -110,6 +151,7 @@ class DeliveryEngine:
         jitter: Callable[[], float] = random.random,
         max_pending: int = MAX_PENDING,
         claims: ISharedStore | None = None,
+        max_pending_bytes: int = MAX_PENDING_BYTES,
     ) -> None:
         self._clock = clock
         self._client = client
@@ -123,12 +165,15 @@ class DeliveryEngine:
         self.on_unsubscribed: Callable[[str], object] = lambda _subscription_id: None
         self._jitter = jitter
         self._max_pending = max_pending
+        self._max_pending_bytes = max_pending_bytes
         self._queues: dict[str, _Queue] = {}
         # One Deferred per store write not yet confirmed; each fires with True (stored) or
         # False (failed), so the publish that caused it can wait for it.
         self._unconfirmed: set[Deferred[bool]] = set()
         self.attempts: Counter[str] = Counter()  # success / failure
         self.dead_letters = 0
+        # Of those, the ones pushed out by max_pending_bytes.
+        self.evicted = 0
         # Set while draining: fires once no attempt or claim is running.
         self._idle: Deferred[None] | None = None
 
@@ -191,6 +236,10 @@ class DeliveryEngine:
         queue = self._queues.get(subscription_id)
         return len(queue.pending) if queue is not None else 0
 
+    def pending_bytes(self) -> int:
+        """Bytes held by pending deliveries, every subscription's together."""
+        return sum(queue.pending_bytes for queue in self._queues.values())
+
     # -- deliveries -----------------------------------------------------------------------
 
     def enqueue(self, delivery: Delivery) -> None:
@@ -202,6 +251,8 @@ class DeliveryEngine:
             delivery.last_error = f"queue full ({self._max_pending} deliveries pending)"
             self._bury(delivery)
             return
+        if not self._make_room(queue, delivery):
+            return
         delivery.due = self._clock.seconds() + self._delay(0)
         self._written(self._store.save_delivery(delivery), delivery)
         self._schedule_attempt(queue, delivery)
@@ -209,15 +260,33 @@ class DeliveryEngine:
     def restore(self, delivery: Delivery) -> None:
         """A delivery read back from the store at start-up: attempted at its due time."""
         queue = self._queues.get(delivery.subscription_id)
-        if queue is not None and delivery.webhook_id not in queue.pending:
+        if (queue is not None and delivery.webhook_id not in queue.pending
+                and self._make_room(queue, delivery)):
             self._schedule_attempt(queue, delivery)
+
+    def _make_room(self, queue: _Queue, delivery: Delivery) -> bool:
+        """Within max_pending_bytes with ``delivery`` added: the oldest waiting deliveries
+        become dead letters. False (and ``delivery`` a dead letter) when it alone is larger."""
+        if delivery.size > self._max_pending_bytes:
+            self._evict(delivery)
+            return False
+        for victim in queue.oldest_waiting(delivery.size, self._max_pending_bytes):
+            queue.unschedule(victim)
+            self._evict(victim)
+        return True
+
+    def _evict(self, delivery: Delivery) -> None:
+        self.evicted += 1
+        delivery.last_error = (f"evicted: over max_pending_bytes ({self._max_pending_bytes} "
+                               "bytes pending for the subscription)")
+        self._bury(delivery)
 
     def _delay(self, attempt_index: int) -> float:
         """The schedule's delay before an attempt, stretched by 0-20 %, never shortened."""
         return self._schedule[attempt_index] * (1.0 + MAX_JITTER * self._jitter())
 
     def _schedule_attempt(self, queue: _Queue, delivery: Delivery) -> None:
-        queue.pending.add(delivery.webhook_id)
+        queue.add(delivery)
         if self._idle is not None:
             return  # draining: it is in the store with its due time
         wait = delivery.due - self._clock.seconds()
@@ -274,7 +343,7 @@ class DeliveryEngine:
             assert claim.stored is not None
             self._schedule_attempt(queue, claim.stored)
         else:  # DONE or UNSUBSCRIBED: nothing left to do here
-            queue.pending.discard(delivery.webhook_id)
+            queue.discard(delivery.webhook_id)
             if claim.verdict is Verdict.UNSUBSCRIBED:
                 self.on_unsubscribed(delivery.subscription_id)
         self._pump(queue)
@@ -310,7 +379,7 @@ class DeliveryEngine:
         subscription_id = delivery.subscription_id
         if outcome.ok:
             self.attempts["success"] += 1
-            queue.pending.discard(delivery.webhook_id)
+            queue.discard(delivery.webhook_id)
             self._written(self._store.delete_delivery(subscription_id, delivery.webhook_id),
                           delivery)
         else:
@@ -330,7 +399,7 @@ class DeliveryEngine:
 
     def _retry_or_bury(self, queue: _Queue, delivery: Delivery, outcome: Outcome) -> None:
         if delivery.attempts >= len(self._schedule):
-            queue.pending.discard(delivery.webhook_id)
+            queue.discard(delivery.webhook_id)
             self._bury(delivery)
             return
         now = self._clock.seconds()

@@ -36,10 +36,11 @@ class Subscription:
     headers: Headers = ()
 
     def describe(self) -> dict[str, Any]:
-        """What list/get show: everything but the secret, which only the create answer has."""
+        """What list/get show: never the secret (only the create answer has it) nor the
+        custom headers' values, which may be the target's credentials: their names only."""
         return {
             "id": self.id, "url": self.url, "channels": list(self.channels),
-            "headers": dict(self.headers),
+            "headers": [name for name, _value in self.headers],
         }
 
     def to_json(self) -> str:
@@ -73,6 +74,12 @@ class Delivery:
     due: float = 0.0
     last_status: int | None = None
     last_error: str | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes it holds in memory, roughly: what ``max_pending_bytes`` counts."""
+        return (len(self.body) + len(self.url)
+                + sum(len(name) + len(value) for name, value in self.headers))
 
     def to_json(self) -> str:
         obj = asdict(self)

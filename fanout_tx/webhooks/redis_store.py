@@ -41,6 +41,16 @@ DONE_TTL = 600
 
 _log = Logger(namespace="fanout_tx.webhooks")
 
+# KEYS: subs. ARGV: subscription id, JSON, limit (0: none). Atomic, so instances sharing the
+# store cannot together go past the limit.
+_ADD_SUBSCRIPTION = """
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0
+        and redis.call('HLEN', KEYS[1]) >= limit then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+"""
+
 # KEYS: subs, pending, claim. ARGV: subscription id, webhook-id, JSON, attempts, token.
 _SAVE = """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then return 0 end
@@ -174,8 +184,11 @@ class RedisStore:
     def pending(self, subscription_id: str) -> Deferred[list[Delivery]]:
         return Deferred.fromCoroutine(self._pending(subscription_id))
 
-    def save_subscription(self, subscription: Subscription) -> Deferred[Any]:
-        return self._redis.hset(self._key("subs"), subscription.id, subscription.to_json())
+    def save_subscription(self, subscription: Subscription, limit: int = 0) -> Deferred[bool]:
+        saving = self._redis.execute_command(
+            "EVAL", _ADD_SUBSCRIPTION, 1, self._key("subs"), subscription.id,
+            subscription.to_json(), limit)
+        return saving.addCallback(lambda added: bool(int(added)))
 
     def delete_subscription(self, subscription_id: str) -> Deferred[Any]:
         keys = (

@@ -57,6 +57,10 @@ class RegistrationError(ValueError):
     """A subscription could not be created; ``str()`` is the reason for the 400."""
 
 
+class SubscriptionLimitError(RegistrationError):
+    """``max_subscriptions`` are stored already; ``str()`` is the reason for the 409."""
+
+
 class WebhookService(Service):
     """``engine`` is public for metrics: ``engine.attempts`` (success/failure counts) and
     ``engine.dead_letters``."""
@@ -67,8 +71,10 @@ class WebhookService(Service):
                  client: IWebhookClient, vetter: Vetter, verify: bool,
                  closers: tuple[Any, ...] = (), shutdown_timeout: float = 10.0,
                  clock: IReactorTime | None = None,
-                 sync_interval: float = SYNC_INTERVAL) -> None:
+                 sync_interval: float = SYNC_INTERVAL,
+                 max_subscriptions: int = WebhooksConfig.max_subscriptions) -> None:
         self._router = router
+        self._max_subscriptions = max_subscriptions
         self.engine = engine
         self._store = store
         self._client = client
@@ -169,7 +175,12 @@ class WebhookService(Service):
         return subscriber.subscription if subscriber is not None else None
 
     async def register(self, new: NewSubscription) -> Subscription:
-        """Vet, verify (when asked), store, then start delivering; RegistrationError if not."""
+        """Vet, verify (when asked), store, then start delivering; RegistrationError if not.
+
+        The limit is checked first, so a full instance sends no challenge, and again when
+        storing: the store's count (shared by every instance on one Redis) decides."""
+        if len(self._subscribers) >= self._max_subscriptions:
+            raise self._full()
         try:
             await self._vetter.vet(parse_url(new.url))
         except RefusedTargetError as e:
@@ -181,12 +192,18 @@ class WebhookService(Service):
             "sub_" + secrets.token_urlsafe(12), new.url, new.channels,
             new.secret or generate_secret(), new.headers,
         )
-        await self._store.save_subscription(subscription)
+        if not await self._store.save_subscription(subscription, self._max_subscriptions):
+            raise self._full()
         self._activate(subscription)
         self._log.info("webhook subscription {id} created for {url} on {channels}",
                        id=subscription.id, url=url_for_log(subscription.url, path=False),
                        channels=",".join(subscription.channels))
         return subscription
+
+    def _full(self) -> SubscriptionLimitError:
+        return SubscriptionLimitError(
+            f"subscription limit reached ({self._max_subscriptions}, [webhooks] "
+            "max_subscriptions): delete one first")
 
     async def _check_intent(self, new: NewSubscription) -> None:
         challenge = secrets.token_urlsafe(24)
@@ -260,8 +277,9 @@ def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, r
     client = WebhookClient(reactor, vetter, pool, config.timeout, trust_root(config.ca_file))
     claims = store if ISharedStore.providedBy(store) else None
     engine = DeliveryEngine(reactor, client, store, config.retry_schedule, config.max_in_flight,
-                            claims=claims)
+                            claims=claims, max_pending_bytes=config.max_pending_bytes)
     return WebhookService(router, engine, store, client, vetter, config.verify,
                           closers=(pool.closeCachedConnections,),
                           shutdown_timeout=shutdown_timeout, clock=reactor,
-                          sync_interval=sync_interval)
+                          sync_interval=sync_interval,
+                          max_subscriptions=config.max_subscriptions)

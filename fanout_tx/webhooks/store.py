@@ -30,8 +30,9 @@ class IWebhookStore(Interface):
     def load():
         """StoredState: every subscription and every pending delivery."""
 
-    def save_subscription(subscription):
-        """Add or replace a subscription."""
+    def save_subscription(subscription, limit=0):
+        """Add or replace a subscription; True, or False when ``limit`` (when above 0)
+        subscriptions are stored already and this one is new."""
 
     def delete_subscription(subscription_id):
         """Forget a subscription with its pending deliveries and dead letters."""
@@ -65,9 +66,12 @@ class MemoryStore:
         deliveries = [replace(d) for group in self._deliveries.values() for d in group.values()]
         return succeed(StoredState(list(self._subscriptions.values()), deliveries))
 
-    def save_subscription(self, subscription: Subscription) -> Deferred[None]:
+    def save_subscription(self, subscription: Subscription, limit: int = 0) -> Deferred[bool]:
+        if (0 < limit <= len(self._subscriptions)
+                and subscription.id not in self._subscriptions):
+            return succeed(False)
         self._subscriptions[subscription.id] = subscription
-        return succeed(None)
+        return succeed(True)
 
     def delete_subscription(self, subscription_id: str) -> Deferred[None]:
         self._subscriptions.pop(subscription_id, None)

@@ -1,0 +1,211 @@
+"""Hostile use of the webhooks API (issue #13, item 9), over real loopback sockets: custom
+header values (a target's credentials) never shown again, a cap on subscriptions (409, also
+across instances sharing one Redis), and a cap on the bytes one dead target can hold
+pending (the oldest become dead letters, counted in /metrics)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.internet import reactor
+from twisted.internet.endpoints import serverFromString
+from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from typing_extensions import override
+
+from fanout_tx.config import RedisConfig, WebhooksConfig
+from fanout_tx.items import parse_item
+from fanout_tx.router import Router
+from fanout_tx.tap import build_service, listening_port, load_settings
+from fanout_tx.webhooks.api import WebhooksResource
+from fanout_tx.webhooks.redis_store import RedisStore, connect
+from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from tests.helpers import TrackingFactory
+from tests.services import RedisServer
+from tests.test_webhooks_support import HANG, Receiver, always
+
+CREDENTIAL = "Bearer target-credential-4f9a"
+LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
+BODY = "x" * 1000
+
+
+class _Client(TestCase):
+    @override
+    def setUp(self) -> None:
+        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
+
+    async def call(self, method: str, url: str, body: Any = None) -> tuple[int, Any, bytes]:
+        data = json.dumps(body).encode() if body is not None else None
+        response = await self.http.request(method, url, data=data)
+        raw = await response.content()
+        is_json = response.headers.getRawHeaders("content-type") == ["application/json"]
+        return response.code, json.loads(raw) if is_json else None, raw
+
+    async def receiver(self, behaviour: Any = None) -> Receiver:
+        receiver = Receiver(behaviour)
+        await receiver.listen()
+        self.addCleanup(receiver.close)
+        return receiver
+
+
+class PublishPortTests(_Client):
+    """The whole instance (tap.build_service): API, /publish/ and /metrics on one port."""
+
+    async def start(self, webhooks: str) -> str:
+        folder = Path(self.mktemp())
+        folder.mkdir()
+        (folder / "routes").write_text("* 127.0.0.1:8080\n")
+        (folder / "fanout.conf").write_text(
+            "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
+            "[webhooks]\nallow_cidrs = 127.0.0.0/8\nverify = false\n" + webhooks)
+        root, _core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
+        publish, service = root.getServiceNamed("publish-http"), root.getServiceNamed("webhooks")
+        publish.factory = factory = TrackingFactory(publish.factory)
+        for child in (publish, service):
+            child.startService()
+            self.addCleanup(child.stopService)
+        self.addCleanup(factory.wait_closed)
+        self.service = service
+        return f"http://127.0.0.1:{(await listening_port(publish)).getHost().port}"
+
+    async def test_header_values_are_never_shown(self) -> None:
+        """List and get show the custom headers' names only, never their values (the
+        target's credentials) nor the signing secret; deliveries still carry the value."""
+        base = await self.start("")
+        receiver = await self.receiver()
+        api = base + "/webhooks/subscriptions"
+        code, created, _raw = await self.call("POST", api, {
+            "url": receiver.url, "channels": ["c"], "headers": {"Authorization": CREDENTIAL}})
+        self.assertEqual(code, 201)
+        for url in (api, f"{api}/{created['id']}"):
+            code, answer, raw = await self.call("GET", url)
+            self.assertEqual(code, 200)
+            self.assertNotIn(b"target-credential", raw)
+            self.assertNotIn(created["secret"].encode(), raw)
+        self.assertEqual(answer["headers"], ["Authorization"])
+        receiver.secret = created["secret"]
+        item = {"channel": "c", "formats": {"http-request": {"body": "hi"}}}
+        code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": [item]})
+        self.assertEqual(code, 200)
+        await receiver.wait_for(1).addTimeout(10, reactor)
+        self.assertEqual(receiver.requests[0].headers["authorization"], CREDENTIAL)
+
+    async def test_subscription_cap_is_a_409(self) -> None:
+        """Past max_subscriptions a create is a 409 with a JSON reason, and nothing is sent
+        to the target (no challenge); deleting one makes room again."""
+        base = await self.start("max_subscriptions = 2\nverify = true\n")
+        api = base + "/webhooks/subscriptions"
+        receiver = await self.receiver()
+        ids = []
+        for _ in range(2):
+            code, created, _raw = await self.call("POST", api,
+                                                  {"url": receiver.url, "channels": ["c"]})
+            self.assertEqual(code, 201)
+            ids.append(created["id"])
+        code, answer, _raw = await self.call("POST", api, {"url": receiver.url, "channels": ["c"]})
+        self.assertEqual(code, 409)
+        self.assertIn("subscription limit reached (2", answer["error"])  # JSON, as all
+        self.assertEqual(receiver.challenges, 2)
+        code, _answer, _raw = await self.call("DELETE", f"{api}/{ids[0]}")
+        self.assertEqual(code, 204)
+        code, _answer, _raw = await self.call("POST", api, {"url": receiver.url, "channels": ["c"]})
+        self.assertEqual(code, 201)
+
+    async def test_pending_bytes_cap_makes_the_oldest_dead_letters(self) -> None:
+        """A target that never answers: past max_pending_bytes the oldest waiting deliveries
+        become dead letters ("evicted"), newest kept; /metrics counts them and shows the
+        pending bytes within the cap (the attempt running is not evicted)."""
+        base = await self.start("max_in_flight = 1\nmax_pending_bytes = 4000\ntimeout = 30\n"
+                                "retry_schedule = 0\n")
+        receiver = await self.receiver(always(HANG))
+        api = base + "/webhooks/subscriptions"
+        code, created, _raw = await self.call("POST", api, {"url": receiver.url,
+                                                            "channels": ["c"]})
+        self.assertEqual(code, 201)
+        items = [{"channel": "c", "id": f"i{n}", "formats": {"http-request": {"body": BODY}}}
+                 for n in range(10)]
+        code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": items})
+        self.assertEqual(code, 200)
+        await receiver.wait_for(1, "requests").addTimeout(10, reactor)
+        code, failed, _raw = await self.call("GET", f"{api}/{created['id']}/failed")
+        self.assertEqual(code, 200)
+        dead = failed["items"]
+        # About 1,070 bytes each: item 0 (being attempted) and the newest two fit.
+        self.assertEqual(len(dead), 7)
+        self.assertTrue(all(d["last_error"].startswith("evicted: over max_pending_bytes")
+                            for d in dead))
+        self.assertEqual(self.service.engine.pending_count(created["id"]), 3)
+        code, _answer, raw = await self.call("GET", base + "/metrics")
+        self.assertEqual(code, 200)
+        metrics = dict(line.rsplit(" ", 1) for line in raw.decode().splitlines()
+                       if line and not line.startswith("#"))
+        self.assertEqual(float(metrics["fanout_webhook_evicted_total"]), 7)
+        self.assertEqual(float(metrics["fanout_webhook_dead_letters_total"]), 7)
+        self.assertLessEqual(float(metrics["fanout_webhook_pending_bytes"]), 4000)
+
+
+class RedisCapTests(_Client):
+    """The same caps with the Redis store, two instances sharing it."""
+
+    @override
+    def setUp(self) -> None:
+        super().setUp()
+        self.redis = RedisServer()
+        self.addCleanup(self.redis.stop)
+
+    async def instance(self, config: WebhooksConfig) -> tuple[WebhookService, str]:
+        self.router = Router(reactor)
+        service = build_webhooks(config, RedisConfig(url=self.redis.url), self.router,
+                                 reactor, sync_interval=3600)
+        service.startService()
+        self.addCleanup(service.stopService)
+        await service.loaded
+        root = Resource()
+        root.putChild(b"webhooks", WebhooksResource(service))
+        factory = TrackingFactory(Site(root))
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
+        self.addCleanup(factory.wait_closed)
+        self.addCleanup(port.stopListening)
+        return service, f"http://127.0.0.1:{port.getHost().port}/webhooks/subscriptions"
+
+    async def test_cap_holds_across_instances(self) -> None:
+        """max_subscriptions counts what is in Redis: the second instance, which has not
+        synced the first one's subscription yet, still answers 409."""
+        config = WebhooksConfig(allow_cidrs=LOOPBACK, verify=False, max_subscriptions=1)
+        receiver = await self.receiver()
+        _a, api_a = await self.instance(config)
+        _b, api_b = await self.instance(config)
+        code, _answer, _raw = await self.call("POST", api_a, {"url": receiver.url,
+                                                              "channels": ["c"]})
+        self.assertEqual(code, 201)
+        code, answer, _raw = await self.call("POST", api_b, {"url": receiver.url,
+                                                             "channels": ["c"]})
+        self.assertEqual(code, 409)
+        self.assertIn("max_subscriptions", answer["error"])
+
+    async def test_pending_bytes_cap_leaves_redis_bounded(self) -> None:
+        """Evicted deliveries leave Redis's pending hash too, into the dead letters."""
+        config = WebhooksConfig(allow_cidrs=LOOPBACK, verify=False, max_in_flight=1,
+                                retry_schedule=(0,), timeout=30, max_pending_bytes=4000)
+        receiver = await self.receiver(always(HANG))
+        service, api = await self.instance(config)
+        code, created, _raw = await self.call("POST", api, {"url": receiver.url,
+                                                            "channels": ["c"]})
+        self.assertEqual(code, 201)
+        for n in range(10):
+            self.router.publish(parse_item({
+                "channel": "c", "id": f"i{n}", "formats": {"http-request": {"body": BODY}}}))
+        await receiver.wait_for(1, "requests").addTimeout(10, reactor)
+        self.assertTrue(await service.engine.writes_confirmed(5))
+        reader = RedisStore(lambda: connect(self.redis.url), RedisConfig.prefix)
+        self.addCleanup(reader.close)
+        self.assertEqual(len(await reader.pending(created["id"])), 3)
+        code, failed, _raw = await self.call("GET", f"{api}/{created['id']}/failed")
+        self.assertEqual(len(failed["items"]), 7)
+
