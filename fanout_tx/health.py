@@ -51,10 +51,15 @@ class Listeners:
 
 
 def zmq_check(service: Any) -> Check:
-    """A ZeroMQ input is up once its socket is bound/connected (``endpoints`` set)."""
+    """A ZeroMQ input (zmq_ingest.ZmqReader) is up while it reads: socket open and reader
+    in the reactor; otherwise ``error`` says why."""
 
     def check() -> tuple[bool, dict[str, Any]]:
-        return bool(service.endpoints) and service.running, {"endpoints": service.endpoints}
+        problem = service.problem()
+        details: dict[str, Any] = {"endpoints": service.endpoints}
+        if problem is not None:
+            details["error"] = problem
+        return problem is None, details
 
     return check
 

@@ -144,7 +144,7 @@ def item_from_json(value: Any) -> Item:
 
 
 def encode_items(items: Sequence[Item]) -> bytes:
-    """A batch of Items as compact ASCII JSON (lone surrogates survive too)."""
+    """A batch of Items as compact ASCII JSON."""
     document = {"v": WIRE_VERSION, "items": [item_to_json(item) for item in items]}
     try:
         return json.dumps(document, separators=(",", ":"), allow_nan=False).encode("ascii")
@@ -156,8 +156,8 @@ def decode_items(payload: bytes) -> list[Item]:
     """The inverse of encode_items; raises ItemCodecError on anything else."""
     try:
         document = loads(payload)
-    except ValueError:
-        raise ItemCodecError("payload is not JSON") from None
+    except ValueError as e:  # lone surrogates included: no input lets them in
+        raise ItemCodecError(f"payload is not JSON: {e}") from None
     if not isinstance(document, dict) or document.get("v") != WIRE_VERSION:
         raise ItemCodecError("payload is not a version-1 item batch")
     return [item_from_json(obj) for obj in _expect(document.get("items"), list, "items")]

@@ -12,7 +12,7 @@ from typing import Any
 
 from fanout_tx import tnetstring
 from fanout_tx.formats import PARSERS, Format, FormatError
-from fanout_tx.json_input import loads
+from fanout_tx.json_input import LoneSurrogateError, loads
 
 
 class PublishError(ValueError):
@@ -102,6 +102,8 @@ def parse_items_json(body: bytes) -> list[Item]:
     """The HTTP API body ``{"items": [...]}``; every item must be valid."""
     try:
         document = loads(body)
+    except LoneSurrogateError as e:
+        raise PublishError(f"Body is not valid JSON: {e}.") from None
     except ValueError:
         raise PublishError("Body is not valid JSON.") from None
     if not isinstance(document, Mapping):
@@ -147,6 +149,8 @@ def decode_message(payload: bytes) -> Any:
     if payload.startswith(b"J"):
         try:
             return loads(payload[1:])
+        except LoneSurrogateError as e:
+            raise PublishError(f"message is not valid JSON: {e}") from None
         except ValueError:
             raise PublishError("message is not valid JSON") from None
     raw = payload[1:] if payload.startswith(b"T") else payload

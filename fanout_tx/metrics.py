@@ -35,7 +35,7 @@ TRANSPORT_OF_FORMAT = {
     "http-request": "webhook",
 }
 TRANSPORTS = ("http-response", "http-stream", "ws", "xmpp", "webhook")
-INPUTS = ("http", "zmq-pull", "zmq-sub", "redis")
+INPUTS = ("http", "zmq-pull", "zmq-sub", "zmq-command", "redis")
 
 
 @dataclass

@@ -193,7 +193,9 @@ def _metric_sources(root: MultiService, core: Any) -> MetricSources:
         router=core.router,
         inputs=core.input_bus.counters,
         rejecting={"http": core.publish_root.children[b"publish"],
-                   "zmq-pull": _child(root, "zmq-pull"), "zmq-sub": _child(root, "zmq-sub")},
+                   **{name: _child(root, name)
+                      for name in ("zmq-pull", "zmq-sub", "zmq-command", "redis")
+                      if _child(root, name) is not None}},
         ws_sessions=(lambda: len(websocket.handler.sessions)) if websocket else None,
         webhooks=_child(root, "webhooks"),
         xmpp_link=xmpp.link if xmpp is not None else None,
@@ -231,8 +233,9 @@ def _add_checks(root: MultiService, health: HealthResource) -> dict[str, Listene
                if _child(root, name)}
     for name, listeners in watched.items():
         health.add(name, listeners.check)
-    for name in ("zmq-pull", "zmq-sub"):
-        health.add(name, zmq_check(root.getServiceNamed(name)))
+    for name in ("zmq-pull", "zmq-sub", "zmq-command"):
+        if _child(root, name) is not None:
+            health.add(name, zmq_check(root.getServiceNamed(name)))
     xmpp = _child(root, "xmpp")
     if xmpp is not None:
         health.add("xmpp", xmpp_check(xmpp.link))

@@ -139,6 +139,7 @@ class RedisBus(MultiService):
         self._waiters: list[tuple[bool, Deferred[None]]] = []
         self._was_up = False
         self.received_items = 0
+        self.rejected = 0  # stream entries or items dropped, for fanout_publish_errors_total
         self._commands = RedisLink(
             "commands", redis_endpoint(reactor, address), reactor, address,
             prepare=self._load_script, on_up=self._state_changed,
@@ -301,14 +302,15 @@ class RedisBus(MultiService):
         for _stream, entries in reply or ():
             for entry_id, flat in entries:
                 self._cursor = _text(entry_id)
-                fields = dict(zip(flat[::2], flat[1::2], strict=True))
-                try:
+                try:  # one bad entry is that entry's error; the read loop goes on
+                    fields = dict(zip(flat[::2], flat[1::2], strict=True))
                     number = int(fields[b"s"])
                     if self._next_number is not None and number > self._next_number:
                         missed += number - self._next_number
                     self._next_number = number + 1
                     self._entry(fields)
                 except Exception:
+                    self.rejected += 1
                     self._log.failure("dropped stream entry {id}", id=self._cursor)
         if not missed:
             return None
@@ -323,9 +325,15 @@ class RedisBus(MultiService):
         try:
             items = decode_items(fields[b"d"])
         except (ItemCodecError, KeyError) as e:
+            self.rejected += 1
             self._log.error("undecodable stream entry {id}: {error}", id=self._cursor,
                             error=str(e))
             return
         self.received_items += len(items)
         for item in items:
-            self.router.publish(item)
+            try:
+                self.router.publish(item)
+            except Exception:
+                self.rejected += 1
+                self._log.failure("dropped an item on {channel} from stream entry {id}",
+                                  channel=item.channel, id=self._cursor)

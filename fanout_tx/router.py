@@ -131,7 +131,7 @@ class Router:
     def add_channel_listener(self, listener: IChannelListener) -> None:
         self._listeners.append(listener)
         for channel in self._groups:
-            listener.channel_added(channel)
+            self._tell(listener.channel_added, channel)
 
     def add_observer(self, observer: IRouterObserver) -> None:
         """Stats: told of subscription changes and per-item delivery counts."""
@@ -153,7 +153,7 @@ class Router:
             self._observe(subscriber, channel, groups, is_new_subscriber, False)
         if is_new_channel:
             for listener in self._listeners:
-                listener.channel_added(channel)
+                self._tell(listener.channel_added, channel)
 
     def unsubscribe(self, channel: str, subscriber: ISubscriber) -> None:
         channels = self._by_subscriber.get(subscriber)
@@ -174,7 +174,15 @@ class Router:
             del self._groups[channel]
             self._drop_pending(channel)
             for listener in self._listeners:
-                listener.channel_removed(channel)
+                self._tell(listener.channel_removed, channel)
+
+    def _tell(self, event: Callable[[str], None], channel: str) -> None:
+        """A listener (the ZeroMQ SUB input) that fails is logged; the subscribe or
+        unsubscribe that told it still completes."""
+        try:
+            event(channel)
+        except Exception:
+            self._log.failure("channel listener failed on {channel!r}", channel=channel)
 
     def _observe(self, subscriber: ISubscriber, channel: str, groups: dict[str, _Group],
                  added: bool, removed: bool) -> None:

@@ -41,7 +41,13 @@ class ZmqCommand(ZmqReader):
 
     @override
     def _handle(self, parts: list[bytes]) -> None:
-        reply = self.answer(parts)
+        """Always one reply: a REP socket that skipped one could never read again."""
+        try:
+            reply = self.answer(parts)
+        except Exception:
+            self.rejected += 1
+            self._log.failure("zmq-command: a request could not be handled")
+            reply = {b"success": False, b"condition": b"internal-server-error"}
         if self._socket is not None:
             self._socket.send(tnetstring.dumps(reply))
 
@@ -52,6 +58,7 @@ class ZmqCommand(ZmqReader):
         except (tnetstring.TnetstringError, RecursionError):
             request = None
         if not isinstance(request, dict) or not isinstance(request.get(b"method"), bytes):
+            self.rejected += 1
             self._log.warn("zmq-command: malformed request")
             return {b"success": False, b"condition": b"bad-request"}
         reply: dict[bytes, Any] = {}

@@ -7,7 +7,10 @@ readiness drains until ``zmq.EVENTS`` has no ``POLLIN`` left, and a drain is sch
 every ``setsockopt`` and at start-up, or messages could sit unread until the next one.
 
 Bad messages (wrong number of parts, unparsable payloads, invalid items) are logged with the
-reason and dropped; the socket keeps working.
+reason, counted and dropped; the socket keeps working. Any other exception while handling one
+message is that message's error too: an exception escaping ``doRead`` would make the reactor
+drop the reader for good, and nothing after it would ever be read. If the reader is lost all
+the same, ``problem()`` says so and ``/health`` reports the input down.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ class ZmqReader(Service):
         self._socket: zmq.Socket | None = None
         self._fd = -1
         self._again: IDelayedCall | None = None
+        self._lost: str | None = None  # why the reactor dropped the reader, if it did
         self.endpoints: list[str] = []
+        self.rejected = 0  # messages dropped, for fanout_publish_errors_total
 
     # -- Service --------------------------------------------------------------------------
 
@@ -68,6 +73,7 @@ class ZmqReader(Service):
             raise StartupError(f"{self.input_name} {reason}") from None
         self._socket = sock
         self._fd = sock.getsockopt(zmq.FD)
+        self._lost = None
         self._reactor.addReader(self)
         self._log.info("{input} listening on {endpoints}", input=self.input_name,
                        endpoints=", ".join(self.endpoints))
@@ -102,10 +108,29 @@ class ZmqReader(Service):
         self._drain()
 
     def connectionLost(self, reason: Failure) -> None:  # noqa: N802 - IReadDescriptor
-        """The reactor dropped the descriptor (shutdown); stopService closes the socket."""
+        """The reactor dropped the descriptor: at shutdown (stopService closes the socket),
+        or after ``doRead`` raised, when nothing will be read any more."""
+        if self.running and self._socket is not None:
+            self._lost = reason.getErrorMessage()
+            self._log.error("{input}: reader lost, nothing more will be read: {reason}",
+                            input=self.input_name, reason=self._lost)
 
     def logPrefix(self) -> str:  # noqa: N802 - ILoggingContext
         return self.input_name
+
+    # -- health ---------------------------------------------------------------------------
+
+    def problem(self) -> str | None:
+        """Why this input reads nothing right now, or None while it reads."""
+        if not self.running:
+            return "not running"
+        if self._socket is None or self._socket.closed:
+            return "socket closed"
+        if self._lost is not None:
+            return f"reader lost: {self._lost}"
+        if self not in self._reactor.getReaders():
+            return "reader removed from the reactor"
+        return None
 
     # -- reading --------------------------------------------------------------------------
 
@@ -125,7 +150,12 @@ class ZmqReader(Service):
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            self._handle(parts)
+            try:
+                self._handle(parts)
+            except Exception:
+                self.rejected += 1
+                self._log.failure("{input}: dropped a message that could not be handled",
+                                  input=self.input_name)
         self.schedule_drain()
 
 
@@ -135,7 +165,6 @@ class _ZmqInput(ZmqReader):
     def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
         super().__init__(reactor, context)
         self._bus = bus
-        self.rejected = 0  # refused messages, for fanout_publish_errors_total
 
     def _parse(self, parts: list[bytes]) -> Item:
         """One ZeroMQ message -> Item, or PublishError naming the problem."""
@@ -216,7 +245,7 @@ class ZmqSubInput(_ZmqInput):
                 bind(sock, spec)
             endpoints.append(sock.getsockopt_string(zmq.LAST_ENDPOINT))
         for channel in self._router.channels():
-            sock.setsockopt(zmq.SUBSCRIBE, channel.encode("utf-8"))
+            self._subscribe(sock, zmq.SUBSCRIBE, channel)
         return endpoints
 
     @override
@@ -229,10 +258,22 @@ class ZmqSubInput(_ZmqInput):
             raise PublishError("channel is not UTF-8") from None
         return parse_item(decode_message(parts[1]), channel=channel)
 
+    def _subscribe(self, sock: zmq.Socket, option: int, channel: str) -> None:
+        """(Un)subscribe ``sock`` to ``channel``. A name that is not Unicode text (a lone
+        surrogate; the JSON inputs refuse them, this guards the rest) cannot be a ZeroMQ
+        topic: it is skipped with a warning, never raised into the subscribing request."""
+        try:
+            topic = channel.encode("utf-8")
+        except UnicodeEncodeError:
+            self._log.warn("{input}: channel {channel!r} is not UTF-8 text; not subscribed",
+                           input=self.input_name, channel=channel)
+            return
+        sock.setsockopt(option, topic)
+
     def _set_subscription(self, option: int, channel: str) -> None:
         if self._socket is None:
             return  # startService subscribes to the router's channels then
-        self._socket.setsockopt(option, channel.encode("utf-8"))
+        self._subscribe(self._socket, option, channel)
         self.schedule_drain()
 
     def channel_added(self, channel: str) -> None:

@@ -43,6 +43,7 @@ class Server:
     async def start(self, extra: str = "", webhooks: bool = False) -> Server:
         http_origin = proxy_fixtures.Origin()
         http_origin.handlers = {b"/lp": hold, b"/stream": hold}
+        self.http_origin = http_origin
         self.ws_origin = WsOrigin(grip_echo)
         ports = []
         for resource in (http_origin, self.ws_origin):

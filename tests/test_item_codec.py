@@ -45,10 +45,12 @@ class ItemCodecTests(SynchronousTestCase):
         decodes to equal Items (tuples stay tuples, bytes stay bytes)."""
         self.assertEqual(decode_items(encode_items(items)), items)
 
-    def test_lone_surrogates_round_trip(self) -> None:
-        """JSON publish bodies may carry lone surrogates ("\\ud800"); they survive too."""
-        item = Item("c\ud800", {"f": Format("f", fields={"k": "\udfff"})}, meta={"m": "\ud800"})
-        self.assertEqual(decode_items(encode_items([item])), [item])
+    def test_lone_surrogates_refused(self) -> None:
+        """No input lets lone surrogates in; an entry holding one (written by an older
+        instance) is refused whole, never delivered as text that cannot be encoded."""
+        item = Item("c", {"f": Format("f", fields={"k": "\udfff"})})
+        error = self.assertRaises(ItemCodecError, decode_items, encode_items([item]))
+        self.assertIn("lone surrogate (\\udfff)", str(error))
 
     def test_parsed_items_round_trip(self) -> None:
         """Items as the publish parsers make them (every registered format) round-trip."""

@@ -7,7 +7,7 @@ import base64
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.grip.signature import SignatureError, verify_hs256
-from fanout_tx.json_input import loads
+from fanout_tx.json_input import LoneSurrogateError, loads
 
 
 def _b64url(data: bytes) -> str:
@@ -19,6 +19,17 @@ class LoadsTests(SynchronousTestCase):
         self.assertEqual(loads(b'{"a": [1]}'), {"a": [1]})
         for bad in (b"{", b"\xff\xfe", b"[" * 100_000, "[" * 100_000):
             self.assertRaises(ValueError, loads, bad)
+
+    def test_lone_surrogates_refused(self) -> None:
+        """A lone surrogate (as an escape, as UTF-8-encoded bytes, in UTF-16 input, in a key,
+        deep inside) is a LoneSurrogateError naming it; a valid pair and an escaped
+        backslash are text."""
+        for bad in (b'{"a": "\\ud800"}', b'{"\\uDC00x": 1}', '["\\udbff"]',
+                    b'"\xed\xa0\x80"', '"\ud800"'.encode("utf-16", "surrogatepass"),
+                    b"[" * 50 + b'"\\ud800"' + b"]" * 50):
+            error = self.assertRaises(LoneSurrogateError, loads, bad)
+            self.assertIn("lone surrogate", str(error))
+        self.assertEqual(loads(b'["\\ud83d\\ude00", "\\\\ud800"]'), ["\U0001f600", "\\ud800"])
 
     def test_deep_token_is_a_signature_error(self) -> None:
         """A bearer token or Grip-Sig whose claims nest too deep is refused like any

@@ -157,6 +157,11 @@ class PublishResource(Resource):
             self._log.info("publish request rejected from {peer}: {reason}",
                            peer=_peer(request), reason=str(e))
             return _text(request, 400, str(e))
+        except Exception:  # a parser bug: still this body's error, and a retry won't help
+            self.rejected += 1
+            self._log.failure("publish request from {peer} could not be parsed",
+                              peer=_peer(request))
+            return _text(request, 400, "Invalid item: it could not be parsed.")
         lost: list[Failure] = []
         request.notifyFinish().addErrback(lost.append)
         done = maybeDeferred(self._bus.publish, items, "http")
