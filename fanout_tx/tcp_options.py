@@ -41,3 +41,26 @@ def quick_ack(transport: Any) -> Callable[[], None] | None:
             handle.setsockopt(socket.IPPROTO_TCP, option, 1)
 
     return acknowledge
+
+
+def unread_input(transport: Any) -> bool:
+    """True when the kernel holds bytes (or the peer's close) this side has not read yet;
+    False when it holds none, or where that cannot be known (no TCP socket underneath).
+
+    For pooled origin connections: an origin that wrote past the end of its last answer
+    leaves bytes that the next exchange would read as its own answer. One ``recv`` with
+    ``MSG_PEEK`` before a reuse catches those that arrived before the reactor read them.
+    Under TLS any pending record counts (such a connection is simply not reused)."""
+    handle = getattr(transport, "getHandle", lambda: None)()
+    if not isinstance(handle, socket.socket):
+        inner = getattr(transport, "transport", None)  # TLS over TCP
+        handle = getattr(inner, "getHandle", lambda: None)()
+        if not isinstance(handle, socket.socket):
+            return False
+    try:
+        handle.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset or closed: not usable either
+    return True

@@ -34,8 +34,8 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.http.headers import is_token
-from fanout_tx.tcp_options import no_delay, quick_ack
+from fanout_tx.http.headers import has_control, is_reason_phrase, is_token
+from fanout_tx.tcp_options import no_delay, quick_ack, unread_input
 
 MAX_HEAD = 64 * 1024  # a response head larger than this is refused
 _HELD_BODY = 64 * 1024  # body bytes kept before deliverBody; past this reading pauses
@@ -45,6 +45,7 @@ _CONNECTION_CONTROL = frozenset({
 })
 _NO_BODY_CODES = frozenset({204, 304})
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_STATUS_LINE = re.compile(rb"(HTTP/1\.[0-9]) ([0-9]{3})(?: (.*))?", re.DOTALL)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 
@@ -326,6 +327,7 @@ class OriginConnection(Protocol):
                     return
             else:  # idle, done or stopped: bytes nobody asked for
                 self._reusable = False
+                self._client.forget(self)  # before anyone else can take it from the pool
                 self.transport.abortConnection()
                 return
 
@@ -334,17 +336,23 @@ class OriginConnection(Protocol):
         if end < 0:
             if len(data) > MAX_HEAD:
                 raise BadResponseError("response head too large")
+            first_lf = data.find(b"\n")
+            if first_lf == 0 or (first_lf > 0 and data[first_lf - 1] != 0x0D):
+                raise BadResponseError("bare LF in the response head")  # fail now, not later
             self._buffer = data
             return b""
         head, rest = data[:end], data[end + 4:]
+        if has_control(head.decode("latin-1").replace("\r\n", "")):
+            # A bare CR or LF (or NUL...) is a line end to some readers and not to others:
+            # the way to smuggle a header or a second answer (RFC 9112 2.2, 5).
+            raise BadResponseError("control character or bare CR/LF in the response head")
         lines = head.split(b"\r\n")
-        version, _sp, status = lines[0].partition(b" ")
-        code_text, _sp, phrase = status.partition(b" ")
-        if not version.startswith(b"HTTP/1.") or len(code_text) != 3 or not code_text.isdigit():
+        status = _STATUS_LINE.fullmatch(lines[0])
+        if status is None:
             raise BadResponseError(f"bad status line {lines[0][:80]!r}")
-        code = int(code_text)
-        if code < 100:
-            raise BadResponseError(f"bad status line {lines[0][:80]!r}")
+        version, code, phrase = status[1], int(status[2]), status[3] or b""
+        if code < 100 or code == 101 or not is_reason_phrase(phrase.decode("latin-1")):
+            raise BadResponseError(f"bad status line {lines[0][:80]!r}")  # 101: not asked for
         if code < 200:
             return rest  # 100 Continue and friends: the real answer follows
         headers, control = _parse_headers(lines[1:])
@@ -355,10 +363,14 @@ class OriginConnection(Protocol):
         length: int | object = UNKNOWN_LENGTH
         bodyless = code in _NO_BODY_CODES or exchange.method == b"HEAD"
         if bodyless:
+            # No body by definition, yet buggy origins write one after it, where the next
+            # exchange would read it as its answer: such a connection is not reused.
             length = 0
+            self._reusable = False
         elif b"transfer-encoding" in control:
-            if not control[b"transfer-encoding"][-1].lower().endswith(b"chunked"):
-                raise BadResponseError("unsupported transfer-encoding")
+            _check_chunked(version, control[b"transfer-encoding"])
+            if b"content-length" in control:
+                self._reusable = False  # TE overrides; a smuggling sign (RFC 9112 6.3)
             self._state = "chunk-size"
         elif b"content-length" in control:
             lengths = {v.strip() for v in b",".join(control[b"content-length"]).split(b",")}
@@ -383,6 +395,8 @@ class OriginConnection(Protocol):
             self._state = "chunk-size"
             return False
         if state == "trailer":
+            if has_control(line.decode("latin-1")):
+                raise BadResponseError("control character in a trailer line")
             return not line  # trailer fields are dropped; an empty line ends them
         size_text = line.partition(b";")[0].strip()
         if not _CHUNK_SIZE.fullmatch(size_text):  # int() would take "+5", "0x5", "1_0"
@@ -482,6 +496,16 @@ class OriginConnection(Protocol):
             exchange.body_ended(Failure(ResponseFailed([reason])))
 
 
+def _check_chunked(version: bytes, values: list[bytes]) -> None:
+    """Transfer-Encoding must be exactly ``chunked`` (the one coding we can take off), and
+    not in an HTTP/1.0 answer, whose framing is then faulty (RFC 9112 6.1)."""
+    if version == b"HTTP/1.0":
+        raise BadResponseError("Transfer-Encoding in an HTTP/1.0 answer")
+    codings = [c.strip().lower() for c in b",".join(values).split(b",") if c.strip()]
+    if codings != [b"chunked"]:
+        raise BadResponseError(f"unsupported transfer-encoding {b','.join(values)[:80]!r}")
+
+
 def _parse_headers(lines: list[bytes]) -> tuple[Headers, dict[bytes, list[bytes]]]:
     """Header lines -> (end-to-end headers, connection-control values by lowered name)."""
     pairs: list[list[bytes]] = []
@@ -563,10 +587,15 @@ class OriginClient:
 
     def _start(self, address: OriginAddress, exchange: _Exchange) -> None:
         idle = self._idle.get(address)
-        if idle:
+        while idle:
             connection = idle.pop()
             if connection.idle_timer is not None and connection.idle_timer.active():
                 connection.idle_timer.cancel()
+            if unread_input(connection.transport):
+                # Bytes after the last answer (not read yet), or the origin's close: this
+                # connection is out of step, and its stray bytes must reach nobody.
+                connection.transport.abortConnection()
+                continue
             connection.reused = True
             connection.send(exchange)
             return
