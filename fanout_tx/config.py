@@ -93,6 +93,7 @@ class HandlerConfig:
     stats_spec: str = ""
     stats_format: str = "tnetstring"
     command_spec: str = ""  # Pushpin's command REP socket; off unless set
+    subscription_linger: int = 60  # seconds the SUB input stays subscribed to an empty channel
 
 
 @dataclass(frozen=True)
@@ -423,6 +424,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "stats_spec": ("stats_spec", _zmq_spec),
         "command_spec": ("command_spec", _zmq_spec),
         "stats_format": ("stats_format", _stats_format),
+        "subscription_linger": ("subscription_linger", _non_negative_int),
     },
     "xmpp": {
         "enabled": ("enabled", parse_bool),
@@ -475,7 +477,7 @@ _IGNORED_KEYS = {
     },
     "handler": {
         "push_in_http_max_headers_size", "message_rate", "message_hwm",
-        "subscription_linger", "stats_subscription_ttl", "stats_connection_ttl",
+        "stats_subscription_ttl", "stats_connection_ttl",
         "stats_connection_send", "prometheus_port", "prometheus_prefix",
     },
 }
@@ -550,6 +552,9 @@ def parse_config(text: str, path: str | Path) -> Config:
     path = Path(path)
     entries = _read_ini(text, path)
     variables = {e.key: e.value for e in entries if e.section == "global"}
+    # [global] keys that a used value refers to as {name} (stats_spec's {rundir}) are used.
+    referenced = {name for e in entries if _KNOWN.get(e.section, {}).get(e.key)
+                  for name in re.findall(r"\{(\w+)\}", e.value)}
     values: dict[str, dict[str, object]] = {name: {} for name in _SECTION_TYPES}
     notices: list[str] = []
     warnings: list[str] = []
@@ -557,7 +562,10 @@ def parse_config(text: str, path: str | Path) -> Config:
         known = _KNOWN.get(entry.section, {}).get(entry.key)
         where = f"{path}:{entry.line}"
         if known is None:
-            if _is_ignored(entry.section, entry.key) or entry.section == "global":
+            if entry.section == "global" and entry.key in referenced:
+                notices.append(f"{where}: [global] {entry.key} is used only where other "
+                               f"values refer to {{{entry.key}}}")
+            elif _is_ignored(entry.section, entry.key) or entry.section == "global":
                 notices.append(
                     f"{where}: [{entry.section}] {entry.key} is ignored "
                     "(Pushpin multi-process setting, not needed here)"

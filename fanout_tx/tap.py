@@ -183,7 +183,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     sub_bus = MeteredBus(LocalBus(core.router), core.input_bus.counters)
     _named(ZmqSubInput(reactor, zmq_context, sub_bus, core.router,
                        handler.push_in_sub_specs,
-                       connect=handler.push_in_sub_connect), "zmq-sub", root)
+                       connect=handler.push_in_sub_connect,
+                       linger=handler.subscription_linger), "zmq-sub", root)
     if handler.command_spec:
         _named(_command(root, core, zmq_context), "zmq-command", root)
     if settings.config.xmpp.enabled:

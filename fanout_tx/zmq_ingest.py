@@ -15,6 +15,7 @@ the same, ``problem()`` says so and ``/health`` reports the input down.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,6 +37,10 @@ from fanout_tx.zmq_bind import bind
 
 # Messages handled per reactor turn before yielding, so a flood cannot starve other I/O.
 DRAIN_BATCH = 500
+
+# Channels the SUB input keeps subscribed after their last subscriber left, at most; past
+# this the longest-lingering one is unsubscribed at once.
+MAX_LINGERING = 10_000
 
 
 @implementer(IReadDescriptor)
@@ -219,20 +224,28 @@ class ZmqPullInput(_ZmqInput):
 class ZmqSubInput(_ZmqInput):
     """``[handler] push_in_sub_specs``: one SUB socket, bound to (or connected to) every spec.
 
-    Messages are ``[channel, payload]``. The socket subscribes to exactly the channels that
-    have local subscribers, so an XPUB publisher sees ``\\x01channel`` / ``\\x00channel``
-    and can skip channels nobody here wants.
+    Messages are ``[channel, payload]``. The socket subscribes to the channels that have
+    local subscribers, so an XPUB publisher sees ``\\x01channel`` / ``\\x00channel`` and can
+    skip channels nobody here wants. As Pushpin's ``subscription_linger``, a channel that
+    loses its last subscriber stays subscribed ``linger`` seconds: a client polling again
+    does not cost an unsubscribe/subscribe pair, and subscription churn does not flood the
+    publisher (it deadlocked ``pubcontrol``'s ``close()``).
     """
 
     input_name = "zmq-sub"
     socket_type = zmq.SUB
 
     def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, router: Router,
-                 specs: Sequence[str], connect: bool = False) -> None:
+                 specs: Sequence[str], connect: bool = False, linger: float = 60.0,
+                 max_lingering: int = MAX_LINGERING) -> None:
         super().__init__(reactor, context, bus)
         self._router = router
         self._specs = tuple(specs)
         self._connect = connect
+        self._linger = linger
+        self._max_lingering = max_lingering
+        # channel -> its unsubscribe timer, oldest first
+        self._lingering: OrderedDict[str, IDelayedCall] = OrderedDict()
         router.add_channel_listener(self)
 
     @override
@@ -270,6 +283,13 @@ class ZmqSubInput(_ZmqInput):
             return
         sock.setsockopt(option, topic)
 
+    @override
+    def stopService(self) -> None:
+        for timer in self._lingering.values():
+            timer.cancel()
+        self._lingering.clear()
+        super().stopService()
+
     def _set_subscription(self, option: int, channel: str) -> None:
         if self._socket is None:
             return  # startService subscribes to the router's channels then
@@ -277,7 +297,23 @@ class ZmqSubInput(_ZmqInput):
         self.schedule_drain()
 
     def channel_added(self, channel: str) -> None:
+        timer = self._lingering.pop(channel, None)
+        if timer is not None:
+            timer.cancel()  # still subscribed
+            return
         self._set_subscription(zmq.SUBSCRIBE, channel)
 
     def channel_removed(self, channel: str) -> None:
+        if self._socket is None or self._linger <= 0:
+            self._set_subscription(zmq.UNSUBSCRIBE, channel)
+            return
+        self._lingering[channel] = self._reactor.callLater(
+            self._linger, self._linger_over, channel)
+        while len(self._lingering) > self._max_lingering:
+            oldest, timer = self._lingering.popitem(last=False)
+            timer.cancel()
+            self._set_subscription(zmq.UNSUBSCRIBE, oldest)
+
+    def _linger_over(self, channel: str) -> None:
+        del self._lingering[channel]
         self._set_subscription(zmq.UNSUBSCRIBE, channel)

@@ -248,10 +248,15 @@ class PushpinConfTests(SynchronousTestCase):
         Debian file has no unknown key."""
         notices = self.config.notices
         self.assertIn("/etc/pushpin/pushpin.conf:19: [runner] services is ignored", notices[5])
-        ignored = {n.split("] ")[1].split(" ")[0] for n in notices}
-        self.assertTrue({"include", "rundir", "services", "condure_bin", "zurl_bin",
+        ignored = {n.split("] ")[1].split(" ")[0] for n in notices if "is ignored" in n}
+        self.assertTrue({"include", "services", "condure_bin", "zurl_bin",
                          "sockjs_url", "message_hwm"} <= ignored)
-        self.assertEqual(len(ignored), len(notices))
+        # rundir and ipc_prefix feed stats_spec: not called ignored (issue #18)
+        used = [n for n in notices if "is ignored" not in n]
+        self.assertEqual([n.split(": ", 1)[1] for n in used], [
+            "[global] rundir is used only where other values refer to {rundir}",
+            "[global] ipc_prefix is used only where other values refer to {ipc_prefix}"])
+        self.assertEqual(len(ignored) + len(used), len(notices))
         self.assertEqual(self.config.warnings, ())
         # used, not ignored: the command socket and the stats socket, in the rundir
         self.assertEqual(self.config.handler.command_spec, "tcp://127.0.0.1:5563")

@@ -447,3 +447,16 @@ class ServiceTests(TestCase):
         self.assertIn("received failed status code 401", error)
         self.assertIn("Invalid token: invalid signature.", error)
         self.assertEqual(len(subscriber.received), 1)
+
+    async def test_gripcontrol_key_alone_is_a_bearer(self) -> None:
+        """gripcontrol with ``key`` and no ``control_iss`` (Fastly Fanout's setup) sends
+        ``Bearer <key>``: the key itself passes; another one is refused (issue #18)."""
+        url, core = await self.start("push_in_http_key = a-publish-key\n")
+        subscriber = RecordingSubscriber()
+        core.router.subscribe("c", subscriber)
+        self.assertIsNone(await self.grip_publish({"control_uri": url, "key": "a-publish-key"}))
+        self.assertEqual(subscriber.contents, [b"from gripcontrol\n"])
+        for wrong in ("a-publish-kez", "a-publish-key-longer", ""):
+            error = await self.grip_publish({"control_uri": url, "key": wrong})
+            self.assertIn("received failed status code 401", error)
+        self.assertEqual(len(subscriber.received), 1)

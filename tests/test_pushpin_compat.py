@@ -6,12 +6,14 @@ from __future__ import annotations
 from typing import Any
 
 import zmq
-from twisted.internet import task
+from twisted.internet import reactor, task
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request
 
 from fanout_tx import tnetstring
-from tests.helpers import wait_until
+from fanout_tx.router import Router
+from fanout_tx.zmq_ingest import ZmqSubInput
+from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
 from tests.proxy_fixtures import ProxyHarness, grip
 from tests.test_proxy_grip import Started
@@ -168,3 +170,61 @@ class SequenceTests(TestCase):
         self.item("3", "2", "3\n")
         await wait_until(lambda: started.text().endswith(b"3\n"))
         self.assertEqual(started.text(), b"2 from the link\n3\n")
+
+
+class SubLingerTests(TestCase):
+    """The SUB input stays subscribed to an emptied channel for a while, as Pushpin."""
+
+    timeout = 15
+
+    def setUp(self) -> None:
+        self.router = Router(reactor)
+        self.xpub = zmq.Context.instance().socket(zmq.XPUB)
+        self.xpub.setsockopt(zmq.LINGER, 0)
+        self.addCleanup(self.xpub.close)
+        self.xpub.bind("tcp://127.0.0.1:*")
+
+    def start(self, linger: float, max_lingering: int = 100) -> ZmqSubInput:
+        sub = ZmqSubInput(reactor, zmq.Context.instance(), RecordingBus(), self.router,
+                          [self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)], connect=True,
+                          linger=linger, max_lingering=max_lingering)
+        sub.startService()
+        self.addCleanup(sub.stopService)
+        return sub
+
+    async def heard(self, count: int, within: float = 5.0) -> list[bytes]:
+        received: list[bytes] = []
+
+        def arrived() -> bool:
+            while self.xpub.poll(0, zmq.POLLIN):
+                received.append(self.xpub.recv())
+            return len(received) >= count
+
+        await wait_until(arrived, timeout=within)
+        return received
+
+    async def test_resubscribe_within_the_linger_costs_nothing(self) -> None:
+        """A channel emptied and used again within the linger sends no (un)subscribe;
+        emptied for longer, it is unsubscribed."""
+        self.start(linger=0.5)
+        first = RecordingSubscriber()
+        self.router.subscribe("ch", first)
+        self.assertEqual(await self.heard(1), [b"\x01ch"])
+        for _ in range(20):  # a long-poll client polling again and again
+            self.router.unsubscribe_all(first)
+            self.router.subscribe("ch", first)
+        self.router.unsubscribe_all(first)
+        started = reactor.seconds()
+        self.assertEqual(await self.heard(1), [b"\x00ch"])
+        self.assertGreaterEqual(reactor.seconds() - started, 0.4)
+
+    async def test_lingering_channels_are_bounded(self) -> None:
+        """Past max_lingering, the longest-lingering channel is unsubscribed at once."""
+        sub = self.start(linger=60, max_lingering=2)
+        subscriber = RecordingSubscriber()
+        for name in ("a", "b", "c"):
+            self.router.subscribe(name, subscriber)
+        self.assertEqual(sorted(await self.heard(3)), [b"\x01a", b"\x01b", b"\x01c"])
+        self.router.unsubscribe_all(subscriber)
+        self.assertEqual(await self.heard(1), [b"\x00a"])
+        self.assertEqual(len(sub._lingering), 2)

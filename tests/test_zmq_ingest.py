@@ -247,7 +247,7 @@ class XpubPeerTests(_ZmqTestMixin, TestCase):
             self.xpub.bind(ANY_PORT)
             spec = self.xpub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sub = ZmqSubInput(reactor, self.context, self.bus, self.router, [spec],
-                               connect=self.connect)
+                               connect=self.connect, linger=0.1)
 
     def start(self) -> None:
         self.started(self.sub)

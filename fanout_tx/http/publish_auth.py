@@ -1,10 +1,13 @@
 """Bearer-JWT auth for the publish port (SPEC A5, differs: Pushpin's publish API has none).
 
 What PyPI ``gripcontrol`` sends with ``control_iss``/``key``: ``Authorization: Bearer <JWT>``,
-HS256, ``iss`` and ``exp`` claims.
+HS256, ``iss`` and ``exp`` claims. With ``key`` alone (as Fastly Fanout's clients are set up)
+the libraries send ``Authorization: Bearer <key>``: the key itself is accepted too.
 """
 
 from __future__ import annotations
+
+import hmac
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.iweb import IRequest
@@ -35,8 +38,11 @@ class BearerAuth:
         if header is None:
             return "Authorization required: send a Bearer token."
         scheme, _, token = header.decode("latin-1").strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             return "Authorization must be a Bearer token."
+        if hmac.compare_digest(token.encode("latin-1"), self._key):
+            return None
         try:
             verify_hs256(token, self._key, self._clock.seconds(), iss=self._iss,
                          leeway=LEEWAY_SECONDS)
