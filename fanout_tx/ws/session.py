@@ -217,6 +217,13 @@ class WsOverHttpSession(GripSession):
         return batch
 
     def _replied(self, reply: OriginReply) -> None:
+        if self._detached:
+            # As Pushpin: once detached, what the origin answers (its CLOSE, an error) is
+            # read and dropped; the client keeps its connection.
+            self._log.debug("ignored the origin's answer after detach ({code})",
+                            code=reply.code)
+            self._after_round_trip()
+            return
         if not reply.is_events():
             self._fail(f"origin answered {reply.code} instead of {EVENTS_TYPE}")
             return
@@ -231,6 +238,11 @@ class WsOverHttpSession(GripSession):
         self._after_round_trip()
 
     def _request_failed(self, failure: Failure) -> None:
+        if self._detached:
+            self._log.debug("origin request after detach failed: {reason}",
+                            reason=failure.getErrorMessage())
+            self._after_round_trip()
+            return
         self._fail(f"origin request failed: {failure.getErrorMessage()}")
 
     def _internal_error(self, failure: Failure) -> None:
@@ -272,8 +284,8 @@ class WsOverHttpSession(GripSession):
     def _handle_events(self, events: list[ev.Event]) -> None:
         for event in events:
             client = self._client
-            if client is None:
-                return
+            if client is None or self._detached:
+                return  # detached: the rest of the origin's answer is not for the client
             name = event.name
             content = event.content or b""
             if name in ("TEXT", "BINARY"):
