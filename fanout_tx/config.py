@@ -55,6 +55,12 @@ class RunnerConfig:
     https_ports: tuple[ListenAddress, ...] = ()
     certs_dir: Path = Path("runner/certs")
     client_maxconn: int = 50000
+    # Client request deadlines (http/deadlines.py) and a cap per peer address; 0 = off.
+    client_maxconn_per_ip: int = 0
+    client_header_timeout: float = 10.0
+    client_keepalive_timeout: float = 60.0
+    client_body_min_rate: int = 1024
+    client_body_rate_window: float = 10.0
     log_level: int = 2
     # Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway.
     shutdown_timeout: float = 10.0
@@ -391,6 +397,11 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "https_ports": ("https_ports", _optional_listen_addresses),
         "certs_dir": ("certs_dir", lambda v, _b: Path(v.strip())),
         "client_maxconn": ("client_maxconn", _non_negative_int),
+        "client_maxconn_per_ip": ("client_maxconn_per_ip", _non_negative_int),
+        "client_header_timeout": ("client_header_timeout", _seconds),
+        "client_keepalive_timeout": ("client_keepalive_timeout", _seconds),
+        "client_body_min_rate": ("client_body_min_rate", _non_negative_int),
+        "client_body_rate_window": ("client_body_rate_window", _seconds),
         "log_level": ("log_level", _log_level),
         "shutdown_timeout": ("shutdown_timeout", _seconds),
     },

@@ -96,6 +96,11 @@ class MetricSources:
     client_connections: Any = None  # http/conn_limit.ConnectionLimit: .open, .paused
 
 
+# Why a client connection is dropped (http/deadlines.py, http/conn_limit.py): every reason
+# is reported, 0 until it happens.
+DROP_REASONS = ("header_timeout", "body_rate", "maxconn_per_ip")
+
+
 def connection_counts(router: Router) -> Counter[str]:
     """Router subscribers by transport (each counted once, by its first format)."""
     counts: Counter[str] = Counter()
@@ -148,6 +153,11 @@ class FanoutCollector(Collector):
         yield GaugeMetricFamily("fanout_client_accept_paused", "1 while client_maxconn is "
                                 "reached and the client ports do not accept.",
                                 value=int(limit.paused))
+        dropped = CounterMetricFamily("fanout_client_dropped", "Client connections closed or "
+                                      "refused by a limit, by reason.", labels=["reason"])
+        for reason in DROP_REASONS:
+            dropped.add_metric([reason], getattr(limit, "dropped", {}).get(reason, 0))
+        yield dropped
 
     def _inputs(self) -> Iterator[Metric]:
         s = self.sources

@@ -159,8 +159,12 @@ class CollectorTests(SynchronousTestCase):
             "xmpp-message": {"body": "hi"}, "http-request": {"body": "x"}}}))
         values = self.collect(MetricSources(
             router, InputCounters(), webhooks=webhooks, xmpp_link=link, redis=redis,
-            client_connections=SimpleNamespace(open=5, paused=True)))
+            client_connections=SimpleNamespace(open=5, paused=True,
+                                               dropped=Counter(body_rate=2))))
         self.assertEqual(values[("fanout_client_connections", ())], 5)
+        self.assertEqual(values[("fanout_client_dropped_total", (("reason", "body_rate"),))], 2)
+        self.assertEqual(values[("fanout_client_dropped_total", (("reason", "header_timeout"),))],
+                         0)
         self.assertEqual(values[("fanout_client_accept_paused", ())], 1)
         self.assertEqual(values[("fanout_connections", (("transport", "xmpp"),))], 2)
         self.assertEqual(values[("fanout_connections", (("transport", "webhook"),))], 1)

@@ -9,6 +9,7 @@ this is what bounds its memory and file descriptors.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -19,14 +20,19 @@ from zope.interface import implementer
 
 class ConnectionLimit:
     """Counts open client connections; at ``maximum`` (0: never) pauses accepting on its
-    ports, and resumes below it. The count is also what /metrics reports."""
+    ports, and resumes below it. ``per_address`` (``[runner] client_maxconn_per_ip``, 0:
+    none) caps the connections from one peer address: past it ``take`` refuses. The counts,
+    and the connections dropped by reason (``dropped``), are also what /metrics reports."""
 
     _log = Logger()
 
-    def __init__(self, maximum: int) -> None:
+    def __init__(self, maximum: int, per_address: int = 0) -> None:
         self.maximum = maximum
+        self.per_address = per_address
         self.open = 0
         self.paused = False
+        self.dropped: Counter[str] = Counter()
+        self._by_address: dict[str, int] = {}
         self._ports: list[Any] = []
 
     def add_port(self, port: IListeningPort) -> None:
@@ -34,8 +40,15 @@ class ConnectionLimit:
         if self.paused:
             port.stopReading()
 
-    def take(self) -> Slot:
-        """One more connection; its Slot is released when it ends."""
+    def take(self, address: str = "") -> Slot | None:
+        """One more connection from ``address`` (a peer IP; "" is not capped); its Slot is
+        released when it ends. None when that address is at ``per_address``."""
+        if self.per_address and address:
+            count = self._by_address.get(address, 0)
+            if count >= self.per_address:
+                self.dropped["maxconn_per_ip"] += 1
+                return None
+            self._by_address[address] = count + 1
         self.open += 1
         if self.maximum and self.open >= self.maximum and not self.paused:
             self.paused = True
@@ -43,9 +56,13 @@ class ConnectionLimit:
                            "accepting more until one ends", open=self.open)
             for port in self._ports:
                 port.stopReading()
-        return Slot(self)
+        return Slot(self, address if self.per_address else "")
 
-    def _release(self) -> None:
+    def _release(self, address: str) -> None:
+        if address:
+            count = self._by_address.pop(address) - 1
+            if count:
+                self._by_address[address] = count
         self.open -= 1
         if self.paused and self.open < self.maximum:
             self.paused = False
@@ -59,13 +76,14 @@ class Slot:
     a WebSocket upgrade hands it from the HTTP channel to the WebSocket protocol, and
     whichever sees the connection end releases it (once)."""
 
-    def __init__(self, limit: ConnectionLimit) -> None:
+    def __init__(self, limit: ConnectionLimit, address: str = "") -> None:
         self._limit: ConnectionLimit | None = limit
+        self._address = address
 
     def release(self) -> None:
         limit, self._limit = self._limit, None
         if limit is not None:
-            limit._release()
+            limit._release(self._address)
 
 
 @implementer(IStreamServerEndpoint)

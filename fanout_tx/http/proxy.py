@@ -10,6 +10,7 @@ a ``Grip-Link``.
 from __future__ import annotations
 
 import io
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
@@ -20,7 +21,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
+from twisted.web import server
 from twisted.web.http import unquote
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
@@ -39,6 +40,7 @@ from fanout_tx.grip.instruct import (
 )
 from fanout_tx.http.body import BytesProducer
 from fanout_tx.http.conn_limit import ConnectionLimit, Slot
+from fanout_tx.http.deadlines import ClientTimeouts, DeadlineChannel
 from fanout_tx.http.headers import Header, end_to_end, get
 from fanout_tx.http.hold import (
     DEFAULT_MAX_CLIENT_BUFFER,
@@ -250,11 +252,13 @@ class ProxyRequest(server.Request):
         super().connectionLost(reason)
 
 
-class ProxyChannel(http.HTTPChannel):
-    """A client connection: counted against ``client_maxconn`` (conn_limit.py), and pushes go
-    out without waiting for Nagle (tcp_options.py)."""
+class ProxyChannel(DeadlineChannel):
+    """A client connection: counted against ``client_maxconn`` and refused past
+    ``client_maxconn_per_ip`` (conn_limit.py), held to the request deadlines (deadlines.py),
+    and pushes go out without waiting for Nagle (tcp_options.py)."""
 
     limit_slot: Slot | None = None
+    refused = False
     _log = Logger()
 
     @override
@@ -262,8 +266,25 @@ class ProxyChannel(http.HTTPChannel):
         super().connectionMade()
         no_delay(self.transport)
         limit = getattr(self.site, "connection_limit", None)
-        if limit is not None:
-            self.limit_slot = limit.take()
+        if limit is None:
+            return
+        peer = self.transport.getPeer()
+        self.limit_slot = limit.take(getattr(peer, "host", ""))
+        if self.limit_slot is None:
+            self.refused = True
+            self._log.info("503 for {client}: over {limit} connections from its address "
+                           "([runner] client_maxconn_per_ip)", client=peer,
+                           limit=limit.per_address)
+            self.transport.write(
+                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
+                b"Content-Length: 40\r\nConnection: close\r\n\r\n"
+                b"Too many connections from your address.\n")
+            self._close()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if not self.refused:
+            super().dataReceived(data)
 
     @override
     def connectionLost(self, reason: Failure) -> None:
@@ -295,11 +316,15 @@ class ProxySite(server.Site):
     _log = Logger()
 
     def __init__(self, resource: ProxyResource, access_log: bool = True,
-                 connection_limit: ConnectionLimit | None = None) -> None:
+                 connection_limit: ConnectionLimit | None = None,
+                 client_timeouts: ClientTimeouts | None = None) -> None:
         super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
         self.max_request_body = resource.settings.max_request_body
         self.access_log = access_log
         self.connection_limit = connection_limit
+        self.client_timeouts = client_timeouts or ClientTimeouts()
+        # connections dropped by reason (deadlines.py), for /metrics
+        self.dropped = connection_limit.dropped if connection_limit is not None else Counter()
 
     @override
     def log(self, request: server.Request) -> None:
@@ -309,8 +334,9 @@ class ProxySite(server.Site):
 
 
 def proxy_site(resource: ProxyResource, access_log: bool = True,
-               connection_limit: ConnectionLimit | None = None) -> ProxySite:
-    return ProxySite(resource, access_log, connection_limit)
+               connection_limit: ConnectionLimit | None = None,
+               client_timeouts: ClientTimeouts | None = None) -> ProxySite:
+    return ProxySite(resource, access_log, connection_limit, client_timeouts)
 
 
 def plain(request: server.Request, code: int, text: str) -> bytes:

@@ -16,6 +16,7 @@ from typing_extensions import override
 
 from fanout_tx.config import Config, ListenAddress
 from fanout_tx.http.conn_limit import ConnectionLimit, LimitedEndpoint
+from fanout_tx.http.deadlines import ClientTimeouts
 from fanout_tx.http.hold import register_renderers
 from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.http.origin_client import OriginClient
@@ -49,6 +50,12 @@ class ProxyService(MultiService):
         return d
 
 
+def client_timeouts(config: Config) -> ClientTimeouts:
+    runner = config.runner
+    return ClientTimeouts(runner.client_header_timeout, runner.client_keepalive_timeout,
+                          runner.client_body_min_rate, runner.client_body_rate_window)
+
+
 def build_proxy_service(
     config: Config, routes: RouteSource, router: Router, reactor: Any,
     websocket_handler: WebSocketHandler | None = None,
@@ -63,10 +70,12 @@ def build_proxy_service(
     resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
                              insecure_agent=insecure, websocket_handler=websocket_handler)
     service = ProxyService((agent, insecure), resource)
-    limit = ConnectionLimit(config.runner.client_maxconn)  # 0: counted, never paused
+    runner = config.runner
+    # 0: counted, never paused
+    limit = ConnectionLimit(runner.client_maxconn, runner.client_maxconn_per_ip)
     service.connection_limit = limit
-    site = proxy_site(resource, access_log=level_of(config.runner.log_level) is LogLevel.debug,
-                      connection_limit=limit)
+    site = proxy_site(resource, access_log=level_of(runner.log_level) is LogLevel.debug,
+                      connection_limit=limit, client_timeouts=client_timeouts(config))
     endpoints = [
         (f"{address.host}:{address.port}",
          serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"))

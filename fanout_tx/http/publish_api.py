@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from typing_extensions import override
 
 from fanout_tx.bus import BusUnavailableError
+from fanout_tx.http.deadlines import DeadlineChannel
 from fanout_tx.http.publish_auth import BearerAuth
 from fanout_tx.interfaces import IBus
 from fanout_tx.items import PublishError, parse_items_json
@@ -116,12 +117,14 @@ class LimitedRequest(Request):
 
 
 class PublishSite(Site):
-    """The publish port's Site: bounded bodies, bodies never parsed as forms (Pushpin reads
-    JSON whatever the Content-Type), no tracebacks to clients, no per-request access log."""
+    """The publish port's Site (and the metrics listener's): bounded bodies, bodies never
+    parsed as forms (Pushpin reads JSON whatever the Content-Type), no tracebacks to
+    clients, no per-request access log, and the default request deadlines (deadlines.py)."""
 
     noisy = False
     displayTracebacks = False
     requestFactory = LimitedRequest
+    protocol = DeadlineChannel  # HTTP/1.1 only, as the port has no TLS
 
     def __init__(self, root: IResource, max_body_size: int, reactor: Any = None) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, reactor=reactor)

@@ -44,6 +44,7 @@ class UploadStream:
         self.complete = False  # the whole body has arrived
         self._client = client
         self._client_paused = False
+        self.pauses = 0  # times the client was paused, for the body-rate deadline (deadlines.py)
         self._queue: list[bytes] = []
         self._queued = 0
         self._consumer: IConsumer | None = None
@@ -120,9 +121,15 @@ class UploadStream:
         self._queue.clear()
         self._resume_client()
 
+    @property
+    def client_paused(self) -> bool:
+        """Whether the client's reads are paused because the origin is not keeping up."""
+        return self._client_paused
+
     def _pause_client(self) -> None:
         if not self._client_paused:
             self._client_paused = True
+            self.pauses += 1
             self._client.pauseProducing()
 
     def _resume_client(self) -> None:
