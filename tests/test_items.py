@@ -103,7 +103,19 @@ class FormatTests(SynchronousTestCase):
         self.assert_invalid("http-response", {"headers": {"é": "x"}}, "invalid header")
         self.assert_invalid("http-response", {"headers": {"A": "x\x00"}}, "invalid header")
         self.assert_invalid("http-response", {"reason": "OK\r\nSet-Cookie: evil=1"},
-                            "reason must not contain control characters")
+                            "reason must be an RFC 9112 reason phrase")
+        self.assert_invalid("http-response", {"reason": "OK \u20ac"}, "reason must be")
+        for code in (100, 101, 199, 600, 999):
+            self.assert_invalid("http-response", {"code": code}, "from 200 to 599")
+
+    def test_http_response_framing_headers_dropped(self) -> None:
+        """As Pushpin: the server frames what it writes, so a publisher's framing and
+        hop-by-hop headers (and those its Connection header names) are dropped."""
+        fmt = self.fmt("http-response", {"headers": [
+            ["Transfer-Encoding", "chunked"], ["content-length", "5"], ["Connection", "X-A"],
+            ["X-A", "1"], ["Upgrade", "h2c"], ["Keep-Alive", "timeout=5"], ["TE", "trailers"],
+            ["Trailer", "X-B"], ["Proxy-Authenticate", "Basic"], ["X-Ok", "1"]]})
+        self.assertEqual(fmt.fields["headers"], (("X-Ok", "1"),))
         self.assert_invalid("http-response", {"headers": "A: b"}, "headers must be")
         self.assert_invalid("http-response", {"action": "explode"}, "action must be one of")
 

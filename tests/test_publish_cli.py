@@ -117,7 +117,7 @@ class PublishCommandTests(_Served):
         code, stdout, stderr = await self.run_main("c", "x", "--code", "5")
         self.assertEqual((code, stdout), (1, ""))
         self.assertEqual(stderr, "fanout-publish: 400 Bad Request: item 0: Invalid format: "
-                                 "http-response: code must be a whole number from 100 to 999\n")
+                                 "http-response: code must be a whole number from 200 to 599\n")
         self.assertEqual(self.subscriber.received, [])
 
     async def test_key_and_iss_sign_a_token(self) -> None:

@@ -8,7 +8,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fanout_tx.http.headers import has_control, is_token
+from fanout_tx.http.headers import (
+    connection_listed,
+    has_control,
+    is_framing,
+    is_reason_phrase,
+    is_token,
+)
 
 
 class FormatError(ValueError):
@@ -47,11 +53,12 @@ def optional_str(obj: Mapping[str, Any], key: str, default: str | None = None) -
     return value
 
 
-def optional_text(obj: Mapping[str, Any], key: str) -> str | None:
-    """A string that goes into an HTTP head (a reason phrase): no control characters."""
+def optional_reason(obj: Mapping[str, Any], key: str) -> str | None:
+    """A reason phrase for a status line: RFC 9112's grammar, or it could split the head."""
     value = optional_str(obj, key)
-    if value is not None and has_control(value):
-        raise FormatError(f"{key} must not contain control characters")
+    if value is not None and not is_reason_phrase(value):
+        raise FormatError(f"{key} must be an RFC 9112 reason phrase: no control "
+                          "characters, only tab, space, visible ASCII and Latin-1")
     return value
 
 
@@ -129,6 +136,14 @@ def headers(obj: Mapping[str, Any], key: str = "headers") -> tuple[tuple[str, st
             raise FormatError(f"invalid header {name!r}")
         result.append((name, header_value))
     return tuple(result)
+
+
+def framing_headers(pairs: tuple[tuple[str, str], ...]) -> frozenset[str]:
+    """The names in ``pairs`` a publisher may not set (lowercase): framing and hop-by-hop
+    headers (``is_framing``) and whatever a ``Connection`` header lists. One rule for every
+    format with headers: responses drop them, webhook requests refuse them."""
+    listed = connection_listed(pairs)
+    return frozenset(n.lower() for n, _v in pairs if is_framing(n) or n.lower() in listed)
 
 
 def content_filters(obj: Mapping[str, Any]) -> tuple[str, ...]:

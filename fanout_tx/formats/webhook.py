@@ -11,9 +11,15 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from fanout_tx.formats.base import Format, FormatError, headers, optional_str, payload
+from fanout_tx.formats.base import (
+    Format,
+    FormatError,
+    framing_headers,
+    headers,
+    optional_str,
+    payload,
+)
 
-_FORBIDDEN_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 _METHOD = re.compile(r"[A-Z]{1,20}")  # fullmatch: "$" would let a final newline through
 # Printable ASCII without space, '#' (fragments are not sent) and '\\'.
 _PATH = re.compile(r"/[!-\"$-\[\]-~]*")
@@ -23,10 +29,13 @@ BINARY_CONTENT_TYPE = "application/octet-stream"
 
 
 def check_header_names(pairs: Iterable[tuple[str, str]]) -> None:
-    """Refuse headers nobody but the transport may set (shared with the subscription API)."""
+    """Refuse headers nobody but the transport may set (shared with the subscription API):
+    ``Host``, ``webhook-*`` and the framing ones every format keeps from publishers."""
+    pairs = tuple(pairs)
+    framing = framing_headers(pairs)
     for name, _value in pairs:
         lowered = name.lower()
-        if lowered in _FORBIDDEN_HEADERS or lowered.startswith("webhook-"):
+        if lowered == "host" or lowered in framing or lowered.startswith("webhook-"):
             raise FormatError(f"header {name!r} may not be set")
 
 

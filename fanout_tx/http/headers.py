@@ -20,6 +20,13 @@ HOP_BY_HOP = frozenset({
 })
 
 
+def is_framing(name: str) -> bool:
+    """A header only this server may set on a message it writes: hop-by-hop, ``Proxy-*`` or
+    ``Content-Length``. One a publisher chose could frame a second, forged response."""
+    lowered = name.lower()
+    return lowered in HOP_BY_HOP or lowered == "content-length" or lowered.startswith("proxy-")
+
+
 def is_token(name: str) -> bool:
     """A valid header name (an RFC 9110 token)."""
     return _TOKEN.fullmatch(name) is not None

@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import RESPONSES
+from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
@@ -107,9 +107,15 @@ def set_status_and_headers(
 def write_response(
     request: Request, code: int, reason: str | None, headers: Sequence[Header], body: bytes,
 ) -> None:
-    """A whole response with a Content-Length, then finish."""
+    """A whole response with a Content-Length, then finish. A 204 or 304 has neither body
+    nor Content-Length (RFC 9110 8.6): a client that trusted the length would take the next
+    response's bytes as this one's body."""
     set_status_and_headers(request, code, reason, headers)
-    request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
+    if code in NO_BODY_CODES:
+        request.responseHeaders.removeHeader(b"content-length")
+        body = b""
+    else:
+        request.responseHeaders.setRawHeaders(b"content-length", [str(len(body)).encode()])
     request.write(body)
     request.finish()
 
