@@ -33,6 +33,7 @@ from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
 from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.sig_warnings import signing_warnings
 from fanout_tx.startup import quiet_startup_failures
 from fanout_tx.tls_server import ServerIdentities, load_identities
 from fanout_tx.webhooks.api import WebhooksResource
@@ -158,7 +159,8 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
     root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
     for notice in settings.config.notices:
         _log.info("{notice}", notice=notice)
-    for warning in settings.config.warnings:
+    for warning in (*settings.config.warnings,
+                    *signing_warnings(settings.config, settings.routes.table.routes)):
         _log.warn("{warning}", warning=warning)
     _named(core.routes.watcher(), "routes-watch", root)
     if isinstance(core.bus, RedisBus):

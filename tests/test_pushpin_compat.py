@@ -7,11 +7,16 @@ from typing import Any
 
 import zmq
 from twisted.internet import reactor, task
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request
 
 from fanout_tx import tnetstring
+from fanout_tx.config import parse_config
 from fanout_tx.router import Router
+from fanout_tx.routes import parse_routes
+from fanout_tx.sig_warnings import signing_warnings
 from fanout_tx.zmq_ingest import ZmqSubInput
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
@@ -228,3 +233,38 @@ class SubLingerTests(TestCase):
         self.router.unsubscribe_all(subscriber)
         self.assertEqual(await self.heard(1), [b"\x00a"])
         self.assertEqual(len(sub._lingering), 2)
+
+
+class SigningWarningTests(TestCase):
+    """Start-up says when origins get unsigned requests, and when the public ``changeme``
+    key signs them on a proxy reachable from other hosts."""
+
+    def warnings(self, runner: str, proxy: str, routes: str) -> list[str]:
+        config = parse_config(f"[runner]\n{runner}\n[proxy]\n{proxy}\n", "f.conf")
+        return signing_warnings(config, parse_routes(routes).routes)
+
+    def test_unsigned_origins(self) -> None:
+        [line] = self.warnings("http_port=127.0.0.1:7999", "", "* 127.0.0.1:8080\n")
+        self.assertIn("origin requests will not be signed (no Grip-Sig) on every route", line)
+        [line] = self.warnings("http_port=127.0.0.1:7999", "",
+                               "a.example,sig_key=k 127.0.0.1:8080\n* 127.0.0.1:8080\n"
+                               "b.example test\n")
+        self.assertIn("on routes at line 2:", line)
+        self.assertEqual(self.warnings("http_port=127.0.0.1:7999", "sig_key=mine",
+                                       "* 127.0.0.1:8080\n"), [])
+
+    def test_shipped_key_beyond_loopback(self) -> None:
+        for runner in ("http_port=7999", "http_port=0.0.0.0:7999",
+                       "http_port=127.0.0.1:7999\nhttps_ports=[::]:443"):
+            [line] = self.warnings(runner, "sig_key=changeme", "* 127.0.0.1:8080\n")
+            self.assertIn("sig_key is the shipped 'changeme'", line)
+        for runner in ("http_port=127.0.0.1:7999", "http_port=localhost:7999,[::1]:7998"):
+            self.assertEqual(self.warnings(runner, "sig_key=changeme", "* 127.0.0.1:8080\n"),
+                             [], runner)
+
+    async def test_logged_at_start_up(self) -> None:
+        """The whole service tree logs it (no sig_key in the config)."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        await Server(self).start()
+        lines = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertTrue(any("will not be signed" in line for line in lines), lines)
