@@ -3,6 +3,10 @@ service tree (tap.build_service) on loopback."""
 
 from __future__ import annotations
 
+import json
+import re
+import textwrap
+from pathlib import Path
 from typing import Any
 
 import zmq
@@ -10,7 +14,9 @@ from twisted.internet import reactor, task
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
-from twisted.web.server import Request
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Request, Site
 
 from fanout_tx import tnetstring
 from fanout_tx.config import parse_config
@@ -268,3 +274,71 @@ class SigningWarningTests(TestCase):
         await Server(self).start()
         lines = [formatEvent(e) for e in events if e.get("log_level") == LogLevel.warn]
         self.assertTrue(any("will not be signed" in line for line in lines), lines)
+
+
+class CrossOriginTests(TestCase):
+    timeout = 15
+
+    async def test_allow_headers_only_echo_a_preflight(self) -> None:
+        """``aco``: Access-Control-Allow-Headers is not on every answer; a preflight's
+        requested names (every Access-Control-Request-Headers line) are echoed."""
+        proxy = ProxyHarness(self, route="*,aco")
+        proxy.handle(b"/", lambda r: b"ok")
+        response, _body = await proxy.fetch(b"/", headers=Headers({"Origin": ["http://a.test"]}))
+        self.assertIsNone(response.headers.getRawHeaders(b"access-control-allow-headers"))
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-origin"),
+                         [b"http://a.test"])
+        response, _body = await proxy.fetch(b"/", method=b"OPTIONS", headers=Headers({
+            "Origin": ["http://a.test"], "Access-Control-Request-Method": ["PUT"],
+            "Access-Control-Request-Headers": ["X-Foo, Content-Type", "X-Bar"]}))
+        self.assertEqual(response.headers.getRawHeaders(b"access-control-allow-headers"),
+                         [b"X-Foo, Content-Type, X-Bar"])
+
+
+def docs_recipe(page: str, marker: str) -> str:
+    """The literal block (``::``) of ``docs/<page>`` that contains ``marker``."""
+    text = (Path(__file__).parent.parent / "docs" / page).read_text()
+    blocks = [textwrap.dedent(block) for block in re.findall(r"::\n\n((?:    .*\n|\n)+)", text)]
+    return next(block for block in blocks if marker in block)
+
+
+class HookReceiver(Resource):
+    """Records each delivery's headers as they came on the wire, and its body."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.deliveries: list[tuple[dict[str, str], bytes]] = []
+
+    def render_POST(self, request: Request) -> bytes:  # noqa: N802
+        headers = {name.decode(): values[0].decode()
+                   for name, values in request.requestHeaders.getAllRawHeaders()}
+        self.deliveries.append((headers, request.content.read()))
+        request.setResponseCode(204)
+        return b""
+
+
+class WebhookRecipeTests(TestCase):
+    timeout = 20
+
+    async def test_the_documented_verify_accepts_a_real_delivery(self) -> None:
+        """docs/webhooks.rst's verify(), run on a delivery as it arrives (``Webhook-Id``,
+        not ``webhook-id``), accepts it, and refuses it once the body is changed."""
+        namespace: dict[str, Any] = {}
+        exec(docs_recipe("webhooks.rst", "def verify("), namespace)  # noqa: S102
+        server = await Server(self).start(webhooks=True)
+        receiver = HookReceiver()
+        port = reactor.listenTCP(0, Site(receiver), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        code, body = await server.post_json("/webhooks/subscriptions", {
+            "url": f"http://127.0.0.1:{port.getHost().port}/hook", "channels": ["room"],
+            "verify": False})
+        self.assertEqual(code, 201, body)
+        secret = json.loads(body)["secret"]
+        await server.publish(**{"http-request": {"body": "hook item"}})
+        await wait_until(lambda: receiver.deliveries)
+        headers, delivered = receiver.deliveries[0]
+        self.assertIn("Webhook-Id", headers)
+        self.assertTrue(namespace["verify"](secret, headers, delivered, set()))
+        self.assertFalse(namespace["verify"](secret, headers, delivered + b"!", set()))

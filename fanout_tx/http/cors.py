@@ -42,7 +42,10 @@ def cross_origin_headers(
                 and lowered not in (e.lower() for e in exposed)):
             exposed.append(name)
     add("Access-Control-Allow-Methods", asked("Access-Control-Request-Method") or DEFAULT_METHODS)
-    add("Access-Control-Allow-Headers", asked("Access-Control-Request-Headers"))
+    # Only a preflight asks: every Access-Control-Request-Headers line, echoed (as Pushpin).
+    requested = [part.strip() for value in get(request_headers, "Access-Control-Request-Headers")
+                 for part in value.split(",") if part.strip()]
+    add("Access-Control-Allow-Headers", ", ".join(requested))
     add("Access-Control-Expose-Headers", ", ".join(exposed))
     add("Access-Control-Allow-Credentials", "true")
     add("Access-Control-Allow-Origin", asked("Origin") or "*")
