@@ -15,7 +15,16 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from fanout_tx.http.headers import Header, end_to_end, get, split_list, split_params
+from fanout_tx.http.headers import (
+    Header,
+    end_to_end,
+    get,
+    has_control,
+    is_reason_phrase,
+    is_token,
+    split_list,
+    split_params,
+)
 from fanout_tx.json_input import loads
 
 DEFAULT_TIMEOUT = 55
@@ -24,6 +33,7 @@ DEFAULT_KEEP_ALIVE_TIMEOUT = 55
 DEFAULT_LINK_TIMEOUT = 120
 INSTRUCT_CONTENT_TYPE = "application/grip-instruct"
 MAX_SECONDS = 31_536_000  # a year: larger timers are certainly a mistake
+MIN_CODE, MAX_CODE = 200, 599  # a final status: a 1xx would make the body the next answer
 
 
 class GripError(ValueError):
@@ -128,7 +138,25 @@ def _channels_from_headers(values: list[str], max_channels: int) -> tuple[Channe
 def _checked_channels(channels: list[Channel], max_channels: int) -> tuple[Channel, ...]:
     if len(channels) > max_channels:
         raise GripError(f"too many channels: {len(channels)} > {max_channels}")
+    for channel in channels:  # both go back to the origin later, in a Grip-Last header
+        if has_control(channel.name) or has_control(channel.prev_id or ""):
+            raise GripError(f"control character in channel {channel.name!r}")
     return tuple(channels)
+
+
+def _checked_response(code: int, reason: str | None, headers: Sequence[Header],
+                      body: bytes) -> Response:
+    """What the client will get, checked now: a status line or header that cannot be
+    written (or would split the head) must be a 502 now, not an exception at the timeout
+    or publish, when the hold has already ended."""
+    if not MIN_CODE <= code <= MAX_CODE:
+        raise GripError(f"response code must be from {MIN_CODE} to {MAX_CODE}, got {code}")
+    if reason is not None and not is_reason_phrase(reason):
+        raise GripError(f"invalid response reason {reason!r}")
+    for name, value in headers:
+        if not is_token(name) or has_control(value):
+            raise GripError(f"invalid response header {name!r}")
+    return Response(code, reason, tuple(headers), body)
 
 
 _CSTRING_ESCAPES = {"\\": "\\", "r": "\r", "n": "\n", "t": "\t"}
@@ -195,11 +223,9 @@ def _meta_from_headers(values: list[str]) -> dict[str, str]:
 
 
 def parse_status(value: str) -> tuple[int, str | None]:
+    """``Grip-Status: CODE[ REASON]`` (code and reason are checked with the response)."""
     code_text, _sep, reason = value.strip().partition(" ")
-    code = _int(code_text, "Grip-Status code")
-    if not 100 <= code <= 999:
-        raise GripError(f"Grip-Status code out of range: {code}")
-    return code, reason.strip() or None
+    return _int(code_text, "Grip-Status code"), reason.strip() or None
 
 
 def _link_uri(uri: str) -> str:
@@ -259,7 +285,7 @@ def _from_headers(
         timeout=timeout,
         keep_alive=keep_alive,
         meta=_meta_from_headers(get(headers, "Grip-Set-Meta")),
-        response=Response(code, reason, tuple(client_headers(headers)), body),
+        response=_checked_response(code, reason, client_headers(headers), body),
         next_link=parse_link(get(headers, "Grip-Link")),
     )
 
@@ -312,10 +338,7 @@ def _json_headers(value: Any) -> tuple[Header, ...]:
         if not (isinstance(pair, (list, tuple)) and len(pair) == 2
                 and all(isinstance(p, str) for p in pair)):
             raise GripError("response headers must be [name, value] strings")
-        name, text = pair
-        if not name or any(c in name for c in " \t\r\n:") or any(c in text for c in "\r\n"):
-            raise GripError(f"invalid response header {name!r}")
-        result.append((name, text))
+        result.append((pair[0], pair[1]))
     return tuple(result)
 
 
@@ -324,12 +347,12 @@ def _json_response(value: Any) -> Response:
         return Response()
     obj = _expect(value, dict, "response")
     code = obj.get("code", 200)
-    if isinstance(code, bool) or not isinstance(code, int) or not 100 <= code <= 999:
-        raise GripError("response code must be a number from 100 to 999")
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise GripError("response code must be a number")
     headers = _json_headers(obj.get("headers"))
-    return Response(
+    return _checked_response(
         code, _opt_text(obj, "reason", "response"),
-        tuple(end_to_end(headers, drop=("content-length",))),
+        end_to_end(headers, drop=("content-length",)),
         _json_payload(obj, "body", "response") or b"",
     )
 

@@ -8,9 +8,10 @@ subscriber there is only a header merge (long-poll) or one write (stream).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -159,6 +160,34 @@ def send_now(transport: object, data: bytes) -> bytes:
 # --- the common part ---------------------------------------------------------------------------
 
 
+def abort(request: Request) -> None:
+    """Drop the client's connection now (its ``client_maxconn`` slot goes with it)."""
+    transport = getattr(getattr(request, "channel", None), "transport", None)
+    if transport is not None:
+        transport.abortConnection()
+
+
+_Method = TypeVar("_Method", bound=Callable[..., Any])
+
+
+def _answering(method: _Method) -> _Method:
+    """For each way into a hold that may write to its request (start, publish, timers,
+    flush, close, a link's answer): an exception there would leave the client without an
+    answer and its slot taken, for good. Log it, end the hold and abort the connection."""
+
+    @functools.wraps(method)
+    def guarded(self: _Hold, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except Exception:
+            self._log.failure("answering a held request failed; its connection is aborted")
+            self._end()
+            abort(self.request)
+            return None
+
+    return guarded  # type: ignore[return-value]
+
+
 class _Hold:
     """Subscriptions, timers and the single exit shared by both kinds of hold."""
 
@@ -228,6 +257,7 @@ class _Hold:
         self._cancel_timer(name)
         self._timers[name] = self.clock.callLater(delay, self._fire_timer, name, call)
 
+    @_answering
     def _fire_timer(self, name: str, call: Callable[[], None]) -> None:
         self._timers.pop(name, None)
         call()
@@ -258,6 +288,7 @@ class HeldResponse(_Hold):
 
     formats = ("http-response",)
 
+    @_answering
     def start(self) -> None:
         self._start()
         self._set_timer("timeout", self.instruct.timeout, self._timed_out)
@@ -270,6 +301,7 @@ class HeldResponse(_Hold):
             held = self.instruct.response
             write_response(self.request, held.code, held.reason, held.headers, held.body)
 
+    @_answering
     def deliver(self, item: Item, fmt: Format, prepared: PreparedResponse) -> None:
         if self.ended:
             return
@@ -291,10 +323,12 @@ class HeldResponse(_Hold):
         else:
             self._advance(item)
 
+    @_answering
     def close(self, reason: str) -> None:
         """Server shutdown: answer as on a timeout, so the client simply polls again."""
         self._timed_out()
 
+    @_answering
     def recover(self) -> None:
         """Ask the origin again, saying where the client is (``Grip-Last``, as Pushpin)."""
         if self._end():
@@ -333,6 +367,7 @@ class HeldStream(_Hold):
         self._last_item = 0.0
         self._recovering: list[tuple[Item, Format, PreparedChunk | None]] | None = None
 
+    @_answering
     def start(self, send_head: bool = True) -> None:
         """Send the origin's response head and body (unless continuing a response that
         already started, as after a Grip-Link), subscribe, and start the timers. A body
@@ -384,7 +419,7 @@ class HeldStream(_Hold):
                 self._log.warn("dropping a stream client that does not read ({size} bytes "
                                "queued)", size=self._queued_while_paused)
                 self._end()
-                self.request.channel.transport.abortConnection()
+                abort(self.request)
                 return
         out = self._out
         if not out:
@@ -397,6 +432,7 @@ class HeldStream(_Hold):
             out.append(b"%x\r\n%b\r\n" % (len(data), data))
         self._restart_keep_alive(force=False)
 
+    @_answering
     def flush(self) -> None:
         """Write everything queued since the last flush in one transport write."""
         out = self._out
@@ -456,6 +492,7 @@ class HeldStream(_Hold):
 
     # -- publishing ---------------------------------------------------------------------
 
+    @_answering
     def deliver(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
         if self.ended:
             return
@@ -496,6 +533,7 @@ class HeldStream(_Hold):
             self.request.unregisterProducer()
             self.request.finish()
 
+    @_answering
     def close(self, reason: str) -> None:
         self._finish()
 
@@ -513,6 +551,7 @@ class HeldStream(_Hold):
         fetching = maybeDeferred(self.origin.fetch_link, link, self._grip_last())
         fetching.addCallbacks(self._recovered, self._link_failed)
 
+    @_answering
     def _link_failed(self, failure: Failure) -> None:
         if self.ended:
             return
@@ -523,6 +562,7 @@ class HeldStream(_Hold):
         for entry in queued:
             self._apply(*entry)
 
+    @_answering
     def _recovered(self, answer: Instruct) -> None:
         if self.ended:
             return
