@@ -32,7 +32,7 @@ from fanout_tx.operations import FanoutRoot, bound_port, install, stop_on_signal
 from fanout_tx.redis_bus import RedisBus
 from fanout_tx.redis_url import parse_redis_url
 from fanout_tx.router import Router
-from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.routes_watch import RoutesFile, reload_on_sighup
 from fanout_tx.sig_warnings import signing_warnings
 from fanout_tx.startup import quiet_startup_failures
 from fanout_tx.tls_server import ServerIdentities, load_identities
@@ -257,6 +257,7 @@ def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin
     filter_twistd_logging(settings.config.runner.log_level)
     root, _core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)
+    reactor.callWhenRunning(reload_on_sighup, reactor, root.getServiceNamed("routes-watch"))
     quiet_startup_failures()
     tune_gc()
     return root

@@ -87,13 +87,50 @@ class RoutesFileTests(SynchronousTestCase):
         self.assertEqual(error.line, 1)
 
     def test_watcher_service_polls_on_its_clock(self) -> None:
-        """The watcher is a TimerService; each tick checks the file."""
-        watcher = self.routes.watcher(interval=2.0)
+        """The watcher is a TimerService; a tick that sees a change reads the file once it
+        has been still for the settle delay."""
         clock = Clock()
-        watcher.clock = clock
+        watcher = self.routes.watcher(interval=2.0, clock=clock, settle=0.3)
         watcher.startService()
         self.edit("* 127.0.0.1:6060\n")
         clock.advance(2)
+        self.assertEqual(self.first_target_port(), 8080)
+        clock.advance(0.3)
         self.assertEqual(self.first_target_port(), 6060)
         watcher.stopService()
         self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_settle_delay_is_rearmed_by_further_changes(self) -> None:
+        """A file still being written (changed again within the settle delay) is not read
+        until it stops changing; stopping the watcher cancels a pending read."""
+        clock = Clock()
+        watcher = self.routes.watcher(interval=1.0, clock=clock, settle=0.3)
+        watcher.startService()
+        self.edit("* 127.0.0.1:")
+        clock.advance(1)
+        clock.advance(0.2)
+        self.edit("* 127.0.0.1:5050\n")
+        clock.advance(0.1)  # the first wait ends: the file changed meanwhile, wait again
+        self.assertEqual(self.first_target_port(), 8080)
+        self.assertEqual([e for e in self.events if "not reloaded" in e["log_format"]], [])
+        clock.advance(0.3)
+        self.assertEqual(self.first_target_port(), 5050)
+        self.edit("* 127.0.0.1:4040\n")
+        clock.advance(1)
+        watcher.stopService()
+        self.assertEqual(clock.getDelayedCalls(), [])
+        self.assertEqual(self.first_target_port(), 5050)
+
+    def test_empty_file_keeps_the_old_table(self) -> None:
+        """A reload that finds no routes (a file caught while being rewritten, or emptied
+        on purpose) keeps the previous table and says why, once."""
+        table = self.routes.table
+        self.edit("# nothing yet\n")
+        self.assertFalse(self.routes.check())
+        self.assertIs(self.routes.table, table)
+        [event] = [e for e in self.events if "has no routes now" in e["log_format"]]
+        self.assertEqual(event["count"], 1)
+        self.assertFalse(self.routes.check())
+        self.edit("* 127.0.0.1:3030\n")
+        self.assertTrue(self.routes.check())
+        self.assertEqual(self.first_target_port(), 3030)
