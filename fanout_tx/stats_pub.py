@@ -137,7 +137,7 @@ class StatsPublisher(Service):
         for call, interval in ((self.report, self._interval),
                                (self.flush_activity, ACTIVITY_FLUSH)):
             if interval > 0:
-                loop = LoopingCall(call)
+                loop = LoopingCall(self._every, call)
                 loop.clock = self._clock
                 loop.start(interval, now=False)
                 self._loops.append(loop)
@@ -152,12 +152,25 @@ class StatsPublisher(Service):
             self._socket.close(linger=0)
             self._socket = None
 
+    def _every(self, call: Callable[[], None]) -> None:
+        """One tick of a loop: an exception would stop the LoopingCall for good."""
+        try:
+            call()
+        except Exception:
+            self._log.failure("stats: {call} failed; trying again on the next tick",
+                              call=call.__name__)
+
     def _send(self, kind: str, body: dict[str, Any]) -> None:
         if self._socket is None:
             return
         body["from"] = self.origin
         try:
-            self._socket.send(encode(kind, body, self._format), zmq.NOBLOCK)
+            message = encode(kind, body, self._format)
+        except Exception:  # raised here it would stop a report loop or fail a subscribe
+            self._log.failure("stats {kind} message could not be encoded; dropped", kind=kind)
+            return
+        try:
+            self._socket.send(message, zmq.NOBLOCK)
         except zmq.ZMQError as e:  # PUB drops at its high-water mark; nothing else expected
             self._log.warn("stats message dropped: {reason}", reason=str(e))
 

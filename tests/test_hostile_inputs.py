@@ -21,6 +21,7 @@ from fanout_tx.items import Item, parse_item
 from tests.helpers import RawClient, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
 from tests.services import RedisServer
+from tests.test_stats import Subscriber as StatsSubscriber
 
 # Valid JSON whose string is not Unicode text: the content held a lone surrogate.
 SURROGATE_ITEM = b'{"channel":"room","formats":{"http-stream":{"content":"\\ud800"}}}'
@@ -133,6 +134,18 @@ class ZmqSubTests(_Hostile):
         client = await self.stream(server)  # subscribes the SUB socket to "room"
         await self.sub_connected(server, client)
         self.assertEqual(server.core.router.channels(), frozenset({"bad\udc80", "room"}))
+
+    async def test_unencodable_channel_in_stats(self) -> None:
+        """The stats socket cannot encode such a channel in tnetstring either: that one
+        message is dropped and logged, the subscribe completes, and stats go on."""
+        server = await self.server("[handler]\nstats_spec=tcp://127.0.0.1:*\n"
+                                   "stats_report_interval=1\n")
+        stats = StatsSubscriber(self, server.root.getServiceNamed("stats").endpoint)
+        await stats.wait("report")
+        server.core.router.subscribe("bad\udc80", RecordingSubscriber())
+        await self.stream(server)
+        await stats.wait("sub", channel="room")
+        self.assertEqual(len(self.flushLoggedErrors(UnicodeEncodeError)), 1)
 
     async def test_lone_surrogate_instruct_channel_refused(self) -> None:
         """A grip-instruct hold on a channel with a lone surrogate is a bad instruction
