@@ -81,7 +81,10 @@ class Options(usage.Options):
                 self["config"], self["routes"], tuple(self["ports"]), tuple(self["route_lines"])
             )
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            # The one ``file:line: problem`` line on stderr, exit status 1: a UsageError
+            # would make twistd print its whole usage text above it. (No daemon has forked
+            # yet, so exiting here is safe; startup.py says why later failures cannot.)
+            raise SystemExit(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from fanout_tx import tnetstring
-from fanout_tx.config import parse_config
+from fanout_tx.config import Config, XmppConfig, parse_config
 from fanout_tx.router import Router
 from fanout_tx.routes import parse_routes
 from fanout_tx.sig_warnings import signing_warnings
+from fanout_tx.xmpp.component import build_xmpp
 from fanout_tx.zmq_ingest import ZmqSubInput
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
-from tests.proxy_fixtures import ProxyHarness, grip
+from tests.proxy_fixtures import ProxyHarness, grip, origin_on_loopback
+from tests.services import free_port
 from tests.test_proxy_grip import Started
 
 
@@ -342,3 +344,54 @@ class WebhookRecipeTests(TestCase):
         self.assertIn("Webhook-Id", headers)
         self.assertTrue(namespace["verify"](secret, headers, delivered, set()))
         self.assertFalse(namespace["verify"](secret, headers, delivered + b"!", set()))
+
+
+class XmppReconnectLogTests(TestCase):
+    timeout = 15
+
+    async def test_attempts_log_no_factory_lines(self) -> None:
+        """Each reconnect attempt to an unreachable XMPP server logs the link's own error,
+        not Twisted's "Starting factory"/"Stopping factory" pair."""
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        closed = free_port()
+        config = Config(xmpp=XmppConfig(enabled=True, host="127.0.0.1", port=closed,
+                                        secret="s"))
+        component = build_xmpp(config, Router(reactor), reactor)
+        component.startService()
+        self.addCleanup(component.stopService)
+        await wait_until(lambda: component.link.errors["unreachable"] >= 1)
+        lines = [formatEvent(e) for e in events]
+        self.assertTrue(any("unreachable" in line for line in lines), lines)
+        self.assertFalse([line for line in lines if "factory" in line.lower()], lines)
+
+
+class OversizedPublishTests(TestCase):
+    timeout = 20
+
+    async def test_413_is_a_publish_error(self) -> None:
+        """An oversized publish (413) counts in fanout_publish_errors_total{input="http"}, as
+        a 400 does; an oversized request elsewhere on the port does not."""
+        server = await Server(self).start(extra="[handler]\npush_in_http_max_body_size=200\n")
+        code, _body = await server.post_json("/publish/", {"items": [
+            {"channel": "room", "formats": {"http-stream": {"content": "x" * 300}}}]})
+        self.assertEqual(code, 413)
+        code, _body = await server.post_json("/recover", {"pad": "x" * 300})
+        self.assertEqual(code, 413)
+        samples = await server.metrics()
+        self.assertEqual(samples[("fanout_publish_errors_total", (("input", "http"),))], 1)
+
+
+class RoutePrecedenceTests(TestCase):
+    timeout = 15
+
+    async def test_host_route_beats_star_whatever_the_order(self) -> None:
+        """docs/proxy.rst "Route matching": a host-specific route on a later line wins over
+        an earlier ``*``; other hosts still take ``*``."""
+        # First, so its cleanup (waiting for its connections to close) runs after the proxy's.
+        _origin, port = origin_on_loopback(self, {b"/": lambda r: b"host origin"})
+        proxy = ProxyHarness(self)
+        proxy.handle(b"/", lambda r: b"star origin")
+        proxy.set_routes(f"* {proxy.origin_address}\nexample.test 127.0.0.1:{port}\n")
+        for host, expected in (("example.test", b"host origin"), ("other.test", b"star origin")):
+            _response, body = await proxy.fetch(b"/", headers=Headers({"Host": [host]}))
+            self.assertEqual(body, expected, host)

@@ -86,19 +86,25 @@ class OptionsTests(SynchronousTestCase):
         error = self.assertRaises(usage.UsageError, parse, *args)
         self.assertIn(text, str(error))
 
+    def assert_config_exit(self, args: list[str], text: str) -> None:
+        """A bad file exits with its one line (SystemExit(text): stderr, status 1)."""
+        error = self.assertRaises(SystemExit, parse, *args)
+        self.assertIsInstance(error.code, str)
+        self.assertIn(text, error.code)
+
     def test_errors_name_file_and_line(self) -> None:
-        """Bad config, bad routes, a missing file and a bad --port are usage errors with
-        the file, line and reason."""
+        """Bad config, bad routes and a missing file exit with the file, line and reason; a
+        bad --port is a usage error."""
         bad = write_config(self.folder / "bad", "[handler]\n\npush_in_http_port=abc\n")
-        self.assert_usage_error(["--config", str(bad)],
+        self.assert_config_exit(["--config", str(bad)],
                                 f"{bad}:3: [handler] push_in_http_port: expected a whole")
         broken_routes = write_config(self.folder / "routes-bad", "", routes="* h:1\n*,x h:1\n")
-        self.assert_usage_error(["--config", str(broken_routes)],
+        self.assert_config_exit(["--config", str(broken_routes)],
                                 f"{broken_routes.parent / 'routes'}:2: unknown route option")
-        self.assert_usage_error(["--config", str(self.folder / "missing.conf")],
+        self.assert_config_exit(["--config", str(self.folder / "missing.conf")],
                                 "cannot read config")
         self.assert_usage_error(["--config", str(self.config), "--port", "x"], "--port:")
-        self.assert_usage_error(["--config", str(self.config), "--route", "*"], "--route:1:")
+        self.assert_config_exit(["--config", str(self.config), "--route", "*"], "--route:1:")
 
 
 class BuildServiceTests(SynchronousTestCase):
@@ -222,6 +228,10 @@ class TwistdTests(TestCase):
         self.assertNotEqual(reason.exitCode, 0)
         self.assertIn(f"{config}:2: [runner] http_port".encode(), protocol.output)
         self.assertNotIn(b"Traceback", protocol.output)
+        # only that line: no twistd usage text around it (issue #18)
+        self.assertNotIn(b"Usage:", protocol.output)
+        self.assertEqual(reason.exitCode, 1)
+        self.assertEqual(len(protocol.output.strip().splitlines()), 1, protocol.output)
 
     async def test_taken_addresses_refuse_to_start(self) -> None:
         """A client port and a ZeroMQ port held by another process (Pushpin during a

@@ -40,6 +40,9 @@ class LinkFactory(xmlstream.XmlStreamFactory):
     # Jitter would push some waits past the 30 s bound; one component per domain has no
     # herd of clients to spread out.
     jitter = 0
+    # Twisted's "Starting factory" / "Stopping factory" lines, twice per reconnect attempt,
+    # say nothing the link's own lines do not.
+    noisy = False
 
     def __init__(self, authenticator: xmlstream.ConnectAuthenticator, state: LinkState,
                  clock: IReactorTime, server: str) -> None:
