@@ -1,7 +1,8 @@
 """A faulty or hostile origin behind the proxy, scripted byte by byte on a plain loopback
 socket: whatever it writes, no byte of one client's exchange reaches another client, no
 forged header line reaches a client, and a faulty answer is a 502 on a connection that is
-then closed, never pooled (issue 13, items 1 and 3)."""
+then closed, never pooled (issue 13, items 1 and 3). The same for a WebSocket origin's
+handshake refusal."""
 
 from __future__ import annotations
 
@@ -11,11 +12,15 @@ from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import TestCase
+from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
+from typing_extensions import override
 
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness
+from tests.test_ws_e2e import WsTestMixin
 
 # What a buggy origin writes after an answer that has no body (or past its Content-Length):
 # shaped as an answer, it would be the next exchange's answer if the connection were reused.
@@ -282,3 +287,34 @@ class FaultyAnswerTests(TestCase):
         origin.send(slow, GOOD, answers=False)
         response = await within(waiting)
         self.assertEqual((response.code, await read_body(response)), (200, b"good!"))
+
+
+class _RawWsOrigin(Protocol):
+    """Answers a WebSocket handshake with the factory's ``answer`` bytes, then closes."""
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if b"\r\n\r\n" in data:
+            self.transport.write(self.factory.answer)
+            self.transport.loseConnection()
+
+
+class WebSocketOriginTests(WsTestMixin, TestCase):
+    async def test_handshake_refusal_status_we_cannot_relay(self) -> None:
+        """A WebSocket origin refusing the handshake with an interim (1xx) or out-of-range
+        status: relayed, the origin's body would be the client's next answer. A 502."""
+        factory = Factory.forProtocol(_RawWsOrigin)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        await self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
+        for answer in (b"HTTP/1.1 100 Continue\r\n\r\n" + FORGED,
+                       b"HTTP/1.1 600 Odd\r\nContent-Length: 0\r\n\r\n"):
+            factory.answer = answer
+            response = await within(Agent(reactor).request(
+                b"GET", b"http://127.0.0.1:%d/x" % self.port, Headers({
+                    "Upgrade": ["websocket"], "Connection": ["Upgrade"],
+                    "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
+                    "Sec-WebSocket-Version": ["13"]})))
+            self.assertEqual((response.code, await read_body(response)),
+                             (502, b"Error while proxying to origin.\n"), answer)
+            self.assertIsNone(response.headers.getRawHeaders(b"x-injected-by"))

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from fanout_tx.http.headers import end_to_end
+from fanout_tx.http.headers import end_to_end, is_reason_phrase
 from fanout_tx.http.hold import write_response
 from fanout_tx.http.origin import ProxySettings, origin_headers, origin_url
 from fanout_tx.http.proxy import plain
@@ -148,10 +148,20 @@ class WebSocketHandler(Resource):
     def _opened(self, outcome: Accepted | Rejected, request: Request, session: Any,
                 gone: list[Failure]) -> None:
         if isinstance(outcome, Rejected):
-            if not gone:
-                write_response(request, outcome.code, outcome.reason.decode("latin-1") or None,
-                               end_to_end(outcome.headers, drop={"content-length"}),
-                               outcome.body[:MAX_REJECT_BODY])
+            reason = outcome.reason.decode("latin-1")
+            if gone:
+                return
+            if not 200 <= outcome.code <= 599 or not is_reason_phrase(reason):
+                # A 1xx would make the origin's body the client's next answer.
+                self._log.warn("WebSocket origin refused the handshake with a status line "
+                               "we cannot relay: {code} {reason!r}", code=outcome.code,
+                               reason=reason[:80])
+                write_response(request, 502, None, [("Content-Type", "text/plain")],
+                               b"Error while proxying to origin.\n")
+                return
+            write_response(request, outcome.code, reason or None,
+                           end_to_end(outcome.headers, drop={"content-length"}),
+                           outcome.body[:MAX_REJECT_BODY])
             return
         if gone:
             session.client_lost()

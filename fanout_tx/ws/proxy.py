@@ -11,6 +11,7 @@ holds the backlog in the fast side's socket, not in this process.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -48,6 +49,7 @@ _HANDSHAKE_OWN = frozenset({
 })
 
 Connect = Callable[[Target, WebSocketClientFactory], Deferred[Any]]
+_CODE = re.compile(r"[0-9]{3}")  # str.isdigit() takes "²", which int() refuses
 
 
 def endpoint_connector(reactor: Any) -> Connect:
@@ -107,7 +109,7 @@ class OriginProtocol(WebSocketClientProtocol):
         """A non-101 answer: keep its status, headers and the body bytes that came."""
         status = getattr(self, "http_status_line", "") or ""
         parts = status.split(" ", 2)
-        if len(parts) >= 2 and parts[1].isdigit() and parts[1] != "101" and self.session:
+        if len(parts) >= 2 and _CODE.fullmatch(parts[1]) and parts[1] != "101" and self.session:
             end = self.data.find(b"\r\n\r\n")
             body = self.data[end + 4 :] if end >= 0 else b""
             headers = tuple(self.http_headers.items())
