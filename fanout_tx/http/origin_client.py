@@ -25,6 +25,7 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.client import ResponseDone
@@ -199,6 +200,8 @@ class _Exchange:
 class OriginConnection(Protocol):
     """One persistent connection to an origin, one exchange at a time."""
 
+    _log = Logger()
+
     def __init__(self, client: OriginClient, address: OriginAddress) -> None:
         self._client = client
         self.address = address
@@ -328,7 +331,7 @@ class OriginConnection(Protocol):
             else:  # idle, done or stopped: bytes nobody asked for
                 self._reusable = False
                 self._client.forget(self)  # before anyone else can take it from the pool
-                self.transport.abortConnection()
+                self.stray_bytes(len(data))
                 return
 
     def _read_head(self, data: bytes) -> bytes:
@@ -418,6 +421,7 @@ class OriginConnection(Protocol):
         self._state = "done"
         if leftover:
             self._reusable = False
+            self.stray_bytes(len(leftover))
         self._stop_body_producer()  # answered before the whole request body was sent
         if self._paused:  # paused by the body's reader, which is done with it now
             self._paused = False
@@ -429,6 +433,14 @@ class OriginConnection(Protocol):
         else:
             self.transport.loseConnection()
         exchange.body_ended(Failure(ResponseDone("Response body fully received")))
+
+    def stray_bytes(self, size: int | None) -> None:
+        """The origin wrote past its answer: this connection is out of step for good."""
+        address = self.address
+        self._log.info("origin {host}:{port} sent {size} bytes past its answer; connection "
+                       "closed, not reused", host=address.host.decode("latin-1"),
+                       port=address.port, size="unread" if size is None else size)
+        self.transport.abortConnection()
 
     # -- flow control asked for by the body's reader ----------------------------------------
 
@@ -594,7 +606,7 @@ class OriginClient:
             if unread_input(connection.transport):
                 # Bytes after the last answer (not read yet), or the origin's close: this
                 # connection is out of step, and its stray bytes must reach nobody.
-                connection.transport.abortConnection()
+                connection.stray_bytes(None)
                 continue
             connection.reused = True
             connection.send(exchange)
