@@ -10,19 +10,21 @@ from pathlib import Path
 from typing import Any
 
 import zmq
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from twisted.internet import reactor, task
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
-from twisted.web.server import Request, Site
+from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from fanout_tx import tnetstring
 from fanout_tx.config import Config, XmppConfig, parse_config
 from fanout_tx.router import Router
 from fanout_tx.routes import parse_routes
 from fanout_tx.sig_warnings import signing_warnings
+from fanout_tx.ws import events as ev
 from fanout_tx.xmpp.component import build_xmpp
 from fanout_tx.zmq_ingest import ZmqSubInput
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
@@ -30,6 +32,7 @@ from tests.ops_fixtures import Server
 from tests.proxy_fixtures import ProxyHarness, grip, origin_on_loopback
 from tests.services import free_port
 from tests.test_proxy_grip import Started
+from tests.test_ws_e2e import WsTestMixin, _listen_endpoint, events_reply, grip_echo
 
 
 def zmq_peer(test: TestCase, socket_type: int, endpoint: str) -> zmq.Socket:
@@ -395,3 +398,84 @@ class RoutePrecedenceTests(TestCase):
         for host, expected in (("example.test", b"host origin"), ("other.test", b"star origin")):
             _response, body = await proxy.fetch(b"/", headers=Headers({"Host": [host]}))
             self.assertEqual(body, expected, host)
+
+
+def closing_origin(reply_code: int | None) -> Any:
+    """A WebSocket-over-HTTP origin (grip_echo) whose answer to the client's CLOSE is a
+    CLOSE with ``reply_code`` (``None``: no CLOSE at all)."""
+    def answer(events: list[ev.Event], headers: dict[str, str]) -> tuple:
+        if events and events[0].name == "CLOSE":
+            if reply_code is None:
+                return events_reply()
+            return events_reply(ev.Event("CLOSE", ev.close_content(reply_code, "origin says")))
+        return grip_echo(events, headers)
+    return answer
+
+
+class EchoCloseOrigin(WebSocketServerProtocol):
+    """A plain WebSocket origin that answers a close frame with the same code."""
+
+    def onConnect(self, request: Any) -> Any:  # noqa: N802
+        return None
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
+        self.sendMessage(payload, isBinary)
+
+
+class ClientCloseTests(WsTestMixin, TestCase):
+    """As Pushpin, the origin decides the reply to a client's close frame."""
+
+    timeout = 20
+
+    async def close_with(self, code: int) -> tuple[bool, int | None, str]:
+        side, client = await self.connect("/ws")
+        client.sendClose(code, "client bye")
+        return await side.closed
+
+    async def test_over_http_the_origins_close_is_the_reply(self) -> None:
+        """The client's 4005 goes to the origin as CLOSE; the origin's CLOSE (an echo, or
+        another code) is what the client gets back, not an immediate 1000."""
+        for origin_code, expected in ((4005, 4005), (4100, 4100)):
+            await self.start(closing_origin(origin_code))
+            _clean, code, _reason = await self.close_with(4005)
+            self.assertEqual(code, expected)
+            self.assertEqual(ev.parse_close(self.origin.requests[-1][1][0].content),
+                             (4005, "client bye"))
+
+    async def test_over_http_no_close_in_the_answer(self) -> None:
+        """An answer without CLOSE: the client gets its own code back."""
+        await self.start(closing_origin(None))
+        _clean, code, _reason = await self.close_with(4005)
+        self.assertEqual(code, 4005)
+
+    async def test_over_http_silent_origin_is_bounded(self) -> None:
+        """An origin that does not answer the CLOSE in time: after the wait, the client's
+        own code."""
+        await self.start(grip_echo)
+        self.factory.close_reply_wait = 0.2
+        # Hold the CLOSE request: the origin never answers within the wait.
+        original = self.origin.render_POST
+
+        def slow(request: Any) -> Any:
+            body = request.content.getvalue()
+            if ev.decode_events(body)[0].name == "CLOSE":
+                self.addCleanup(lambda: request.finish() if not request.finished else None)
+                return NOT_DONE_YET
+            return original(request)
+
+        self.origin.render_POST = slow
+        started = reactor.seconds()
+        _clean, code, _reason = await self.close_with(4005)
+        self.assertEqual(code, 4005)
+        self.assertGreaterEqual(reactor.seconds() - started, 0.15)
+
+    async def test_proxied_origins_close_frame_is_the_reply(self) -> None:
+        """WebSocket proxying: the origin's close frame (here echoing 4005) is the reply."""
+        factory = WebSocketServerFactory()
+        factory.protocol = EchoCloseOrigin
+        factory.setProtocolOptions(echoCloseCodeReason=True)
+        port = await _listen_endpoint().listen(factory)
+        self.addCleanup(port.stopListening)
+        await self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
+        _clean, code, reason = await self.close_with(4005)
+        self.assertEqual((code, reason), (4005, "client bye"))

@@ -8,6 +8,11 @@ while the transport asks us to pause, bytes sent are counted, and past the limit
 connection is closed with 1008 instead of queueing without end. A session that can slow
 down what it sends (a proxied WebSocket origin) follows those pauses instead
 (``follow_writes``), so only published frames count against the limit.
+
+A client's close frame is not answered at once (autobahn would say 1000): as Pushpin, the
+origin decides the close reply (the CLOSE it answers, or its own close frame when proxying),
+so a client closing with 4005 usually gets 4005 back. The wait is bounded
+(``CLOSE_REPLY_WAIT``); past it the client gets its own code back.
 """
 
 from __future__ import annotations
@@ -15,8 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from typing_extensions import override
 from zope.interface import implementer
@@ -29,6 +35,21 @@ DEFAULT_MAX_OUTBOUND = 1_000_000
 
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+# Seconds a client's close waits for the origin to decide the close reply.
+CLOSE_REPLY_WAIT = 5.0
+
+
+def _valid_close(code: int | None, reason: bytes | None) -> bool:
+    """A close frame autobahn would accept (it fails the connection for any other)."""
+    if code is not None and not (
+        3000 <= code <= 4999 or code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
+    ):
+        return False
+    try:
+        (reason or b"").decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 @implementer(IPushProducer)
@@ -81,6 +102,8 @@ class ClientProtocol(WebSocketServerProtocol):
     # Published frames queued this reactor turn, written as one buffer by the factory's
     # WriteBatch (None: nothing queued).
     _pending: list[bytes] | None = None
+    # While the client's close waits for the origin's reply: the timer bounding that wait.
+    _close_wait: IDelayedCall | None = None
 
     @override
     def onConnect(self, request: ConnectionRequest) -> tuple[str | None, dict[str, list[str]]]:  # noqa: N802
@@ -112,7 +135,44 @@ class ClientProtocol(WebSocketServerProtocol):
         self.session.client_pong(payload)
 
     @override
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:  # noqa: N802, N803
+        """The client starts the close handshake: the session asks the origin, whose
+        answer becomes the reply (``close``); autobahn answers only bad close frames."""
+        session = self.session
+        if (self.state != self.STATE_OPEN or session is None or self._close_wait is not None
+                or not _valid_close(code, reasonRaw)):
+            return super().onCloseFrame(code, reasonRaw)
+        self.wasClean = True
+        self.remoteCloseCode = code
+        self.remoteCloseReason = (reasonRaw or b"").decode("utf-8") or None
+        self._close_wait = self.factory.clock.callLater(
+            self.factory.close_reply_wait, self._close_reply_due)
+        session.client_closing(code, self.remoteCloseReason or "")
+        return None
+
+    def _close_reply_due(self) -> None:
+        self._close_wait = None
+        self._reply_close(self.remoteCloseCode, self.remoteCloseReason or "")
+
+    def _reply_close(self, code: int | None, reason: str) -> None:
+        """Answer the client's close frame, then drop TCP (as autobahn does as a server)."""
+        if self._close_wait is not None:
+            self._close_wait.cancel()
+            self._close_wait = None
+        if self.state != self.STATE_OPEN:
+            return
+        self.flush()
+        if code is None or code in (1005, 1006, 1015):
+            self.sendCloseFrame(isReply=True)
+        else:
+            self.sendCloseFrame(code, reason.encode("utf-8")[:123], isReply=True)
+        self.dropConnection(abort=False)
+
+    @override
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        if self._close_wait is not None:
+            self._close_wait.cancel()
+            self._close_wait = None
         super().connectionLost(reason)
         if self.limit_slot is not None:
             self.limit_slot.release()
@@ -188,9 +248,12 @@ class ClientProtocol(WebSocketServerProtocol):
             self.sendPong(payload[:125] or None)
 
     def close(self, code: int | None, reason: str) -> None:
-        """Server-side close (origin, publish, failure). Uses the close frame directly:
-        autobahn's sendClose refuses 1008/1011/1012. onClose reports the end as usual."""
-        if self.state == self.STATE_OPEN:
+        """Server-side close (origin, publish, failure), or the reply to the client's own
+        close. Uses the close frame directly: autobahn's sendClose refuses 1008/1011/1012.
+        onClose reports the end as usual."""
+        if self._close_wait is not None:
+            self._reply_close(code, reason)
+        elif self.state == self.STATE_OPEN:
             self.flush()
             if code is None or code in (1005, 1006, 1015):
                 self.sendCloseFrame()
@@ -224,7 +287,8 @@ class ClientFactory(WebSocketServerFactory):
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
                  max_outbound: int = DEFAULT_MAX_OUTBOUND,
-                 clock: IReactorTime | None = None) -> None:
+                 clock: IReactorTime | None = None,
+                 close_reply_wait: float = CLOSE_REPLY_WAIT) -> None:
         # No Server header of our own: the origin's (if any) is relayed, as Pushpin does.
         super().__init__(server=None)
         self.max_message = max_message
@@ -232,6 +296,10 @@ class ClientFactory(WebSocketServerFactory):
         # With a clock, published frames are coalesced per client per reactor turn;
         # without one (in-memory tests) they are written at once.
         self.batch = WriteBatch(clock) if clock is not None else None
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
+        self.close_reply_wait = close_reply_wait
         self.setProtocolOptions(
             maxMessagePayloadSize=max_message,
             maxFramePayloadSize=max_message,

@@ -185,6 +185,7 @@ class WsProxySession(GripSession):
         self._origin: OriginProtocol | None = None
         self._opened: Deferred[Accepted | Rejected] = Deferred()
         self._early: list[tuple[bytes, bool]] = []  # origin messages before attach
+        self._closing: tuple[int | None, str] | None = None  # the client's close, relayed
         self.client_held = False  # not reading the client: the origin's buffer is full
         self.origin_held = False  # not reading the origin: the client's buffer is full
 
@@ -253,7 +254,9 @@ class WsProxySession(GripSession):
         if not self._opened.called:
             self._open_error(reason)
             return
-        if self._client is not None and not self._detached:
+        if self._client is not None and self._closing is not None:
+            self._client.close(*self._closing)  # the client asked to close: its code back
+        elif self._client is not None and not self._detached:
             self._log.warn("WebSocket origin connection lost: {reason}", reason=reason)
             self._client.close(1011, "origin connection lost")
         self._end_when_idle()
@@ -282,6 +285,20 @@ class WsProxySession(GripSession):
 
     def client_pong(self, payload: bytes) -> None:
         """Not relayed."""
+
+    def client_closing(self, code: int | None, reason: str) -> None:
+        """The client sent its close frame: it goes to the origin, and the origin's close
+        frame is the client's reply (origin_closed; as Pushpin). Without an origin to ask
+        (detached, gone), the client gets its own code back."""
+        self._router.unsubscribe_all(self)
+        self._hold_origin(False)  # its close reply must be read
+        origin = self._origin
+        if origin is None or self._detached or origin.state != origin.STATE_OPEN:
+            if self._client is not None:
+                self._client.close(code, reason)
+            return
+        self._closing = (code, reason)
+        origin.close(code, reason)
 
     def client_closed(self, code: int | None, reason: str) -> None:
         self._client = None

@@ -88,6 +88,8 @@ class WsOverHttpSession(GripSession):
         self._keep_alive_interval = 0
         self._origin_timer: IDelayedCall | None = None
         self._final_sent = False  # CLOSE or DISCONNECT went (or goes) to the origin
+        # The client's close (code, reason) while its reply waits for the origin's CLOSE.
+        self._client_close: tuple[int | None, str] | None = None
 
     # -- opening ----------------------------------------------------------------------------
 
@@ -158,6 +160,24 @@ class WsOverHttpSession(GripSession):
 
     def client_pong(self, payload: bytes) -> None:
         self._queue(ev.Event("PONG", payload or None))
+
+    def client_closing(self, code: int | None, reason: str) -> None:
+        """The client sent its close frame: CLOSE goes to the origin, and the CLOSE it
+        answers is the client's close reply (as Pushpin); an answer without one, or a
+        failed request, replies with the client's own code."""
+        if self._final_sent or self._ended:
+            self._close_client_as_asked(code, reason)
+            return
+        self._client_close = (code, reason)
+        self._router.unsubscribe_all(self)
+        self._final_sent = True
+        self._pending.append(ev.Event("CLOSE", ev.close_content(code, reason)))
+        self._send_next()
+
+    def _close_client_as_asked(self, code: int | None, reason: str) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            client.close(code, reason)
 
     def client_closed(self, code: int | None, reason: str) -> None:
         """Clean close from the client: CLOSE goes to the origin, then the session ends."""
@@ -252,6 +272,8 @@ class WsOverHttpSession(GripSession):
     def _after_round_trip(self) -> None:
         if self._ended:
             return
+        if self._client_close is not None and not self._pending:
+            self._close_client_as_asked(*self._client_close)  # the origin sent no CLOSE
         if self._pending:
             self._send_next()
         elif self._final_sent or self._detached:
@@ -339,7 +361,9 @@ class WsOverHttpSession(GripSession):
         self._final_sent = True
         self._pending.clear()
         self._pending_bytes = 0
-        if client is not None:
+        if client is not None and self._client_close is not None:
+            client.close(*self._client_close)  # the client asked to close: its code back
+        elif client is not None:
             client.close(1011, reason[:120])
         self._stop_client_side()
         self._end()
