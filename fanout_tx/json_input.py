@@ -13,14 +13,12 @@ every JSON input at once.
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
-# What can make a lone surrogate: a \uD800-\uDFFF escape, or UTF-8-encoded surrogates
-# (json.loads decodes bytes with surrogatepass). Valid pairs match too; the walk decides.
-_MAYBE_SURROGATE_BYTES = re.compile(rb"\\u[dD][89a-fA-F]|\xed[\xa0-\xbf]")
-_MAYBE_SURROGATE_TEXT = re.compile(r"\\u[dD][89a-fA-F]|[\ud800-\udfff]")
-_SURROGATE = re.compile(r"[\ud800-\udfff]")
+# Only a backslash escape, or bytes json.loads decodes with surrogatepass (UTF-8-encoded
+# surrogates start with 0xED; UTF-16/32 input has a NUL in its first 4 bytes), can make a
+# lone surrogate: input with none of them (one memchr each) skips the walk.
+_MAY_HOLD = (b"\\", b"\xed")
 
 
 class LoneSurrogateError(ValueError):
@@ -40,24 +38,25 @@ def loads(data: str | bytes) -> Any:
 
 
 def _may_hold_surrogates(data: str | bytes) -> bool:
-    """A cheap scan of the raw input, so the common case skips the walk. UTF-16/32 input
-    (NUL bytes where JSON text starts) is always walked."""
     if isinstance(data, str):
-        return _MAYBE_SURROGATE_TEXT.search(data) is not None
-    return b"\x00" in data[:4] or _MAYBE_SURROGATE_BYTES.search(data) is not None
+        return "\\" in data or not data.isascii()
+    return b"\x00" in data[:4] or any(marker in data for marker in _MAY_HOLD)
 
 
 def _refuse_surrogates(document: Any) -> None:
-    """Walk every key and string (iteratively: the depth is the input's)."""
+    """Walk every key and string (iteratively: the depth is the input's). ASCII strings
+    are text; others are encoded, which finds a surrogate at C speed."""
     stack = [document]
     while stack:
         value = stack.pop()
         if isinstance(value, str):
-            found = _SURROGATE.search(value)
-            if found is not None:
-                raise LoneSurrogateError(
-                    f"a string holds a lone surrogate (\\u{ord(found.group()):04x}), "
-                    "which is not Unicode text")
+            if not value.isascii():
+                try:
+                    value.encode("utf-8")
+                except UnicodeEncodeError as e:
+                    raise LoneSurrogateError(
+                        f"a string holds a lone surrogate (\\u{ord(value[e.start]):04x}), "
+                        "which is not Unicode text") from None
         elif isinstance(value, dict):
             stack.extend(value.keys())
             stack.extend(value.values())
