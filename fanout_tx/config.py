@@ -61,6 +61,8 @@ class RunnerConfig:
     client_keepalive_timeout: float = 60.0
     client_body_min_rate: int = 1024
     client_body_rate_window: float = 10.0
+    # Bytes queued for push clients that do not read, all connections together (0 = no cap).
+    max_buffered_bytes: int = 256 * 1024 * 1024
     log_level: int = 2
     # Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway.
     shutdown_timeout: float = 10.0
@@ -402,6 +404,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "client_keepalive_timeout": ("client_keepalive_timeout", _seconds),
         "client_body_min_rate": ("client_body_min_rate", _non_negative_int),
         "client_body_rate_window": ("client_body_rate_window", _seconds),
+        "max_buffered_bytes": ("max_buffered_bytes", _non_negative_int),
         "log_level": ("log_level", _log_level),
         "shutdown_timeout": ("shutdown_timeout", _seconds),
     },

@@ -94,10 +94,11 @@ class MetricSources:
     xmpp_link: LinkStateLike | None = None
     redis: Any = None  # RedisBus: .up, .received_items
     client_connections: Any = None  # http/conn_limit.ConnectionLimit: .open, .paused
+    write_budget: Any = None  # write_budget.WriteBudget: .total, .dropped
 
 
-# Why a client connection is dropped (http/deadlines.py, http/conn_limit.py): every reason
-# is reported, 0 until it happens.
+# Why a client connection is dropped (http/deadlines.py, http/conn_limit.py; and
+# ``max_buffered``, write_budget.py): every reason is reported, 0 until it happens.
 DROP_REASONS = ("header_timeout", "body_rate", "maxconn_per_ip")
 
 
@@ -157,6 +158,12 @@ class FanoutCollector(Collector):
                                       "refused by a limit, by reason.", labels=["reason"])
         for reason in DROP_REASONS:
             dropped.add_metric([reason], getattr(limit, "dropped", {}).get(reason, 0))
+        budget = self.sources.write_budget
+        if budget is not None:
+            dropped.add_metric(["max_buffered"], budget.dropped)
+            yield GaugeMetricFamily("fanout_slow_client_buffered_bytes", "Bytes queued for "
+                                    "push clients that do not read, all connections.",
+                                    value=budget.total)
         yield dropped
 
     def _inputs(self) -> Iterator[Metric]:

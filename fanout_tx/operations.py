@@ -201,6 +201,7 @@ def _metric_sources(root: MultiService, core: Any) -> MetricSources:
         xmpp_link=xmpp.link if xmpp is not None else None,
         redis=_child(root, "redis"),
         client_connections=getattr(_child(root, "http-proxy"), "connection_limit", None),
+        write_budget=getattr(core, "write_budget", None),
     )
 
 

@@ -39,6 +39,7 @@ from fanout_tx.tls_server import ServerIdentities, load_identities
 from fanout_tx.webhooks.api import WebhooksResource
 from fanout_tx.webhooks.redis_store import warn_if_webhooks_elsewhere
 from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.write_budget import WriteBudget
 from fanout_tx.ws.service import build_websocket_service
 from fanout_tx.xmpp.component import build_xmpp
 from fanout_tx.zmq_command import ZmqCommand
@@ -132,6 +133,8 @@ class Core:
     publish_root: PublishRoot | None = None
     # What the inputs publish through: ``bus``, counting items and failures per input.
     input_bus: MeteredBus | None = None
+    # ``[runner] max_buffered_bytes``, shared by HTTP streams and WebSockets.
+    write_budget: WriteBudget | None = None
 
 
 def build_core(settings: Settings, reactor: Any) -> Core:
@@ -148,7 +151,8 @@ def build_core(settings: Settings, reactor: Any) -> Core:
         if redis.url else LocalBus(router)
     )
     return Core(settings.config, router, bus, settings.routes, reactor,
-                input_bus=MeteredBus(bus, InputCounters()))
+                input_bus=MeteredBus(bus, InputCounters()),
+                write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes))
 
 
 def _named(service: Any, name: str, parent: IServiceCollection) -> None:
@@ -170,10 +174,12 @@ def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]
         _named(core.bus, "redis", root)  # owns the Redis connections
         if not settings.config.webhooks.enabled:
             warn_if_webhooks_elsewhere(core.bus, settings.config.redis.prefix)
-    websocket = build_websocket_service(settings.config, core.routes, core.router, reactor)
+    websocket = build_websocket_service(settings.config, core.routes, core.router, reactor,
+                                        core.write_budget)
     _named(websocket, "websocket", root)
     _named(build_proxy_service(settings.config, core.routes, core.router, reactor,
-                               websocket_handler=websocket.handler, tls=settings.tls),
+                               websocket_handler=websocket.handler, tls=settings.tls,
+                               write_budget=core.write_budget),
            "http-proxy", root)
     _named(_publish_http(core), "publish-http", root)
     if settings.config.webhooks.enabled:

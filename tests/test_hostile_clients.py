@@ -5,17 +5,19 @@ connection cap. Real sockets to a real proxy; timeouts in tenths of a second."""
 from __future__ import annotations
 
 from twisted.internet import reactor, task
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.protocol import ClientCreator, Protocol, ServerFactory
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from typing_extensions import override
 
 from fanout_tx.http.conn_limit import ConnectionLimit
 from fanout_tx.http.deadlines import ClientTimeouts
 from fanout_tx.http.publish_api import PublishSite
+from fanout_tx.write_budget import WriteBudget
 from tests.helpers import RawClient, TrackingFactory, wait_until
 from tests.proxy_fixtures import ProxyHarness, grip
+from tests.test_ws_e2e import WsTestMixin, grip_echo
 
 FAST = ClientTimeouts(header=0.5, keepalive=0.5, body_min_rate=1000, body_window=0.5)
 GET = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"
@@ -233,3 +235,104 @@ class OtherListenerTests(TestCase):
         trickle(self, client, b"POST /publish/ HTTP/1.1\r\nHost: x\r\n\r\n", 0.1)
         answer = await within(5, client.closed)
         self.assertTrue(answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer)
+
+
+class StreamBudgetTests(TestCase):
+    """``[runner] max_buffered_bytes`` over real sockets: stream clients that stop reading."""
+
+    async def open_stream(self, proxy: ProxyHarness) -> RawClient:
+        client = await connect(proxy)
+        self.addCleanup(client.transport.abortConnection)
+        before = proxy.router.subscriber_count()
+        client.transport.write(b"GET /s HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_until(lambda: proxy.router.subscriber_count() == before + 1)
+        return client
+
+    async def publish_until(self, proxy: ProxyHarness, condition: object) -> None:
+        """Publish 128 kB items, a reactor turn apart, until ``condition()`` (at most 400)."""
+        for _ in range(400):
+            if condition():  # type: ignore[operator]
+                return
+            proxy.publish("c", http_stream={"content": "x" * 131_072})
+            await task.deferLater(reactor, 0.005, lambda: None)
+        raise AssertionError("condition not met")
+
+    async def test_client_behind_first_is_dropped_first(self) -> None:
+        """A stops reading first, B later; past the cap A is dropped, B (behind for less)
+        and a client that reads keep their streams."""
+        proxy = ProxyHarness(self, max_client_buffer=64_000_000)
+        budget = WriteBudget(reactor, 2_000_000)
+        proxy.resource.write_budget = budget
+        proxy.handle(b"/s", lambda r: grip(r, b"", Grip_Hold="stream", Grip_Channel="c"))
+        first, second, reader = [await self.open_stream(proxy) for _ in range(3)]
+        first.transport.pauseProducing()
+        await self.publish_until(proxy, lambda: budget.total > 1_000_000)
+        second.transport.pauseProducing()
+        await self.publish_until(proxy, lambda: budget.dropped)
+        self.assertEqual(budget.dropped, 1)
+        self.assertLessEqual(budget.total, 2_000_000)
+        self.assertEqual(proxy.router.subscriber_count(), 2)  # second and reader
+        first.transport.resumeProducing()  # a client that does not read sees no close
+        await within(5, first.closed)
+        self.assertFalse(second.closed.called)
+        second.transport.resumeProducing()
+        await wait_until(lambda: budget.total == 0)
+        proxy.publish("c", http_stream={"content": "last\n"})
+        for client in (second, reader):
+            await wait_until(lambda c=client: c.data.endswith(b"last\n\r\n"))  # type: ignore[misc]
+
+
+class WebSocketBudgetTests(WsTestMixin, TestCase):
+    timeout = 60
+
+    @inlineCallbacks
+    def test_websocket_that_does_not_read_is_dropped(self):  # type: ignore[no-untyped-def]
+        """A WebSocket client that stops reading counts against the same budget and is
+        dropped past it; one that reads keeps its connection."""
+        yield self.start(grip_echo)
+        budget = WriteBudget(reactor, 1_000_000)
+        self.factory.budget = budget
+        self.factory.max_outbound = 64_000_000
+        slow_side, slow = yield self.connect()
+        fast_side, fast = yield self.connect()
+        for client, side in ((slow, slow_side), (fast, fast_side)):
+            client.sendMessage(b"sub:news")
+            yield side.wait_messages(1)
+        slow.transport.pauseProducing()
+        for _ in range(400):
+            if budget.dropped:
+                break
+            self.publish("news", content="x" * 131_072)
+            yield task.deferLater(reactor, 0.005, lambda: None)
+        self.assertEqual(budget.dropped, 1)
+        slow.transport.resumeProducing()  # a client that does not read sees no close
+        yield within(5, slow_side.closed)
+        self.publish("news", content="still here")
+        yield wait_until(lambda: any(m == (b"still here", False) for m in fast_side.messages))
+
+
+class Named:
+    def __init__(self, name: str, dropped: list[str]) -> None:
+        self.name, self.dropped = name, dropped
+
+    def drop_slow(self) -> None:
+        self.dropped.append(self.name)
+
+
+class WriteBudgetOrderTests(SynchronousTestCase):
+    def test_drops_in_the_order_clients_fell_behind(self) -> None:
+        """Bytes added later to a client do not move it back in the line; a released
+        client leaves it; enforcement runs once, on the next turn."""
+        clock = task.Clock()
+        budget = WriteBudget(clock, 100)
+        dropped: list[str] = []
+        a, b, c = (Named(n, dropped) for n in "abc")
+        budget.add(a, 40)
+        budget.add(b, 40)
+        budget.add(c, 10)
+        budget.release(c)
+        budget.add(c, 10)
+        budget.add(b, 30)  # b is now the largest, but fell behind after a
+        self.assertEqual(dropped, [])
+        clock.advance(0)
+        self.assertEqual((dropped, budget.total, budget.dropped), (["a"], 80, 1))

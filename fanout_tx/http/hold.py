@@ -33,6 +33,7 @@ from fanout_tx.interfaces import ISubscriber
 from fanout_tx.items import Item
 from fanout_tx.router import Router
 from fanout_tx.write_batch import WriteBatch
+from fanout_tx.write_budget import WriteBudget
 
 # Bytes a stream may queue for a client that does not read, beyond the transport's own
 # buffer, before the client is dropped.
@@ -354,10 +355,11 @@ class HeldStream(_Hold):
     def __init__(self, request: Request, router: Router, clock: IReactorTime,
                  instruct: Instruct, origin: Origin,
                  max_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
-                 batch: WriteBatch | None = None) -> None:
+                 batch: WriteBatch | None = None, budget: WriteBudget | None = None) -> None:
         super().__init__(request, router, clock, instruct, origin)
         self.max_buffer = max_buffer
         self._batch = batch or WriteBatch(clock)
+        self._budget = budget  # the server-wide cap on bytes queued for slow clients
         self._out: list[bytes] = []
         self._framed = False  # chunked response: queue wire bytes, written as they are
         self._finishing = False
@@ -415,11 +417,12 @@ class HeldStream(_Hold):
             return
         if self._paused:
             self._queued_while_paused += len(data)
+            if self._budget is not None:
+                self._budget.add(self, len(data))
             if self._queued_while_paused > self.max_buffer:
                 self._log.warn("dropping a stream client that does not read ({size} bytes "
                                "queued)", size=self._queued_while_paused)
-                self._end()
-                abort(self.request)
+                self.drop_slow()
                 return
         out = self._out
         if not out:
@@ -526,6 +529,17 @@ class HeldStream(_Hold):
             self._write(prepared.content, prepared.chunk)
         self._restart_link_timer(force=False)
 
+    def drop_slow(self) -> None:
+        """Close a client that does not read (over its own buffer, or the server's
+        ``max_buffered_bytes``: write_budget.py)."""
+        self._end()
+        abort(self.request)
+
+    def _end(self) -> bool:
+        if self._budget is not None:
+            self._budget.release(self)
+        return super()._end()
+
     def _finish(self) -> None:
         if self._end():
             self._finishing = True
@@ -609,6 +623,8 @@ class HeldStream(_Hold):
     def resumeProducing(self) -> None:
         self._paused = False
         self._queued_while_paused = 0
+        if self._budget is not None:
+            self._budget.release(self)
 
     @override
     def stopProducing(self) -> None:

@@ -72,6 +72,7 @@ from fanout_tx.router import Router
 from fanout_tx.routes import Route, RouteTable
 from fanout_tx.tcp_options import no_delay
 from fanout_tx.write_batch import WriteBatch
+from fanout_tx.write_budget import WriteBudget
 
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _TEXT = [("Content-Type", "text/plain")]
@@ -357,6 +358,7 @@ class ProxyResource(Resource):
         websocket_handler: WebSocketHandler | None = None,
         max_client_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
         write_batch: WriteBatch | None = None,
+        write_budget: WriteBudget | None = None,
     ) -> None:
         super().__init__()
         self.routes = routes
@@ -370,6 +372,7 @@ class ProxyResource(Resource):
         # Shared by every stream: one flush per reactor turn. Tests that drive timers with a
         # fake clock still want real turns for output, so they pass their own.
         self.write_batch = write_batch or WriteBatch(clock)
+        self.write_budget = write_budget  # [runner] max_buffered_bytes, shared with WebSockets
         self.requests = 0  # client requests received, for the stats socket's activity
 
     @override
@@ -428,7 +431,7 @@ class ProxyResource(Resource):
                 response=Response(200, None, tuple(_TEXT), b"[stream opened]\n"),
             )
             HeldStream(request, self.router, self.clock, instruct, _TestOrigin(route),
-                       self.max_client_buffer, self.write_batch).start()
+                       self.max_client_buffer, self.write_batch, self.write_budget).start()
             return server.NOT_DONE_YET
         return plain(request, 404, "no such test resource\n")
 
@@ -725,7 +728,7 @@ class ProxySession:
             raise GripError("JSON-P is not available for stream holds")
         if instruct.hold == "stream":
             stream = HeldStream(self.request, proxy.router, proxy.clock, instruct, self,
-                                proxy.max_client_buffer, proxy.write_batch)
+                                proxy.max_client_buffer, proxy.write_batch, proxy.write_budget)
             self._hold = stream
             stream.start(send_head)
         else:

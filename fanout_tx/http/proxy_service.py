@@ -24,6 +24,7 @@ from fanout_tx.http.proxy import ProxyResource, RouteSource, WebSocketHandler, p
 from fanout_tx.logs import level_of
 from fanout_tx.router import Router
 from fanout_tx.tls_server import ServerIdentities, tls_endpoint
+from fanout_tx.write_budget import WriteBudget
 
 # Many clients arrive at once on a push server (reconnect storms); the default of 50 makes
 # the kernel drop SYNs and clients wait a second to retry.
@@ -60,6 +61,7 @@ def build_proxy_service(
     config: Config, routes: RouteSource, router: Router, reactor: Any,
     websocket_handler: WebSocketHandler | None = None,
     tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = (),
+    write_budget: WriteBudget | None = None,
 ) -> ProxyService:
     register_renderers(router)
     # Verified and unverified (route option ``insecure``) TLS connections never share a pool.
@@ -68,7 +70,8 @@ def build_proxy_service(
     insecure = OriginClient(reactor, OriginEndpoints(reactor, InsecurePolicy()),
                             max_idle=MAX_PERSISTENT_PER_ORIGIN)
     resource = ProxyResource(routes, router, reactor, agent, ProxySettings.from_config(config),
-                             insecure_agent=insecure, websocket_handler=websocket_handler)
+                             insecure_agent=insecure, websocket_handler=websocket_handler,
+                             write_budget=write_budget)
     service = ProxyService((agent, insecure), resource)
     runner = config.runner
     # 0: counted, never paused

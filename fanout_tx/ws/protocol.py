@@ -29,6 +29,7 @@ from zope.interface import implementer
 
 from fanout_tx.formats import Format
 from fanout_tx.write_batch import WriteBatch
+from fanout_tx.write_budget import SlowClient, WriteBudget
 
 DEFAULT_MAX_MESSAGE = 1_000_000
 DEFAULT_MAX_OUTBOUND = 1_000_000
@@ -55,14 +56,18 @@ def _valid_close(code: int | None, reason: bytes | None) -> bool:
 @implementer(IPushProducer)
 class OutboundGuard:
     """Registered as the transport's push producer: knows when the kernel buffer is full
-    and counts what is written meanwhile. ``follower``, when set, is paused, resumed and
+    and counts what is written meanwhile, also against the server-wide ``budget``
+    (write_budget.py) on behalf of ``owner``. ``follower``, when set, is paused, resumed and
     stopped with it."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, budget: WriteBudget | None = None,
+                 owner: SlowClient | None = None) -> None:
         self.limit = limit
         self.paused = False
         self.backlog = 0
         self.follower: IPushProducer | None = None
+        self._budget = budget
+        self._owner = owner
 
     def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer
         self.paused = True
@@ -72,6 +77,7 @@ class OutboundGuard:
     def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer
         self.paused = False
         self.backlog = 0
+        self.release()
         if self.follower is not None:
             self.follower.resumeProducing()
 
@@ -85,7 +91,14 @@ class OutboundGuard:
         if not self.paused:
             return True
         self.backlog += size
+        if self._budget is not None and self._owner is not None:
+            self._budget.add(self._owner, size)
         return self.backlog <= self.limit
+
+    def release(self) -> None:
+        """Nothing is queued any more (drained, or the connection ended)."""
+        if self._budget is not None and self._owner is not None:
+            self._budget.release(self._owner)
 
 
 class ClientProtocol(WebSocketServerProtocol):
@@ -115,7 +128,7 @@ class ClientProtocol(WebSocketServerProtocol):
 
     @override
     def onOpen(self) -> None:  # noqa: N802
-        self.guard = OutboundGuard(self.factory.max_outbound)
+        self.guard = OutboundGuard(self.factory.max_outbound, self.factory.budget, self)
         # twisted.web's HTTPChannel registered itself before the upgrade took the transport
         self.transport.unregisterProducer()
         self.transport.registerProducer(self.guard, True)
@@ -174,6 +187,8 @@ class ClientProtocol(WebSocketServerProtocol):
             self._close_wait.cancel()
             self._close_wait = None
         super().connectionLost(reason)
+        if self.guard is not None:
+            self.guard.release()
         if self.limit_slot is not None:
             self.limit_slot.release()
 
@@ -260,6 +275,11 @@ class ClientProtocol(WebSocketServerProtocol):
             else:
                 self.sendCloseFrame(code, reason.encode("utf-8")[:123])
 
+    def drop_slow(self) -> None:
+        """The server-wide buffer budget is spent and this client fell behind first:
+        drop it (a close frame would wait behind what it does not read)."""
+        self.abort()
+
     def abort(self) -> None:
         """Drop the TCP connection. Not autobahn's dropConnection, which logs a warning for
         every unclean drop: a deliberate one (DISCONNECT) is not worth one per connection."""
@@ -288,11 +308,13 @@ class ClientFactory(WebSocketServerFactory):
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
                  max_outbound: int = DEFAULT_MAX_OUTBOUND,
                  clock: IReactorTime | None = None,
-                 close_reply_wait: float = CLOSE_REPLY_WAIT) -> None:
+                 close_reply_wait: float = CLOSE_REPLY_WAIT,
+                 budget: WriteBudget | None = None) -> None:
         # No Server header of our own: the origin's (if any) is relayed, as Pushpin does.
         super().__init__(server=None)
         self.max_message = max_message
         self.max_outbound = max_outbound
+        self.budget = budget  # [runner] max_buffered_bytes, shared with HTTP streams
         # With a clock, published frames are coalesced per client per reactor turn;
         # without one (in-memory tests) they are written at once.
         self.batch = WriteBatch(clock) if clock is not None else None

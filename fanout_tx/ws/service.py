@@ -16,6 +16,7 @@ from fanout_tx.config import Config
 from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.router import Router
+from fanout_tx.write_budget import WriteBudget
 from fanout_tx.ws.handler import WebSocketHandler
 from fanout_tx.ws.protocol import ClientFactory
 from fanout_tx.ws.proxy import endpoint_connector
@@ -39,15 +40,18 @@ class WebSocketService(Service):
             [origins.closeCachedConnections() for origins in self.origins]))
 
 
-def client_factory(config: Config, clock: IReactorTime) -> ClientFactory:
+def client_factory(config: Config, clock: IReactorTime,
+                   budget: WriteBudget | None = None) -> ClientFactory:
     """The factory for every client WebSocket, with the ``[websocket]`` limits."""
     return ClientFactory(max_message=config.websocket.max_message,
-                         max_outbound=config.websocket.max_outbound, clock=clock)
+                         max_outbound=config.websocket.max_outbound, clock=clock,
+                         budget=budget)
 
 
 def build_websocket_service(config: Config, routes: Any, router: Router,
-                            reactor: Any) -> WebSocketService:
-    factory = client_factory(config, reactor)
+                            reactor: Any, budget: WriteBudget | None = None
+                            ) -> WebSocketService:
+    factory = client_factory(config, reactor, budget)
     router.add_renderer("ws-message", factory.render)
     # Verified and ``insecure`` TLS connections in pools of their own, as for HTTP routes.
     verified = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
