@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -34,7 +36,12 @@ class LoadsTests(SynchronousTestCase):
     def test_deep_token_is_a_signature_error(self) -> None:
         """A bearer token or Grip-Sig whose claims nest too deep is refused like any
         malformed token, not raised as a RecursionError into the request."""
-        token = ".".join((_b64url(b'{"alg":"HS256","typ":"JWT"}'), _b64url(b"[" * 50_000),
-                          "sig"))
+        signing_input = ".".join((_b64url(b'{"alg":"HS256","typ":"JWT"}'),
+                                  _b64url(b"[" * 50_000)))
+        signature = hmac.new(b"key", signing_input.encode("ascii"), hashlib.sha256).digest()
+        token = f"{signing_input}.{_b64url(signature)}"
         error = self.assertRaises(SignatureError, verify_hs256, token, b"key", 0.0)
+        self.assertEqual(str(error), "token is not valid JSON")
+        header = ".".join((_b64url(b"[" * 50_000), _b64url(b"{}"), "sig"))
+        error = self.assertRaises(SignatureError, verify_hs256, header, b"key", 0.0)
         self.assertEqual(str(error), "token is not valid JSON")

@@ -1,43 +1,35 @@
-"""Pure HS256 JWTs: ``Grip-Sig`` for origin requests and Bearer tokens on the publish API.
+"""HS256 JWTs: ``Grip-Sig`` for origin requests and Bearer tokens on the publish API.
 
-Small enough to own rather than depend on a JWT library: HS256 only, which is all GRIP uses.
+PyJWT parses and signs; it is held to HS256 only (``alg: none``, RS256 and every other
+algorithm are refused) and to a required ``exp``. The expiry itself is checked here against
+the caller's clock (the reactor's), which PyJWT cannot be given: it reads the wall clock.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
-import json
+import warnings
 from typing import Any
 
-from fanout_tx.json_input import loads
+import jwt
+
+_ALGORITHMS = ["HS256"]
+# Claims PyJWT would check against the wall clock or that GRIP does not use: exp is checked
+# below with the caller's clock; nbf, iat, aud, sub and jti are ignored, as Pushpin does.
+_UNCHECKED = {"verify_exp": False, "verify_nbf": False, "verify_iat": False,
+              "verify_aud": False, "verify_sub": False, "verify_jti": False}
+
+# A short key is the operator's choice (Pushpin's default is "changeme"): PyJWT would warn on
+# every token signed or checked with one.
+if hasattr(jwt.warnings, "InsecureKeyLengthWarning"):
+    warnings.filterwarnings("ignore", category=jwt.warnings.InsecureKeyLengthWarning)
 
 
 class SignatureError(ValueError):
     """A token is malformed, badly signed, expired or from the wrong issuer."""
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64url(text: str) -> bytes:
-    try:
-        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-    except (binascii.Error, ValueError):
-        raise SignatureError("token is not base64url") from None
-
-
-_HEADER = _b64url(b'{"alg":"HS256","typ":"JWT"}')
-
-
 def encode_hs256(claims: dict[str, Any], key: bytes) -> str:
-    payload = _b64url(json.dumps(claims, separators=(",", ":")).encode("utf-8"))
-    signing_input = f"{_HEADER}.{payload}".encode("ascii")
-    signature = hmac.new(key, signing_input, hashlib.sha256).digest()
-    return f"{_HEADER}.{payload}.{_b64url(signature)}"
+    return jwt.encode(claims, key, algorithm="HS256")
 
 
 def grip_sig(iss: str, key: bytes, now: float) -> str:
@@ -50,21 +42,27 @@ def verify_hs256(
     require_exp: bool = True,
 ) -> dict[str, Any]:
     """Check an HS256 token and return its claims, or raise SignatureError with the reason."""
-    parts = token.strip().split(".")
-    if len(parts) != 3:
-        raise SignatureError("token is not a JWT")
+    options = {**_UNCHECKED, "require": ["exp"] if require_exp else []}
     try:
-        header = loads(_unb64url(parts[0]))
-        claims = loads(_unb64url(parts[1]))
-    except ValueError:
+        claims: dict[str, Any] = jwt.decode(token.strip(), key, algorithms=_ALGORITHMS,
+                                            options=options, issuer=iss)
+    except RecursionError:  # json.loads on a header or claims nested too deep
         raise SignatureError("token is not valid JSON") from None
-    if not isinstance(header, dict) or header.get("alg") != "HS256":
-        raise SignatureError("token algorithm must be HS256")
-    expected = hmac.new(key, f"{parts[0]}.{parts[1]}".encode("ascii"), hashlib.sha256).digest()
-    if not hmac.compare_digest(expected, _unb64url(parts[2])):
-        raise SignatureError("invalid signature")
-    if not isinstance(claims, dict):
-        raise SignatureError("claims must be an object")
+    except jwt.InvalidSignatureError:
+        raise SignatureError("invalid signature") from None
+    except jwt.InvalidAlgorithmError:
+        raise SignatureError("token algorithm must be HS256") from None
+    except jwt.MissingRequiredClaimError as e:
+        raise SignatureError("token has no exp claim" if e.claim == "exp" else "wrong issuer") \
+            from None
+    except jwt.InvalidIssuerError:
+        raise SignatureError("wrong issuer") from None
+    except jwt.DecodeError as e:
+        json = str(e).startswith(("Invalid header string", "Invalid payload string"))
+        raise SignatureError("token is not valid JSON" if json else "token is not a JWT") \
+            from None
+    except jwt.PyJWTError as e:  # e.g. an HMAC key PyJWT will not use (a PEM public key)
+        raise SignatureError(f"token refused: {e}") from None
     exp = claims.get("exp")
     if exp is None:
         if require_exp:
@@ -73,6 +71,4 @@ def verify_hs256(
         raise SignatureError("exp claim must be a number")
     elif now > exp + leeway:
         raise SignatureError("token has expired")
-    if iss is not None and claims.get("iss") != iss:
-        raise SignatureError("wrong issuer")
     return claims
