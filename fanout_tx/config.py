@@ -115,6 +115,7 @@ class XmppConfig:
     backend_timeout: float = 10.0
     sig_iss: str = ""
     sig_key: bytes = b""
+    max_stanza_size: int = 64 * 1024  # bytes per inbound stanza; larger ones are refused
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "backend_timeout": ("backend_timeout", _seconds),
         "sig_iss": ("sig_iss", _text),
         "sig_key": ("sig_key", parse_key),
+        "max_stanza_size": ("max_stanza_size", _positive_int),
     },
     "webhooks": {
         "enabled": ("enabled", parse_bool),

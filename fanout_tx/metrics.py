@@ -80,6 +80,7 @@ class Rejecting(Protocol):
 class LinkStateLike(Protocol):
     up: bool
     errors: Mapping[str, int]
+    oversized: int
 
 
 @dataclass
@@ -207,6 +208,9 @@ class FanoutCollector(Collector):
         for reason, count in sorted((link.errors if link is not None else {}).items()):
             errors.add_metric([reason], count)
         yield errors
+        yield CounterMetricFamily("fanout_xmpp_oversized", "Inbound XMPP stanzas "
+                                  "over [xmpp] max_stanza_size, dropped.",
+                                  value=link.oversized if link is not None else 0)
 
     def _redis(self) -> Iterator[Metric]:
         redis = self.sources.redis

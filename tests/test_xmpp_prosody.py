@@ -98,10 +98,13 @@ class ProsodyTestsMixin:
         return backend, f"http://127.0.0.1:{port.getHost().port}/xmpp"
 
     async def start_component(self: Any, router: Router, backend_url: str,
-                              secret: str = SECRET, wait: bool = True) -> XmppComponent:
+                              secret: str = SECRET, wait: bool = True,
+                              max_stanza_size: int = XmppConfig.max_stanza_size,
+                              ) -> XmppComponent:
         config = Config(xmpp=XmppConfig(
             enabled=True, jid=DOMAIN, port=self.prosody.component_port, secret=secret,
             backend=backend_url, backend_timeout=5, sig_key=b"xmpp-key", sig_iss="fanout",
+            max_stanza_size=max_stanza_size,
         ))
         component = build_xmpp(config, router, reactor)
         up: Deferred[Any] = Deferred()

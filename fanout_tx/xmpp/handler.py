@@ -23,6 +23,7 @@ from fanout_tx.formats.xmpp import unwritable
 from fanout_tx.router import Router
 from fanout_tx.xmpp.answer import BackendAnswer
 from fanout_tx.xmpp.backend import BackendClient, BackendError, StanzaEnvelope
+from fanout_tx.xmpp.bounded_stream import OVERSIZED_EVENT, Oversized
 from fanout_tx.xmpp.render import StanzaRenderer
 from fanout_tx.xmpp.serial import KeyedSerializer
 from fanout_tx.xmpp.subscribers import JidSubscriptions
@@ -73,6 +74,7 @@ class ComponentHandler(XMPPHandler):
     def connectionInitialized(self) -> None:
         for kind in ("message", "presence", "iq"):
             self.xmlstream.addObserver(f"/{kind}", self.on_stanza)
+        self.xmlstream.addObserver(OVERSIZED_EVENT, self.on_oversized)
         self._ready = True
 
     @override
@@ -109,6 +111,26 @@ class ComponentHandler(XMPPHandler):
                               sender=stanza.getAttribute("from"))
             if _needs_answer(stanza):
                 self._send(StanzaError("internal-server-error").toResponse(stanza))
+
+    def on_oversized(self, event: Oversized) -> None:
+        """A stanza over ``max_stanza_size`` (bounded_stream.py), already thrown away: the
+        sender gets ``policy-violation`` (unless it sent an error), a departure still
+        counts."""
+        head = event.head
+        kind, stanza_type = head.name, head.getAttribute("type")
+        sender, to = _jid(head.getAttribute("from")), _jid(head.getAttribute("to"))
+        self._log.warn("dropped <{kind}> of {size} bytes from {sender}: larger than "
+                       "max_stanza_size", kind=kind, size=event.size,
+                       sender=head.getAttribute("from"))
+        if sender is None or to is None or unwritable(head) is not None:
+            return
+        leaving = _leaving(kind, stanza_type)
+        if leaving:
+            self._leave(sender.full(), leaving)
+        if stanza_type != "error" and kind in ("message", "presence", "iq"):
+            self._send(StanzaError(
+                "policy-violation", "modify", "stanza too large",
+            ).toResponse(head))
 
     def _dispatch(self, stanza: domish.Element) -> None:
         kind, stanza_type = stanza.name, stanza.getAttribute("type")

@@ -20,6 +20,12 @@ from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 from typing_extensions import override
 
+from fanout_tx.xmpp.bounded_stream import (
+    DEFAULT_MAX_STANZA_SIZE,
+    OVERSIZED_EVENT,
+    BoundedXmlStream,
+)
+
 MAX_RETRY_DELAY = 30.0
 
 
@@ -30,6 +36,8 @@ class LinkState:
     up: bool = False
     errors: Counter[str] = field(default_factory=Counter)
     last_error: str | None = None
+    # Inbound stanzas over [xmpp] max_stanza_size, dropped: fanout_xmpp_oversized_total
+    oversized: int = 0
 
 
 class LinkFactory(xmlstream.XmlStreamFactory):
@@ -44,21 +52,31 @@ class LinkFactory(xmlstream.XmlStreamFactory):
     # say nothing the link's own lines do not.
     noisy = False
 
+    protocol = BoundedXmlStream
+
     def __init__(self, authenticator: xmlstream.ConnectAuthenticator, state: LinkState,
-                 clock: IReactorTime, server: str) -> None:
+                 clock: IReactorTime, server: str,
+                 max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE) -> None:
         super().__init__(authenticator)
         self.clock = clock
+        self.max_stanza_size = max_stanza_size
         self.state = state
         self._server = server
         self._refusal: tuple[str, str] | None = None
         self.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._authenticated)
         self.addBootstrap(xmlstream.STREAM_ERROR_EVENT, self._stream_error)
+        self.addBootstrap(OVERSIZED_EVENT, self._oversized)
 
     @override
     def buildProtocol(self, addr):
         # Not XmlStreamFactory.buildProtocol: its resetDelay() here defeats the backoff.
         self._refusal = None
-        return XmlStreamFactoryMixin.buildProtocol(self, addr)
+        xs = XmlStreamFactoryMixin.buildProtocol(self, addr)
+        xs.max_stanza_size = self.max_stanza_size
+        return xs
+
+    def _oversized(self, _event: object) -> None:
+        self.state.oversized += 1
 
     def _authenticated(self, _xs: xmlstream.XmlStream) -> None:
         self.resetDelay()

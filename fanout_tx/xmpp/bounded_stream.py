@@ -1,0 +1,146 @@
+"""The component's XML stream with a cap on inbound stanza size.
+
+twisted.words builds every stanza in memory before anyone sees it (and drops the whole
+link past its own 10 MB). Here a stanza that grows past ``max_stanza_size`` bytes stops
+being built: the rest of it is parsed and thrown away, and once it ends its top element
+(name and attributes, no children) is dispatched as OVERSIZED_EVENT, so the handler can
+answer the sender while the link and every other stanza go on. Memory per stanza stays
+within the cap and one read. Only a single XML token (a tag, which expat must buffer whole)
+larger than the cap and TOKEN_SLACK ends the link, with a ``policy-violation`` stream error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.python.failure import Failure
+from twisted.words.protocols.jabber import xmlstream
+from twisted.words.protocols.jabber.error import StreamError
+from twisted.words.xish import domish
+from typing_extensions import override
+
+# Prosody accepts stanzas of up to 256 KiB from clients (c2s_stanza_size_limit) and passes
+# them on; stanzas for a push component are small.
+DEFAULT_MAX_STANZA_SIZE = 64 * 1024
+OVERSIZED_EVENT = "//event/fanout/stanza-too-large"
+# Bytes without any parser event (one tag still open) tolerated beyond the cap: one read's
+# worth of text is a single event too, so the cap alone would be too strict for small caps.
+TOKEN_SLACK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """What OVERSIZED_EVENT carries: the stanza's top element without children."""
+
+    head: domish.Element
+    size: int
+
+
+class BoundedElementStream(domish.ExpatElementStream):
+    """ExpatElementStream that skips (does not build) stanzas past ``limit`` bytes and
+    reports each one's head through ``on_oversized(head, size)``."""
+
+    def __init__(self, limit: int, on_oversized: Callable[[domish.Element, int], None]) -> None:
+        super().__init__()
+        self._limit = limit
+        self._on_oversized = on_oversized
+        self._fed = 0  # bytes given to the parser so far
+        self._start = 0  # where the stanza being read began
+        self._last_event = 0  # where expat last reported anything
+        self._head: domish.Element | None = None  # set while skipping a stanza
+        self._depth = 0  # open elements of the stanza being skipped
+
+    @override
+    def parse(self, buffer: bytes) -> None:
+        self._fed += len(buffer)
+        self.stanzaSize = 0  # twisted's own cap would drop the link; this one skips
+        super().parse(buffer)
+        self._check_size()
+        if self._fed - self._last_event > self._limit + TOKEN_SLACK:
+            raise domish.ParserError(f"an XML tag larger than {self._limit} bytes")
+
+    def _position(self) -> int:
+        self._last_event = self.parser.CurrentByteIndex
+        return self._last_event
+
+    def _check_size(self) -> None:
+        """A stanza being built past the limit: keep its head, drop the rest."""
+        if self.currElem is None or self._fed - self._start <= self._limit:
+            return
+        top, depth = self.currElem, 1
+        while top.parent is not None:
+            top, depth = top.parent, depth + 1
+        self._head = domish.Element((top.uri, top.name), top.defaultUri, dict(top.attributes))
+        self._depth = depth
+        self.currElem = None
+        self.elementCount = 0
+
+    @override
+    def _onStartElement(self, name: str, attrs: dict[Any, str]) -> None:
+        position = self._position()
+        if self._head is not None:
+            self._depth += 1
+            return
+        if self.documentStarted and self.currElem is None:
+            self._start = position
+        super()._onStartElement(name, attrs)
+        self._check_size()
+
+    @override
+    def _onEndElement(self, name: str) -> None:
+        position = self._position()
+        if self._head is not None:
+            self._depth -= 1
+            if not self._depth:
+                head, self._head = self._head, None
+                self._on_oversized(head, position - self._start)
+            return
+        if (self.currElem is not None and self.currElem.parent is None
+                and position - self._start > self._limit):
+            head = self.currElem
+            self.currElem = None
+            self.elementCount = 0
+            head.children = []
+            self._on_oversized(head, position - self._start)
+            return
+        super()._onEndElement(name)
+
+    @override
+    def _onCdata(self, data: str) -> None:
+        self._position()
+        if self._head is None:
+            super()._onCdata(data)
+            self._check_size()
+
+
+class BoundedXmlStream(xmlstream.XmlStream):
+    """The component link's protocol; ``max_stanza_size`` is set by the factory."""
+
+    max_stanza_size = DEFAULT_MAX_STANZA_SIZE
+
+    @override
+    def _initializeStream(self) -> None:
+        super()._initializeStream()
+        stream = BoundedElementStream(self.max_stanza_size, self._oversized)
+        stream.DocumentStartEvent = self.onDocumentStart
+        stream.ElementEvent = self.onElement
+        stream.DocumentEndEvent = self.onDocumentEnd
+        self.stream = stream
+
+    def _oversized(self, head: domish.Element, size: int) -> None:
+        self.dispatch(Oversized(head, size), OVERSIZED_EVENT)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            if self.rawDataInFn:
+                self.rawDataInFn(data)
+            self.stream.parse(data)
+        except domish.ParserError as e:
+            # As twisted.words, but the server hears why (policy-violation for our cap).
+            if "larger than" in str(e):
+                self.sendStreamError(StreamError("policy-violation", text=str(e)))
+            self.dispatch(Failure(), xmlstream.STREAM_ERROR_EVENT)
+            self.transport.loseConnection()
