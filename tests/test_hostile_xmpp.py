@@ -15,6 +15,7 @@ from twisted.words.xish import domish
 
 from fanout_tx.router import Router
 from fanout_tx.xmpp.bounded_stream import TOKEN_SLACK, BoundedElementStream
+from fanout_tx.xmpp.serial import KeyedSerializer
 from tests.test_xmpp_prosody import DOMAIN, ProsodyTestsMixin, _subscribe_and_echo
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -126,3 +127,21 @@ class BoundedElementStreamTests(SynchronousTestCase):
         with self.assertRaises(domish.ParserError):
             for _ in range(TOKEN_SLACK // 65536 + 2):
                 self.stream.parse(b"q" * 65536)
+
+
+class SerializerBoundTests(SynchronousTestCase):
+    def test_all_keys_together_are_bounded(self) -> None:
+        """Many JIDs with one stanza each cannot add up past the total: the next one is
+        refused until a job ends."""
+        serial = KeyedSerializer(max_queued=32, max_total=3)
+        jobs: list[Deferred[None]] = []
+
+        def job() -> Deferred[None]:
+            jobs.append(Deferred())
+            return jobs[-1]
+
+        self.assertEqual([serial.submit(f"jid{n}", job) for n in range(4)],
+                         [True, True, True, False])
+        self.assertFalse(serial.submit("jid0", job))  # waiting counts too
+        jobs[0].callback(None)
+        self.assertTrue(serial.submit("jid9", job))

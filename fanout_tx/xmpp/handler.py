@@ -32,8 +32,10 @@ NS_DISCO_INFO = "http://jabber.org/protocol/disco#info"
 NS_PING = "urn:xmpp:ping"
 FEATURES = (NS_DISCO_INFO, NS_PING)
 
-# Stanzas one JID may have waiting for the backend before more are refused.
+# Stanzas one JID may have waiting for the backend before more are refused, and all JIDs'
+# stanzas running or waiting together (at most max_stanza_size each).
 MAX_QUEUED_PER_JID = 32
+MAX_QUEUED_TOTAL = 10_000
 
 
 def stanza_error_for(status: int | None) -> StanzaError:
@@ -60,7 +62,7 @@ class ComponentHandler(XMPPHandler):
         self._renderer = renderer
         self._backend = backend
         self.subscriptions = JidSubscriptions(router, self.send_raw, max_channels)
-        self._serial = KeyedSerializer(MAX_QUEUED_PER_JID)
+        self._serial = KeyedSerializer(MAX_QUEUED_PER_JID, MAX_QUEUED_TOTAL)
         self._ready = False
         self.dropped_pushes = 0
 
@@ -164,7 +166,8 @@ class ComponentHandler(XMPPHandler):
             return
         envelope = StanzaEnvelope(kind, sender, to, stanza_type, {})
         if not self._serial.submit(sender, lambda: self._forward(stanza, envelope, leaving)):
-            self._log.warn("{sender} has too many stanzas waiting for the backend", sender=sender)
+            self._log.warn("{sender} has too many stanzas waiting for the backend (or all "
+                           "JIDs together have)", sender=sender)
             if leaving:
                 self._leave(sender, leaving)
             if _needs_answer(stanza):

@@ -1,4 +1,5 @@
-"""Runs asynchronous jobs one at a time per key, with a bounded queue per key.
+"""Runs asynchronous jobs one at a time per key, with a bounded queue per key and a bound on
+all jobs together (many keys with a few jobs each must not add up without limit).
 
 Stanzas from one JID go to the backend in order and their answers are applied in order, so
 a late answer to an earlier ``available`` cannot re-subscribe a JID that has since left.
@@ -20,8 +21,10 @@ Job = Callable[[], "Deferred[Any] | Any"]
 class KeyedSerializer:
     _log = Logger()
 
-    def __init__(self, max_queued: int) -> None:
+    def __init__(self, max_queued: int, max_total: int) -> None:
         self._max_queued = max_queued
+        self._max_total = max_total
+        self._total = 0  # jobs running or waiting, every key's
         self._queues: dict[str, deque[Job]] = {}
         self._idle_waiters: list[Deferred[None]] = []
 
@@ -39,14 +42,18 @@ class KeyedSerializer:
 
     def submit(self, key: str, job: Job) -> bool:
         """Run ``job`` after the key's earlier jobs; False (job dropped) when the key already
-        has ``max_queued`` jobs waiting."""
+        has ``max_queued`` jobs waiting or ``max_total`` jobs are running or waiting."""
+        if self._total >= self._max_total:
+            return False
         queue = self._queues.get(key)
         if queue is None:
+            self._total += 1
             self._queues[key] = deque()
             self._start(key, job)
             return True
         if len(queue) >= self._max_queued:
             return False
+        self._total += 1
         queue.append(job)
         return True
 
@@ -56,6 +63,7 @@ class KeyedSerializer:
     def _finished(self, result: Any, key: str) -> None:
         if isinstance(result, Failure):
             self._log.failure("job for {key} failed", result, key=key)
+        self._total -= 1
         queue = self._queues[key]
         if queue:
             self._start(key, queue.popleft())
