@@ -17,6 +17,7 @@ from fanout_tx.http.publish_api import PublishSite
 from fanout_tx.write_budget import WriteBudget
 from tests.helpers import RawClient, TrackingFactory, wait_until
 from tests.proxy_fixtures import ProxyHarness, grip
+from tests.test_proxy_tls import self_signed_for_loopback
 from tests.test_ws_e2e import WsTestMixin, grip_echo
 
 FAST = ClientTimeouts(header=0.5, keepalive=0.5, body_min_rate=1000, body_window=0.5)
@@ -336,3 +337,19 @@ class WriteBudgetOrderTests(SynchronousTestCase):
         self.assertEqual(dropped, [])
         clock.advance(0)
         self.assertEqual((dropped, budget.total, budget.dropped), (["a"], 80, 1))
+
+
+class TlsHandshakeTests(TestCase):
+    async def test_stalled_tls_handshake_closed(self) -> None:
+        """A TLS client port: a connection that never sends its ClientHello is closed when
+        the head deadline passes (it counts from the connect, handshake included)."""
+        proxy = harness(self)
+        cert, _public = self_signed_for_loopback()
+        factory = TrackingFactory(proxy.proxy_factory.wrappedFactory)
+        port = reactor.listenSSL(0, factory, cert.options(), interface="127.0.0.1")
+        self.addCleanup(factory.wait_closed)
+        self.addCleanup(port.stopListening)
+        client = await ClientCreator(reactor, RawClient).connectTCP(
+            "127.0.0.1", port.getHost().port)
+        self.assertEqual(await within(5, client.closed), b"")
+        self.assertEqual(proxy.proxy_factory.wrappedFactory.dropped["header_timeout"], 1)

@@ -165,7 +165,11 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _expire(self, reason: str, text: str, answer: bytes | None) -> None:
         """408 (unless nothing of a request arrived, or an answer already started), then
-        close; counted by ``reason`` and logged."""
+        close; counted by ``reason`` and logged. A connection already closing (after a
+        400 or 431 the client does not read) is only aborted."""
+        if getattr(self.transport, "disconnecting", False):
+            self.transport.abortConnection()
+            return
         dropped: Counter[str] | None = getattr(self.site, "dropped", None)
         if dropped is not None:
             dropped[reason] += 1

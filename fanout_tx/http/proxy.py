@@ -302,7 +302,7 @@ class ProxyChannel(DeadlineChannel):
         self.transport.write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 26\r\nConnection: close\r\n\r\nRequest header too large.\n")
-        self.transport.loseConnection()
+        self._close()
 
 
 class ProxySite(server.Site):
