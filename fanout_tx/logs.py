@@ -20,6 +20,8 @@ from twisted.logger import (
     globalLogBeginner,
 )
 
+from fanout_tx._twisted import HTTP_CLIENT_FACTORY_NAMESPACE
+
 LEVELS = (LogLevel.error, LogLevel.warn, LogLevel.info, LogLevel.debug)
 
 
@@ -31,7 +33,7 @@ def level_of(log_level: int) -> LogLevel:
 # Twisted logs "Starting factory"/"Stopping factory" at info for every connection an HTTP
 # client pool opens to an origin, backend or webhook endpoint: per-request noise, shown at
 # debug only.
-CONNECTION_NOISE = ("twisted.web.client._HTTP11ClientFactory",)
+CONNECTION_NOISE = (HTTP_CLIENT_FACTORY_NAMESPACE,)
 
 
 def filtered(observer: ILogObserver, log_level: int) -> FilteringLogObserver:

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.web.resource import Resource
 from typing_extensions import override
 
+from fanout_tx._twisted import listening_port
 from fanout_tx.config import ListenAddress, MetricsConfig
 from fanout_tx.health import (
     HealthResource,
@@ -49,7 +50,7 @@ def bound_port(service: StreamServerEndpointService) -> Deferred[IListeningPort 
         result.callback(port)
         return port
 
-    service._waitingForPort.addCallback(fire)
+    listening_port(service).addCallback(fire)
     return result
 
 

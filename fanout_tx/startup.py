@@ -23,6 +23,8 @@ from twisted.application.service import IService, MultiService
 from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 
+from fanout_tx._twisted import raise_bind_errors
+
 _log = Logger(namespace="fanout_tx.startup")
 
 
@@ -42,7 +44,7 @@ def listen_strictly(root: MultiService) -> None:
     """
     for service in _walk(root):
         if isinstance(service, StreamServerEndpointService):
-            service._raiseSynchronously = True
+            raise_bind_errors(service)
 
 
 def start_children(root: MultiService, start: Callable[[IService], None]) -> list[str]:

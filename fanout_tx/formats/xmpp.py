@@ -16,6 +16,7 @@ from twisted.words.protocols.jabber.jid import InvalidFormat
 from twisted.words.protocols.jabber.xmpp_stringprep import nodeprep
 from twisted.words.xish import domish
 
+from fanout_tx._twisted import add_cdata
 from fanout_tx.formats.base import Format, FormatError, choice, content_filters, optional_str
 
 # Stanzas on a component stream (XEP-0114) live in this namespace; ``jabber:client`` is
@@ -96,7 +97,7 @@ def parse_fragment(data: str | bytes, what: str = "content") -> list[domish.Elem
     def cdata(text: str) -> None:
         if stream.currElem is None and text.strip():
             raise FormatError(f"{what}: text outside of an element")
-        stream._onCdata(text)
+        add_cdata(stream, text)
 
     parser.ProcessingInstructionHandler = refuse
     parser.CharacterDataHandler = cdata

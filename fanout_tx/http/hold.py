@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet import tcp
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
@@ -23,6 +22,7 @@ from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._twisted import send_directly
 from fanout_tx.formats import Format
 from fanout_tx.grip.content_filters import filter_response_body
 from fanout_tx.grip.directives import FilterError
@@ -144,18 +144,7 @@ def send_now(transport: object, data: bytes) -> bytes:
     per flush on top of the ``send``, an eighth of the channels scenario. Anything else (TLS,
     HTTP/2, a test transport, data already queued, a closing connection) keeps the
     ordinary path, so bytes and their order are the same either way."""
-    if (
-        not isinstance(transport, tcp.Connection)
-        or getattr(transport, "TLS", True)
-        or not transport.connected
-        or transport.disconnecting
-        or getattr(transport, "_writeDisconnected", True)
-        or transport.dataBuffer
-        or getattr(transport, "_tempDataBuffer", True)
-    ):
-        return data
-    sent = transport.writeSomeData(data)
-    return data[sent:] if isinstance(sent, int) else data  # an error: write() reports it
+    return send_directly(transport, data)
 
 
 # --- the common part ---------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
 
+from fanout_tx._twisted import ResponseCompleteRequest, handle_star, request_line
 from fanout_tx.grip.instruct import (
     Channel,
     GripError,
@@ -96,7 +97,7 @@ class WebSocketHandler(Protocol):
     def render(self, request: server.Request) -> Any: ...
 
 
-class ProxyRequest(server.Request):
+class ProxyRequest(ResponseCompleteRequest):
     """A request whose body is refused (413) past the site's ``max_request_body``, and
     streamed to the origin once it is larger than ``REPLAY_LIMIT`` (http/upload.py): the
     request is then processed while its body still arrives."""
@@ -122,7 +123,7 @@ class ProxyRequest(server.Request):
         self.prepath = []
         self.postpath = list(map(unquote, self.path[1:].split(b"/")))
         if self.path == b"*":
-            self._handleStar()
+            handle_star(self)
             return
         try:
             self.render(self.site.getResourceFor(self))
@@ -172,7 +173,7 @@ class ProxyRequest(server.Request):
         self.upload.feed(self.content.getvalue())
         self.content = io.BytesIO()
         # What requestReceived would set, from the request line the channel has parsed.
-        self.method, self.uri, self.clientproto = channel._command, channel._path, channel._version
+        self.method, self.uri, self.clientproto = request_line(channel)
         self.path = self.uri.split(b"?", 1)[0]
         self.args = {}
         self.process()
@@ -231,10 +232,10 @@ class ProxyRequest(server.Request):
         if not self.body_too_large:
             self.upload.finish()
         if self._cleanup_waiting:
-            super()._cleanup()
+            super().response_complete()
 
     @override
-    def _cleanup(self) -> None:
+    def response_complete(self) -> None:
         """The response is complete. While a streamed body is still arriving the channel
         must not move on to the next request yet: wait for the body's end (or, when it is
         over the limit, close the connection rather than read the rest)."""
@@ -244,7 +245,7 @@ class ProxyRequest(server.Request):
             else:
                 self._cleanup_waiting = True
             return
-        super()._cleanup()
+        super().response_complete()
 
     @override
     def connectionLost(self, reason: Failure) -> None:

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred, TimeoutError
 from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Protocol
@@ -26,6 +25,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from typing_extensions import override
 from zope.interface import Interface, implementer
 
+from fanout_tx._twisted import TrustRoot
 from fanout_tx.http.body import BytesProducer
 from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.logs import url_for_log
@@ -53,8 +53,7 @@ class IWebhookClient(Interface):
         """Deferred[Outcome]; never fails: errors and timeouts become an Outcome."""
 
 
-@implementer(IOpenSSLTrustRoot)
-class ExtraCATrust:
+class ExtraCATrust(TrustRoot):
     """Platform trust plus the PEM file of ``[webhooks] ca_file``. Twisted's public helpers
     trust either the platform or given certificates, not both; its trust-root interface
     (documented, though it lives in a private module) allows the union."""
@@ -62,7 +61,8 @@ class ExtraCATrust:
     def __init__(self, ca_file: str) -> None:
         self._ca_file = ca_file
 
-    def _addCACertsToContext(self, context: Any) -> None:  # noqa: N802 - IOpenSSLTrustRoot
+    @override
+    def add_to(self, context: Any) -> None:
         context.set_default_verify_paths()
         context.load_verify_locations(self._ca_file)
 

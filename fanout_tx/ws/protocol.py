@@ -27,6 +27,7 @@ from twisted.logger import Logger
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._twisted import compressing
 from fanout_tx.formats import Format
 from fanout_tx.write_batch import WriteBatch
 from fanout_tx.write_budget import SlowClient, WriteBudget
@@ -233,7 +234,7 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN or not self._room_for(len(prepared.payloadHybi)):
             return
         batch = self.factory.batch
-        if self._perMessageCompress is not None or self.send_queue or batch is None:
+        if compressing(self) or self.send_queue or batch is None:
             self.flush()
             self.sendPreparedMessage(prepared)
         elif self._pending is None:

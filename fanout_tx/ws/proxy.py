@@ -15,7 +15,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
@@ -27,6 +27,7 @@ from twisted.web.http_headers import Headers
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._twisted import ExtensionFilteringClientProtocol
 from fanout_tx.router import Router
 from fanout_tx.routes import Target
 from fanout_tx.ws import events as ev
@@ -89,7 +90,7 @@ class Backpressure:
         self._hold(False)  # the writer is gone; the session ends the rest
 
 
-class OriginProtocol(WebSocketClientProtocol):
+class OriginProtocol(ExtensionFilteringClientProtocol):
     """The connection to a WebSocket origin, reporting to its WsProxySession."""
 
     session: Any = None
@@ -98,11 +99,8 @@ class OriginProtocol(WebSocketClientProtocol):
     def onConnecting(self, transport_details: Any) -> ConnectingRequest:  # noqa: N802
         return self.factory.request
 
-    @override
-    def _parseExtensionsHeader(self, header: str, removeQuotes: bool = True) -> list:  # noqa: N802, N803
-        # autobahn refuses extensions it does not know; grip is ours to handle (onConnect)
-        parsed = super()._parseExtensionsHeader(header, removeQuotes)
-        return [(name, params) for name, params in parsed if name != "grip"]
+    # autobahn refuses extensions it does not know; grip is ours to handle (onConnect)
+    ignored_extensions = frozenset({"grip"})
 
     @override
     def failHandshake(self, reason: str) -> None:  # noqa: N802

@@ -12,9 +12,9 @@ from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.words.protocols.jabber.component import ConnectComponentAuthenticator
 from twisted.words.protocols.jabber.jid import JID
 from typing_extensions import override
-from wokkel.component import Component
 from wokkel.subprotocols import StreamManager
 
+from fanout_tx._twisted import ConnectingComponent
 from fanout_tx.config import Config
 from fanout_tx.http.origin import OriginEndpoints
 from fanout_tx.http.origin_client import OriginClient
@@ -26,7 +26,7 @@ from fanout_tx.xmpp.link import LinkFactory, LinkState
 from fanout_tx.xmpp.render import StanzaRenderer
 
 
-class XmppComponent(Component):
+class XmppComponent(ConnectingComponent):
     """Connects as ``domain`` to ``host:port`` and keeps reconnecting until stopped."""
 
     _log = Logger()
@@ -36,7 +36,7 @@ class XmppComponent(Component):
                  max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE) -> None:
         # Not Component.__init__: it builds a factory that resets its backoff on every
         # TCP connect; LinkFactory does not, and reports why the link went down.
-        self.host, self.port = host, port
+        self.host, self.port, self.reactor = host, port, reactor
         self.link = LinkState()
         authenticator = ConnectComponentAuthenticator(domain, secret)
         StreamManager.__init__(
@@ -48,8 +48,8 @@ class XmppComponent(Component):
         self._backend = backend
 
     @override
-    def _getConnection(self):
-        return self._reactor.connectTCP(self.host, self.port, self.factory)
+    def connect(self) -> Any:
+        return self.reactor.connectTCP(self.host, self.port, self.factory)
 
     @override
     def initializationFailed(self, reason: Failure) -> None:

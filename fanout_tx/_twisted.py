@@ -1,0 +1,138 @@
+"""Every private Twisted, autobahn and wokkel hook fanout_tx relies on, in one place.
+
+Each name here is outside its library's public API and may change in any release: each has
+a canary in tests/test_twisted_private.py that exercises it on a real object and names the
+installed version when it breaks, and setup.cfg pins Twisted to the releases those canaries
+passed on. Nothing else in fanout_tx touches these names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autobahn.twisted.websocket import WebSocketClientProtocol, WebSocketServerProtocol
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import tcp
+from twisted.internet._sslverify import IOpenSSLTrustRoot
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort
+from twisted.web import server
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.http import HTTPChannel
+from twisted.words.xish import domish
+from typing_extensions import override
+from zope.interface import implementer
+
+from fanout_tx import wokkel_compat
+
+wokkel_compat.install()
+from wokkel.component import Component  # noqa: E402 - needs wokkel_compat first
+
+__all__ = [
+    "HTTP_CLIENT_FACTORY_NAMESPACE", "ConnectingComponent",
+    "ExtensionFilteringClientProtocol", "ResponseCompleteRequest", "TrustRoot",
+    "add_cdata", "compressing", "handle_star", "listening_port", "raise_bind_errors",
+    "request_line", "send_directly",
+]
+
+_pool_factory = HTTPConnectionPool._factory
+HTTP_CLIENT_FACTORY_NAMESPACE = f"{_pool_factory.__module__}.{_pool_factory.__qualname__}"
+"""The log namespace of the connection pool's factory, whose per-connection "Starting
+factory" lines are quieted (logs.py)."""
+
+
+def send_directly(transport: object, data: bytes) -> bytes:
+    """``writeSomeData`` on a plain TCP/UNIX connection with nothing queued ahead (saves two
+    ``epoll_ctl`` per push, see http/hold.py); returns what is left for ``write``."""
+    if (
+        not isinstance(transport, tcp.Connection)
+        or getattr(transport, "TLS", True)
+        or not transport.connected
+        or transport.disconnecting
+        or getattr(transport, "_writeDisconnected", True)
+        or transport.dataBuffer
+        or getattr(transport, "_tempDataBuffer", True)
+    ):
+        return data
+    sent = transport.writeSomeData(data)
+    return data[sent:] if isinstance(sent, int) else data  # an error: write() reports it
+
+
+def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningPort | None]:
+    """The Deferred of the service's listen (None when it failed): Twisted keeps it private."""
+    return service._waitingForPort
+
+
+def raise_bind_errors(service: StreamServerEndpointService) -> None:
+    """Make ``startService`` raise when it cannot bind, rather than only log (startup.py)."""
+    service._raiseSynchronously = True
+
+
+def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes]:
+    """Method, target and version the channel has parsed, before ``requestReceived`` is
+    called with them (a request processed while its body still streams in)."""
+    return channel._command, channel._path, channel._version
+
+
+def handle_star(request: server.Request) -> None:
+    """Twisted's own answer to ``OPTIONS *``/``X *``, for a ``process`` that replaces its."""
+    request._handleStar()
+
+
+class ResponseCompleteRequest(server.Request):
+    """A Request told when its response is complete (Twisted's private ``_cleanup``), so it
+    can hold the channel back from the next request: ``super().response_complete()`` lets
+    it move on."""
+
+    def response_complete(self) -> None:
+        server.Request._cleanup(self)
+
+    @override
+    def _cleanup(self) -> None:
+        self.response_complete()
+
+
+def add_cdata(stream: domish.ExpatElementStream, text: str) -> None:
+    """Hand character data to domish's own handler, from a handler that checks it first."""
+    stream._onCdata(text)
+
+
+def compressing(protocol: WebSocketServerProtocol) -> bool:
+    """Whether autobahn compresses this connection's messages (permessage-deflate)."""
+    return protocol._perMessageCompress is not None
+
+
+class ExtensionFilteringClientProtocol(WebSocketClientProtocol):
+    """A WebSocket client that lets the extensions named in ``ignored_extensions`` through
+    the handshake: autobahn fails a handshake that accepts one it does not know."""
+
+    ignored_extensions: frozenset[str] = frozenset()
+
+    @override
+    def _parseExtensionsHeader(self, header: str, removeQuotes: bool = True) -> list:  # noqa: N802, N803
+        parsed = super()._parseExtensionsHeader(header, removeQuotes)
+        return [(name, params) for name, params in parsed if name not in self.ignored_extensions]
+
+
+class ConnectingComponent(Component):
+    """A wokkel component that opens its connection with ``connect()``, not with wokkel's
+    own factory (its private ``_getConnection``)."""
+
+    def connect(self) -> Any:
+        raise NotImplementedError
+
+    @override
+    def _getConnection(self) -> Any:  # noqa: N802
+        return self.connect()
+
+
+@implementer(IOpenSSLTrustRoot)
+class TrustRoot:
+    """A TLS trust root of our own (Twisted's interface is documented, but lives in the
+    private ``_sslverify``): ``add_to(context)`` loads its certificates."""
+
+    def add_to(self, context: Any) -> None:
+        raise NotImplementedError
+
+    def _addCACertsToContext(self, context: Any) -> None:  # noqa: N802 - IOpenSSLTrustRoot
+        self.add_to(context)

@@ -1,0 +1,296 @@
+"""Canaries for fanout_tx/_twisted.py: each private hook exercised on a real object. A
+failure names the installed Twisted/autobahn/wokkel versions: a release changed a private
+name fanout_tx relies on; update _twisted.py and the pin in setup.cfg."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import inspect
+from collections.abc import Callable
+from importlib.metadata import version
+from typing import Any
+
+from autobahn.twisted.websocket import (
+    WebSocketClientFactory,
+    WebSocketClientProtocol,
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.compress import PerMessageDeflateOffer, PerMessageDeflateOfferAccept
+from twisted.application.internet import StreamServerEndpointService
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ClientEndpoint, TCP4ServerEndpoint
+from twisted.internet.error import CannotListenError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.logger import globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.web import server
+from twisted.web.client import HTTPConnectionPool
+from twisted.web.resource import Resource
+from twisted.words.xish import domish
+
+from fanout_tx import _twisted
+
+DEADLINE = 5.0
+VERSIONS = ", ".join(f"{name} {version(name)}" for name in ("twisted", "autobahn", "wokkel"))
+
+
+def changed(what: str) -> str:
+    return (f"{what}: a private hook changed with {VERSIONS}. "
+            "Update fanout_tx/_twisted.py and the pins in setup.cfg.")
+
+
+def canary(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A missing or re-typed private name fails the test with ``changed(what)`` too."""
+    def wrap(test: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(test):
+            @functools.wraps(test)
+            async def run_async(self: Any) -> None:
+                try:
+                    await test(self)
+                except (AttributeError, TypeError) as e:
+                    self.fail(f"{changed(what)} ({e!r})")
+            return run_async
+
+        @functools.wraps(test)
+        def run(self: Any) -> None:
+            try:
+                test(self)
+            except (AttributeError, TypeError) as e:
+                self.fail(f"{changed(what)} ({e!r})")
+        return run
+    return wrap
+
+
+class _Sink(Protocol):
+    def connectionMade(self) -> None:  # noqa: N802
+        self.received = b""
+        self.factory.connected.callback(self)
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802
+        self.received += data
+
+
+class TcpCanaries(TestCase):
+    @canary("tcp.Connection.writeSomeData/_tempDataBuffer")
+    async def test_send_directly_writes_at_once_on_real_tcp(self) -> None:
+        """``writeSomeData`` sends at once on an idle connection; once ``write`` has queued
+        (``_tempDataBuffer``), everything is left for ``write`` so order holds."""
+        server_factory = Factory.forProtocol(_Sink)
+        server_factory.connected = _deferred()
+        port = reactor.listenTCP(0, server_factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port,
+                                          timeout=DEADLINE).connect(Factory.forProtocol(Protocol))
+        self.addCleanup(client.transport.loseConnection)
+        sink = await server_factory.connected
+        left = _twisted.send_directly(client.transport, b"now")
+        self.assertEqual(left, b"", changed("tcp.Connection.writeSomeData/_tempDataBuffer"))
+        self.assertEqual(client.transport.dataBuffer, b"")
+        client.transport.write(b"queued")
+        self.assertEqual(_twisted.send_directly(client.transport, b"later"), b"later",
+                         changed("tcp.Connection._tempDataBuffer"))
+        await _until(lambda: sink.received == b"nowqueued")
+
+    @canary("StreamServerEndpointService._waitingForPort/_raiseSynchronously")
+    async def test_listening_port_and_raise_bind_errors(self) -> None:
+        """``_waitingForPort`` fires with the port; ``_raiseSynchronously`` makes a bind
+        failure raise from startService."""
+        first = StreamServerEndpointService(
+            TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), Factory())
+        first.startService()
+        self.addCleanup(first.stopService)
+        port = await _twisted.listening_port(first).addTimeout(DEADLINE, reactor)
+        self.assertGreater(port.getHost().port, 0, changed("_waitingForPort"))
+        second = StreamServerEndpointService(
+            TCP4ServerEndpoint(reactor, port.getHost().port, interface="127.0.0.1"), Factory())
+        _twisted.raise_bind_errors(second)
+        self.assertRaises(CannotListenError, second.startService)
+
+
+class _Ok(Resource):
+    isLeaf = True
+
+    def render(self, request: server.Request) -> bytes:
+        return b"ok"
+
+
+class _Recording(_twisted.ResponseCompleteRequest):
+    lines: list[tuple[bytes, bytes, bytes]]
+    completed: list[bytes]
+
+    def gotLength(self, length: int | None) -> None:  # noqa: N802
+        self.lines.append(_twisted.request_line(self.channel))
+        super().gotLength(length)
+
+    def process(self) -> None:
+        if self.path == b"*":
+            self.site = self.channel.site
+            _twisted.handle_star(self)
+        else:
+            super().process()
+
+    def response_complete(self) -> None:
+        self.completed.append(self.uri)
+        super().response_complete()
+
+
+def _serve(data: bytes) -> tuple[StringTransport, type[_Recording]]:
+    class Request(_Recording):
+        lines: list[tuple[bytes, bytes, bytes]] = []
+        completed: list[bytes] = []
+
+    site = server.Site(_Ok(), timeout=None)
+    site.requestFactory = Request
+    channel = site.buildProtocol(None)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(data)
+    return transport, Request
+
+
+class WebCanaries(TestCase):
+    @canary("HTTPChannel._command/_path/_version, Request._cleanup")
+    def test_request_line_and_response_complete(self) -> None:
+        """``channel._command/_path/_version`` hold the request line before
+        ``requestReceived``; ``Request._cleanup`` runs once per finished response, and the
+        next pipelined request waits for it."""
+        transport, request = _serve(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        self.assertEqual(request.lines, [(b"GET", b"/a", b"HTTP/1.1"),
+                                         (b"POST", b"/b", b"HTTP/1.1")],
+                         changed("HTTPChannel._command/_path/_version"))
+        self.assertEqual(request.completed, [b"/a", b"/b"], changed("Request._cleanup"))
+        self.assertEqual(transport.value().count(b"200 OK"), 2)
+
+    @canary("Request._handleStar")
+    def test_handle_star(self) -> None:
+        """``Request._handleStar`` answers ``OPTIONS *`` itself."""
+        transport, _ = _serve(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "),
+                        changed("Request._handleStar"))
+
+    @canary("twisted.web.client._HTTP11ClientFactory")
+    def test_pool_factory_log_namespace(self) -> None:
+        """The pool's factory logs "Starting factory" under the namespace logs.py quiets."""
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        HTTPConnectionPool._factory(lambda _protocol: None, None).doStart()
+        self.assertIn(_twisted.HTTP_CLIENT_FACTORY_NAMESPACE,
+                      [e.get("log_namespace") for e in events],
+                      changed("twisted.web.client._HTTP11ClientFactory"))
+
+    @canary("IOpenSSLTrustRoot._addCACertsToContext")
+    def test_trust_root(self) -> None:
+        """Twisted's TLS options call ``_addCACertsToContext`` on a trust root."""
+        contexts: list[Any] = []
+
+        class Root(_twisted.TrustRoot):
+            def add_to(self, context: Any) -> None:
+                contexts.append(context)
+
+        CertificateOptions(trustRoot=Root()).getContext()
+        self.assertEqual(len(contexts), 1, changed("IOpenSSLTrustRoot._addCACertsToContext"))
+
+
+class XmlCanaries(TestCase):
+    @canary("domish._onCdata")
+    def test_add_cdata(self) -> None:
+        """domish's ``_onCdata`` adds text to the element being built."""
+        stream = domish.elementStream()
+        elements: list[domish.Element] = []
+        stream.DocumentStartEvent = lambda _root: None
+        stream.ElementEvent = elements.append
+        stream.parser.CharacterDataHandler = lambda text: _twisted.add_cdata(stream, text)
+        stream.parse(b"<root><x>hi</x>")
+        self.assertEqual([str(e) for e in elements], ["hi"], changed("domish._onCdata"))
+
+    @canary("wokkel Component._getConnection")
+    def test_connecting_component(self) -> None:
+        """wokkel's Component opens its connection through ``_getConnection``."""
+        calls: list[str] = []
+
+        class Link:
+            def disconnect(self) -> None:
+                calls.append("disconnect")
+
+        class Connecting(_twisted.ConnectingComponent):
+            def connect(self) -> Any:
+                calls.append("connect")
+                return Link()
+
+        component = Connecting("127.0.0.1", 1, "component.example", "secret")
+        component.startService()
+        component.stopService()
+        self.assertEqual(calls, ["connect", "disconnect"], changed("Component._getConnection"))
+
+
+class WebSocketCanaries(TestCase):
+    @canary("WebSocketProtocol._perMessageCompress")
+    def test_compressing(self) -> None:
+        """``_perMessageCompress`` is set once permessage-deflate is agreed."""
+        for offer, expected in ((b"", False), (b"Sec-WebSocket-Extensions: permessage-deflate\r\n",
+                                               True)):
+            factory = WebSocketServerFactory(reactor=Clock())
+            factory.protocol = WebSocketServerProtocol
+            factory.setProtocolOptions(perMessageCompressionAccept=lambda offers: next(
+                (PerMessageDeflateOfferAccept(o) for o in offers
+                 if isinstance(o, PerMessageDeflateOffer)), None))
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                                  b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                                  + offer + b"\r\n")
+            self.assertIn(b" 101 ", transport.value().split(b"\r\n")[0])
+            self.assertEqual(_twisted.compressing(protocol), expected,
+                             changed("WebSocketProtocol._perMessageCompress"))
+
+    @canary("WebSocketProtocol._parseExtensionsHeader")
+    def test_extension_filtering(self) -> None:
+        """autobahn checks the answer's extensions through ``_parseExtensionsHeader``: one
+        it does not know fails the handshake unless filtered out."""
+        for protocol_class, opens in ((WebSocketClientProtocol, False),
+                                      (_GripAllowed, True)):
+            factory = WebSocketClientFactory("ws://127.0.0.1:9/", reactor=Clock())
+            factory.protocol = protocol_class
+            factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0,
+                                       serverConnectionDropTimeout=0)
+            protocol = factory.buildProtocol(None)
+            transport = StringTransport()
+            protocol.makeConnection(transport)
+            key = next(line.split(b": ", 1)[1] for line in transport.value().split(b"\r\n")
+                       if line.lower().startswith(b"sec-websocket-key:"))
+            transport.registerProducer(protocol, True)  # a refused handshake unregisters it
+            accept = base64.b64encode(hashlib.sha1(
+                key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            protocol.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                                  b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                                  + b"\r\nSec-WebSocket-Extensions: grip\r\n\r\n")
+            self.assertEqual(protocol.state == protocol.STATE_OPEN, opens,
+                             changed("WebSocketProtocol._parseExtensionsHeader"))
+
+
+class _GripAllowed(_twisted.ExtensionFilteringClientProtocol):
+    ignored_extensions = frozenset({"grip"})
+
+
+def _deferred() -> Any:
+    from twisted.internet.defer import Deferred
+    return Deferred().addTimeout(DEADLINE, reactor)
+
+
+async def _until(condition: Any) -> None:
+    from twisted.internet.task import deferLater
+    for _ in range(int(DEADLINE / 0.01)):
+        if condition():
+            return
+        await deferLater(reactor, 0.01, lambda: None)
+    raise AssertionError("condition not met within the deadline")
