@@ -16,7 +16,6 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from typing_extensions import override
 
 # A check answers (up, details) from what its component knows right now.
 Check = Callable[[], tuple[bool, dict[str, Any]]]
@@ -104,7 +103,6 @@ class HealthResource(Resource):
             services[name] = {"state": "up" if up else "down", **details}
         return healthy, {"status": "ok" if healthy else "down", "services": services}
 
-    @override
     def render_GET(self, request: IRequest) -> bytes:  # noqa: N802 - twisted.web hook
         healthy, body = self.report()
         request.setResponseCode(200 if healthy else 503)

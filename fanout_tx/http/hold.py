@@ -19,7 +19,6 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.server import Request
-from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._twisted import send_directly
@@ -604,17 +603,14 @@ class HeldStream(_Hold):
 
     # -- producer (client flow control) -------------------------------------------------
 
-    @override
     def pauseProducing(self) -> None:
         self._paused = True
 
-    @override
     def resumeProducing(self) -> None:
         self._paused = False
         self._queued_while_paused = 0
         if self._budget is not None:
             self._budget.release(self)
 
-    @override
     def stopProducing(self) -> None:
         self._end()

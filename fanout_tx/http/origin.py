@@ -311,15 +311,12 @@ class BodyRelay(Protocol):
         else:
             self.done.errback(reason)
 
-    @override
     def pauseProducing(self) -> None:
         self.transport.pauseProducing()
 
-    @override
     def resumeProducing(self) -> None:
         self.transport.resumeProducing()
 
-    @override
     def stopProducing(self) -> None:
         self.transport.stopProducing()
 

@@ -13,7 +13,6 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
-from typing_extensions import override
 from zope.interface import implementer
 
 # Pushpin's MAX_ACCEPT_REQUEST_BODY: larger bodies are streamed and cannot be sent twice.
@@ -89,7 +88,6 @@ class UploadStream:
 
     # -- IBodyProducer, for the origin connection -----------------------------------------
 
-    @override
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self.started = True
         if self._failure is not None:
@@ -104,15 +102,12 @@ class UploadStream:
         self._resume_client()
         return self._done
 
-    @override
     def pauseProducing(self) -> None:
         self._pause_client()
 
-    @override
     def resumeProducing(self) -> None:
         self._resume_client()
 
-    @override
     def stopProducing(self) -> None:
         """The origin request is over (answered early, failed or cancelled): drop the
         rest of the body, but keep reading it so the client's request can end."""

@@ -77,15 +77,12 @@ class Backpressure:
     def __init__(self, hold: Callable[[bool], None]) -> None:
         self._hold = hold
 
-    @override
     def pauseProducing(self) -> None:
         self._hold(True)
 
-    @override
     def resumeProducing(self) -> None:
         self._hold(False)
 
-    @override
     def stopProducing(self) -> None:
         self._hold(False)  # the writer is gone; the session ends the rest
 
