@@ -128,6 +128,7 @@ class WebhooksConfig:
     max_in_flight: int = 4
     ca_file: str = ""
     max_subscriptions: int = 10_000  # per instance (per Redis prefix): 409 past it
+    max_pending: int = 10_000  # deliveries per subscription: oldest become dead letters
     max_pending_bytes: int = 64 * 1024 * 1024  # per subscription: oldest become dead letters
 
 
@@ -462,6 +463,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "max_in_flight": ("max_in_flight", _non_negative_int),
         "ca_file": ("ca_file", _existing_file),
         "max_subscriptions": ("max_subscriptions", _positive_int),
+        "max_pending": ("max_pending", _positive_int),
         "max_pending_bytes": ("max_pending_bytes", _positive_int),
     },
     "redis": {

@@ -76,25 +76,34 @@ class PublishPortTests(_Client):
 
     async def test_header_values_are_never_shown(self) -> None:
         """List and get show the custom headers' names only, never their values (the
-        target's credentials) nor the signing secret; deliveries still carry the value."""
+        target's credentials), nor the signing secret, nor the URL's path and query (a
+        Slack-style hook URL is its own credential): only the create answer has them.
+        Deliveries still carry the value and go to the full URL."""
         base = await self.start("")
         receiver = await self.receiver()
+        origin = receiver.url.removesuffix("/hook")
+        hook_url = origin + "/services/T0/B0/PathSecret9?token=QuerySecret7"
         api = base + "/webhooks/subscriptions"
         code, created, _raw = await self.call("POST", api, {
-            "url": receiver.url, "channels": ["c"], "headers": {"Authorization": CREDENTIAL}})
+            "url": hook_url, "channels": ["c"], "headers": {"Authorization": CREDENTIAL}})
         self.assertEqual(code, 201)
+        self.assertEqual(created["url"], hook_url)
         for url in (api, f"{api}/{created['id']}"):
             code, answer, raw = await self.call("GET", url)
             self.assertEqual(code, 200)
-            self.assertNotIn(b"target-credential", raw)
-            self.assertNotIn(created["secret"].encode(), raw)
+            for secret in (b"target-credential", created["secret"].encode(), b"PathSecret9",
+                           b"QuerySecret7", b"services"):
+                self.assertNotIn(secret, raw)
         self.assertEqual(answer["headers"], ["Authorization"])
+        self.assertEqual(answer["url"], origin + "/\u2026")
         receiver.secret = created["secret"]
         item = {"channel": "c", "formats": {"http-request": {"body": "hi"}}}
         code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": [item]})
         self.assertEqual(code, 200)
         await receiver.wait_for(1).addTimeout(10, reactor)
         self.assertEqual(receiver.requests[0].headers["authorization"], CREDENTIAL)
+        self.assertEqual(receiver.requests[0].path,
+                         "/services/T0/B0/PathSecret9?token=QuerySecret7")
 
     async def test_subscription_cap_is_a_409(self) -> None:
         """Past max_subscriptions a create is a 409 with a JSON reason, and nothing is sent
@@ -148,6 +157,33 @@ class PublishPortTests(_Client):
         self.assertEqual(float(metrics["fanout_webhook_evicted_total"]), 7)
         self.assertEqual(float(metrics["fanout_webhook_dead_letters_total"]), 7)
         self.assertLessEqual(float(metrics["fanout_webhook_pending_bytes"]), 4000)
+
+    async def test_pending_count_cap_makes_the_oldest_dead_letters(self) -> None:
+        """Past max_pending deliveries the oldest waiting ones become dead letters, as past
+        max_pending_bytes (the newest kept, not refused), counted as evicted."""
+        base = await self.start("max_in_flight = 1\nmax_pending = 3\ntimeout = 30\n"
+                                "retry_schedule = 0\n")
+        receiver = await self.receiver(always(HANG))
+        api = base + "/webhooks/subscriptions"
+        code, created, _raw = await self.call("POST", api, {"url": receiver.url,
+                                                            "channels": ["c"]})
+        self.assertEqual(code, 201)
+        items = [{"channel": "c", "id": f"i{n}", "formats": {"http-request": {"body": f"b{n}"}}}
+                 for n in range(10)]
+        code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": items})
+        self.assertEqual(code, 200)
+        await receiver.wait_for(1, "requests").addTimeout(10, reactor)
+        code, failed, _raw = await self.call("GET", f"{api}/{created['id']}/failed")
+        self.assertEqual(code, 200)
+        dead = failed["items"]
+        self.assertEqual(len(dead), 7)
+        self.assertTrue(all(d["last_error"].startswith("evicted: over max_pending (3")
+                            for d in dead))
+        # Item 0 is being attempted; the newest two wait.
+        self.assertEqual(receiver.requests[0].body, b"b0")
+        pending = self.service.engine._queues[created["id"]].pending.values()
+        self.assertEqual(sorted(d.body for d in pending), [b"b0", b"b8", b"b9"])
+        self.assertEqual(self.service.engine.evicted, 7)
 
 
 class RedisCapTests(_Client):

@@ -268,14 +268,25 @@ class EngineTests(_EngineCase):
         self.answer(0, FAIL)
         self.assertEqual(self.pending()[0].attempts, 2)
 
-    def test_full_queue_goes_to_dead_letters(self) -> None:
-        """Past max_pending waiting deliveries, new ones become dead letters at once."""
-        engine = DeliveryEngine(self.clock, self.client, self.store, (10,), 1, max_pending=5)
+    def test_full_queue_evicts_the_oldest_waiting(self) -> None:
+        """Past max_pending deliveries the oldest one not being attempted becomes a dead
+        letter, as past max_pending_bytes: the newest are kept; restored ones count too.
+        With every pending one being attempted, the new one is the dead letter."""
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1, max_pending=3)
         engine.open(self.subscription)
-        for n in range(6):
+        for n in range(5):
             engine.enqueue(self.delivery(f"msg_{n}"))
-        self.assertEqual(engine.pending_count("sub_1"), 5)
-        self.assertIn("queue full", self.dead()[0]["last_error"])
+        engine.restore(self.delivery("msg_5"))
+        self.assertEqual(engine.pending_count("sub_1"), 3)
+        self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_3", "msg_2", "msg_1"])
+        self.assertTrue(self.dead()[0]["last_error"].startswith("evicted: over max_pending ("))
+        self.assertEqual((engine.evicted, engine.dead_letters), (3, 3))
+        engine.stop()
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1, max_pending=1)
+        engine.open(self.subscription)
+        engine.enqueue(self.delivery("msg_a"))
+        engine.enqueue(self.delivery("msg_b"))  # msg_a is being attempted
+        self.assertEqual(self.dead()[0]["webhook-id"], "msg_b")
         engine.stop()
 
     def test_pending_bytes_evict_the_oldest_waiting(self) -> None:

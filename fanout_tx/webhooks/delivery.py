@@ -32,11 +32,10 @@ from fanout_tx.webhooks.store import IWebhookStore
 
 MAX_RETRY_AFTER = 3600.0
 MAX_JITTER = 0.2
-# Deliveries waiting per subscription; past it new items go straight to the dead letters,
-# so a dead endpoint cannot grow memory without bound.
+# Deliveries and bytes of deliveries waiting per subscription ([webhooks] max_pending,
+# max_pending_bytes); past either the oldest waiting ones become dead letters (the freshest
+# data matters most), so a dead endpoint holds a bounded amount.
 MAX_PENDING = 10_000
-# Bytes of deliveries waiting per subscription ([webhooks] max_pending_bytes); past it the
-# oldest waiting ones become dead letters, so a dead endpoint holds a bounded amount.
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 
 
@@ -100,17 +99,21 @@ class _Queue:
         if delivery is not None:
             self.pending_bytes -= delivery.size
 
-    def oldest_waiting(self, room: int, limit: int) -> list[Delivery]:
-        """The oldest deliveries not being attempted whose removal brings the pending bytes
-        to ``limit - room`` or below (as near as possible: attempts running stay)."""
-        excess = self.pending_bytes + room - limit
-        victims: list[Delivery] = []
+    def oldest_waiting(self, room: int, max_bytes: int,
+                       max_count: int) -> list[tuple[Delivery, bool]]:
+        """The oldest deliveries not being attempted whose removal makes room for one more
+        of ``room`` bytes within ``max_count`` deliveries and ``max_bytes`` (as near as
+        possible: attempts running stay); each with True when the count made it go."""
+        excess_bytes = self.pending_bytes + room - max_bytes
+        excess_count = len(self.pending) + 1 - max_count
+        victims: list[tuple[Delivery, bool]] = []
         for webhook_id, delivery in self.pending.items():
-            if excess <= 0:
+            if excess_bytes <= 0 and excess_count <= 0:
                 break
             if webhook_id not in self.in_flight and webhook_id not in self.claiming:
-                victims.append(delivery)
-                excess -= delivery.size
+                victims.append((delivery, excess_count > 0))
+                excess_bytes -= delivery.size
+                excess_count -= 1
         return victims
 
     def unschedule(self, delivery: Delivery) -> None:
@@ -172,7 +175,7 @@ class DeliveryEngine:
         self._unconfirmed: set[Deferred[bool]] = set()
         self.attempts: Counter[str] = Counter()  # success / failure
         self.dead_letters = 0
-        # Of those, the ones pushed out by max_pending_bytes.
+        # Of those, the ones pushed out by max_pending or max_pending_bytes.
         self.evicted = 0
         # Set while draining: fires once no attempt or claim is running.
         self._idle: Deferred[None] | None = None
@@ -247,10 +250,6 @@ class DeliveryEngine:
         queue = self._queues.get(delivery.subscription_id)
         if queue is None or delivery.webhook_id in queue.pending:
             return  # a publisher's retry of an item still pending here
-        if len(queue.pending) >= self._max_pending:
-            delivery.last_error = f"queue full ({self._max_pending} deliveries pending)"
-            self._bury(delivery)
-            return
         if not self._make_room(queue, delivery):
             return
         delivery.due = self._clock.seconds() + self._delay(0)
@@ -265,20 +264,30 @@ class DeliveryEngine:
             self._schedule_attempt(queue, delivery)
 
     def _make_room(self, queue: _Queue, delivery: Delivery) -> bool:
-        """Within max_pending_bytes with ``delivery`` added: the oldest waiting deliveries
-        become dead letters. False (and ``delivery`` a dead letter) when it alone is larger."""
+        """Within max_pending and max_pending_bytes with ``delivery`` added: the oldest
+        waiting deliveries become dead letters. False (and ``delivery`` a dead letter) when
+        it alone is larger, or every pending one is being attempted."""
         if delivery.size > self._max_pending_bytes:
-            self._evict(delivery)
+            self._evict(delivery, by_count=False)
             return False
-        for victim in queue.oldest_waiting(delivery.size, self._max_pending_bytes):
+        for victim, by_count in queue.oldest_waiting(delivery.size, self._max_pending_bytes,
+                                                     self._max_pending):
             queue.unschedule(victim)
-            self._evict(victim)
+            self._evict(victim, by_count)
+        if len(queue.pending) >= self._max_pending:
+            self._evict(delivery, by_count=True)
+            return False
         return True
 
-    def _evict(self, delivery: Delivery) -> None:
+    def _evict(self, delivery: Delivery, by_count: bool) -> None:
         self.evicted += 1
-        delivery.last_error = (f"evicted: over max_pending_bytes ({self._max_pending_bytes} "
-                               "bytes pending for the subscription)")
+        if by_count:
+            delivery.last_error = (f"evicted: over max_pending ({self._max_pending} "
+                                   "deliveries pending for the subscription)")
+        else:
+            delivery.last_error = (f"evicted: over max_pending_bytes "
+                                   f"({self._max_pending_bytes} bytes pending for the "
+                                   "subscription)")
         self._bury(delivery)
 
     def _delay(self, attempt_index: int) -> float:

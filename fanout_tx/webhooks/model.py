@@ -10,6 +10,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from fanout_tx.formats.base import FormatError, headers
 from fanout_tx.formats.webhook import check_header_names
@@ -36,10 +37,11 @@ class Subscription:
     headers: Headers = ()
 
     def describe(self) -> dict[str, Any]:
-        """What list/get show: never the secret (only the create answer has it) nor the
-        custom headers' values, which may be the target's credentials: their names only."""
+        """What list/get show: never the secret (only the create answer has it), nor the
+        custom headers' values, which may be the target's credentials (their names only),
+        nor the URL's path or query (``redacted_url``)."""
         return {
-            "id": self.id, "url": self.url, "channels": list(self.channels),
+            "id": self.id, "url": redacted_url(self.url), "channels": list(self.channels),
             "headers": [name for name, _value in self.headers],
         }
 
@@ -53,6 +55,16 @@ class Subscription:
             obj["id"], obj["url"], tuple(obj["channels"]), obj["secret"],
             tuple((k, v) for k, v in obj["headers"]),
         )
+
+
+def redacted_url(url: str) -> str:
+    """``url`` as list/get show it: scheme, host and port; a path or query becomes ``/…``.
+    Either is often the hook's only credential, even its first segment
+    (``https://hooks.slack.com/services/T0/B0/X``, ``https://api.telegram.org/bot<token>/``),
+    so none of it is shown, as in the logs (logs.url_for_log)."""
+    parts = urlsplit(url)
+    hidden = parts.path not in ("", "/") or parts.query
+    return f"{parts.scheme}://{parts.netloc}/" + ("\u2026" if hidden else "")
 
 
 @dataclass

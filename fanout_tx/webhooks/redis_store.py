@@ -70,7 +70,7 @@ redis.call('SET', KEYS[2], 'done', 'EX', ARGV[2])
 """
 
 # KEYS: pending, dead, claim. ARGV: webhook-id, dead letter JSON, kept, DONE_TTL.
-# Once only: two instances may both give up on the same delivery (queue full).
+# Once only: two instances may both give up on the same delivery (evicted).
 _BURY = """
 if redis.call('GET', KEYS[3]) == 'done' then return 0 end
 redis.call('HDEL', KEYS[1], ARGV[1])
