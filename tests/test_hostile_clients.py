@@ -117,6 +117,17 @@ class KeepAliveTests(TestCase):
         answered = len(client.data)
         self.assertEqual(len(await within(5, client.closed)), answered)
 
+    async def test_keepalive_timeout_not_twisted_idle_timer(self) -> None:
+        """The configured keep-alive timeout governs, not the Site's own idle timer."""
+        proxy = harness(self, ClientTimeouts(header=5, keepalive=1.5))
+        proxy.proxy_factory.wrappedFactory.timeOut = 0.3
+        client = await connect(proxy)
+        client.transport.write(GET)
+        await wait_until(lambda: client.data.endswith(b"hello"))
+        await task.deferLater(reactor, 0.8, lambda: None)
+        self.assertFalse(client.closed.called)
+        await within(5, client.closed)
+
     async def test_next_request_is_served(self) -> None:
         """A second request within the idle timeout is served on the same connection."""
         proxy = harness(self)

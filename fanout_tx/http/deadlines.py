@@ -46,13 +46,16 @@ class DeadlineChannel(http.HTTPChannel):
     ``client_timeouts`` (ClientTimeouts) and ``dropped`` (a Counter by reason, for metrics)
     from its site when it has them."""
 
-    timeOut = None  # Twisted's per-byte idle timer: replaced by the deadlines
+    timeOut = None  # Twisted's per-byte idle timer: replaced by the deadlines (the site
+    # sets its own value on each channel: connectionMade takes it away again)
     _log = Logger()
-    _phase = "head"  # head | body | busy (a request is complete) | idle (kept alive)
+    # head | body | busy (a request is complete) | idle (kept alive) | closing
+    _phase = "head"
+    _due = 0.0  # when the current phase's deadline passes; 0: none
     _head_started = False
     _window_bytes = 0
     _window_pauses = 0
-    _deadline: IDelayedCall | None = None
+    _timer: IDelayedCall | None = None
 
     @property
     def timeouts(self) -> ClientTimeouts:
@@ -61,24 +64,46 @@ class DeadlineChannel(http.HTTPChannel):
     def _clock(self) -> Any:
         return getattr(self.site, "reactor", None) or _reactor()
 
-    def _arm(self, delay: float, call: Any) -> None:
-        self._disarm()
-        if delay > 0:
-            self._deadline = self._clock().callLater(delay, call)
+    # One lazy timer per connection: a new phase only notes its deadline, and the timer is
+    # moved only when that deadline comes sooner than the timer. A kept-alive connection
+    # serving request after request so costs no timer operation per request: the timer
+    # fires now and then, finds the deadline still ahead, and sleeps again.
 
-    def _disarm(self) -> None:
-        deadline, self._deadline = self._deadline, None
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+    def _enter(self, phase: str, delay: float) -> None:
+        """Phase ``phase``, due in ``delay`` seconds (0: no deadline)."""
+        self._phase = phase
+        if delay <= 0:
+            self._due = 0.0
+            return
+        clock = self._clock()
+        self._due = due = clock.seconds() + delay
+        timer = self._timer
+        if timer is None:
+            self._timer = clock.callLater(delay, self._check)
+        elif timer.getTime() > due:
+            timer.reset(delay)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._due:
+            return
+        left = self._due - self._clock().seconds()
+        if left > 0:
+            self._timer = self._clock().callLater(left, self._check)
+            return
+        self._due = 0.0
+        {"head": self._head_expired, "body": self._window_over, "idle": self._idle_expired,
+         "closing": self.transport.abortConnection}.get(self._phase, _nothing)()
 
     def _expect_head(self) -> None:
-        self._phase, self._head_started = "head", False
-        self._arm(self.timeouts.header, self._head_expired)
+        self._head_started = False
+        self._enter("head", self.timeouts.header)
 
     # -- the phases, from HTTPChannel's own steps ---------------------------------------------
 
     @override
     def connectionMade(self) -> None:
+        self.timeOut = None
         super().connectionMade()
         self._expect_head()
 
@@ -98,26 +123,25 @@ class DeadlineChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         super().allHeadersReceived()
         if self.length != 0 and self._phase == "head":  # None: chunked
-            self._phase = "body"
             self._start_window()
 
     @override
     def allContentReceived(self) -> None:
-        self._phase = "busy"
-        self._disarm()
+        self._enter("busy", 0)
         super().allContentReceived()
 
     @override
     def requestDone(self, request: Any) -> None:
         if self.persistent:  # before super(): it replays pipelined bytes through dataReceived
-            self._phase = "idle"
-            self._arm(self.timeouts.keepalive, self._idle_expired)
+            self._enter("idle", self.timeouts.keepalive)
         super().requestDone(request)
 
     @override
     def connectionLost(self, reason: Failure) -> None:
-        self._phase = "busy"
-        self._disarm()
+        self._enter("busy", 0)
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
         super().connectionLost(reason)
 
     # -- the body's rate ----------------------------------------------------------------------
@@ -132,11 +156,9 @@ class DeadlineChannel(http.HTTPChannel):
         self._window_bytes = 0
         upload = self._upload()
         self._window_pauses = upload.pauses if upload is not None else 0
-        if timeouts.body_min_rate > 0:
-            self._arm(timeouts.body_window, self._window_over)
+        self._enter("body", timeouts.body_window if timeouts.body_min_rate > 0 else 0)
 
     def _window_over(self) -> None:
-        self._deadline = None
         timeouts = self.timeouts
         needed = timeouts.body_min_rate * timeouts.body_window
         upload = self._upload()
@@ -152,13 +174,11 @@ class DeadlineChannel(http.HTTPChannel):
     # -- expiry --------------------------------------------------------------------------------
 
     def _head_expired(self) -> None:
-        self._deadline = None
         text = f"request head not complete within {self.timeouts.header:g}s"
         self._expire("header_timeout", text,
                      b"Request head not received in time.\n" if self._head_started else None)
 
     def _idle_expired(self) -> None:
-        self._deadline = None
         self._log.debug("closing a kept-alive connection from {client}: idle for {timeout}s",
                         client=self.transport.getPeer(), timeout=self.timeouts.keepalive)
         self._close()
@@ -182,9 +202,12 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _close(self) -> None:
         """Close once what is written is sent; abort if the client does not take it."""
-        self._phase = "busy"
         self.transport.loseConnection()
-        self._arm(self.abortTimeout or 15, self.transport.abortConnection)
+        self._enter("closing", self.abortTimeout or 15)
+
+
+def _nothing() -> None:
+    """A deadline in a phase that has none (busy): nothing to do."""
 
 
 def _reactor() -> Any:
