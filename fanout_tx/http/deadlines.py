@@ -65,23 +65,34 @@ class DeadlineChannel(http.HTTPChannel):
         return getattr(self.site, "reactor", None) or _reactor()
 
     # One lazy timer per connection: a new phase only notes its deadline, and the timer is
-    # moved only when that deadline comes sooner than the timer. A kept-alive connection
-    # serving request after request so costs no timer operation per request: the timer
-    # fires now and then, finds the deadline still ahead, and sleeps again.
+    # moved only when that deadline comes sooner than the timer. It is set for at most the
+    # head deadline ahead (when it fires early it sleeps again for what is left), so a
+    # kept-alive connection whose next request starts costs no timer operation: per request,
+    # one call to set it when the answer is done and one to cancel it when the next request
+    # is complete (Twisted's idle timer took three). Cancelled while a request is handled:
+    # a WebSocket upgrade takes the connection away without telling this channel.
 
     def _enter(self, phase: str, delay: float) -> None:
         """Phase ``phase``, due in ``delay`` seconds (0: no deadline)."""
         self._phase = phase
         if delay <= 0:
             self._due = 0.0
+            self._cancel_timer()
             return
         clock = self._clock()
         self._due = due = clock.seconds() + delay
         timer = self._timer
         if timer is None:
-            self._timer = clock.callLater(delay, self._check)
+            header = self.timeouts.header
+            self._timer = clock.callLater(min(delay, header) if header > 0 else delay,
+                                          self._check)
         elif timer.getTime() > due:
             timer.reset(delay)
+
+    def _cancel_timer(self) -> None:
+        timer, self._timer = self._timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def _check(self) -> None:
         self._timer = None
@@ -89,11 +100,13 @@ class DeadlineChannel(http.HTTPChannel):
             return
         left = self._due - self._clock().seconds()
         if left > 0:
-            self._timer = self._clock().callLater(left, self._check)
+            header = self.timeouts.header
+            self._timer = self._clock().callLater(min(left, header) if header > 0 else left,
+                                                  self._check)
             return
         self._due = 0.0
         {"head": self._head_expired, "body": self._window_over, "idle": self._idle_expired,
-         "closing": self.transport.abortConnection}.get(self._phase, _nothing)()
+         "closing": self.transport.abortConnection}[self._phase]()
 
     def _expect_head(self) -> None:
         self._head_started = False
@@ -139,9 +152,6 @@ class DeadlineChannel(http.HTTPChannel):
     @override
     def connectionLost(self, reason: Failure) -> None:
         self._enter("busy", 0)
-        timer, self._timer = self._timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
         super().connectionLost(reason)
 
     # -- the body's rate ----------------------------------------------------------------------
@@ -204,10 +214,6 @@ class DeadlineChannel(http.HTTPChannel):
         """Close once what is written is sent; abort if the client does not take it."""
         self.transport.loseConnection()
         self._enter("closing", self.abortTimeout or 15)
-
-
-def _nothing() -> None:
-    """A deadline in a phase that has none (busy): nothing to do."""
 
 
 def _reactor() -> Any:
