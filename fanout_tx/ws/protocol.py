@@ -41,11 +41,15 @@ CLOSE_INTERNAL = 1011
 CLOSE_REPLY_WAIT = 5.0
 
 
+def _wire_code(code: int) -> bool:
+    """A close code a peer accepts on the wire (RFC 6455 7.4): never 0-999, 1004-1006,
+    1015 or the other reserved ones, which make a browser fail the connection."""
+    return 3000 <= code <= 4999 or code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
+
+
 def _valid_close(code: int | None, reason: bytes | None) -> bool:
     """A close frame autobahn would accept (it fails the connection for any other)."""
-    if code is not None and not (
-        3000 <= code <= 4999 or code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
-    ):
+    if code is not None and not _wire_code(code):
         return False
     try:
         (reason or b"").decode("utf-8")
@@ -176,11 +180,22 @@ class ClientProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         self.flush()
-        if code is None or code in (1005, 1006, 1015):
-            self.sendCloseFrame(isReply=True)
-        else:
-            self.sendCloseFrame(code, reason.encode("utf-8")[:123], isReply=True)
+        self._send_close(code, reason, is_reply=True)
         self.dropConnection(abort=False)
+
+    def _send_close(self, code: int | None, reason: str, is_reply: bool = False) -> None:
+        """A close frame with what may be on the wire: an origin's or publisher's code
+        that may not (1005, 999, 2000...) becomes a frame without code or reason, and
+        the reason is cut to 123 bytes at a character boundary (a cut character would
+        be invalid UTF-8, which the client fails the connection for)."""
+        if code is None or not _wire_code(code):
+            if code is not None:
+                self._log.info("close code {code} may not be sent; closing without one",
+                               code=code)
+            self.sendCloseFrame(isReply=is_reply)
+            return
+        raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
+        self.sendCloseFrame(code, raw, isReply=is_reply)
 
     @override
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
@@ -271,10 +286,7 @@ class ClientProtocol(WebSocketServerProtocol):
             self._reply_close(code, reason)
         elif self.state == self.STATE_OPEN:
             self.flush()
-            if code is None or code in (1005, 1006, 1015):
-                self.sendCloseFrame()
-            else:
-                self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+            self._send_close(code, reason)
 
     def drop_slow(self) -> None:
         """The server-wide buffer budget is spent and this client fell behind first:

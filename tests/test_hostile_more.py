@@ -1,0 +1,66 @@
+"""More hostile parties, found by probing a live instance after issue 13's list: each test
+goes through real loopback sockets and failed before its fix."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.trial.unittest import TestCase
+
+from fanout_tx.ws import events as ev
+from tests.test_ws_e2e import WsTestMixin, events_reply, grip_echo
+
+
+def within(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
+    return d.addTimeout(seconds, reactor)
+
+
+def sleep(seconds: float) -> Deferred[None]:
+    d: Deferred[None] = Deferred()
+    reactor.callLater(seconds, d.callback, None)
+    return d
+
+
+def closing_origin(events: list[ev.Event], _headers: dict[str, str]) -> tuple:
+    """Accepts; a TEXT ``CODE:REASON`` is answered with that CLOSE."""
+    if events[0].name == "OPEN":
+        return events_reply(ev.Event("OPEN"))
+    text = next((e.content for e in events if e.name == "TEXT"), None)
+    if text is None:  # the client's close reply
+        return events_reply()
+    code, _, reason = text.partition(b":")
+    return events_reply(ev.Event("CLOSE", int(code).to_bytes(2, "big") + reason))
+
+
+class CloseFrameTests(WsTestMixin, TestCase):
+    """What an origin (a CLOSE event) or a publisher (ws-message close) names as the close
+    code and reason reaches the client only as a close frame the client accepts (RFC 6455
+    7.4, 5.5.1): an autobahn client fails the connection on anything else, as browsers do."""
+
+    async def close_with(self, payload: bytes) -> tuple[bool, int | None, str]:
+        side, client = await self.connect()
+        client.sendMessage(payload)
+        return await within(side.closed)
+
+    async def test_codes_that_may_not_be_sent(self) -> None:
+        await self.start(closing_origin)
+        for code in (1004, 1005, 1006, 1015, 999, 0, 2999):
+            clean, got, _reason = await self.close_with(b"%d:why" % code)
+            self.assertEqual((clean, got), (True, None), code)  # a close frame without code
+        self.assertEqual(await self.close_with(b"4001:fine"), (True, 4001, "fine"))
+
+    async def test_long_reason_cut_at_a_character_boundary(self) -> None:
+        await self.start(closing_origin)
+        reason = "\u00e9" * 100  # 200 bytes: 123 would cut the 62nd character in half
+        clean, code, got = await self.close_with(b"4000:" + reason.encode("utf-8"))
+        self.assertEqual((clean, code, got), (True, 4000, "\u00e9" * 61))
+
+    async def test_publisher_close_code_and_reason(self) -> None:
+        await self.start(grip_echo)
+        side, client = await self.connect()
+        client.sendMessage(b"sub:room")
+        await within(side.wait_messages(1))
+        self.publish("room", action="close", code=1004, reason="x")
+        self.assertEqual(await within(side.closed), (True, None, None))
