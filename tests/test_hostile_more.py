@@ -3,11 +3,17 @@ goes through real loopback sockets and failed before its fix."""
 
 from __future__ import annotations
 
+import base64
+import os
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from typing_extensions import override
 
 from fanout_tx.ws import events as ev
 from tests.test_ws_e2e import WsTestMixin, events_reply, grip_echo
@@ -64,3 +70,46 @@ class CloseFrameTests(WsTestMixin, TestCase):
         await within(side.wait_messages(1))
         self.publish("room", action="close", code=1004, reason="x")
         self.assertEqual(await within(side.closed), (True, None, None))
+
+
+class _PingFlooder(Protocol):
+    """A WebSocket client that never reads: once upgraded it writes ``count`` pings of
+    125 bytes. ``lost`` fires when the server drops the connection."""
+
+    count = 80_000  # 10 MB of pings: 10 MB of pongs to queue if every one is answered
+
+    def __init__(self) -> None:
+        self.head = b""
+        self.lost: Deferred[None] = Deferred()
+
+    @override
+    def connectionMade(self) -> None:
+        key = base64.b64encode(os.urandom(16))
+        self.transport.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                             b"Sec-WebSocket-Key: " + key + b"\r\n\r\n")
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.head += data
+        if b"\r\n\r\n" in self.head:
+            self.transport.pauseProducing()  # never reads again
+            ping = b"\x89\xfd\x00\x00\x00\x00" + b"p" * 125  # masked, zero mask
+            self.transport.write(ping * self.count)
+
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
+
+
+class PingFloodTests(WsTestMixin, TestCase):
+    async def test_pongs_for_a_client_that_does_not_read_are_bounded(self) -> None:
+        """Pings from a client that never reads: each pong autobahn answers used to queue
+        in the server's write buffer without end. They count against max_outbound now,
+        so the client is closed (1008) and dropped."""
+        await self.start(grip_echo)
+        flooder = _PingFlooder()
+        await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(
+            Factory.forProtocol(lambda: flooder))
+        self.addCleanup(flooder.transport.abortConnection)
+        await within(flooder.lost, 20)

@@ -145,7 +145,8 @@ class ClientProtocol(WebSocketServerProtocol):
 
     @override
     def onPing(self, payload: bytes) -> None:  # noqa: N802
-        super().onPing(payload)
+        if self._room_for(len(payload)):  # autobahn's pong, queued for a client that
+            super().onPing(payload)  # does not read, counts as any other frame
         self.session.client_ping(payload)
 
     @override
