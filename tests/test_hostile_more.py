@@ -13,10 +13,11 @@ from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
+from twisted.web.server import NOT_DONE_YET, Site
 from typing_extensions import override
 
 from fanout_tx.ws import events as ev
-from tests.test_ws_e2e import WsTestMixin, events_reply, grip_echo
+from tests.test_ws_e2e import Origin, WsTestMixin, _listen_endpoint, events_reply, grip_echo
 
 
 def within(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
@@ -113,3 +114,39 @@ class PingFloodTests(WsTestMixin, TestCase):
             Factory.forProtocol(lambda: flooder))
         self.addCleanup(flooder.transport.abortConnection)
         await within(flooder.lost, 20)
+
+
+class _SlowOrigin(Origin):
+    """Accepts; answers the first request after OPEN 3 s late (empty), the rest at
+    once; records each request body's size."""
+
+    def __init__(self) -> None:
+        super().__init__(grip_echo)
+        self.sizes: list[int] = []
+
+    def render_POST(self, request: Any) -> Any:  # noqa: N802
+        body = request.content.read()
+        self.sizes.append(len(body))
+        self._check_waiters()
+        request.responseHeaders.addRawHeader("Content-Type", "application/websocket-events")
+        if len(self.sizes) == 2:
+            reactor.callLater(3.0, request.finish)
+            return NOT_DONE_YET
+        return b"OPEN\r\n" if body.startswith(b"OPEN") else b""
+
+
+class EmptyMessageFloodTests(WsTestMixin, TestCase):
+    async def test_empty_messages_count_while_the_origin_is_busy(self) -> None:
+        """Empty messages (6 bytes each on the wire) sent while a WebSocket-over-HTTP
+        request is in flight: counted as 0 bytes, they queued without bound and all went
+        in the next request. Their framing counts now: reading pauses past 1 MB and a
+        request carries about 200 kB."""
+        origin = _SlowOrigin()
+        port = await _listen_endpoint().listen(Site(origin))
+        self.addCleanup(port.stopListening)
+        await self.start_handler(f"* 127.0.0.1:{port.getHost().port},over_http")
+        side, client = await self.connect()
+        client.sendMessage(b"first")
+        client.sendData(b"\x81\x80\x00\x00\x00\x00" * 150_000)  # empty TEXT frames
+        await within(origin.wait_for(lambda: sum(origin.sizes) >= 1_500_000), 30)
+        self.assertLess(max(origin.sizes), 300_000, origin.sizes)

@@ -39,6 +39,16 @@ MAX_REQUEST_CONTENT = 200_000
 MAX_PENDING = 1_000_000
 
 
+def _encoded_size(event: ev.Event) -> int:
+    """An event's size in a request body, its framing included, so that empty messages
+    (6 bytes each from a client) count too: counting content only let them queue and
+    batch without bound."""
+    if event.content is None:
+        return len(event.name) + 2
+    size = len(event.content)
+    return len(event.name) + len(f"{size:x}") + 5 + size
+
+
 class OriginError(Exception):
     """The origin could not be reached or answered something unusable."""
 
@@ -171,7 +181,7 @@ class WsOverHttpSession(GripSession):
         self._client_close = (code, reason)
         self._router.unsubscribe_all(self)
         self._final_sent = True
-        self._pending.append(ev.Event("CLOSE", ev.close_content(code, reason)))
+        self._append(ev.Event("CLOSE", ev.close_content(code, reason)))
         self._send_next()
 
     def _close_client_as_asked(self, code: int | None, reason: str) -> None:
@@ -195,14 +205,17 @@ class WsOverHttpSession(GripSession):
             self._end_when_idle()
             return
         self._final_sent = True
-        self._pending.append(event)
+        self._append(event)
         self._send_next()
+
+    def _append(self, event: ev.Event) -> None:
+        self._pending.append(event)
+        self._pending_bytes += _encoded_size(event)
 
     def _queue(self, event: ev.Event) -> None:
         if self._detached or self._final_sent or self._ended:
             return
-        self._pending.append(event)
-        self._pending_bytes += len(event.content or b"")
+        self._append(event)
         if self._pending_bytes > MAX_PENDING and self._client and not self._reading_paused:
             # The origin is slower than the client: stop reading the client for now.
             self._reading_paused = True
@@ -228,7 +241,7 @@ class WsOverHttpSession(GripSession):
             if self._options.one_event and batch:
                 break
             event = self._pending.popleft()
-            size += len(event.content or b"")
+            size += _encoded_size(event)
             batch.append(event)
         self._pending_bytes -= size
         if self._reading_paused and self._pending_bytes <= MAX_PENDING and self._client:
@@ -345,7 +358,7 @@ class WsOverHttpSession(GripSession):
         self._cancel(self._origin_timer)
         self._origin_timer = None
         self._final_sent = True
-        self._pending.append(ev.Event("CLOSE"))
+        self._append(ev.Event("CLOSE"))
 
     def recover(self) -> None:
         """Nothing is held for a WebSocket; a keep-alive round trip refreshes the origin."""
