@@ -116,6 +116,8 @@ class XmppConfig:
     sig_iss: str = ""
     sig_key: bytes = b""
     max_stanza_size: int = 64 * 1024  # bytes per inbound stanza; larger ones are refused
+    # bytes waiting for an XMPP server that does not read; past it stanzas are dropped
+    max_buffered_bytes: int = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -453,6 +455,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "sig_iss": ("sig_iss", _text),
         "sig_key": ("sig_key", parse_key),
         "max_stanza_size": ("max_stanza_size", _positive_int),
+        "max_buffered_bytes": ("max_buffered_bytes", _positive_int),
     },
     "webhooks": {
         "enabled": ("enabled", parse_bool),

@@ -81,6 +81,7 @@ class LinkStateLike(Protocol):
     up: bool
     errors: Mapping[str, int]
     oversized: int
+    unsent: int
 
 
 @dataclass
@@ -211,6 +212,9 @@ class FanoutCollector(Collector):
         yield CounterMetricFamily("fanout_xmpp_oversized", "Inbound XMPP stanzas "
                                   "over [xmpp] max_stanza_size, dropped.",
                                   value=link.oversized if link is not None else 0)
+        yield CounterMetricFamily("fanout_xmpp_unsent", "Outbound XMPP stanzas dropped: "
+                                  "over [xmpp] max_buffered_bytes while the XMPP server did "
+                                  "not read.", value=link.unsent if link is not None else 0)
 
     def _redis(self) -> Iterator[Metric]:
         redis = self.sources.redis

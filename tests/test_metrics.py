@@ -151,7 +151,7 @@ class CollectorTests(SynchronousTestCase):
             router.subscribe("room", RecordingSubscriber(formats))
         link = LinkState(up=True)
         link.errors.update({"not-authorized": 2, "unreachable": 1})
-        link.oversized = 3
+        link.oversized, link.unsent = 3, 4
         webhooks = SimpleNamespace(engine=SimpleNamespace(
             attempts=Counter(success=3, failure=2), dead_letters=1, evicted=1,
             pending_bytes=lambda: 4096))
@@ -172,6 +172,7 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(values[("fanout_deliveries_total", (("transport", "xmpp"),))], 2)
         self.assertEqual(values[("fanout_xmpp_link_up", ())], 1)
         self.assertEqual(values[("fanout_xmpp_oversized_total", ())], 3)
+        self.assertEqual(values[("fanout_xmpp_unsent_total", ())], 4)
         self.assertEqual(
             values[("fanout_xmpp_link_errors_total", (("reason", "not-authorized"),))], 2)
         self.assertEqual(

@@ -1,4 +1,4 @@
-"""The component's XML stream with a cap on inbound stanza size.
+"""The component's XML stream with caps on inbound stanza size and on outbound backlog.
 
 twisted.words builds every stanza in memory before anyone sees it (and drops the whole
 link past its own 10 MB). Here a stanza that grows past ``max_stanza_size`` bytes stops
@@ -7,6 +7,12 @@ being built: the rest of it is parsed and thrown away, and once it ends its top 
 answer the sender while the link and every other stanza go on. Memory per stanza stays
 within the cap and one read. Only a single XML token (a tag, which expat must buffer whole)
 larger than the cap and TOKEN_SLACK ends the link, with a ``policy-violation`` stream error.
+
+Outbound, Twisted buffers whatever is written until the XMPP server reads it. The stream is
+the transport's push producer, so it knows when the server stops reading (Twisted's own
+64 KiB buffer full); it then counts what is written, and past ``max_buffered_bytes`` drops
+each further stanza whole (never a cut one: the stream stays valid XML) and dispatches
+UNSENT_EVENT, until the buffer has drained.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.interfaces import IPushProducer
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.protocols.jabber.error import StreamError
 from twisted.words.xish import domish
 from typing_extensions import override
+from zope.interface import implementer
 
 # Prosody accepts stanzas of up to 256 KiB from clients (c2s_stanza_size_limit) and passes
 # them on; stanzas for a push component are small.
@@ -29,6 +37,12 @@ OVERSIZED_EVENT = "//event/fanout/stanza-too-large"
 # worth of text is a single event too, so the cap alone would be too strict for small caps.
 TOKEN_SLACK = 1024 * 1024
 
+# Bytes written to the link beyond Twisted's own buffer while the XMPP server does not read;
+# past it stanzas are dropped. Publishes are at most 64 KiB a stanza.
+DEFAULT_MAX_BUFFERED_BYTES = 16 * 1024 * 1024
+UNSENT_EVENT = "//event/fanout/stanza-unsent"
+DRAINED_EVENT = "//event/fanout/link-drained"
+
 
 @dataclass(frozen=True)
 class Oversized:
@@ -36,6 +50,14 @@ class Oversized:
 
     head: domish.Element
     size: int
+
+
+@dataclass(frozen=True)
+class Unsent:
+    """What UNSENT_EVENT carries: the dropped stanza's size and the bytes still waiting."""
+
+    size: int
+    buffered: int
 
 
 class BoundedElementStream(domish.ExpatElementStream):
@@ -115,10 +137,46 @@ class BoundedElementStream(domish.ExpatElementStream):
             self._check_size()
 
 
+@implementer(IPushProducer)
 class BoundedXmlStream(xmlstream.XmlStream):
-    """The component link's protocol; ``max_stanza_size`` is set by the factory."""
+    """The component link's protocol; ``max_stanza_size`` and ``max_buffered_bytes`` are
+    set by the factory. It is its own transport's producer (flow control, above)."""
 
     max_stanza_size = DEFAULT_MAX_STANZA_SIZE
+    max_buffered_bytes = DEFAULT_MAX_BUFFERED_BYTES
+    _paused = False
+    _backlog = 0  # bytes written since the transport paused us
+
+    @override
+    def connectionMade(self) -> None:
+        self.transport.registerProducer(self, True)
+        super().connectionMade()
+
+    @override
+    def send(self, obj: domish.Element | str | bytes) -> None:
+        """Write a stanza, or drop it (UNSENT_EVENT) when the server is not reading and
+        ``max_buffered_bytes`` are waiting already."""
+        if domish.IElement.providedBy(obj):  # serialised as XmlStream.send does
+            obj = obj.toXml(prefixes=self.prefixes, defaultUri=self.namespace,
+                            prefixesInScope=list(self.prefixes.values()))
+        data = obj.encode("utf-8") if isinstance(obj, str) else obj
+        if self._paused:
+            if self._backlog + len(data) > self.max_buffered_bytes:
+                self.dispatch(Unsent(len(data), self._backlog), UNSENT_EVENT)
+                return
+            self._backlog += len(data)
+        super().send(data)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        """Twisted's buffer is empty again: the server reads."""
+        self._paused, self._backlog = False, 0
+        self.dispatch(self, DRAINED_EVENT)
+
+    def stopProducing(self) -> None:
+        self._paused = True  # the connection is going away
 
     @override
     def _initializeStream(self) -> None:

@@ -20,7 +20,7 @@ from fanout_tx.http.origin import OriginEndpoints
 from fanout_tx.http.origin_client import OriginClient
 from fanout_tx.router import Router
 from fanout_tx.xmpp.backend import BackendClient
-from fanout_tx.xmpp.bounded_stream import DEFAULT_MAX_STANZA_SIZE
+from fanout_tx.xmpp.bounded_stream import DEFAULT_MAX_BUFFERED_BYTES, DEFAULT_MAX_STANZA_SIZE
 from fanout_tx.xmpp.handler import ComponentHandler
 from fanout_tx.xmpp.link import LinkFactory, LinkState
 from fanout_tx.xmpp.render import StanzaRenderer
@@ -33,7 +33,8 @@ class XmppComponent(ConnectingComponent):
 
     def __init__(self, reactor: Any, host: str, port: int, domain: str, secret: str,
                  handler: ComponentHandler, backend: OriginClient | None = None,
-                 max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE) -> None:
+                 max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE,
+                 max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES) -> None:
         # Not Component.__init__: it builds a factory that resets its backoff on every
         # TCP connect; LinkFactory does not, and reports why the link went down.
         self.host, self.port, self.reactor = host, port, reactor
@@ -41,7 +42,7 @@ class XmppComponent(ConnectingComponent):
         authenticator = ConnectComponentAuthenticator(domain, secret)
         StreamManager.__init__(
             self, LinkFactory(authenticator, self.link, reactor, f"{host}:{port}",
-                              max_stanza_size), reactor
+                              max_stanza_size, max_buffered_bytes), reactor
         )
         self.handler = handler
         handler.setHandlerParent(self)
@@ -87,4 +88,4 @@ def build_xmpp(config: Config, router: Router, reactor: Any) -> XmppComponent:
     handler = ComponentHandler(renderer, backend, router,
                                config.handler.connection_subscription_max)
     return XmppComponent(reactor, xmpp.host, xmpp.port, domain, xmpp.secret, handler, origins,
-                         xmpp.max_stanza_size)
+                         xmpp.max_stanza_size, xmpp.max_buffered_bytes)

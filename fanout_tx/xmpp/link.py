@@ -5,6 +5,9 @@ A refused handshake (wrong secret: ``not-authorized``; another instance holds th
 reason for metrics, and retried with a growing delay of at most 30 s. Twisted's factory
 resets its delay as soon as TCP connects, which would retry a refused handshake every
 second; here the delay is only reset once the handshake succeeded.
+
+Stanzas dropped because the server stopped reading (bounded_stream.py) are counted, and
+logged at most once per UNSENT_LOG_INTERVAL, with how many since the last line.
 """
 
 from __future__ import annotations
@@ -21,12 +24,17 @@ from twisted.words.xish.xmlstream import XmlStreamFactoryMixin
 from typing_extensions import override
 
 from fanout_tx.xmpp.bounded_stream import (
+    DEFAULT_MAX_BUFFERED_BYTES,
     DEFAULT_MAX_STANZA_SIZE,
+    DRAINED_EVENT,
     OVERSIZED_EVENT,
+    UNSENT_EVENT,
     BoundedXmlStream,
+    Unsent,
 )
 
 MAX_RETRY_DELAY = 30.0
+UNSENT_LOG_INTERVAL = 10.0
 
 
 @dataclass
@@ -38,6 +46,8 @@ class LinkState:
     last_error: str | None = None
     # Inbound stanzas over [xmpp] max_stanza_size, dropped: fanout_xmpp_oversized_total
     oversized: int = 0
+    # Outbound stanzas dropped over [xmpp] max_buffered_bytes: fanout_xmpp_unsent_total
+    unsent: int = 0
 
 
 class LinkFactory(xmlstream.XmlStreamFactory):
@@ -56,16 +66,22 @@ class LinkFactory(xmlstream.XmlStreamFactory):
 
     def __init__(self, authenticator: xmlstream.ConnectAuthenticator, state: LinkState,
                  clock: IReactorTime, server: str,
-                 max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE) -> None:
+                 max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE,
+                 max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES) -> None:
         super().__init__(authenticator)
         self.clock = clock
         self.max_stanza_size = max_stanza_size
+        self.max_buffered_bytes = max_buffered_bytes
         self.state = state
         self._server = server
         self._refusal: tuple[str, str] | None = None
+        self._unlogged = 0  # unsent stanzas not in a log line yet
+        self._unsent_logged: float | None = None  # when the last such line was
         self.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, self._authenticated)
         self.addBootstrap(xmlstream.STREAM_ERROR_EVENT, self._stream_error)
         self.addBootstrap(OVERSIZED_EVENT, self._oversized)
+        self.addBootstrap(UNSENT_EVENT, self._unsent)
+        self.addBootstrap(DRAINED_EVENT, self._drained)
 
     @override
     def buildProtocol(self, addr):
@@ -73,10 +89,32 @@ class LinkFactory(xmlstream.XmlStreamFactory):
         self._refusal = None
         xs = XmlStreamFactoryMixin.buildProtocol(self, addr)
         xs.max_stanza_size = self.max_stanza_size
+        xs.max_buffered_bytes = self.max_buffered_bytes
         return xs
 
     def _oversized(self, _event: object) -> None:
         self.state.oversized += 1
+
+    def _unsent(self, event: Unsent) -> None:
+        self.state.unsent += 1
+        self._unlogged += 1
+        now = self.clock.seconds()
+        if self._unsent_logged is not None and now - self._unsent_logged < UNSENT_LOG_INTERVAL:
+            return
+        self._unsent_logged = now
+        self._log.warn(
+            "XMPP server {server} is not reading: {count} stanzas dropped, {buffered} bytes "
+            "waiting (over [xmpp] max_buffered_bytes, {limit}); next report in "
+            "{interval:.0f}s at the earliest",
+            server=self._server, count=self._unlogged, buffered=event.buffered,
+            limit=self.max_buffered_bytes, interval=UNSENT_LOG_INTERVAL)
+        self._unlogged = 0
+
+    def _drained(self, _xs: object) -> None:
+        if self._unlogged:
+            self._log.warn("XMPP server {server} reads again; {count} more stanzas were "
+                           "dropped meanwhile", server=self._server, count=self._unlogged)
+            self._unlogged = 0
 
     def _authenticated(self, _xs: xmlstream.XmlStream) -> None:
         self.resetDelay()

@@ -1,0 +1,143 @@
+"""An XMPP server that stops reading the component link (issue #13): past ``[xmpp]
+max_buffered_bytes`` waiting to be written, pushes are dropped whole (never cut), counted in
+/metrics and logged at most once per interval; once the server reads again everything that
+was kept arrives intact and pushes flow again, on the same link. Real sockets on 127.0.0.1:
+a stand-in server that accepts the component handshake and then stops reading (a real
+Prosody cannot be made to stop reading)."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
+from twisted.internet.testing import EventLoggingObserver
+from twisted.logger import LogLevel, globalLogPublisher
+from twisted.trial.unittest import TestCase
+from twisted.words.protocols.jabber import xmlstream
+from typing_extensions import override
+
+from fanout_tx.config import Config, XmppConfig
+from fanout_tx.grip.instruct import Channel
+from fanout_tx.items import parse_item
+from fanout_tx.metrics import FanoutCollector, InputCounters, MetricSources
+from fanout_tx.router import Router
+from fanout_tx.xmpp.component import XmppComponent, build_xmpp
+
+SERVER_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
+                 b"xmlns:stream='http://etherx.jabber.org/streams' id='sid1' "
+                 b"from='push.localhost'>")
+JID = "alice@localhost/phone"
+PAD = "p" * 8000
+LIMIT = 256 * 1024
+_BODY = re.compile(rb"<message [^>]*><body>n(\d+)-p*</body></message>")
+
+
+class StalledServer(Protocol):
+    """Accepts the component handshake, then reads nothing until ``resume()``."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.greeted = False
+        self.authenticated: Deferred[None] = Deferred()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if not self.authenticated.called:
+            if b"<stream:stream" in self.received and not self.greeted:
+                self.greeted = True
+                self.transport.write(SERVER_HEADER)
+            if b"</handshake>" in self.received:
+                self.transport.write(b"<handshake/>")
+                self.received = b""
+                self.authenticated.callback(None)
+
+    def stop_reading(self) -> None:
+        self.transport.pauseProducing()
+
+    def resume(self) -> None:
+        self.transport.resumeProducing()
+
+    def pushes(self) -> list[int]:
+        return [int(n) for n in _BODY.findall(self.received)]
+
+
+class StalledServerTests(TestCase):
+    timeout = 60
+
+    async def start(self) -> tuple[StalledServer, XmppComponent, Router]:
+        server = StalledServer()
+        port = reactor.listenTCP(0, Factory.forProtocol(lambda: server), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        router = Router(reactor)
+        config = Config(xmpp=XmppConfig(enabled=True, port=port.getHost().port, secret="s",
+                                        max_buffered_bytes=LIMIT))
+        component = build_xmpp(config, router, reactor)
+        up: Deferred[Any] = Deferred()
+        component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)
+        component.startService()
+        self.addCleanup(component.stopService)
+        await up.addTimeout(10, reactor)
+        await server.authenticated
+        component.handler.subscriptions.apply(JID, [Channel("news")], [], {})
+        return server, component, router
+
+    def publish(self, router: Router, n: int) -> None:
+        router.publish(parse_item({"channel": "news", "formats": {
+            "xmpp-message": {"body": f"n{n}-{PAD}"}}}))
+
+    async def test_stalled_server_costs_at_most_the_cap(self) -> None:
+        events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
+        server, component, router = await self.start()
+        server.stop_reading()
+        published = 0
+        # Fill the kernel's buffers (a few MB on loopback), then the cap: bursts well under
+        # the cap, and each turn the reactor writes what the socket takes.
+        for _ in range(2000):
+            for _ in range(10):
+                self.publish(router, published)
+                published += 1
+            await deferLater(reactor, 0.002, lambda: None)
+            if component.link.unsent:
+                break
+        self.assertGreater(component.link.unsent, 0, "the cap was never reached")
+        # While the server reads nothing, every further push is dropped: nothing grows.
+        before = component.link.unsent
+        for _ in range(200):
+            self.publish(router, published)
+            published += 1
+        self.assertEqual(component.link.unsent, before + 200)
+        warnings = [e for e in events if e["log_level"] == LogLevel.warn
+                    and "max_buffered_bytes" in e["log_format"]]
+        self.assertEqual(len(warnings), 1)  # once per interval, however many were dropped
+        self.assertTrue(component.link.up)
+
+        server.resume()
+        expected = published - component.link.unsent
+        for _ in range(1000):
+            if len(server.pushes()) >= expected:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        received = server.pushes()
+        self.assertEqual(len(received), expected)
+        self.assertEqual(received, sorted(received))  # in order, none cut or repeated
+        self.assertEqual(server.received.count(b"<message"), expected)
+
+        # The link drained: pushes flow again, on the same connection.
+        self.publish(router, published)
+        for _ in range(500):
+            if server.pushes()[-1:] == [published]:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertEqual(server.pushes()[-1], published)
+        self.assertTrue(component.link.up)
+        self.assertEqual(sum(component.link.errors.values()), 0)
+
+        collector = FanoutCollector(MetricSources(router, InputCounters(),
+                                                  xmpp_link=component.link))
+        samples = {s.name: s.value for family in collector.collect() for s in family.samples}
+        self.assertEqual(samples["fanout_xmpp_unsent_total"], component.link.unsent)
