@@ -21,7 +21,7 @@ _DB_DIR = tempfile.mkdtemp(prefix="fanout-django-")
 atexit.register(shutil.rmtree, _DB_DIR, True)
 if not settings.configured:
     settings.configure(
-        SECRET_KEY="fanout-tx-test-secret",
+        SECRET_KEY="fanout-tx-test-secret-of-at-least-32-bytes",
         ALLOWED_HOSTS=["*"],
         INSTALLED_APPS=["django.contrib.contenttypes", "django.contrib.auth",
                         "django_eventstream"],
@@ -72,6 +72,8 @@ urlpatterns = [
 ]
 
 _migrated = False
+# Signs origin requests and publishes (32 bytes or more: PyJWT warns about shorter keys).
+KEY = "a-grip-key-of-at-least-thirty-two-bytes"
 
 
 def migrate() -> None:
@@ -83,7 +85,7 @@ def migrate() -> None:
 
 class Stack:
     """django-eventstream in a WSGI thread pool, fanout_tx in front of it (signing with
-    ``changeme``, which the app checks, as django-grip does with a keyed GRIP_URL)."""
+    KEY, which the app checks, as django-grip does with a keyed GRIP_URL)."""
 
     def __init__(self, test: TestCase) -> None:
         self.test = test
@@ -104,9 +106,9 @@ class Stack:
                                    interface="127.0.0.1")
         self.test.addCleanup(origin.stopListening)
         config = tree_config(Path(self.test.mktemp()), origin.getHost().port, more=(
-            "[proxy]\nsig_iss=pushpin\nsig_key=changeme\n"
+            f"[proxy]\nsig_iss=pushpin\nsig_key={KEY}\n"
             "[handler]\ncommand_spec=tcp://127.0.0.1:*\n"
-            "push_in_http_key=changeme\npush_in_http_iss=pushpin\n"))
+            f"push_in_http_key={KEY}\npush_in_http_iss=pushpin\n"))
         self.root, self.core = build_service(load_settings(str(config)), reactor)
         proxy_service = self.root.getServiceNamed("http-proxy")
         publish = self.root.getServiceNamed("publish-http")
@@ -123,7 +125,7 @@ class Stack:
         self.publish_url = f"http://127.0.0.1:{(await listening_port(publish)).getHost().port}"
         [self.command_uri] = self.root.getServiceNamed("zmq-command").endpoints
         # django-grip publishes (and verifies Grip-Sig) with the GRIP_URL's iss and key.
-        settings.GRIP_URL = f"{self.publish_url}/?iss=pushpin&key=changeme"
+        settings.GRIP_URL = f"{self.publish_url}/?iss=pushpin&key={KEY}"
         django_grip._pubcontrol = None
         self.client = Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False))
         return self
@@ -235,7 +237,7 @@ class GripcontrolTests(TestCase):
         body = await stack.open("/plain/")
         await stack.subscribed("plain")
         publisher = GripPubControl({"control_uri": stack.publish_url, "control_iss": "pushpin",
-                                    "key": "changeme"})
+                                    "key": KEY})
         self.addCleanup(close_http_clients, publisher)
         await deferToThread(publisher.publish_http_stream, "plain", "over http\n",
                             blocking=True)
