@@ -429,6 +429,7 @@ class ClientCloseTests(WsTestMixin, TestCase):
 
     async def close_with(self, code: int) -> tuple[bool, int | None, str]:
         side, client = await self.connect("/ws")
+        client.closeHandshakeTimeout = 10  # autobahn's 1 s is short on a loaded machine
         client.sendClose(code, "client bye")
         return await side.closed
 
