@@ -614,3 +614,13 @@ class HeldStream(_Hold):
 
     def stopProducing(self) -> None:
         self._end()
+
+    @override
+    def _end(self) -> bool:
+        """Also leave the request: registered as its producer, the stream and the request
+        point at each other, and only the cyclic collector would free them (issue 19)."""
+        if not super()._end():
+            return False
+        if self.request.producer is self:
+            self.request.producer = None
+        return True

@@ -746,4 +746,7 @@ class ProxySession:
                 self._pending.cancel()
             if self._relay is not None and self._relay.transport is not None:
                 self._relay.transport.stopProducing()
+        # The hold points back at this session (its origin): drop our end, so the pair is
+        # freed by reference counting, not by the cyclic collector (issue 19).
+        self._hold = self._relay = self._pending = None
 
