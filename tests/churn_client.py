@@ -27,7 +27,10 @@ def read(sock: socket.socket, until: bytes | None = None, limit: int = 65536) ->
     """What ``sock`` receives until ``until`` has come (None: until the server closes)."""
     data = b""
     while len(data) < limit and (until is None or until not in data):
-        chunk = sock.recv(limit)
+        try:
+            chunk = sock.recv(limit)
+        except ConnectionResetError:
+            break
         if not chunk:
             break
         data += chunk

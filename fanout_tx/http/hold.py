@@ -19,6 +19,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.http import NO_BODY_CODES, RESPONSES
 from twisted.web.server import Request
+from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._twisted import send_directly
