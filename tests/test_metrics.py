@@ -161,7 +161,10 @@ class CollectorTests(SynchronousTestCase):
         values = self.collect(MetricSources(
             router, InputCounters(), webhooks=webhooks, xmpp_link=link, redis=redis,
             client_connections=SimpleNamespace(open=5, paused=True,
-                                               dropped=Counter(body_rate=2))))
+                                               dropped=Counter(body_rate=2)),
+            write_budget=SimpleNamespace(total=4096, dropped=3)))
+        self.assertEqual(values[("fanout_client_dropped_total", (("reason", "max_buffered"),))], 3)
+        self.assertEqual(values[("fanout_slow_client_buffered_bytes", ())], 4096)
         self.assertEqual(values[("fanout_client_connections", ())], 5)
         self.assertEqual(values[("fanout_client_dropped_total", (("reason", "body_rate"),))], 2)
         self.assertEqual(values[("fanout_client_dropped_total", (("reason", "header_timeout"),))],
