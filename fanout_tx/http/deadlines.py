@@ -83,11 +83,14 @@ class DeadlineChannel(http.HTTPChannel):
         self._due = due = clock.seconds() + delay
         timer = self._timer
         if timer is None:
-            header = self.timeouts.header
-            self._timer = clock.callLater(min(delay, header) if header > 0 else delay,
-                                          self._check)
+            self._sleep(delay)
         elif timer.getTime() > due:
             timer.reset(delay)
+
+    def _sleep(self, delay: float) -> None:
+        header = self.timeouts.header
+        self._timer = self._clock().callLater(min(delay, header) if header > 0 else delay,
+                                              self._check)
 
     def _cancel_timer(self) -> None:
         timer, self._timer = self._timer, None
@@ -100,9 +103,7 @@ class DeadlineChannel(http.HTTPChannel):
             return
         left = self._due - self._clock().seconds()
         if left > 0:
-            header = self.timeouts.header
-            self._timer = self._clock().callLater(min(left, header) if header > 0 else left,
-                                                  self._check)
+            self._sleep(left)
             return
         self._due = 0.0
         {"head": self._head_expired, "body": self._window_over, "idle": self._idle_expired,
