@@ -27,12 +27,12 @@ from prometheus_client.registry import CollectorRegistry
 from twisted.internet.task import Clock
 
 from bench.router_bench import CountingSubscriber
-from fanout_tx.bus import LocalBus
-from fanout_tx.interfaces import IBus
-from fanout_tx.items import parse_item
-from fanout_tx.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
-from fanout_tx.router import Router
-from fanout_tx.stats_pub import StatsPublisher, Totals
+from fanout_tx.core.bus import LocalBus
+from fanout_tx.core.interfaces import IBus
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
+from fanout_tx.ops.stats_pub import StatsPublisher, Totals
 
 
 def build(mode: str, context: zmq.Context) -> tuple[Router, IBus, Callable[[], None]]:

@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from twisted.internet import reactor, task  # noqa: E402
 from twisted.internet.defer import Deferred, inlineCallbacks  # noqa: E402
 
-from fanout_tx.items import Item, parse_item  # noqa: E402
-from fanout_tx.redis_bus import RedisBus  # noqa: E402
-from fanout_tx.redis_url import parse_redis_url  # noqa: E402
-from fanout_tx.router import Router  # noqa: E402
+from fanout_tx.cluster.redis_bus import RedisBus  # noqa: E402
+from fanout_tx.config.redis_url import parse_redis_url  # noqa: E402
+from fanout_tx.core.items import Item, parse_item  # noqa: E402
+from fanout_tx.core.router import Router  # noqa: E402
 from tests.services import RedisServer  # noqa: E402
 
 

@@ -16,10 +16,10 @@ from typing import Any
 from twisted.internet.task import Clock
 from zope.interface import implementer
 
-from fanout_tx.formats import Format
-from fanout_tx.interfaces import ISubscriber
-from fanout_tx.items import Item, parse_item
-from fanout_tx.router import Router
+from fanout_tx.core.formats import Format
+from fanout_tx.core.interfaces import ISubscriber
+from fanout_tx.core.items import Item, parse_item
+from fanout_tx.core.router import Router
 
 
 @implementer(ISubscriber)

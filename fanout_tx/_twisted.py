@@ -38,12 +38,12 @@ __all__ = [
 _pool_factory = HTTPConnectionPool._factory
 HTTP_CLIENT_FACTORY_NAMESPACE = f"{_pool_factory.__module__}.{_pool_factory.__qualname__}"
 """The log namespace of the connection pool's factory, whose per-connection "Starting
-factory" lines are quieted (logs.py)."""
+factory" lines are quieted (ops/logs.py)."""
 
 
 def send_directly(transport: object, data: bytes) -> bytes:
     """``writeSomeData`` on a plain TCP/UNIX connection with nothing queued ahead (saves two
-    ``epoll_ctl`` per push, see http/hold.py); returns what is left for ``write``."""
+    ``epoll_ctl`` per push, see transports/http/hold.py); returns what is left for ``write``."""
     if (
         not isinstance(transport, tcp.Connection)
         or getattr(transport, "TLS", True)
@@ -64,7 +64,7 @@ def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningP
 
 
 def raise_bind_errors(service: StreamServerEndpointService) -> None:
-    """Make ``startService`` raise when it cannot bind, rather than only log (startup.py)."""
+    """Make ``startService`` raise when it cannot bind, rather than only log (ops/startup.py)."""
     service._raiseSynchronously = True
 
 

@@ -17,33 +17,33 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.python import usage
 
-from fanout_tx import config as config_module
-from fanout_tx.bus import LocalBus
-from fanout_tx.config import Config, ConfigError, ListenAddress, parse_listen_addresses
-from fanout_tx.fd_limit import connection_cap, raise_open_files_limit
-from fanout_tx.gc_tuning import tune_gc
-from fanout_tx.http.proxy_service import build_proxy_service
-from fanout_tx.http.publish_api import PublishRoot, PublishSite
-from fanout_tx.http.publish_auth import BearerAuth
-from fanout_tx.interfaces import IBus
-from fanout_tx.logs import filter_twistd_logging
-from fanout_tx.metrics import InputCounters, MeteredBus
-from fanout_tx.operations import FanoutRoot, bound_port, install, stop_on_signals
-from fanout_tx.redis_bus import RedisBus
-from fanout_tx.redis_url import parse_redis_url
-from fanout_tx.router import Router
-from fanout_tx.routes_watch import RoutesFile, reload_on_sighup
-from fanout_tx.sig_warnings import signing_warnings
-from fanout_tx.startup import quiet_startup_failures
-from fanout_tx.tls_server import ServerIdentities, load_identities
-from fanout_tx.webhooks.api import WebhooksResource
-from fanout_tx.webhooks.redis_store import warn_if_webhooks_elsewhere
-from fanout_tx.webhooks.service import WebhookService, build_webhooks
-from fanout_tx.write_budget import WriteBudget
-from fanout_tx.ws.service import build_websocket_service
-from fanout_tx.xmpp.component import build_xmpp
-from fanout_tx.zmq_command import ZmqCommand
-from fanout_tx.zmq_ingest import ZmqPullInput, ZmqSubInput
+from fanout_tx.cluster.redis_bus import RedisBus
+from fanout_tx.config import settings as config_module
+from fanout_tx.config.redis_url import parse_redis_url
+from fanout_tx.config.routes_watch import RoutesFile, reload_on_sighup
+from fanout_tx.config.settings import Config, ConfigError, ListenAddress, parse_listen_addresses
+from fanout_tx.core.bus import LocalBus
+from fanout_tx.core.interfaces import IBus
+from fanout_tx.core.router import Router
+from fanout_tx.inputs.publish_api import PublishRoot, PublishSite
+from fanout_tx.inputs.publish_auth import BearerAuth
+from fanout_tx.inputs.zmq_command import ZmqCommand
+from fanout_tx.inputs.zmq_ingest import ZmqPullInput, ZmqSubInput
+from fanout_tx.ops.fd_limit import connection_cap, raise_open_files_limit
+from fanout_tx.ops.gc_tuning import tune_gc
+from fanout_tx.ops.logs import filter_twistd_logging
+from fanout_tx.ops.metrics import InputCounters, MeteredBus
+from fanout_tx.ops.operations import FanoutRoot, bound_port, install, stop_on_signals
+from fanout_tx.ops.sig_warnings import signing_warnings
+from fanout_tx.ops.startup import quiet_startup_failures
+from fanout_tx.transports.http.proxy_service import build_proxy_service
+from fanout_tx.transports.http.tls import ServerIdentities, load_identities
+from fanout_tx.transports.webhooks.api import WebhooksResource
+from fanout_tx.transports.webhooks.redis_store import warn_if_webhooks_elsewhere
+from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.transports.write_budget import WriteBudget
+from fanout_tx.transports.ws.service import build_websocket_service
+from fanout_tx.transports.xmpp.component import build_xmpp
 
 _log = Logger(namespace="fanout_tx.tap")
 
@@ -84,7 +84,7 @@ class Options(usage.Options):
         except ConfigError as e:
             # The one ``file:line: problem`` line on stderr, exit status 1: a UsageError
             # would make twistd print its whole usage text above it. (No daemon has forked
-            # yet, so exiting here is safe; startup.py says why later failures cannot.)
+            # yet, so exiting here is safe; ops/startup.py says why later failures cannot.)
             raise SystemExit(str(e)) from None
 
 
@@ -247,7 +247,7 @@ listening_port = bound_port
 
 def with_descriptor_room(settings: Settings, open_files: int) -> Settings:
     """``settings`` with ``client_maxconn`` lowered to what ``open_files`` descriptors allow
-    (fd_limit.py), and a warning saying so."""
+    (ops/fd_limit.py), and a warning saying so."""
     runner = settings.config.runner
     cap = connection_cap(runner.client_maxconn, open_files)
     if cap == runner.client_maxconn:

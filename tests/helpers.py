@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.formats import Format
-from fanout_tx.interfaces import IBus, ISubscriber
-from fanout_tx.items import Item
+from fanout_tx.core.formats import Format
+from fanout_tx.core.interfaces import IBus, ISubscriber
+from fanout_tx.core.items import Item
 
 
 @implementer(ISubscriber)

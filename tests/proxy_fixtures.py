@@ -18,15 +18,15 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from typing_extensions import override
 
-from fanout_tx.bus import LocalBus
-from fanout_tx.http.hold import register_renderers
-from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints, ProxySettings
-from fanout_tx.http.origin_client import OriginClient
-from fanout_tx.http.proxy import ProxyResource, proxy_site
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.routes import RouteTable, parse_routes
-from fanout_tx.write_batch import WriteBatch
+from fanout_tx.config.routes import RouteTable, parse_routes
+from fanout_tx.core.bus import LocalBus
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints, ProxySettings
+from fanout_tx.outbound.origin_client import OriginClient
+from fanout_tx.transports.http.hold import register_renderers
+from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
+from fanout_tx.transports.write_batch import WriteBatch
 from tests.helpers import TrackingFactory
 
 Handler = Callable[[Request], Any]

@@ -10,12 +10,12 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.formats.ws import parse_ws_message
-from fanout_tx.items import Item
-from fanout_tx.router import Router
-from fanout_tx.ws import events as ev
-from fanout_tx.ws.grip import SessionOptions
-from fanout_tx.ws.session import WsOverHttpSession
+from fanout_tx.core.formats.ws import parse_ws_message
+from fanout_tx.core.items import Item
+from fanout_tx.core.router import Router
+from fanout_tx.transports.ws import events as ev
+from fanout_tx.transports.ws.grip import SessionOptions
+from fanout_tx.transports.ws.session import WsOverHttpSession
 from tests.test_ws_session import FakeClient, FakeOrigin, control, reply
 
 

@@ -24,7 +24,7 @@ from twisted.internet import reactor
 from twisted.internet.threads import deferToThread
 from twisted.trial.unittest import TestCase
 
-from fanout_tx.items import parse_item
+from fanout_tx.core.items import parse_item
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests import churn_client as client
 from tests.helpers import wait_until

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.config import (
+from fanout_tx.config.settings import (
     Config,
     ConfigError,
     HandlerConfig,

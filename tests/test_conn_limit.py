@@ -1,4 +1,4 @@
-"""``[runner] client_maxconn`` (http/conn_limit.py): past the limit the client ports stop
+"""``[runner] client_maxconn`` (transports/http/conn_limit.py): past the limit the client ports stop
 accepting until a connection ends; HTTP and WebSocket connections count alike."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from twisted.internet.protocol import ClientCreator
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from fanout_tx.http.conn_limit import ConnectionLimit
-from fanout_tx.http.proxy import ProxyResource, proxy_site
-from fanout_tx.routes import parse_routes
+from fanout_tx.config.routes import parse_routes
 from fanout_tx.tap import build_service, listening_port, load_settings
+from fanout_tx.transports.http.conn_limit import ConnectionLimit
+from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
 from tests.helpers import RawClient, TrackingFactory, wait_until
 from tests.proxy_fixtures import origin_on_loopback, tree_config
 from tests.test_ws_e2e import WsTestMixin, _listen_endpoint, grip_echo

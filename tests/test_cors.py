@@ -1,10 +1,10 @@
-"""http/cors.py: the headers Pushpin 1.36 adds with ``aco`` (checked against it)."""
+"""transports/cors.py: the headers Pushpin 1.36 adds with ``aco`` (checked against it)."""
 
 from __future__ import annotations
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.http.cors import cross_origin_headers
+from fanout_tx.transports.cors import cross_origin_headers
 
 ORIGIN_ANSWER = [("Server", "TwistedWeb"), ("Date", "now"), ("Set-Cookie", "a=1"),
                  ("Set-Cookie", "b=2"), ("Content-Type", "text/html"), ("Content-Length", "6")]

@@ -1,4 +1,4 @@
-"""fanout_tx/fd_limit.py: the open-files limit raised at start-up, and client_maxconn kept
+"""fanout_tx/ops/fd_limit.py: the open-files limit raised at start-up, and client_maxconn kept
 below what it allows."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import resource
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.fd_limit import RESERVED, connection_cap, raise_open_files_limit
+from fanout_tx.ops.fd_limit import RESERVED, connection_cap, raise_open_files_limit
 
 
 class OpenFilesTests(SynchronousTestCase):

@@ -1,4 +1,4 @@
-"""fanout_tx/gc_tuning.py: the collector policy the twistd plugin applies."""
+"""fanout_tx/ops/gc_tuning.py: the collector policy the twistd plugin applies."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import gc
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.gc_tuning import THRESHOLDS, tune_gc
+from fanout_tx.ops.gc_tuning import THRESHOLDS, tune_gc
 
 
 class TuneGcTests(SynchronousTestCase):

@@ -1,5 +1,5 @@
-"""http/hold.py over in-memory HTTP connections and a task.Clock: timers, exits, renderers,
-slow clients."""
+"""transports/http/hold.py over in-memory HTTP connections and a task.Clock: timers, exits,
+renderers, slow clients."""
 
 from __future__ import annotations
 
@@ -16,17 +16,17 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from zope.interface.verify import verifyObject
 
-from fanout_tx.formats import Format
+from fanout_tx.core.formats import Format
+from fanout_tx.core.interfaces import ISubscriber
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import Channel, Instruct, KeepAlive, Link, Response
-from fanout_tx.http.hold import (
+from fanout_tx.transports.http.hold import (
     HeldResponse,
     HeldStream,
     register_renderers,
     render_http_stream,
 )
-from fanout_tx.interfaces import ISubscriber
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
 
 
 class FakeOrigin:

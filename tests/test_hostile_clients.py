@@ -11,10 +11,10 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.resource import Resource
 from typing_extensions import override
 
-from fanout_tx.http.conn_limit import ConnectionLimit
-from fanout_tx.http.deadlines import ClientTimeouts
-from fanout_tx.http.publish_api import PublishSite
-from fanout_tx.write_budget import WriteBudget
+from fanout_tx.inputs.publish_api import PublishSite
+from fanout_tx.ops.deadlines import ClientTimeouts
+from fanout_tx.transports.http.conn_limit import ConnectionLimit
+from fanout_tx.transports.write_budget import WriteBudget
 from tests.helpers import RawClient, TrackingFactory, wait_until
 from tests.proxy_fixtures import ProxyHarness, grip
 from tests.test_proxy_tls import self_signed_for_loopback

@@ -15,8 +15,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request
 
-from fanout_tx.http import hold
-from fanout_tx.http.conn_limit import ConnectionLimit
+from fanout_tx.transports.http import hold
+from fanout_tx.transports.http.conn_limit import ConnectionLimit
 from tests.helpers import RawClient, wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
 

@@ -15,9 +15,9 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request
 
-from fanout_tx import tnetstring
-from fanout_tx.item_codec import encode_items
-from fanout_tx.items import Item, parse_item
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.codecs.item_codec import encode_items
+from fanout_tx.core.items import Item, parse_item
 from tests.helpers import RawClient, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
 from tests.services import RedisServer

@@ -15,8 +15,8 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 
-from fanout_tx.http.origin import ProxySettings, link_target
-from fanout_tx.routes import parse_route_line
+from fanout_tx.config.routes import parse_route_line
+from fanout_tx.outbound.origin import ProxySettings, link_target
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip, origin_on_loopback
 

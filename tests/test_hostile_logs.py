@@ -16,8 +16,8 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 
-from fanout_tx.http.origin import ProxySettings
-from fanout_tx.logs import url_for_log
+from fanout_tx.ops.logs import url_for_log
+from fanout_tx.outbound.origin import ProxySettings
 from tests.helpers import RawClient
 from tests.proxy_fixtures import ProxyHarness, grip
 from tests.services import free_port

@@ -16,7 +16,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.server import NOT_DONE_YET, Site
 from typing_extensions import override
 
-from fanout_tx.ws import events as ev
+from fanout_tx.transports.ws import events as ev
 from tests.test_ws_e2e import Origin, WsTestMixin, _listen_endpoint, events_reply, grip_echo
 
 

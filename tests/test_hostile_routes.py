@@ -17,7 +17,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.routes_watch import reload_on_sighup
+from fanout_tx.config.routes_watch import reload_on_sighup
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests.test_tap import write_config
 from tests.test_ws_e2e import _listen_endpoint

@@ -19,13 +19,13 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.config import RedisConfig, WebhooksConfig
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
+from fanout_tx.config.settings import RedisConfig, WebhooksConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.tap import build_service, listening_port, load_settings
-from fanout_tx.webhooks.api import WebhooksResource
-from fanout_tx.webhooks.redis_store import RedisStore, connect
-from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.transports.webhooks.api import WebhooksResource
+from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
+from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from tests.helpers import TrackingFactory
 from tests.services import RedisServer
 from tests.test_webhooks_support import HANG, Receiver, always

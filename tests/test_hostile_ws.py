@@ -14,7 +14,7 @@ from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from fanout_tx.ws import events as ev
+from fanout_tx.transports.ws import events as ev
 from tests import test_ws_proxy
 from tests.test_ws_e2e import WsTestMixin, events_reply
 

@@ -13,9 +13,9 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.words.xish import domish
 
-from fanout_tx.router import Router
-from fanout_tx.xmpp.bounded_stream import TOKEN_SLACK, BoundedElementStream
-from fanout_tx.xmpp.serial import KeyedSerializer
+from fanout_tx.core.router import Router
+from fanout_tx.transports.xmpp.bounded_stream import TOKEN_SLACK, BoundedElementStream
+from fanout_tx.transports.xmpp.serial import KeyedSerializer
 from tests.test_xmpp_prosody import DOMAIN, ProsodyTestsMixin, _subscribe_and_echo
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"

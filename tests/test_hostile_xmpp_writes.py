@@ -20,12 +20,12 @@ from twisted.trial.unittest import TestCase
 from twisted.words.protocols.jabber import xmlstream
 from typing_extensions import override
 
-from fanout_tx.config import Config, XmppConfig
+from fanout_tx.config.settings import Config, XmppConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import Channel
-from fanout_tx.items import parse_item
-from fanout_tx.metrics import FanoutCollector, InputCounters, MetricSources
-from fanout_tx.router import Router
-from fanout_tx.xmpp.component import XmppComponent, build_xmpp
+from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MetricSources
+from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
 
 SERVER_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
                  b"xmlns:stream='http://etherx.jabber.org/streams' id='sid1' "

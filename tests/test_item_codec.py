@@ -8,10 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx import tnetstring
-from fanout_tx.formats import Format
-from fanout_tx.item_codec import ItemCodecError, decode_items, encode_items
-from fanout_tx.items import Item, decode_message, parse_item, parse_items_json
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.codecs.item_codec import ItemCodecError, decode_items, encode_items
+from fanout_tx.core.formats import Format
+from fanout_tx.core.items import Item, decode_message, parse_item, parse_items_json
 
 _scalars = (st.none() | st.booleans() | st.integers() | st.text()
             | st.floats(allow_nan=False, allow_infinity=False) | st.binary())

@@ -11,9 +11,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx import tnetstring
-from fanout_tx.formats import PARSERS
-from fanout_tx.items import (
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.formats import PARSERS
+from fanout_tx.core.items import (
     MAX_CHANNEL_LENGTH,
     PublishError,
     decode_message,

@@ -8,8 +8,8 @@ import hmac
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from fanout_tx.core.codecs.json_input import LoneSurrogateError, loads
 from fanout_tx.grip.signature import SignatureError, verify_hs256
-from fanout_tx.json_input import LoneSurrogateError, loads
 
 
 def _b64url(data: bytes) -> str:

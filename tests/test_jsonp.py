@@ -19,8 +19,8 @@ from twisted.web.client import FileBodyProducer
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from fanout_tx.http.jsonp import JsonpAnswer, JsonpError, parse_jsonp, wrap
-from fanout_tx.routes import JsonpConfig
+from fanout_tx.config.routes import JsonpConfig
+from fanout_tx.transports.http.jsonp import JsonpAnswer, JsonpError, parse_jsonp, wrap
 from tests.helpers import wait_until
 from tests.proxy_fixtures import ProxyHarness, grip
 

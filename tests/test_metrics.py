@@ -16,10 +16,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.items import parse_item
-from fanout_tx.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
-from fanout_tx.router import Router
-from fanout_tx.xmpp.link import LinkState
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
+from fanout_tx.transports.xmpp.link import LinkState
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Samples, Server
 from tests.services import free_port

@@ -10,11 +10,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
 from twisted.web.test.requesthelper import DummyChannel, DummyRequest
 
+from fanout_tx.config.routes import RouteTable, parse_routes
+from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import grip_sig, verify_hs256
-from fanout_tx.http.origin import OriginEndpoints, ProxySettings, origin_headers
-from fanout_tx.http.proxy import ProxyRequest, ProxyResource, proxy_site
-from fanout_tx.router import Router
-from fanout_tx.routes import RouteTable, parse_routes
+from fanout_tx.outbound.origin import OriginEndpoints, ProxySettings, origin_headers
+from fanout_tx.transports.http.proxy import ProxyRequest, ProxyResource, proxy_site
 
 try:
     from twisted.internet.testing import EventLoggingObserver, MemoryReactor

@@ -1,4 +1,4 @@
-"""Properties of http/origin_client.py's response parser over in-memory transports: any valid
+"""Properties of outbound/origin_client.py's response parser over in-memory transports: any valid
 answer parses the same whatever pieces it arrives in, and arbitrary bytes never escape as
 anything but a failed request."""
 
@@ -20,7 +20,7 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
 
-from fanout_tx.http.origin_client import BadResponseError, OriginClient
+from fanout_tx.outbound.origin_client import BadResponseError, OriginClient
 from tests.test_origin_http_client import Reader
 
 

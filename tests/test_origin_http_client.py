@@ -1,4 +1,4 @@
-"""http/origin_client.py against a raw origin on a loopback socket that answers exactly the
+"""outbound/origin_client.py against a raw origin on a loopback socket that answers exactly the
 bytes each test gives it: framing, reuse, flow control, failures."""
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 from typing_extensions import override
 
-from fanout_tx.http.origin import OriginEndpoints
-from fanout_tx.http.origin_client import BadResponseError, OriginClient, split_url
-from fanout_tx.http.upload import UploadStream
-from fanout_tx.tcp_options import quick_ack
+from fanout_tx.outbound.origin import OriginEndpoints
+from fanout_tx.outbound.origin_client import BadResponseError, OriginClient, split_url
+from fanout_tx.outbound.tcp_options import quick_ack
+from fanout_tx.transports.http.upload import UploadStream
 from tests.helpers import TrackingFactory, wait_until
 
 

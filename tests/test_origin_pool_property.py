@@ -1,4 +1,4 @@
-"""The origin pool's rule, as a property of http/origin_client.py's public behaviour over
+"""The origin pool's rule, as a property of outbound/origin_client.py's public behaviour over
 in-memory transports: a connection goes back to the pool only when its answer ended exactly
 at a message boundary and nothing else arrived, and no byte of one exchange is ever seen by
 another. Origins here answer validly, then misbehave at random: bytes past the answer
@@ -23,7 +23,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
-from fanout_tx.http.origin_client import OriginClient
+from fanout_tx.outbound.origin_client import OriginClient
 from tests.test_origin_client_parsing import MemoryEndpoints, pieces
 from tests.test_origin_http_client import Reader
 

@@ -1,4 +1,5 @@
-"""http/proxy.py pass-through: a real client -> proxy -> a real origin, on loopback sockets."""
+"""transports/http/proxy.py pass-through: a real client -> proxy -> a real origin, on loopback
+sockets."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx.grip.signature import verify_hs256
-from fanout_tx.http.origin import ProxySettings
+from fanout_tx.outbound.origin import ProxySettings
 from tests.helpers import RawClient, wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip, later
 from tests.services import free_port

@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from fanout_tx.http.origin import ProxySettings
+from fanout_tx.outbound.origin import ProxySettings
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
 

@@ -16,8 +16,8 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request
 
-from fanout_tx.http.proxy_service import ProxyService
 from fanout_tx.tap import build_service, listening_port, load_settings
+from fanout_tx.transports.http.proxy_service import ProxyService
 from tests.helpers import TrackingFactory, wait_until
 from tests.proxy_fixtures import Collect, grip, origin_on_loopback, tree_config
 

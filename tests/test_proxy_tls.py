@@ -14,11 +14,11 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.web.server import Site
 
-from fanout_tx.http.origin import InsecurePolicy, OriginEndpoints
-from fanout_tx.http.origin_client import OriginClient
-from fanout_tx.routes import parse_routes
-from fanout_tx.ws.handler import WebSocketHandler
-from fanout_tx.ws.proxy import endpoint_connector
+from fanout_tx.config.routes import parse_routes
+from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints
+from fanout_tx.outbound.origin_client import OriginClient
+from fanout_tx.transports.ws.handler import WebSocketHandler
+from fanout_tx.transports.ws.proxy import endpoint_connector
 from tests.helpers import self_signed_pem
 from tests.proxy_fixtures import ProxyHarness
 from tests.test_ws_e2e import ClientSide, Origin, WsTestMixin, _listen_endpoint, grip_echo

@@ -8,7 +8,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.http_headers import Headers
 
 from fanout_tx.grip.signature import encode_hs256, verify_hs256
-from fanout_tx.http.origin import ProxySettings
+from fanout_tx.outbound.origin import ProxySettings
 from tests.helpers import wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip
 

@@ -1,5 +1,5 @@
-"""Request bodies streamed to the origin (http/upload.py via http/proxy.py): a raw client on a
-socket -> the proxy -> a raw origin that sees the body bytes as they arrive."""
+"""Request bodies streamed to the origin (transports/http/upload.py via transports/http/proxy.py): a
+raw client on a socket -> the proxy -> a raw origin that sees the body bytes as they arrive."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from fanout_tx.http.origin import ProxySettings
-from fanout_tx.http.upload import REPLAY_LIMIT
+from fanout_tx.outbound.origin import ProxySettings
+from fanout_tx.transports.http.upload import REPLAY_LIMIT
 from tests.helpers import RawClient, TrackingFactory, wait_until
 from tests.proxy_fixtures import ProxyHarness
 from tests.services import free_port

@@ -24,11 +24,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from typing_extensions import override
 
-from fanout_tx.bus import BusUnavailableError, LocalBus
+from fanout_tx.core.bus import BusUnavailableError, LocalBus
+from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import encode_hs256
-from fanout_tx.http.publish_api import LimitedRequest, PublishRoot, PublishSite, TextPage
-from fanout_tx.http.publish_auth import BearerAuth
-from fanout_tx.router import Router
+from fanout_tx.inputs.publish_api import LimitedRequest, PublishRoot, PublishSite, TextPage
+from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.tap import Core, build_service, listening_port, load_settings
 from tests.helpers import RawClient, RecordingBus, RecordingSubscriber, TrackingFactory
 

@@ -13,8 +13,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
 
-from fanout_tx.items import parse_item
-from fanout_tx.publish_cli import _parser, build_item, main
+from fanout_tx.cli.publish import _parser, build_item, main
+from fanout_tx.core.items import parse_item
 from tests.helpers import RecordingSubscriber
 from tests.services import free_port
 from tests.test_publish_api import KEY, _Served
@@ -145,7 +145,7 @@ class PublishCommandTests(_Served):
         self.router.subscribe("c", subscriber)
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
-            ["-m", "fanout_tx.publish_cli", "--spec", f"http://127.0.0.1:{self.port}", "c", "hi"],
+            ["-m", "fanout_tx.cli.publish", "--spec", f"http://127.0.0.1:{self.port}", "c", "hi"],
             env=os.environ, reactor=reactor)
         self.assertEqual((code, out, err), (0, b"Published\n", b""))
         self.assertEqual(subscriber.contents, [b"hi"])

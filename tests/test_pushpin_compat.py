@@ -19,14 +19,14 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from fanout_tx import tnetstring
-from fanout_tx.config import Config, XmppConfig, parse_config
-from fanout_tx.router import Router
-from fanout_tx.routes import parse_routes
-from fanout_tx.sig_warnings import signing_warnings
-from fanout_tx.ws import events as ev
-from fanout_tx.xmpp.component import build_xmpp
-from fanout_tx.zmq_ingest import ZmqSubInput
+from fanout_tx.config.routes import parse_routes
+from fanout_tx.config.settings import Config, XmppConfig, parse_config
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.router import Router
+from fanout_tx.inputs.zmq_ingest import ZmqSubInput
+from fanout_tx.ops.sig_warnings import signing_warnings
+from fanout_tx.transports.ws import events as ev
+from fanout_tx.transports.xmpp.component import build_xmpp
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
 from tests.proxy_fixtures import ProxyHarness, grip, origin_on_loopback

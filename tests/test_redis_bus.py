@@ -19,13 +19,13 @@ from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from zope.interface.verify import verifyObject
 
-from fanout_tx.bus import BusUnavailableError
-from fanout_tx.formats import Format
-from fanout_tx.interfaces import IBus
-from fanout_tx.items import Item, parse_item
-from fanout_tx.redis_bus import RedisBus
-from fanout_tx.redis_url import parse_redis_url
-from fanout_tx.router import Router
+from fanout_tx.cluster.redis_bus import RedisBus
+from fanout_tx.config.redis_url import parse_redis_url
+from fanout_tx.core.bus import BusUnavailableError
+from fanout_tx.core.formats import Format
+from fanout_tx.core.interfaces import IBus
+from fanout_tx.core.items import Item, parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.tap import Core, build_core, build_service, listening_port, load_settings
 from tests.helpers import RecordingSubscriber, wait_until
 from tests.proxy_fixtures import Collect, ProxyHarness, grip

@@ -14,9 +14,9 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from fanout_tx.config import ConfigError, parse_config
-from fanout_tx.redis_link import Backoff, RedisDownError, RedisLink
-from fanout_tx.redis_url import RedisAddress, parse_redis_url
+from fanout_tx.cluster.redis_link import Backoff, RedisDownError, RedisLink
+from fanout_tx.config.redis_url import RedisAddress, parse_redis_url
+from fanout_tx.config.settings import ConfigError, parse_config
 
 LOCAL = RedisAddress(host="127.0.0.1")
 

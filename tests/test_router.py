@@ -11,11 +11,11 @@ from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-from fanout_tx.formats import Format
+from fanout_tx.core.formats import Format
+from fanout_tx.core.interfaces import IChannelListener, ISubscriber
+from fanout_tx.core.items import Item, parse_item
+from fanout_tx.core.router import FilterError, Router
 from fanout_tx.grip.content_filters import substitute_vars
-from fanout_tx.interfaces import IChannelListener, ISubscriber
-from fanout_tx.items import Item, parse_item
-from fanout_tx.router import FilterError, Router
 from tests.helpers import RecordingSubscriber
 
 try:

@@ -11,8 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.config import ConfigError
-from fanout_tx.routes import (
+from fanout_tx.config.routes import (
     JsonpConfig,
     Route,
     Target,
@@ -20,6 +19,7 @@ from fanout_tx.routes import (
     parse_route_line,
     parse_routes,
 )
+from fanout_tx.config.settings import ConfigError
 
 
 class ConditionTests(SynchronousTestCase):

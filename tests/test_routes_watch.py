@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.config import ConfigError
-from fanout_tx.routes_watch import RoutesFile
+from fanout_tx.config.routes_watch import RoutesFile
+from fanout_tx.config.settings import ConfigError
 
 try:
     from twisted.internet.testing import EventLoggingObserver

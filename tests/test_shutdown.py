@@ -20,9 +20,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.logs import filter_twistd_logging
-from fanout_tx.operations import FanoutRoot
-from fanout_tx.router import Router
+from fanout_tx.core.router import Router
+from fanout_tx.ops.logs import filter_twistd_logging
+from fanout_tx.ops.operations import FanoutRoot
 from tests import proxy_fixtures
 from tests.helpers import RecordingSubscriber
 from tests.ops_fixtures import RawClient, hold

@@ -9,10 +9,10 @@ import zmq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fanout_tx import tnetstring
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.stats_pub import UNTRACKED_REPORT_FIELDS, StatsPublisher, Totals
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.ops.stats_pub import UNTRACKED_REPORT_FIELDS, StatsPublisher, Totals
 from tests.helpers import RecordingSubscriber, wait_until
 from tests.ops_fixtures import Server
 

@@ -1,4 +1,4 @@
-"""http/hold.py ``send_now``: a flush goes straight to the kernel only when nothing is
+"""transports/http/hold.py ``send_now``: a flush goes straight to the kernel only when nothing is
 queued ahead of it on a plain TCP connection; otherwise the transport's own path."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fanout_tx.http.hold import send_now
+from fanout_tx.transports.http.hold import send_now
 from tests.helpers import wait_until
 
 

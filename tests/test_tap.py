@@ -22,7 +22,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from typing_extensions import override
 
-from fanout_tx.config import ListenAddress
+from fanout_tx.config.settings import ListenAddress
 from fanout_tx.tap import Options, build_service
 from tests.services import free_port
 
@@ -236,7 +236,7 @@ class TwistdTests(TestCase):
     async def test_taken_addresses_refuse_to_start(self) -> None:
         """A client port and a ZeroMQ port held by another process (Pushpin during a
         migration, say): each is named with the reason, no traceback, exit code 1 before
-        anything is served (startup.py)."""
+        anything is served (ops/startup.py)."""
         taken = socket.socket()
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -277,5 +277,5 @@ class TwistdTests(TestCase):
         self.assertIsInstance(reason, ProcessTerminated, output)
         self.assertEqual(reason.exitCode, 1, output)
         # (twistd passes the parent the first 100 bytes; the log has every line)
-        self.assertIn(f"An error has occurred: b'fanout_tx.startup.StartupAbandonedError: "
+        self.assertIn(f"An error has occurred: b'fanout_tx.ops.startup.StartupAbandonedError: "
                       f"http-proxy: cannot listen on 127.0.0.1:{port}", output)

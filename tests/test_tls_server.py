@@ -1,5 +1,5 @@
-"""TLS client ports (``[runner] https_ports``, fanout_tx/tls_server.py): certificates laid out
-as Pushpin's runner keeps them, SNI, clear start-up errors; a real TLS client through the
+"""TLS client ports (``[runner] https_ports``, fanout_tx/transports/http/tls.py): certificates laid
+out as Pushpin's runner keeps them, SNI, clear start-up errors; a real TLS client through the
 service tree to a real origin on loopback."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, wrap
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.trial.unittest import TestCase
 
-from fanout_tx.config import ConfigError
+from fanout_tx.config.settings import ConfigError
 from fanout_tx.tap import Options, build_service, listening_port, load_settings
-from fanout_tx.tls_server import load_identities
+from fanout_tx.transports.http.tls import load_identities
 from tests.helpers import RawClient, TrackingFactory, self_signed_pem
 from tests.proxy_fixtures import origin_on_loopback, tree_config
 

@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx import tnetstring
-from fanout_tx.tnetstring import TnetstringError
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.codecs.tnetstring import TnetstringError
 
 # What loads returns: strings come back as bytes, so round trips use bytes.
 values = st.recursive(

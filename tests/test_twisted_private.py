@@ -177,7 +177,7 @@ class WebCanaries(TestCase):
 
     @canary("twisted.web.client._HTTP11ClientFactory")
     def test_pool_factory_log_namespace(self) -> None:
-        """The pool's factory logs "Starting factory" under the namespace logs.py quiets."""
+        """The pool's factory logs "Starting factory" under the namespace ops/logs.py quiets."""
         events: list[dict[str, Any]] = []
         globalLogPublisher.addObserver(events.append)
         self.addCleanup(globalLogPublisher.removeObserver, events.append)

@@ -22,14 +22,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.config import ConfigError, RedisConfig, WebhooksConfig
+from fanout_tx.config.settings import ConfigError, RedisConfig, WebhooksConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import encode_hs256
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
 from fanout_tx.tap import build_service, listening_port, load_settings
-from fanout_tx.webhooks.api import WebhooksResource
-from fanout_tx.webhooks.service import WebhookService, build_webhooks
-from fanout_tx.webhooks.ssrf import IPAddress
+from fanout_tx.transports.webhooks.api import WebhooksResource
+from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.transports.webhooks.ssrf import IPAddress
 from tests.helpers import TrackingFactory, self_signed_pem
 from tests.test_webhooks_support import (
     HANG,

@@ -15,17 +15,17 @@ from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
 from zope.interface.verify import verifyObject
 
-from fanout_tx.webhooks.client import IWebhookClient, Outcome
-from fanout_tx.webhooks.delivery import (
+from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
+from fanout_tx.transports.webhooks.delivery import (
     BUSY_RECHECK,
     CLAIM_RETRY,
     DeliveryEngine,
     parse_retry_after,
 )
-from fanout_tx.webhooks.model import Delivery, Subscription
-from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
-from fanout_tx.webhooks.signing import generate_secret
-from fanout_tx.webhooks.store import MemoryStore
+from fanout_tx.transports.webhooks.model import Delivery, Subscription
+from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
+from fanout_tx.transports.webhooks.signing import generate_secret
+from fanout_tx.transports.webhooks.store import MemoryStore
 from tests.test_webhooks_support import FakeClaims, FakeClient
 
 NOW = 1_800_000_000.0

@@ -11,11 +11,11 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from fanout_tx.config import RedisConfig, WebhooksConfig
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.webhooks.model import NewSubscription
-from fanout_tx.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.config.settings import RedisConfig, WebhooksConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.transports.webhooks.model import NewSubscription
+from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from tests.services import RedisServer
 from tests.test_webhooks_support import ChildInstance, Receiver, fail_first
 

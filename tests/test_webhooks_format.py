@@ -10,18 +10,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.formats import PARSERS, FormatError
-from fanout_tx.formats.webhook import parse_http_request
-from fanout_tx.item_codec import decode_items, encode_items
-from fanout_tx.items import PublishError, parse_items_json
-from fanout_tx.webhooks.model import (
+from fanout_tx.core.codecs.item_codec import decode_items, encode_items
+from fanout_tx.core.formats import PARSERS, FormatError
+from fanout_tx.core.formats.webhook import parse_http_request
+from fanout_tx.core.items import PublishError, parse_items_json
+from fanout_tx.transports.webhooks.model import (
     Delivery,
     RequestError,
     Subscription,
     parse_new_subscription,
 )
-from fanout_tx.webhooks.signing import SecretError, generate_secret, message_id, secret_key
-from fanout_tx.webhooks.subscriber import render_request
+from fanout_tx.transports.webhooks.signing import (
+    SecretError,
+    generate_secret,
+    message_id,
+    secret_key,
+)
+from fanout_tx.transports.webhooks.subscriber import render_request
 
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),

@@ -11,13 +11,13 @@ from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from fanout_tx.config import RedisConfig, WebhooksConfig
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.webhooks.model import NewSubscription, Subscription
-from fanout_tx.webhooks.redis_store import RedisStore, connect
-from fanout_tx.webhooks.service import WebhookService, build_webhooks
-from fanout_tx.webhooks.shared import Claim, Verdict
+from fanout_tx.config.settings import RedisConfig, WebhooksConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.transports.webhooks.model import NewSubscription, Subscription
+from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
+from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
+from fanout_tx.transports.webhooks.shared import Claim, Verdict
 from tests.services import RedisServer
 from tests.test_webhooks_support import HANG, Receiver
 

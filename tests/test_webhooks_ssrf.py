@@ -14,8 +14,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
 
-from fanout_tx.webhooks.client import WebhookClient, make_pool, trust_root
-from fanout_tx.webhooks.ssrf import (
+from fanout_tx.transports.webhooks.client import WebhookClient, make_pool, trust_root
+from fanout_tx.transports.webhooks.ssrf import (
     AddressPolicy,
     IPAddress,
     RefusedTargetError,

@@ -10,10 +10,10 @@ from twisted.trial.unittest import TestCase
 from typing_extensions import override
 from zope.interface.verify import verifyObject
 
-from fanout_tx.webhooks.model import Delivery, Subscription
-from fanout_tx.webhooks.redis_store import RedisStore, connect
-from fanout_tx.webhooks.shared import Claim, ISharedStore, Verdict
-from fanout_tx.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, MemoryStore
+from fanout_tx.transports.webhooks.model import Delivery, Subscription
+from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
+from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
+from fanout_tx.transports.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, MemoryStore
 from tests.services import RedisServer
 
 SUB = Subscription("sub_1", "https://hooks.example/x", ("a", "b"), "whsec_" + "A" * 44,

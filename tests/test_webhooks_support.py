@@ -28,10 +28,10 @@ from twisted.web.server import NOT_DONE_YET, Site
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.webhooks.client import IWebhookClient, Outcome
-from fanout_tx.webhooks.model import Delivery, Subscription
-from fanout_tx.webhooks.shared import Claim, ISharedStore
-from fanout_tx.webhooks.store import MemoryStore
+from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
+from fanout_tx.transports.webhooks.model import Delivery, Subscription
+from fanout_tx.transports.webhooks.shared import Claim, ISharedStore
+from fanout_tx.transports.webhooks.store import MemoryStore
 from tests.helpers import TrackingFactory
 
 HANG = -1  # a behaviour answer: never respond
@@ -257,12 +257,12 @@ CHILD = """
 import ipaddress, sys
 from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred
-from fanout_tx.config import RedisConfig, WebhooksConfig
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.webhooks.model import NewSubscription
-from fanout_tx.webhooks.redis_store import RedisStore, connect
-from fanout_tx.webhooks.service import build_webhooks
+from fanout_tx.config.settings import RedisConfig, WebhooksConfig
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.transports.webhooks.model import NewSubscription
+from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
+from fanout_tx.transports.webhooks.service import build_webhooks
 
 async def main():
     url, target, prefix, lease = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

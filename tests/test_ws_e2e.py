@@ -22,16 +22,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 from typing_extensions import override
 
-from fanout_tx.formats.ws import parse_ws_message
+from fanout_tx.config.routes import parse_routes
+from fanout_tx.core.formats.ws import parse_ws_message
+from fanout_tx.core.items import Item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import verify_hs256
-from fanout_tx.http.origin import ProxySettings
-from fanout_tx.items import Item
-from fanout_tx.router import Router
-from fanout_tx.routes import parse_routes
-from fanout_tx.ws import events as ev
-from fanout_tx.ws.handler import WebSocketHandler
-from fanout_tx.ws.protocol import ClientFactory
-from fanout_tx.ws.proxy import endpoint_connector
+from fanout_tx.outbound.origin import ProxySettings
+from fanout_tx.transports.ws import events as ev
+from fanout_tx.transports.ws.handler import WebSocketHandler
+from fanout_tx.transports.ws.protocol import ClientFactory
+from fanout_tx.transports.ws.proxy import endpoint_connector
 
 Answer = Callable[[list[ev.Event], dict[str, str]], tuple[int, list[tuple[str, str]], bytes]]
 

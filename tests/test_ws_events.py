@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.ws import events as ev
+from fanout_tx.transports.ws import events as ev
 
 names = st.sampled_from(sorted(ev.EVENT_NAMES))
 event_values = st.builds(ev.Event, names, st.one_of(st.none(), st.binary(max_size=300)))

@@ -15,16 +15,16 @@ from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
-from fanout_tx.config import Config, WebsocketConfig
-from fanout_tx.formats.ws import parse_ws_message
-from fanout_tx.ws.grip import Accepted, WsClient
-from fanout_tx.ws.protocol import (
+from fanout_tx.config.settings import Config, WebsocketConfig
+from fanout_tx.core.formats.ws import parse_ws_message
+from fanout_tx.transports.ws.grip import Accepted, WsClient
+from fanout_tx.transports.ws.protocol import (
     DEFAULT_MAX_MESSAGE,
     DEFAULT_MAX_OUTBOUND,
     ClientFactory,
     ClientProtocol,
 )
-from fanout_tx.ws.service import client_factory
+from fanout_tx.transports.ws.service import client_factory
 
 HANDSHAKE = (
     b"GET /ws HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -12,13 +12,13 @@ from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
-from fanout_tx.formats.ws import parse_ws_message
-from fanout_tx.interfaces import ISubscriber
-from fanout_tx.items import Item
-from fanout_tx.router import Router
-from fanout_tx.ws import events as ev
-from fanout_tx.ws.grip import Accepted, Rejected, SessionOptions, WsClient
-from fanout_tx.ws.session import (
+from fanout_tx.core.formats.ws import parse_ws_message
+from fanout_tx.core.interfaces import ISubscriber
+from fanout_tx.core.items import Item
+from fanout_tx.core.router import Router
+from fanout_tx.transports.ws import events as ev
+from fanout_tx.transports.ws.grip import Accepted, Rejected, SessionOptions, WsClient
+from fanout_tx.transports.ws.session import (
     OriginError,
     OriginReply,
     WsOverHttpSession,

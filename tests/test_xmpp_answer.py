@@ -7,7 +7,7 @@ import json
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.grip.instruct import Channel
-from fanout_tx.xmpp.answer import AnswerError, parse_answer, parse_grip_channels
+from fanout_tx.transports.xmpp.answer import AnswerError, parse_answer, parse_grip_channels
 
 INSTRUCT = "application/grip-instruct; charset=utf-8"
 

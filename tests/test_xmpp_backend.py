@@ -18,12 +18,12 @@ from twisted.web.server import NOT_DONE_YET, Site
 from twisted.words.xish import domish
 
 from fanout_tx import wokkel_compat
-from fanout_tx.formats.xmpp import parse_fragment
-from fanout_tx.http.origin import DEFAULT_MAX_HOLD_BODY
-from fanout_tx.router import Router
-from fanout_tx.xmpp.backend import BackendClient
-from fanout_tx.xmpp.handler import ComponentHandler
-from fanout_tx.xmpp.render import StanzaRenderer
+from fanout_tx.core.formats.xmpp import parse_fragment
+from fanout_tx.core.router import Router
+from fanout_tx.outbound.origin import DEFAULT_MAX_HOLD_BODY
+from fanout_tx.transports.xmpp.backend import BackendClient
+from fanout_tx.transports.xmpp.handler import ComponentHandler
+from fanout_tx.transports.xmpp.render import StanzaRenderer
 from tests.helpers import TrackingFactory
 
 wokkel_compat.install()

@@ -6,16 +6,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.formats import FormatError
-from fanout_tx.formats.xmpp import (
+from fanout_tx.core.codecs.tnetstring import dumps
+from fanout_tx.core.formats import FormatError
+from fanout_tx.core.formats.xmpp import (
     MAX_STANZA_BYTES,
     NS_COMPONENT,
     parse_fragment,
     parse_xmpp_message,
     parse_xmpp_stanza,
 )
-from fanout_tx.items import PublishError, decode_message, parse_item, parse_items_json
-from fanout_tx.tnetstring import dumps
+from fanout_tx.core.items import PublishError, decode_message, parse_item, parse_items_json
 
 
 class XmppMessageTests(SynchronousTestCase):

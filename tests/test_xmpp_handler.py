@@ -16,13 +16,13 @@ from twisted.web.server import NOT_DONE_YET
 from twisted.words.xish import domish
 
 from fanout_tx import wokkel_compat
-from fanout_tx.formats.xmpp import parse_fragment
+from fanout_tx.core.formats.xmpp import parse_fragment
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import verify_hs256
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.xmpp.backend import BackendClient
-from fanout_tx.xmpp.handler import ComponentHandler
-from fanout_tx.xmpp.render import StanzaRenderer
+from fanout_tx.transports.xmpp.backend import BackendClient
+from fanout_tx.transports.xmpp.handler import ComponentHandler
+from fanout_tx.transports.xmpp.render import StanzaRenderer
 
 wokkel_compat.install()
 from wokkel.test.helpers import XmlStreamStub  # noqa: E402 - needs wokkel_compat first

@@ -10,11 +10,11 @@ from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fanout_tx.config import Config, XmppConfig
-from fanout_tx.router import Router
+from fanout_tx.config.settings import Config, XmppConfig
+from fanout_tx.core.router import Router
 from fanout_tx.tap import build_service, load_settings
-from fanout_tx.xmpp.component import XmppComponent, build_xmpp
-from fanout_tx.xmpp.link import MAX_RETRY_DELAY
+from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
+from fanout_tx.transports.xmpp.link import MAX_RETRY_DELAY
 
 SERVER_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
                  b"xmlns:stream='http://etherx.jabber.org/streams' id='sid1' "

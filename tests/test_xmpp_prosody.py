@@ -20,17 +20,17 @@ from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 from typing_extensions import override
 
-from fanout_tx.bus import LocalBus
-from fanout_tx.config import Config, XmppConfig
-from fanout_tx.http.publish_api import PublishRoot, PublishSite
-from fanout_tx.http.publish_auth import BearerAuth
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.xmpp.backend import BytesProducer
-from fanout_tx.xmpp.component import XmppComponent, build_xmpp
-from fanout_tx.xmpp.handler import NS_DISCO_INFO
-from fanout_tx.xmpp.link import LinkFactory
-from fanout_tx.zmq_ingest import ZmqPullInput
+from fanout_tx.config.settings import Config, XmppConfig
+from fanout_tx.core.bus import LocalBus
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
+from fanout_tx.inputs.publish_api import PublishRoot, PublishSite
+from fanout_tx.inputs.publish_auth import BearerAuth
+from fanout_tx.inputs.zmq_ingest import ZmqPullInput
+from fanout_tx.transports.xmpp.backend import BytesProducer
+from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
+from fanout_tx.transports.xmpp.handler import NS_DISCO_INFO
+from fanout_tx.transports.xmpp.link import LinkFactory
 from tests.prosody import ProsodyServer, XmppClient, shared_prosody
 
 DOMAIN = "push.localhost"

@@ -7,13 +7,13 @@ from twisted.trial.unittest import SynchronousTestCase
 from twisted.words.xish import domish
 from zope.interface.verify import verifyObject
 
-from fanout_tx.formats.xmpp import parse_fragment
+from fanout_tx.core.formats.xmpp import parse_fragment
+from fanout_tx.core.interfaces import ISubscriber
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import Channel
-from fanout_tx.interfaces import ISubscriber
-from fanout_tx.items import parse_item
-from fanout_tx.router import Router
-from fanout_tx.xmpp.render import StanzaRenderer
-from fanout_tx.xmpp.subscribers import JidSubscriptions, XmppSubscriber
+from fanout_tx.transports.xmpp.render import StanzaRenderer
+from fanout_tx.transports.xmpp.subscribers import JidSubscriptions, XmppSubscriber
 
 DOMAIN = "push.example"
 

@@ -10,7 +10,7 @@ import zmq
 from twisted.internet import reactor
 from twisted.trial.unittest import TestCase
 
-from fanout_tx import tnetstring
+from fanout_tx.core.codecs import tnetstring
 from fanout_tx.tap import build_service, load_settings
 from tests.helpers import RecordingSubscriber, wait_until
 from tests.test_tap import loopback_config

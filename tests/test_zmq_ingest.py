@@ -15,11 +15,11 @@ from twisted.internet import reactor
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 
-from fanout_tx import tnetstring
-from fanout_tx.bus import BusUnavailableError, LocalBus
-from fanout_tx.router import Router
-from fanout_tx.startup import StartupError
-from fanout_tx.zmq_ingest import DRAIN_BATCH, ZmqPullInput, ZmqSubInput
+from fanout_tx.core.bus import BusUnavailableError, LocalBus
+from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.router import Router
+from fanout_tx.inputs.zmq_ingest import DRAIN_BATCH, ZmqPullInput, ZmqSubInput
+from fanout_tx.ops.startup import StartupError
 from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
 
 try:  # twisted >= 22.8 keeps it here
@@ -162,7 +162,7 @@ class PullInputTests(_ZmqTestMixin, TestCase):
 
     def test_bind_failure_stops_start_up(self) -> None:
         """A spec that cannot be bound raises StartupError naming the input, the spec and
-        the reason (startup.py ends the process); nothing is read."""
+        the reason (ops/startup.py ends the process); nothing is read."""
         broken = ZmqPullInput(reactor, self.context, self.bus, "bogus://x")
         error = self.assertRaises(StartupError, broken.startService)
         self.assertEqual(str(error), "zmq-pull cannot open bogus://x: Protocol not supported")

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from fanout_tx.http.headers import (
+from fanout_tx.core.codecs.json_input import loads
+from fanout_tx.core.headers import (
     Header,
     end_to_end,
     get,
@@ -25,7 +26,6 @@ from fanout_tx.http.headers import (
     split_list,
     split_params,
 )
-from fanout_tx.json_input import loads
 
 DEFAULT_TIMEOUT = 55
 MIN_TIMEOUT = 5

@@ -1,1 +1,0 @@
-"""WebSocket transports: WebSocket-over-HTTP and WebSocket proxying (SPEC A7)."""
