@@ -32,7 +32,7 @@ __all__ = [
     "HTTP_CLIENT_FACTORY_NAMESPACE", "ConnectingComponent",
     "ExtensionFilteringClientProtocol", "ResponseCompleteRequest", "TrustRoot",
     "add_cdata", "compressing", "handle_star", "listening_port", "raise_bind_errors",
-    "request_line", "send_directly",
+    "release_client_connection", "request_line", "send_directly",
 ]
 
 _pool_factory = HTTPConnectionPool._factory
@@ -66,6 +66,22 @@ def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningP
 def raise_bind_errors(service: StreamServerEndpointService) -> None:
     """Make ``startService`` raise when it cannot bind, rather than only log (ops/startup.py)."""
     service._raiseSynchronously = True
+
+
+def release_client_connection(transport: object) -> None:
+    """For a client protocol's ``connectionLost``: a TCP client connection and its Connector
+    point at each other (``Client.connector``, ``Connector.transport``), and so do the
+    Connector and an endpoint's wrapping factory (``factory._connector``). Twisted never
+    drops either pair, so every closed origin connection waited for the cyclic collector
+    (issue 19). Both links are dead by then: the connector only needs its ``factory`` to
+    report the loss, and the wrapping factory its ``_connector`` to cancel a connect."""
+    connector = getattr(transport, "connector", None)
+    if connector is None:
+        return
+    connector.transport = None
+    factory = getattr(connector, "factory", None)
+    if getattr(factory, "_connector", None) is connector:
+        factory._connector = None
 
 
 def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes]:

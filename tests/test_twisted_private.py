@@ -97,6 +97,34 @@ class TcpCanaries(TestCase):
                          changed("tcp.Connection._tempDataBuffer"))
         await _until(lambda: sink.received == b"nowqueued")
 
+    @canary("tcp.Client.connector, Connector.transport, endpoints _WrappingFactory._connector")
+    async def test_release_client_connection_unlinks_the_connector(self) -> None:
+        """At a client protocol's connectionLost, the connector and the endpoint's wrapping
+        factory stop pointing at the connection and at each other."""
+        server_factory = Factory.forProtocol(_Sink)
+        server_factory.connected = _deferred()
+        port = reactor.listenTCP(0, server_factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        lost = _deferred()
+
+        class Released(Protocol):
+            def connectionLost(self, reason: object = None) -> None:  # noqa: N802
+                _twisted.release_client_connection(self.transport)
+                lost.callback(self.transport)
+
+        client = await TCP4ClientEndpoint(reactor, "127.0.0.1", port.getHost().port,
+                                          timeout=DEADLINE).connect(Factory.forProtocol(Released))
+        connector = client.transport.connector
+        self.assertIs(connector.transport, client.transport, changed("Connector.transport"))
+        self.assertIs(connector.factory._connector, connector,
+                      changed("_WrappingFactory._connector"))
+        await server_factory.connected
+        client.transport.loseConnection()
+        await lost
+        self.assertIsNone(connector.transport)
+        self.assertIsNone(connector.factory._connector)
+        await _until(lambda: connector.state == "disconnected")  # its loss still reported
+
     @canary("StreamServerEndpointService._waitingForPort/_raiseSynchronously")
     async def test_listening_port_and_raise_bind_errors(self) -> None:
         """``_waitingForPort`` fires with the port; ``_raiseSynchronously`` makes a bind

@@ -34,6 +34,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._twisted import release_client_connection
 from fanout_tx.core.headers import has_control, is_reason_phrase, is_token
 from fanout_tx.outbound.tcp_options import no_delay, quick_ack, unread_input
 
@@ -487,6 +488,7 @@ class OriginConnection(Protocol):
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         self._client.forget(self)
+        release_client_connection(self.transport)
         self.closed.callback(None)
         exchange, self._exchange = self._exchange, None
         if exchange is None:

@@ -165,8 +165,13 @@ class WebSocketHandler(Resource):
         if gone:
             session.client_lost()
             return
-        slot = getattr(request.channel, "limit_slot", None)
+        channel = request.channel
+        slot = getattr(channel, "limit_slot", None)
         WebSocketResource(_OneConnection(self._factory, session, outcome, slot)).render(request)
+        # The socket is the WebSocket's now. twisted.web's channel and request would keep
+        # pointing at each other, left for the cyclic collector (issue 19).
+        channel.requests.clear()
+        request.channel = None
 
     def _open_failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if failure.check(OriginError):

@@ -22,6 +22,7 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
 from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import succeed
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from typing_extensions import override
@@ -104,6 +105,14 @@ class OutboundGuard:
         """Nothing is queued any more (drained, or the connection ended)."""
         if self._budget is not None and self._owner is not None:
             self._budget.release(self._owner)
+
+
+def release_closed(protocol: WebSocketProtocol) -> None:
+    """For ``connectionLost``: autobahn resolves ``is_closed`` with the protocol itself, so
+    the two point at each other and every closed WebSocket waited for the cyclic collector
+    (issue 19). Its callbacks have run by then; what is left resolves to None."""
+    if protocol.is_closed.called:
+        protocol.is_closed = succeed(None)
 
 
 class ClientProtocol(WebSocketServerProtocol):
@@ -204,8 +213,10 @@ class ClientProtocol(WebSocketServerProtocol):
             self._close_wait.cancel()
             self._close_wait = None
         super().connectionLost(reason)
-        if self.guard is not None:
-            self.guard.release()
+        release_closed(self)
+        guard, self.guard = self.guard, None  # it points back at us (_owner)
+        if guard is not None:
+            guard.release()
         if self.limit_slot is not None:
             self.limit_slot.release()
 

@@ -11,6 +11,7 @@ holds the backlog in the fast side's socket, not in this process.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -18,16 +19,21 @@ from typing import Any
 from autobahn.twisted.websocket import WebSocketClientFactory
 from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    wrapClientTLS,
+)
 from twisted.internet.error import ConnectError, DNSLookupError
-from twisted.internet.interfaces import IPushProducer, IReactorTime
+from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.ssl import CertificateOptions, optionsForClientTLS
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx._twisted import ExtensionFilteringClientProtocol
+from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_connection
 from fanout_tx.config.routes import Target
 from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
@@ -40,7 +46,7 @@ from fanout_tx.transports.ws.grip import (
     WsClient,
     client_headers,
 )
-from fanout_tx.transports.ws.protocol import DEFAULT_MAX_MESSAGE
+from fanout_tx.transports.ws.protocol import DEFAULT_MAX_MESSAGE, release_closed
 from fanout_tx.transports.ws.session import OriginError
 
 # Set by autobahn itself on the origin handshake; the client's values are not forwarded.
@@ -53,12 +59,23 @@ Connect = Callable[[Target, WebSocketClientFactory], Deferred[Any]]
 _CODE = re.compile(r"[0-9]{3}")  # str.isdigit() takes "²", which int() refuses
 
 
+def _tcp_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+    """A plain TCP endpoint for an IP literal: HostnameEndpoint resolves even those in a
+    thread, and defines a class on every connect (garbage for the cyclic collector)."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return HostnameEndpoint(reactor, host, port)
+    plain = TCP4ClientEndpoint if address.version == 4 else TCP6ClientEndpoint
+    return plain(reactor, host, port)
+
+
 def endpoint_connector(reactor: Any) -> Connect:
     """Connects to a target over TCP, or TLS for ``ssl`` targets (unverified when the
     target says ``insecure``)."""
 
     def connect(target: Target, factory: WebSocketClientFactory) -> Deferred[Any]:
-        endpoint: Any = HostnameEndpoint(reactor, target.host, target.port)
+        endpoint: Any = _tcp_endpoint(reactor, target.host, target.port)
         if target.ssl:
             options = (CertificateOptions() if target.insecure
                        else optionsForClientTLS(target.host_header or target.host))
@@ -128,6 +145,12 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
                 session.origin_closed(self.remoteCloseCode, self.remoteCloseReason or "")
             else:
                 session.origin_lost(reason or "connection lost")
+
+    @override
+    def connectionLost(self, reason: Any = None) -> None:  # noqa: N802
+        super().connectionLost(reason)
+        release_closed(self)
+        release_client_connection(self.transport)
 
     def close(self, code: int | None, reason: str) -> None:
         if self.state == self.STATE_OPEN:
