@@ -84,8 +84,6 @@ def register_renderers(router: Router) -> None:
     router.add_renderer("http-stream", render_http_stream)
 
 
-
-
 class Origin(Protocol):
     """What a hold needs from the proxy session that created it."""
 
