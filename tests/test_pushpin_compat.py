@@ -263,6 +263,10 @@ class SigningWarningTests(TestCase):
         self.assertIn("on routes at line 2:", line)
         self.assertEqual(self.warnings("http_port=127.0.0.1:7999", "sig_key=mine",
                                        "* 127.0.0.1:8080\n"), [])
+        config = parse_config("[xmpp]\nenabled=true\n[proxy]\n", "f.conf")
+        lines = signing_warnings(config, parse_routes("* test\n").routes)
+        self.assertEqual([line.split(" (")[0] for line in lines],
+                         ["XMPP backend requests will not be signed"])
 
     def test_shipped_key_beyond_loopback(self) -> None:
         for runner in ("http_port=7999", "http_port=0.0.0.0:7999",

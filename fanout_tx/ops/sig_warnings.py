@@ -42,6 +42,9 @@ def signing_warnings(config: Config, routes: Iterable[Route]) -> list[str]:
                "routes at line " + ", ".join(str(r.line) for r in unsigned))
             + ": set [proxy] sig_key (or the route's sig_key=) so origins can tell "
             "requests that came through this proxy")
+    if config.xmpp.enabled and not (config.xmpp.sig_key or proxy.sig_key):
+        lines.append("XMPP backend requests will not be signed (no Grip-Sig): set [xmpp] "
+                     "sig_key or [proxy] sig_key")
     shipped = proxy.sig_key == SHIPPED_KEY or any(r.sig_key == SHIPPED_KEY for r in routes)
     listeners = (*config.runner.http_ports, *config.runner.https_ports)
     if shipped and not _loopback_only(listeners):
