@@ -1,18 +1,22 @@
 """Hostile use of the webhooks API (issue #13, item 9), over real loopback sockets: custom
-header values (a target's credentials) never shown again, a cap on subscriptions (409, also
-across instances sharing one Redis), and a cap on the bytes one dead target can hold
-pending (the oldest become dead letters, counted in /metrics)."""
+header values and the URL's path and query (a target's credentials) never shown again, a
+cap on subscriptions (409, also across instances sharing one Redis), caps on the count and
+bytes one dead target can hold pending (the oldest become dead letters, counted in
+/metrics), and a cap on the bytes of all dead letters together (the oldest dropped, in
+memory and in Redis)."""
 
 from __future__ import annotations
 
 import ipaddress
 import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -185,6 +189,57 @@ class PublishPortTests(_Client):
         self.assertEqual(sorted(d.body for d in pending), [b"b0", b"b8", b"b9"])
         self.assertEqual(self.service.engine.evicted, 7)
 
+    async def test_dead_letter_bytes_are_bounded_oldest_first(self) -> None:
+        """Dead letters of every subscription together stay within max_dead_letter_bytes:
+        the oldest go first, whichever subscription they belong to, counted in /metrics."""
+        base = await self.start("max_dead_letter_bytes = 1000\nretry_schedule = 0\n")
+
+        async def publish(items: list[dict]) -> None:
+            code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": items})
+            self.assertEqual(code, 200)
+
+        await _bury_twenty(self, base + "/webhooks/subscriptions", self.service, publish)
+        code, _answer, raw = await self.call("GET", base + "/metrics")
+        self.assertEqual(code, 200)
+        self.assertIn(b'fanout_webhook_dead_letters_dropped_total{reason="max_dead_letter_bytes"} '
+                      + str(float(20 - self.kept)).encode(), raw)
+
+
+async def _bury_twenty(test: Any, api: str, service: WebhookService,
+                       publish: Callable[[list[dict]], Awaitable[None]]) -> None:
+    """Ten dead letters for subscription A, then ten for B (the target answers 500, one
+    attempt each); checks that the listings hold the newest within 1,000 bytes and sets
+    ``test.kept``."""
+    receiver = await test.receiver(always(500))
+    ids = []
+    for channel in ("a", "b"):
+        code, created, _raw = await test.call("POST", api, {"url": receiver.url,
+                                                            "channels": [channel]})
+        test.assertEqual(code, 201)
+        ids.append(created["id"])
+    for count, channel in ((10, "a"), (20, "b")):
+        await publish([{"channel": channel, "id": f"{channel}{n}",
+                        "formats": {"http-request": {"body": "x"}}} for n in range(10)])
+        for _ in range(500):
+            if service.engine.dead_letters >= count:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        test.assertEqual(service.engine.dead_letters, count)
+    test.assertTrue(await service.engine.writes_confirmed(5))
+    listed = []
+    for subscription_id in ids:
+        code, failed, _raw = await test.call("GET", f"{api}/{subscription_id}/failed")
+        test.assertEqual(code, 200)
+        listed.append(failed["items"])
+    a, b = listed
+    test.assertLessEqual(sum(len(json.dumps(d)) for d in a + b), 1000)
+    test.assertGreater(len(b), 0)
+    if a:  # the newest kept: any of A's left means all of B's are
+        test.assertEqual(len(b), 10)
+    test.kept = len(a) + len(b)
+    test.assertEqual(service.engine.dead_letters_dropped["max_dead_letter_bytes"],
+                     20 - test.kept)
+
 
 class RedisCapTests(_Client):
     """The same caps with the Redis store, two instances sharing it."""
@@ -245,3 +300,26 @@ class RedisCapTests(_Client):
         code, failed, _raw = await self.call("GET", f"{api}/{created['id']}/failed")
         self.assertEqual(len(failed["items"]), 7)
 
+
+    async def test_dead_letter_bytes_are_bounded_in_redis(self) -> None:
+        """The same cap with Redis: the oldest dead letters leave Redis, whichever
+        subscription they belong to, and its byte count matches what is stored."""
+        config = WebhooksConfig(allow_cidrs=LOOPBACK, verify=False, retry_schedule=(0,),
+                                max_dead_letter_bytes=1000)
+        service, api = await self.instance(config)
+
+        async def publish(items: list[dict]) -> None:
+            for item in items:
+                self.router.publish(parse_item(item))
+
+        await _bury_twenty(self, api, service, publish)
+        redis = connect(self.redis.url)
+        self.addCleanup(redis.disconnect)
+        prefix = RedisConfig.prefix + "webhooks:"
+        stored = 0
+        for subscription in await service._store.subscriptions():
+            members = await redis.zrange(f"{prefix}dead-letters:{subscription.id}", 0, -1)
+            stored += sum(len(m.encode()) for m in members)
+        self.assertEqual(int(await redis.get(prefix + "dead-bytes")), stored)
+        self.assertLessEqual(stored, 1000)
+        self.assertEqual(await redis.zcard(prefix + "dead-order"), self.kept)

@@ -154,6 +154,7 @@ class CollectorTests(SynchronousTestCase):
         link.oversized, link.unsent = 3, 4
         webhooks = SimpleNamespace(engine=SimpleNamespace(
             attempts=Counter(success=3, failure=2), dead_letters=1, evicted=1,
+            dead_letters_dropped=Counter(max_dead_letter_bytes=5),
             pending_bytes=lambda: 4096))
         redis = SimpleNamespace(up=False, received_items=7)
         router.publish(parse_item({"channel": "room", "formats": {
@@ -182,6 +183,10 @@ class CollectorTests(SynchronousTestCase):
             values[("fanout_webhook_attempts_total", (("outcome", "failure"),))], 2)
         self.assertEqual(values[("fanout_webhook_dead_letters_total", ())], 1)
         self.assertEqual(values[("fanout_webhook_evicted_total", ())], 1)
+        self.assertEqual(values[("fanout_webhook_dead_letters_dropped_total",
+                                 (("reason", "max_dead_letter_bytes"),))], 5)
+        self.assertEqual(values[("fanout_webhook_dead_letters_dropped_total",
+                                 (("reason", "max_dead_letters"),))], 0)
         self.assertEqual(values[("fanout_webhook_pending_bytes", ())], 4096)
         self.assertEqual(values[("fanout_redis_up", ())], 0)
         self.assertEqual(values[("fanout_items_received_total", (("input", "redis"),))], 7)

@@ -13,7 +13,14 @@ from zope.interface.verify import verifyObject
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
-from fanout_tx.transports.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, MemoryStore
+from fanout_tx.transports.webhooks.store import (
+    DEAD_LETTERS_KEPT,
+    MAX_DEAD_LETTER_BYTES,
+    Dropped,
+    IWebhookStore,
+    MemoryStore,
+    letter_json,
+)
 from tests.services import RedisServer
 
 SUB = Subscription("sub_1", "https://hooks.example/x", ("a", "b"), "whsec_" + "A" * 44,
@@ -28,7 +35,7 @@ def _delivery(webhook_id: str, subscription_id: str = "sub_1") -> Delivery:
 class _StoreTestsMixin:
     store: Any
 
-    def make_store(self) -> Any:
+    def make_store(self, max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES) -> Any:
         raise NotImplementedError
 
     async def test_interface(self) -> None:
@@ -65,6 +72,45 @@ class _StoreTestsMixin:
             "last_status": 500, "last_error": "HTTP 500"})
         self.assertEqual((await store.load()).deliveries, [])  # type: ignore[attr-defined]
 
+    async def test_dead_letter_bytes_are_bounded_oldest_first(self) -> None:
+        """Past max_dead_letter_bytes (every subscription's dead letters together) the
+        oldest go first, whichever subscription they belong to, and each bury says how many
+        it pushed out; deleting a subscription frees its share."""
+        size = len(letter_json(_delivery("msg_00").dead_letter()))
+        # Five fit, six do not (Redis stores each with its sequence number: a few bytes).
+        store = self.make_store(max_dead_letter_bytes=5 * size + 20)
+        other = Subscription("sub_2", "https://hooks.example/y", ("a",), SUB.secret)
+        await store.save_subscription(SUB)
+        await store.save_subscription(other)
+        dropped = []
+        for n in range(8):
+            owner = SUB.id if n < 4 else "sub_2"
+            dropped.append(await store.bury(_delivery(f"msg_{n:02d}", owner)))
+        self.assertEqual(sum(d.over_bytes for d in dropped), 3)  # type: ignore[attr-defined]
+        self.assertEqual(dropped[-1], Dropped(0, 1))  # type: ignore[attr-defined]
+
+        async def ids(subscription_id: str) -> list[str]:
+            return [d["webhook-id"] for d in await store.dead_letters(subscription_id)]
+
+        self.assertEqual(await ids(SUB.id), ["msg_03"])  # type: ignore[attr-defined]
+        self.assertEqual(await ids("sub_2"),  # type: ignore[attr-defined]
+                         ["msg_07", "msg_06", "msg_05", "msg_04"])
+        await store.delete_subscription("sub_2")
+        for n in range(8, 12):
+            self.assertEqual(await store.bury(_delivery(f"msg_{n:02d}")), Dropped())  # type: ignore[attr-defined]
+        self.assertEqual(await ids(SUB.id),  # type: ignore[attr-defined]
+                         ["msg_11", "msg_10", "msg_09", "msg_08", "msg_03"])
+
+    async def test_dead_letter_error_is_clipped(self) -> None:
+        """A dead letter keeps at most 500 characters of its last error."""
+        store = self.make_store()
+        await store.save_subscription(SUB)
+        chatty = _delivery("msg_1")
+        chatty.last_error = "e" * 10_000
+        await store.bury(chatty)
+        [letter] = await store.dead_letters(SUB.id)
+        self.assertEqual(len(letter["last_error"]), 500)  # type: ignore[attr-defined]
+
     async def test_delete_subscription_forgets_everything(self) -> None:
         """Deleting a subscription drops its deliveries and dead letters too."""
         store = self.make_store()
@@ -79,8 +125,8 @@ class _StoreTestsMixin:
 
 class MemoryStoreTests(_StoreTestsMixin, TestCase):
     @override
-    def make_store(self) -> MemoryStore:
-        return MemoryStore()
+    def make_store(self, max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES) -> MemoryStore:
+        return MemoryStore(max_dead_letter_bytes)
 
 
 class RedisStoreTests(_StoreTestsMixin, TestCase):
@@ -90,8 +136,9 @@ class RedisStoreTests(_StoreTestsMixin, TestCase):
         self.addCleanup(self.server.stop)
 
     @override
-    def make_store(self) -> RedisStore:
-        store = RedisStore(lambda: connect(self.server.url), "test:")
+    def make_store(self, max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES) -> RedisStore:
+        store = RedisStore(lambda: connect(self.server.url), "test:",
+                           max_dead_letter_bytes=max_dead_letter_bytes)
         self.addCleanup(store.close)
         return store
 

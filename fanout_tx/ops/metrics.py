@@ -197,6 +197,12 @@ class FanoutCollector(Collector):
         yield CounterMetricFamily("fanout_webhook_evicted", "Webhook deliveries made dead "
                                   "letters by [webhooks] max_pending_bytes (of the dead "
                                   "letters).", value=engine.evicted if engine else 0)
+        dropped = CounterMetricFamily("fanout_webhook_dead_letters_dropped", "Older webhook "
+                                      "dead letters dropped to keep newer ones, by limit.",
+                                      labels=["reason"])
+        for reason in ("max_dead_letters", "max_dead_letter_bytes"):
+            dropped.add_metric([reason], engine.dead_letters_dropped[reason] if engine else 0)
+        yield dropped
         yield GaugeMetricFamily("fanout_webhook_pending_bytes", "Bytes held by pending webhook "
                                 "deliveries.", value=engine.pending_bytes() if engine else 0)
 

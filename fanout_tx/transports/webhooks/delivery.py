@@ -28,7 +28,7 @@ from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.transports.webhooks.signing import secret_key, signed_headers
-from fanout_tx.transports.webhooks.store import IWebhookStore
+from fanout_tx.transports.webhooks.store import Dropped, IWebhookStore
 
 MAX_RETRY_AFTER = 3600.0
 MAX_JITTER = 0.2
@@ -177,6 +177,8 @@ class DeliveryEngine:
         self.dead_letters = 0
         # Of those, the ones pushed out by max_pending or max_pending_bytes.
         self.evicted = 0
+        # Older dead letters the store dropped to keep new ones, by the limit that made it.
+        self.dead_letters_dropped: Counter[str] = Counter()
         # Set while draining: fires once no attempt or claim is running.
         self._idle: Deferred[None] | None = None
 
@@ -428,7 +430,14 @@ class DeliveryEngine:
                 attempts=delivery.attempts,
             error=delivery.last_error,
         )
-        self._written(self._store.bury(delivery), delivery)
+        burying = self._store.bury(delivery)
+        burying.addCallback(self._count_dropped)
+        self._written(burying, delivery)
+
+    def _count_dropped(self, dropped: Dropped) -> Dropped:
+        self.dead_letters_dropped["max_dead_letters"] += dropped.per_subscription
+        self.dead_letters_dropped["max_dead_letter_bytes"] += dropped.over_bytes
+        return dropped
 
     def _written(self, write: Deferred[Any], delivery: Delivery) -> None:
         confirmation: Deferred[bool] = Deferred()

@@ -20,6 +20,8 @@ from fanout_tx.transports.webhooks.signing import SecretError, secret_key
 from fanout_tx.transports.webhooks.ssrf import UrlError, parse_url
 
 MAX_CHANNELS = 100
+# Characters of ``last_error`` a dead letter keeps, so each one stays small.
+MAX_ERROR_LENGTH = 500
 
 Headers = tuple[tuple[str, str], ...]
 
@@ -106,9 +108,13 @@ class Delivery:
         return cls(**obj)
 
     def dead_letter(self) -> dict[str, Any]:
+        """What the dead letters keep of it: metadata only, never the body."""
+        error = self.last_error
+        if error is not None and len(error) > MAX_ERROR_LENGTH:
+            error = error[:MAX_ERROR_LENGTH - 1] + "\u2026"
         return {
             "webhook-id": self.webhook_id, "channel": self.channel, "attempts": self.attempts,
-            "last_status": self.last_status, "last_error": self.last_error,
+            "last_status": self.last_status, "last_error": error,
         }
 
 

@@ -1,9 +1,12 @@
 """RedisStore: the webhooks store in Redis (txredisapi), so deliveries survive a restart.
 
 Keys, under ``[redis] prefix`` + ``webhooks:``: ``subs`` (hash id -> subscription JSON),
-``pending:{id}`` (hash webhook-id -> delivery JSON), ``dead:{id}`` (list, newest first),
-``claim:{id}:{webhook-id}`` (string: the token of the instance attempting it, with the
-lease's expiry; or ``done`` for DONE_TTL once it was delivered or buried).
+``pending:{id}`` (hash webhook-id -> delivery JSON), ``claim:{id}:{webhook-id}`` (string:
+the token of the instance attempting it, with the lease's expiry; or ``done`` for DONE_TTL
+once it was delivered or buried). Dead letters: ``dead-letters:{id}`` (sorted set of
+``"{seq} {JSON}"`` scored by ``seq``, from the counter ``dead-seq``), ``dead-order`` (sorted
+set of ``"{seq} {id}"``: every subscription's, oldest first) and ``dead-bytes`` (their
+members' bytes together), so the oldest of all can go first past max_dead_letter_bytes.
 One connection, so commands reach Redis in the order they were issued: a save followed by a
 delete of the same delivery can never be applied the other way round, and a claim always
 sees this instance's own earlier writes. Multi-key changes are Lua scripts, so a crash never
@@ -30,7 +33,14 @@ from zope.interface import implementer
 from fanout_tx.config.redis_url import parse_redis_url
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
-from fanout_tx.transports.webhooks.store import DEAD_LETTERS_KEPT, IWebhookStore, StoredState
+from fanout_tx.transports.webhooks.store import (
+    DEAD_LETTERS_KEPT,
+    MAX_DEAD_LETTER_BYTES,
+    Dropped,
+    IWebhookStore,
+    StoredState,
+    letter_json,
+)
 
 # A claim's lease when the caller does not say: the default attempt timeout and a margin.
 DEFAULT_LEASE = 15.0
@@ -69,14 +79,40 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], 'done', 'EX', ARGV[2])
 """
 
-# KEYS: pending, dead, claim. ARGV: webhook-id, dead letter JSON, kept, DONE_TTL.
-# Once only: two instances may both give up on the same delivery (evicted).
+# KEYS: pending, dead-letters:{id}, claim, dead-order, dead-bytes, dead-seq. ARGV:
+# webhook-id, dead letter JSON, kept, DONE_TTL, max bytes, subscription id, the
+# dead-letters key prefix. Once only: two instances may both give up on the same delivery.
+# Returns {per subscription, over bytes}: the older dead letters it pushed out. The byte cap
+# removes other subscriptions' oldest too, under keys named from ARGV: fine on one Redis
+# (this store does not support Redis Cluster).
 _BURY = """
-if redis.call('GET', KEYS[3]) == 'done' then return 0 end
+if redis.call('GET', KEYS[3]) == 'done' then return {0, 0} end
 redis.call('HDEL', KEYS[1], ARGV[1])
-redis.call('LPUSH', KEYS[2], ARGV[2])
-redis.call('LTRIM', KEYS[2], 0, tonumber(ARGV[3]) - 1)
 redis.call('SET', KEYS[3], 'done', 'EX', ARGV[4])
+local seq = redis.call('INCR', KEYS[6])
+local member = seq .. ' ' .. ARGV[2]
+redis.call('ZADD', KEYS[2], seq, member)
+redis.call('ZADD', KEYS[4], seq, seq .. ' ' .. ARGV[6])
+local total = redis.call('INCRBY', KEYS[5], #member)
+local per_subscription, over_bytes = 0, 0
+while redis.call('ZCARD', KEYS[2]) > tonumber(ARGV[3]) do
+    local oldest = redis.call('ZPOPMIN', KEYS[2])
+    redis.call('ZREM', KEYS[4], oldest[2] .. ' ' .. ARGV[6])
+    total = redis.call('DECRBY', KEYS[5], #oldest[1])
+    per_subscription = per_subscription + 1
+end
+while total > tonumber(ARGV[5]) do
+    local head = redis.call('ZPOPMIN', KEYS[4])
+    if #head == 0 then break end
+    local old_seq, owner = string.match(head[1], '^(%d+) (.+)$')
+    local key = ARGV[7] .. owner
+    for _, letter in ipairs(redis.call('ZRANGEBYSCORE', key, old_seq, old_seq)) do
+        redis.call('ZREM', key, letter)
+        total = redis.call('DECRBY', KEYS[5], #letter)
+    end
+    over_bytes = over_bytes + 1
+end
+return {per_subscription, over_bytes}
 """
 
 # KEYS: subs, pending, claim. ARGV: subscription id, webhook-id, attempts, token, lease ms.
@@ -97,8 +133,16 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 """
 
+# KEYS: subs, pending, dead-letters:{id}, dead-order, dead-bytes. ARGV: subscription id.
 _DELETE_SUBSCRIPTION = """
 redis.call('HDEL', KEYS[1], ARGV[1])
+local letters = redis.call('ZRANGE', KEYS[3], 0, -1, 'WITHSCORES')
+local freed = 0
+for i = 1, #letters, 2 do
+    freed = freed + #letters[i]
+    redis.call('ZREM', KEYS[4], letters[i + 1] .. ' ' .. ARGV[1])
+end
+if freed > 0 then redis.call('DECRBY', KEYS[5], freed) end
 redis.call('DEL', KEYS[2], KEYS[3])
 """
 
@@ -144,8 +188,10 @@ class RedisStore:
     connection (and so the order) of the writes they guard."""
 
     def __init__(self, connect: Callable[[], Any], prefix: str,
-                 lease: float = DEFAULT_LEASE) -> None:
+                 lease: float = DEFAULT_LEASE,
+                 max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES) -> None:
         self._connect = connect
+        self._max_dead_bytes = max_dead_letter_bytes
         self._connection: Any = None
         self._prefix = prefix + "webhooks:"
         self._lease_ms = max(1, int(lease * 1000))
@@ -193,9 +239,11 @@ class RedisStore:
     def delete_subscription(self, subscription_id: str) -> Deferred[Any]:
         keys = (
             self._key("subs"), self._key("pending", subscription_id),
-            self._key("dead", subscription_id),
+            self._key("dead-letters", subscription_id), self._key("dead-order"),
+            self._key("dead-bytes"),
         )
-        return self._redis.execute_command("EVAL", _DELETE_SUBSCRIPTION, 3, *keys, subscription_id)
+        return self._redis.execute_command("EVAL", _DELETE_SUBSCRIPTION, len(keys), *keys,
+                                           subscription_id)
 
     def _delivery_keys(self, subscription_id: str, webhook_id: str) -> tuple[str, str, str]:
         return (self._key("subs"), self._key("pending", subscription_id),
@@ -214,14 +262,17 @@ class RedisStore:
         return self._redis.execute_command("EVAL", _FINISH, 2, pending, claim, webhook_id,
                                            DONE_TTL)
 
-    def bury(self, delivery: Delivery) -> Deferred[Any]:
-        _subs, pending, claim = self._delivery_keys(delivery.subscription_id,
-                                                    delivery.webhook_id)
-        return self._redis.execute_command(
-            "EVAL", _BURY, 3, pending, self._key("dead", delivery.subscription_id), claim,
-            delivery.webhook_id, json.dumps(delivery.dead_letter()), DEAD_LETTERS_KEPT,
-            DONE_TTL,
+    def bury(self, delivery: Delivery) -> Deferred[Dropped]:
+        subscription_id = delivery.subscription_id
+        _subs, pending, claim = self._delivery_keys(subscription_id, delivery.webhook_id)
+        keys = (pending, self._key("dead-letters", subscription_id), claim,
+                self._key("dead-order"), self._key("dead-bytes"), self._key("dead-seq"))
+        burying = self._redis.execute_command(
+            "EVAL", _BURY, len(keys), *keys, delivery.webhook_id,
+            letter_json(delivery.dead_letter()), DEAD_LETTERS_KEPT, DONE_TTL,
+            self._max_dead_bytes, subscription_id, self._key("dead-letters", ""),
         )
+        return burying.addCallback(lambda counts: Dropped(*(int(n) for n in counts)))
 
     # -- shared (ISharedStore) -----------------------------------------------------------
 
@@ -246,8 +297,8 @@ class RedisStore:
         return self._redis.execute_command("EVAL", _RELEASE, 1, claim, self.token)
 
     async def _dead_letters(self, subscription_id: str) -> list[dict]:
-        rows = await self._redis.lrange(self._key("dead", subscription_id), 0, -1)
-        return [json.loads(row) for row in rows]
+        rows = await self._redis.zrevrange(self._key("dead-letters", subscription_id), 0, -1)
+        return [json.loads(row.partition(" ")[2]) for row in rows]
 
     def dead_letters(self, subscription_id: str) -> Deferred[list[dict]]:
         return Deferred.fromCoroutine(self._dead_letters(subscription_id))

@@ -274,8 +274,9 @@ def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, r
     if store is None:
         store = (
             RedisStore(lambda: connect(redis.url), redis.prefix,
-                       lease=config.timeout + LEASE_MARGIN)
-            if redis.url else MemoryStore()
+                       lease=config.timeout + LEASE_MARGIN,
+                       max_dead_letter_bytes=config.max_dead_letter_bytes)
+            if redis.url else MemoryStore(config.max_dead_letter_bytes)
         )
     vetter = Vetter(resolver or threaded_resolver(reactor), AddressPolicy(config.allow_cidrs))
     pool = make_pool(reactor, max(1, config.max_in_flight))

@@ -7,15 +7,33 @@ lives as long as the process; RedisStore (redis_store.py) survives restarts.
 
 from __future__ import annotations
 
-from collections import deque
+import itertools
+import json
 from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import Interface, implementer
 
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 
+# Dead letters kept per subscription, and bytes of dead letters (their JSON) kept for every
+# subscription together ([webhooks] max_dead_letter_bytes); past either the oldest go.
 DEAD_LETTERS_KEPT = 1000
+MAX_DEAD_LETTER_BYTES = 64 * 1024 * 1024
+
+
+class Dropped(NamedTuple):
+    """Older dead letters one ``bury`` pushed out: the subscription's beyond
+    DEAD_LETTERS_KEPT, and any subscription's oldest beyond max_dead_letter_bytes."""
+
+    per_subscription: int = 0
+    over_bytes: int = 0
+
+
+def letter_json(letter: dict[str, Any]) -> str:
+    """A dead letter as stored; its length is what max_dead_letter_bytes counts."""
+    return json.dumps(letter)
 
 
 @dataclass
@@ -44,7 +62,8 @@ class IWebhookStore(Interface):
         """A delivery succeeded (or its subscription went away)."""
 
     def bury(delivery):
-        """Move a delivery to its subscription's dead letters (newest DEAD_LETTERS_KEPT kept)."""
+        """Move a delivery to its subscription's dead letters; fires with Dropped (newest
+        DEAD_LETTERS_KEPT per subscription and max_dead_letter_bytes in all kept)."""
 
     def dead_letters(subscription_id):
         """List of dead-letter dicts, newest first."""
@@ -57,10 +76,16 @@ class IWebhookStore(Interface):
 class MemoryStore:
     """In-process store: the default, when no ``[redis] url`` is configured."""
 
-    def __init__(self) -> None:
+    def __init__(self, max_dead_letter_bytes: int = MAX_DEAD_LETTER_BYTES) -> None:
         self._subscriptions: dict[str, Subscription] = {}
         self._deliveries: dict[str, dict[str, Delivery]] = {}
-        self._dead: dict[str, deque[dict]] = {}
+        # Dead letters by subscription, then by sequence number (oldest first) with their
+        # sizes; and every subscription's in one order, for the shared byte cap.
+        self._dead: dict[str, dict[int, tuple[dict, int]]] = {}
+        self._dead_order: dict[int, str] = {}
+        self._dead_bytes = 0
+        self._dead_seq = itertools.count()
+        self._max_dead_bytes = max_dead_letter_bytes
 
     def load(self) -> Deferred[StoredState]:
         deliveries = [replace(d) for group in self._deliveries.values() for d in group.values()]
@@ -76,7 +101,9 @@ class MemoryStore:
     def delete_subscription(self, subscription_id: str) -> Deferred[None]:
         self._subscriptions.pop(subscription_id, None)
         self._deliveries.pop(subscription_id, None)
-        self._dead.pop(subscription_id, None)
+        for seq, (_letter, size) in self._dead.pop(subscription_id, {}).items():
+            del self._dead_order[seq]
+            self._dead_bytes -= size
         return succeed(None)
 
     def save_delivery(self, delivery: Delivery) -> Deferred[None]:
@@ -89,14 +116,37 @@ class MemoryStore:
         self._deliveries.get(subscription_id, {}).pop(webhook_id, None)
         return succeed(None)
 
-    def bury(self, delivery: Delivery) -> Deferred[None]:
-        self._deliveries.get(delivery.subscription_id, {}).pop(delivery.webhook_id, None)
-        dead = self._dead.setdefault(delivery.subscription_id, deque(maxlen=DEAD_LETTERS_KEPT))
-        dead.appendleft(delivery.dead_letter())
-        return succeed(None)
+    def bury(self, delivery: Delivery) -> Deferred[Dropped]:
+        subscription_id = delivery.subscription_id
+        self._deliveries.get(subscription_id, {}).pop(delivery.webhook_id, None)
+        letter = delivery.dead_letter()
+        seq, size = next(self._dead_seq), len(letter_json(letter))
+        letters = self._dead.setdefault(subscription_id, {})
+        letters[seq] = (letter, size)
+        self._dead_order[seq] = subscription_id
+        self._dead_bytes += size
+        per_subscription = 0
+        while len(letters) > DEAD_LETTERS_KEPT:
+            self._forget(subscription_id, next(iter(letters)))
+            per_subscription += 1
+        over_bytes = 0
+        while self._dead_bytes > self._max_dead_bytes:
+            oldest, owner = next(iter(self._dead_order.items()))
+            self._forget(owner, oldest)
+            over_bytes += 1
+        return succeed(Dropped(per_subscription, over_bytes))
+
+    def _forget(self, subscription_id: str, seq: int) -> None:
+        letters = self._dead[subscription_id]
+        _letter, size = letters.pop(seq)
+        del self._dead_order[seq]
+        self._dead_bytes -= size
+        if not letters:
+            del self._dead[subscription_id]
 
     def dead_letters(self, subscription_id: str) -> Deferred[list[dict]]:
-        return succeed(list(self._dead.get(subscription_id, ())))
+        letters = self._dead.get(subscription_id, {})
+        return succeed([letter for letter, _size in reversed(letters.values())])
 
     def close(self) -> Deferred[None]:
         return succeed(None)
