@@ -79,7 +79,7 @@ def release_client_connection(transport: object) -> None:
     if connector is None:
         return
     connector.transport = None
-    factory = getattr(connector, "factory", None)
+    factory: Any = getattr(connector, "factory", None)
     if getattr(factory, "_connector", None) is connector:
         factory._connector = None
 
