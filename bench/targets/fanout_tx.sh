@@ -43,6 +43,8 @@ enabled=false
 CONF
 
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+# Bench this checkout's code, not whatever copy of fanout_tx the venv was installed with.
+export PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}"
 cd "$T"
 setsid "$TWISTD" -n --pidfile= --logfile="$T/fanout.log" fanout --config "$T/fanout.conf" \
   > "$T/runner.out" 2>&1 < /dev/null &
