@@ -5,18 +5,21 @@ from __future__ import annotations
 
 import base64
 import os
+import socket
 from typing import Any
 
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientCreator, Factory, Protocol
 from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.server import NOT_DONE_YET, Site
 from typing_extensions import override
 
 from fanout_tx.transports.ws import events as ev
+from tests.helpers import RawClient, wait_until
+from tests.proxy_fixtures import ProxyHarness
 from tests.test_ws_e2e import Origin, WsTestMixin, _listen_endpoint, events_reply, grip_echo
 
 
@@ -85,6 +88,8 @@ class _PingFlooder(Protocol):
 
     @override
     def connectionMade(self) -> None:
+        # A small receive buffer, so the kernel does not absorb the pongs for us.
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         key = base64.b64encode(os.urandom(16))
         self.transport.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
                              b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
@@ -109,6 +114,7 @@ class PingFloodTests(WsTestMixin, TestCase):
         in the server's write buffer without end. They count against max_outbound now,
         so the client is closed (1008) and dropped."""
         await self.start(grip_echo)
+        self.factory.max_outbound = 100_000
         flooder = _PingFlooder()
         await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(
             Factory.forProtocol(lambda: flooder))
@@ -150,3 +156,22 @@ class EmptyMessageFloodTests(WsTestMixin, TestCase):
         client.sendData(b"\x81\x80\x00\x00\x00\x00" * 150_000)  # empty TEXT frames
         await within(origin.wait_for(lambda: sum(origin.sizes) >= 1_500_000), 30)
         self.assertLess(max(origin.sizes), 300_000, origin.sizes)
+
+
+class HostHeaderTests(TestCase):
+    async def test_several_host_headers_are_a_400(self) -> None:
+        """Two Host headers: the route was chosen by the last one while the origin got the
+        first, so the origin could see another site than the one the route was for. A 400
+        (RFC 9112 3.2), for plain requests and WebSocket handshakes, and the origin hears
+        nothing."""
+        proxy = ProxyHarness(self)
+        proxy.set_routes(f"other.example {proxy.origin_address}")  # only "other" is routed
+        port = proxy.proxy_port.getHost().port
+        for upgrade in (b"", b"Upgrade: websocket\r\nConnection: Upgrade\r\n"):
+            client = await ClientCreator(reactor, RawClient).connectTCP("127.0.0.1", port)
+            client.transport.write(b"GET / HTTP/1.1\r\nHost: victim.example\r\n" + upgrade
+                                   + b"Host: other.example\r\n\r\n")
+            await wait_until(lambda c=client: b"\r\n\r\n" in c.data)
+            client.transport.abortConnection()
+            self.assertTrue(client.data.startswith(b"HTTP/1.1 400 "), client.data)
+        self.assertEqual(proxy.origin.requests, [])
