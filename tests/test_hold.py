@@ -20,7 +20,7 @@ from fanout_tx.core.formats import Format
 from fanout_tx.core.interfaces import ISubscriber
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
-from fanout_tx.grip.instruct import Channel, Instruct, KeepAlive, Link, Response
+from fanout_tx.grip.instruct import Channel, GripKeepAlive, Instruct, Link, Response
 from fanout_tx.transports.http.hold import (
     HeldResponse,
     HeldStream,
@@ -167,7 +167,7 @@ class HeldResponseTests(HoldTestsMixin, SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
 
-def stream(keep_alive: KeepAlive | None = None, link: Link | None = None,
+def stream(keep_alive: GripKeepAlive | None = None, link: Link | None = None,
            prev_id: str | None = None) -> Instruct:
     return Instruct(hold="stream", channels=(Channel("c", prev_id),), keep_alive=keep_alive,
                     next_link=link, response=Response(200, None, (), b"hello\n"))
@@ -217,14 +217,14 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.assertTrue(transport.value().endswith(b"4\r\nlast\r\n0\r\n\r\n"))
 
     def test_close_action_ends_the_response(self) -> None:
-        _protocol, transport, _hold = self.connect(self.make(stream(KeepAlive(b"k", 10))))
+        _protocol, transport, _hold = self.connect(self.make(stream(GripKeepAlive(b"k", 10))))
         self.publish("c", http_stream={"action": "close"})
         self.assertTrue(transport.value().endswith(b"0\r\n\r\n"))
         self.assertEqual(self.router.subscriber_count(), 0)
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_keep_alive_idle_restarts_on_write(self) -> None:
-        _protocol, transport, _hold = self.connect(self.make(stream(KeepAlive(b"ka", 10))))
+        _protocol, transport, _hold = self.connect(self.make(stream(GripKeepAlive(b"ka", 10))))
         self.clock.advance(9)
         self.publish("c", http_stream={"content": "x"})
         self.clock.advance(9)
@@ -235,7 +235,7 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.assertEqual(transport.value().count(b"ka"), 2)
 
     def test_client_gone_cancels_keep_alive_and_link_timers(self) -> None:
-        instruct = stream(KeepAlive(b"k", 10), Link("/next", 30), prev_id="1")
+        instruct = stream(GripKeepAlive(b"k", 10), Link("/next", 30), prev_id="1")
         protocol, _transport, _hold = self.connect(self.make(instruct))
         self.assertEqual(len(self.clock.getDelayedCalls()), 2)
         protocol.connectionLost(Failure(ConnectionError("gone")))
@@ -267,7 +267,7 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
     def test_resume_keeps_the_idle_timers(self) -> None:
         """A pause and resume of the client is not idleness: the keep-alive and the
         Grip-Link timer still count from the last write and the last item."""
-        instruct = stream(KeepAlive(b"ka", 10), Link("/next", 30))
+        instruct = stream(GripKeepAlive(b"ka", 10), Link("/next", 30))
         _protocol, transport, _hold = self.connect(self.make(instruct))
         self.clock.advance(9)
         self.publish("c", http_stream={"content": "x"})

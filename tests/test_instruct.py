@@ -12,7 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from fanout_tx.grip.instruct import (
     Channel,
     GripError,
-    KeepAlive,
+    GripKeepAlive,
     Link,
     decode_cstring,
     is_instruct,
@@ -80,13 +80,13 @@ class HeaderInstructTests(SynchronousTestCase):
         """raw, cstring and base64 keep-alive data, timeout and mode."""
         base = [("Grip-Hold", "stream"), ("Grip-Channel", "a")]
 
-        def keep_alive(value: str) -> KeepAlive | None:
+        def keep_alive(value: str) -> GripKeepAlive | None:
             return parse_instruct(200, None, [*base, ("Grip-Keep-Alive", value)], b"").keep_alive
 
-        self.assertEqual(keep_alive("ping"), KeepAlive(b"ping", 55, "idle"))
+        self.assertEqual(keep_alive("ping"), GripKeepAlive(b"ping", 55, "idle"))
         self.assertEqual(keep_alive(r"a\n\x41; format=cstring; timeout=10; mode=interval"),
-                         KeepAlive(b"a\nA", 10, "interval"))
-        self.assertEqual(keep_alive("aGk=; format=base64"), KeepAlive(b"hi", 55, "idle"))
+                         GripKeepAlive(b"a\nA", 10, "interval"))
+        self.assertEqual(keep_alive("aGk=; format=base64"), GripKeepAlive(b"hi", 55, "idle"))
         for bad in ("x; format=hex", "x; mode=sometimes", "!!; format=base64",
                     r"\q; format=cstring", "x; timeout=0"):
             with self.assertRaises(GripError, msg=bad):
@@ -153,7 +153,7 @@ class JsonInstructTests(SynchronousTestCase):
         self.assertEqual(instruct.hold, "stream")
         self.assertEqual(instruct.timeout, 5)
         self.assertEqual(instruct.channels, (Channel("a", "p", ("skip-self",)),))
-        self.assertEqual(instruct.keep_alive, KeepAlive(b"hi", 20, "idle"))
+        self.assertEqual(instruct.keep_alive, GripKeepAlive(b"hi", 20, "idle"))
         self.assertEqual(instruct.meta, {"user": "u"})
         self.assertEqual(instruct.response.code, 201)
         self.assertEqual(instruct.response.headers, (("X-A", "1"), ("X-A", "2")))

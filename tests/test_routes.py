@@ -14,7 +14,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from fanout_tx.config.routes import (
     JsonpConfig,
     Route,
-    Target,
+    RouteTarget,
     load_routes,
     parse_route_line,
     parse_routes,
@@ -30,7 +30,7 @@ class ConditionTests(SynchronousTestCase):
             f"sig_key=base64:{key},prefix=p-,path_rem=4,replace_beg=/v2/,as_host=origin.local,"
             "header=X-A:1,header=X-B:two,no_grip,debug,aco 127.0.0.1:8080", 3)
         self.assertEqual(route, Route(
-            line=3, targets=(Target("127.0.0.1", 8080),), host="example.com",
+            line=3, targets=(RouteTarget("127.0.0.1", 8080),), host="example.com",
             path_beg="/api/", proto="ws", ssl=True, id="r1", sig_iss="iss", sig_key=b"k\x00",
             prefix="p-", path_rem=4, replace_beg="/v2/", as_host="origin.local",
             headers=(("X-A", "1"), ("X-B", "two")), no_grip=True, debug=True, aco=True))
@@ -64,10 +64,10 @@ class TargetTests(SynchronousTestCase):
             "* origin.local:443,ssl,insecure,host=api.example.com,over_http,sub=a,sub=b,"
             "one_event [::1]:8080,ssl=false test", 1)
         self.assertEqual(route.targets, (
-            Target("origin.local", 443, ssl=True, insecure=True, host_header="api.example.com",
+            RouteTarget("origin.local", 443, ssl=True, insecure=True, host_header="api.example.com",
                    over_http=True, subscriptions=("a", "b"), one_event=True),
-            Target("::1", 8080),
-            Target(kind="test"),
+            RouteTarget("::1", 8080),
+            RouteTarget(kind="test"),
         ))
 
 
@@ -184,7 +184,7 @@ class OverrideTests(SynchronousTestCase):
     def test_file(self) -> None:
         path = Path(self.mktemp())
         path.write_text("* 127.0.0.1:8080\n")
-        self.assertEqual(load_routes(path).routes[0].targets, (Target("127.0.0.1", 8080),))
+        self.assertEqual(load_routes(path).routes[0].targets, (RouteTarget("127.0.0.1", 8080),))
 
 
 class PropertyTests(SynchronousTestCase):

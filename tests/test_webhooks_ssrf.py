@@ -75,7 +75,7 @@ class UrlTests(SynchronousTestCase):
 
     @given(st.text(max_size=40).map(lambda t: "http://" + t) | st.text(max_size=40))
     def test_parse_raises_only_url_error(self, url: str) -> None:
-        """Any string is a Target or a UrlError, never another exception."""
+        """Any string is a CallbackUrl or a UrlError, never another exception."""
         with contextlib.suppress(UrlError):
             parse_url(url)
 

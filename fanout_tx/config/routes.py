@@ -22,7 +22,7 @@ CALLBACK_NAME = re.compile(r"[A-Za-z0-9_$.]+")
 
 
 @dataclass(frozen=True)
-class Target:
+class RouteTarget:
     """Where a route sends requests. ``kind`` is ``http`` or Pushpin's built-in ``test``."""
 
     host: str = ""
@@ -50,7 +50,7 @@ class JsonpConfig:
 @dataclass(frozen=True)
 class Route:
     line: int
-    targets: tuple[Target, ...]
+    targets: tuple[RouteTarget, ...]
     host: str = ""  # "" matches every host ("*")
     path_beg: str = ""
     proto: str = ""  # "", "http" or "ws"
@@ -196,10 +196,10 @@ def _jsonp_config(options: dict[str, str]) -> JsonpConfig:
     return config
 
 
-def _parse_target(token: str, notices: list[str]) -> Target:
+def _parse_target(token: str, notices: list[str]) -> RouteTarget:
     head, opts = _split_opts(token)
     if head == "test":
-        return Target(kind="test")
+        return RouteTarget(kind="test")
     if head.startswith(("zhttp/", "zhttpreq/")):
         raise ValueError(f"Pushpin's ZeroMQ targets ({head.partition('/')[0]}/...) are not "
                          "supported: use host:port")
@@ -223,7 +223,7 @@ def _parse_target(token: str, notices: list[str]) -> Target:
             notices.append(name)
         else:
             raise ValueError(f"unknown target option {name!r}")
-    return Target(subscriptions=tuple(subscriptions), **fields)
+    return RouteTarget(subscriptions=tuple(subscriptions), **fields)
 
 
 def parse_route_line(line: str, number: int, notices: list[str] | None = None) -> Route:

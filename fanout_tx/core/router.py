@@ -245,10 +245,11 @@ class Router:
 
     # -- publishing -----------------------------------------------------------------------
 
-    def is_duplicate(self, item: Item) -> bool:
-        """True when the item's id was seen on its channel within ``id_cache_ttl``;
-        otherwise records it. At most ``id_cache_max`` ids are kept (oldest forgotten first),
-        so a publisher sending unique ids fast cannot grow the cache without bound."""
+    def seen_before_and_record(self, item: Item) -> bool:
+        """True when the item's id was seen on its channel within ``id_cache_ttl``; when it
+        was not, records it, so the next item with that id is the duplicate. At most
+        ``id_cache_max`` ids are kept (oldest forgotten first), so a publisher sending unique
+        ids fast cannot grow the cache without bound."""
         if item.id is None:
             return False
         now = self._clock.seconds()
@@ -268,7 +269,7 @@ class Router:
 
     def publish(self, item: Item) -> None:
         """Dedupe, sequence, then deliver to every matching subscriber."""
-        if self.is_duplicate(item):
+        if self.seen_before_and_record(item):
             self._log.debug("dropped duplicate {id} on {channel}", id=item.id, channel=item.channel)
             return
         channel = item.channel

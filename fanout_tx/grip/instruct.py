@@ -48,7 +48,7 @@ class Channel:
 
 
 @dataclass(frozen=True)
-class KeepAlive:
+class GripKeepAlive:
     data: bytes
     timeout: int = DEFAULT_KEEP_ALIVE_TIMEOUT
     mode: str = "idle"  # "idle": restart on every write; "interval": fixed period
@@ -75,7 +75,7 @@ class Instruct:
     hold: str | None  # None, "response" or "stream"
     channels: tuple[Channel, ...] = ()
     timeout: int = DEFAULT_TIMEOUT
-    keep_alive: KeepAlive | None = None
+    keep_alive: GripKeepAlive | None = None
     meta: Mapping[str, str] = field(default_factory=dict)
     response: Response = field(default_factory=Response)
     next_link: Link | None = None
@@ -187,7 +187,7 @@ def decode_cstring(text: str) -> bytes:
     return bytes(out)
 
 
-def _keep_alive_from_header(value: str) -> KeepAlive:
+def _keep_alive_from_header(value: str) -> GripKeepAlive:
     data_text, params = split_params(value)
     options = dict(params)
     fmt = options.get("format") or "raw"
@@ -208,7 +208,7 @@ def _keep_alive_from_header(value: str) -> KeepAlive:
     mode = options.get("mode") or "idle"
     if mode not in ("idle", "interval"):
         raise GripError(f"Grip-Keep-Alive mode must be idle or interval, got {mode!r}")
-    return KeepAlive(data, timeout, mode)
+    return GripKeepAlive(data, timeout, mode)
 
 
 def _meta_from_headers(values: list[str]) -> dict[str, str]:
@@ -371,7 +371,7 @@ def _json_channels(value: Any, max_channels: int) -> tuple[Channel, ...]:
     return _checked_channels(channels, max_channels)
 
 
-def _json_keep_alive(value: Any) -> KeepAlive | None:
+def _json_keep_alive(value: Any) -> GripKeepAlive | None:
     if value is None:
         return None
     obj = _expect(value, dict, "keep-alive")
@@ -384,7 +384,7 @@ def _json_keep_alive(value: Any) -> KeepAlive | None:
     mode = obj.get("mode", "idle")
     if mode not in ("idle", "interval"):
         raise GripError("keep-alive mode must be idle or interval")
-    return KeepAlive(data, timeout, mode)
+    return GripKeepAlive(data, timeout, mode)
 
 
 def _from_json(body: bytes, max_channels: int) -> Instruct:

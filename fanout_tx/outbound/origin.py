@@ -39,7 +39,7 @@ from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.config.routes import Route, Target
+from fanout_tx.config.routes import Route, RouteTarget
 from fanout_tx.config.settings import Config, ProxyConfig
 from fanout_tx.core.headers import Header, end_to_end
 from fanout_tx.grip.instruct import GripError
@@ -113,7 +113,7 @@ def trusted_client(request: Request, settings: ProxySettings, now: float) -> boo
     return True
 
 
-def origin_url(target: Target, path_and_query: bytes) -> bytes:
+def origin_url(target: RouteTarget, path_and_query: bytes) -> bytes:
     if not path_and_query.startswith(b"/"):  # never part of the authority
         path_and_query = b"/" + path_and_query
     host = f"[{target.host}]" if ":" in target.host else target.host
@@ -122,7 +122,7 @@ def origin_url(target: Target, path_and_query: bytes) -> bytes:
 
 
 def origin_headers(
-    request: Request, route: Route, target: Target, settings: ProxySettings, now: float,
+    request: Request, route: Route, target: RouteTarget, settings: ProxySettings, now: float,
     extra: Sequence[Header] = (),
 ) -> Headers:
     """The headers the origin gets: end-to-end client headers without Grip-*, then the
@@ -165,7 +165,7 @@ def origin_headers(
     return headers
 
 
-def link_target(url: str, route: Route) -> Target | None:
+def link_target(url: str, route: Route) -> RouteTarget | None:
     """The route target a ``Grip-Link`` URL names (same scheme, host and port), if any."""
     try:
         parts = urlsplit(url)
@@ -181,7 +181,7 @@ def link_target(url: str, route: Route) -> Target | None:
 
 
 def link_headers(
-    request: Request, route: Route, target: Target | None, settings: ProxySettings, now: float,
+    request: Request, route: Route, target: RouteTarget | None, settings: ProxySettings, now: float,
     grip_last: Sequence[Header],
 ) -> Headers:
     """What a ``Grip-Link`` fetch carries, as in Pushpin: ``Grip-Last`` and nothing of the

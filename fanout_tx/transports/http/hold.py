@@ -29,7 +29,7 @@ from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 from fanout_tx.grip.content_filters import filter_response_body
 from fanout_tx.grip.directives import FilterError
-from fanout_tx.grip.instruct import GripError, Instruct, KeepAlive, Link
+from fanout_tx.grip.instruct import GripError, GripKeepAlive, Instruct, Link
 from fanout_tx.transports.responses import set_status_and_headers, write_response
 from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.write_budget import WriteBudget
@@ -84,7 +84,7 @@ def register_renderers(router: Router) -> None:
     router.add_renderer("http-stream", render_http_stream)
 
 
-class Origin(Protocol):
+class HoldOwner(Protocol):
     """What a hold needs from the proxy session that created it."""
 
     def retry(self, grip_last: Sequence[Header] = ()) -> None:
@@ -147,7 +147,7 @@ class _Hold:
     _log = Logger()
 
     def __init__(self, request: Request, router: Router, clock: IReactorTime,
-                 instruct: Instruct, origin: Origin) -> None:
+                 instruct: Instruct, origin: HoldOwner) -> None:
         self.request = request
         self.router = router
         self.clock = clock
@@ -304,7 +304,7 @@ class HeldStream(_Hold):
     formats = ("http-stream",)
 
     def __init__(self, request: Request, router: Router, clock: IReactorTime,
-                 instruct: Instruct, origin: Origin,
+                 instruct: Instruct, origin: HoldOwner,
                  max_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
                  batch: WriteBatch | None = None, budget: WriteBudget | None = None) -> None:
         super().__init__(request, router, clock, instruct, origin)
@@ -408,7 +408,7 @@ class HeldStream(_Hold):
     # sleeps again for whatever is left.
 
     def _restart_keep_alive(self, force: bool) -> None:
-        keep_alive: KeepAlive | None = self.instruct.keep_alive
+        keep_alive: GripKeepAlive | None = self.instruct.keep_alive
         if keep_alive is None:
             return
         if force:

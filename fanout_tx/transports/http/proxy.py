@@ -88,7 +88,7 @@ class RouteSource(Protocol):
     table: RouteTable
 
 
-class WebSocketHandler(Protocol):
+class UpgradeRenderer(Protocol):
     """The seam for issue 4: renders a request that asks for ``Upgrade: websocket`` (it
     does its own ``proto=ws`` route lookup)."""
 
@@ -349,7 +349,7 @@ class ProxyResource(Resource):
     def __init__(
         self, routes: RouteSource, router: Router, clock: IReactorTime, agent: IAgent,
         settings: ProxySettings | None = None, insecure_agent: IAgent | None = None,
-        websocket_handler: WebSocketHandler | None = None,
+        websocket_handler: UpgradeRenderer | None = None,
         max_client_buffer: int = DEFAULT_MAX_CLIENT_BUFFER,
         write_batch: WriteBatch | None = None,
         write_budget: WriteBudget | None = None,
@@ -483,7 +483,7 @@ class ProxySession:
         self.passthrough = route.no_grip or self.trusted
         request.notifyFinish().addBoth(self._finished)
 
-    # -- Origin protocol used by the holds ----------------------------------------------
+    # -- HoldOwner, what the holds use -----------------------------------------------
 
     def channel_name(self, name: str) -> str:
         return self.route.prefix + name

@@ -22,7 +22,7 @@ from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints, ProxySett
 from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.http.conn_limit import ConnectionLimit, LimitedEndpoint
 from fanout_tx.transports.http.hold import register_renderers
-from fanout_tx.transports.http.proxy import ProxyResource, RouteSource, WebSocketHandler, proxy_site
+from fanout_tx.transports.http.proxy import ProxyResource, RouteSource, UpgradeRenderer, proxy_site
 from fanout_tx.transports.http.tls import ServerIdentities, tls_endpoint
 from fanout_tx.transports.write_budget import WriteBudget
 
@@ -59,7 +59,7 @@ def client_timeouts(config: Config) -> ClientTimeouts:
 
 def build_proxy_service(
     config: Config, routes: RouteSource, router: Router, reactor: Any,
-    websocket_handler: WebSocketHandler | None = None,
+    websocket_handler: UpgradeRenderer | None = None,
     tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = (),
     write_budget: WriteBudget | None = None,
 ) -> ProxyService:

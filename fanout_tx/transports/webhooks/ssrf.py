@@ -35,7 +35,7 @@ class RefusedTargetError(ValueError):
 
 
 @dataclass(frozen=True)
-class Target:
+class CallbackUrl:
     """A parsed callback URL: what to resolve, and how to build the request."""
 
     url: str
@@ -54,7 +54,7 @@ class Target:
         return f"{self.scheme}://{self.netloc}{full_path or '/'}{query_part}"
 
 
-def parse_url(url: Any) -> Target:
+def parse_url(url: Any) -> CallbackUrl:
     """Validate a callback URL; raises UrlError with the reason."""
     if not isinstance(url, str) or not url:
         raise UrlError("url must be a non-empty string")
@@ -75,7 +75,7 @@ def parse_url(url: Any) -> Target:
     if not host:
         raise UrlError("url has no host")
     port = port or (443 if parts.scheme == "https" else 80)
-    return Target(url, parts.scheme, parts.netloc, host, port, parts.path, parts.query)
+    return CallbackUrl(url, parts.scheme, parts.netloc, host, port, parts.path, parts.query)
 
 
 def literal_address(host: str) -> IPAddress | None:
@@ -131,7 +131,7 @@ class Vetter:
         self._resolver = resolver
         self._policy = policy
 
-    async def vet(self, target: Target) -> list[IPAddress]:
+    async def vet(self, target: CallbackUrl) -> list[IPAddress]:
         """Raises RefusedTargetError naming the refused address or the resolution failure."""
         literal = literal_address(target.host)
         if literal is not None:

@@ -21,7 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from fanout_tx.config.routes import Route, Target
+from fanout_tx.config.routes import Route, RouteTarget
 from fanout_tx.core.headers import end_to_end, is_reason_phrase
 from fanout_tx.core.router import Router
 from fanout_tx.outbound.origin import ProxySettings, origin_headers, origin_url
@@ -108,7 +108,7 @@ class WebSocketHandler(Resource):
         self._run(request, session)
         return NOT_DONE_YET
 
-    def _over_http(self, request: Request, route: Route, targets: list[Target],
+    def _over_http(self, request: Request, route: Route, targets: list[RouteTarget],
                    path_and_query: bytes, options: SessionOptions) -> WsOverHttpSession:
         settings = self._settings
         origin = HttpOrigin(
@@ -121,7 +121,7 @@ class WebSocketHandler(Resource):
         return WsOverHttpSession(origin, self._router, self._clock, options,
                                  on_end=self.sessions.discard)
 
-    def _ws_proxy(self, request: Request, route: Route, targets: list[Target],
+    def _ws_proxy(self, request: Request, route: Route, targets: list[RouteTarget],
                   path_and_query: bytes, options: SessionOptions) -> WsProxySession:
         headers = origin_headers(request, route, targets[0], self._settings,
                                  self._clock.seconds())

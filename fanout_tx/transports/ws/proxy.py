@@ -34,7 +34,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_connection
-from fanout_tx.config.routes import Target
+from fanout_tx.config.routes import RouteTarget
 from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.grip import (
@@ -55,7 +55,7 @@ _HANDSHAKE_OWN = frozenset({
     "sec-websocket-protocol", "upgrade", "connection", "pragma", "cache-control",
 })
 
-Connect = Callable[[Target, WebSocketClientFactory], Deferred[Any]]
+Connect = Callable[[RouteTarget, WebSocketClientFactory], Deferred[Any]]
 _CODE = re.compile(r"[0-9]{3}")  # str.isdigit() takes "²", which int() refuses
 
 
@@ -74,7 +74,7 @@ def endpoint_connector(reactor: Any) -> Connect:
     """Connects to a target over TCP, or TLS for ``ssl`` targets (unverified when the
     target says ``insecure``)."""
 
-    def connect(target: Target, factory: WebSocketClientFactory) -> Deferred[Any]:
+    def connect(target: RouteTarget, factory: WebSocketClientFactory) -> Deferred[Any]:
         endpoint: Any = _tcp_endpoint(reactor, target.host, target.port)
         if target.ssl:
             options = (CertificateOptions() if target.insecure
@@ -193,7 +193,7 @@ class WsProxySession(GripSession):
     _log = Logger()
 
     def __init__(
-        self, connect: Connect, targets: Sequence[tuple[Target, WebSocketClientFactory]],
+        self, connect: Connect, targets: Sequence[tuple[RouteTarget, WebSocketClientFactory]],
         router: Router, clock: IReactorTime, options: SessionOptions = DEFAULT_OPTIONS,
         on_end: Callable[[WsProxySession], None] | None = None,
     ) -> None:

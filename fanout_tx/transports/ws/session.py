@@ -4,7 +4,7 @@ Requests go out one at a time, in order; client messages that arrive while one i
 flight are batched into the next. The origin's replies carry events for the client and,
 with the ``grip`` extension, ``c:`` control messages that subscribe the session to
 channels on the router (it is an ISubscriber taking ``ws-message``). The session knows
-neither autobahn nor HTTP: it talks to a WsClient (the protocol adapter) and an Origin
+neither autobahn nor HTTP: it talks to a WsClient (the protocol adapter) and an EventsOrigin
 (the HTTP poster), so its logic runs under task.Clock with fakes.
 """
 
@@ -73,7 +73,7 @@ class OriginReply:
         return self.code == 200 and content_type == EVENTS_TYPE
 
 
-class Origin(Protocol):
+class EventsOrigin(Protocol):
     """Posts one websocket-events body; fails with OriginError when unusable."""
 
     def post(self, body: bytes, meta: Mapping[str, str]) -> Deferred[OriginReply]: ...
@@ -83,7 +83,7 @@ class WsOverHttpSession(GripSession):
     """One client WebSocket whose origin speaks application/websocket-events."""
 
     def __init__(
-        self, origin: Origin, router: Router, clock: IReactorTime,
+        self, origin: EventsOrigin, router: Router, clock: IReactorTime,
         options: SessionOptions = DEFAULT_OPTIONS,
         on_end: Callable[[WsOverHttpSession], None] | None = None,
     ) -> None:
