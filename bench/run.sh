@@ -2,6 +2,7 @@
 # fanout_tx beside Pushpin, in one command: regenerates bench/RESULTS.md.
 #
 #   bench/run.sh [bench.py run options]       e.g. bench/run.sh --scenarios fanout,ws
+#   bench/run.sh churn [bench.py run options] one fanout_tx, the hold scenario 10 times (#19)
 #
 # Runs the shared load harness (../shared/bench: C epoll subscribers, C origin, wrk) against
 # bench/targets/fanout_tx.sh and against Debian's pushpin, REPEAT times each (default 2),
@@ -17,6 +18,11 @@
 #                   (default: the repository's .venv/bin/python, else python3)
 #   FANOUT_TWISTD   twistd that runs fanout_tx (default: twistd beside $PYTHON)
 #   RESULTS_MD      where to write the report (default: bench/RESULTS.md)
+#   CHURN_N, CHURN_CYCLES   churn: streams held per cycle (default 10000), cycles (default 10)
+#
+# churn: ONE fanout_tx instance (no Pushpin), N HTTP streams opened, held and closed, CYCLES
+# times over (the harness's --repeat keeps the server up between repeats); prints the RSS with
+# N held and the conns/s per cycle, and whether memory stays flat (bench/churn_report.py).
 # Takes about 3 minutes per run and target (6 scenarios); the machine should be otherwise idle.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -33,11 +39,24 @@ if [ -z "${FANOUT_TWISTD:-}" ] && [ -x "$(dirname "$PYTHON")/twistd" ]; then
   FANOUT_TWISTD="$(dirname "$PYTHON")/twistd"
 fi
 export FANOUT_TWISTD
-command -v pushpin >/dev/null || { echo "pushpin missing: apt-get install -y pushpin" >&2; exit 2; }
-
-REPEAT=${REPEAT:-2}
 STAMP=$(date -u +%Y%m%d-%H%M%S)
 export BENCH_RESULTS="$REPO/bench-results/$STAMP"
+
+if [ "${1:-}" = churn ]; then
+  shift
+  mkdir -p "$BENCH_RESULTS"
+  echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)" > "$BENCH_RESULTS/load.txt"
+  REPEAT=1 bash "$HARNESS/run.sh" "$REPO/bench/targets/fanout_tx.sh" --scenarios hold \
+    --hold-n "${CHURN_N:-10000}" --repeat "${CHURN_CYCLES:-10}" "$@" \
+    > "$BENCH_RESULTS/churn.log" 2>&1 || { echo "churn run failed; see $BENCH_RESULTS" >&2; exit 1; }
+  echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$BENCH_RESULTS/load.txt"
+  "$PYTHON" "$HERE/churn_report.py" "$BENCH_RESULTS"/*.jsonl
+  echo "raw results in $BENCH_RESULTS" >&2
+  exit 0
+fi
+
+command -v pushpin >/dev/null || { echo "pushpin missing: apt-get install -y pushpin" >&2; exit 2; }
+REPEAT=${REPEAT:-2}
 mkdir -p "$BENCH_RESULTS"
 LOADS="$BENCH_RESULTS/load.txt"
 load_now() { echo "$(date -u +%H:%M:%S) $1: $(cut -d' ' -f1-3 /proc/loadavg)" >> "$LOADS"; }

@@ -127,3 +127,32 @@ class ReportTests(SynchronousTestCase):
         text = out.read_text()
         self.assertIn("## Targets (issue 8)", text)
         self.assertIn("harness not found", text)
+
+
+class ChurnReportTests(SynchronousTestCase):
+    """bench/churn_report.py: the per-cycle table of ``bench/run.sh churn`` and its verdict."""
+
+    def run_report(self, rss_mb: list[int], rates: list[float]) -> str:
+        folder = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, folder)
+        rows = [meta("fanout_tx", "1")] + [
+            {"target": "fanout_tx", "scenario": "hold", "run": i + 1, "n": 10000,
+             "server_rss_kb": mb * 1024, "conns_per_s": rate}
+            for i, (mb, rate) in enumerate(zip(rss_mb, rates, strict=True))]
+        (folder / "churn.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        done = subprocess.run([sys.executable, str(BENCH / "churn_report.py"),
+                               str(folder / "churn.jsonl")],
+                              capture_output=True, text=True, timeout=60, check=True)
+        return done.stdout
+
+    def test_flat_and_steady(self) -> None:
+        out = self.run_report([160, 170, 172, 171], [3000, 3100, 2900, 3050])
+        self.assertIn("| server RSS at 10,000 held (MB) | 160 | 170 | 172 | 171 |", out)
+        self.assertIn("+0.6% (target within +15%): met", out)
+        self.assertIn("(target at least 70%): met", out)
+
+    def test_growth_and_a_stall_are_named(self) -> None:
+        out = self.run_report([163, 210, 268, 533], [3556, 2953, 1735, 3652])
+        self.assertIn("+153.8% (target within +15%): NOT met", out)
+        self.assertIn("slowest cycle 1,735 conns/s = 53% of the median", out)
+        self.assertIn("NOT met", out.splitlines()[-1])

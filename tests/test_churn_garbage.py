@@ -16,18 +16,22 @@ import gc
 import subprocess
 import sys
 import types
+import weakref
 from collections import Counter
 from pathlib import Path
 from typing import Any, ClassVar
 
 from twisted.internet import reactor
+from twisted.internet.task import Clock
 from twisted.internet.threads import deferToThread
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fanout_tx.core.items import parse_item
+from fanout_tx.core.formats import Format
+from fanout_tx.core.items import Item, parse_item
+from fanout_tx.core.router import Router
 from fanout_tx.tap import build_service, listening_port, load_settings
 from tests import churn_client as client
-from tests.helpers import wait_until
+from tests.helpers import RecordingSubscriber, wait_until
 
 N = 200  # connections per test: fewer than N / 100 garbage objects means none per connection
 # Not txaio: its _BatchedTimer (autobahn's close-handshake timers) leaves one 5-object cycle
@@ -315,3 +319,44 @@ class ChurnGarbageTests(TestCase):
 
     async def test_websocket_proxied_closed_by_a_publish(self) -> None:
         await self._websockets("/ws", "publish")
+
+
+def _item(channel: str, content: bytes, item_id: str, prev_id: str | None = None) -> Item:
+    return Item(channel, {"http-stream": Format("http-stream", content=content)}, id=item_id,
+                prev_id=prev_id)
+
+
+class PublishChurnTests(SynchronousTestCase):
+    """1,000 channels subscribed, published to and dropped, round after round: what the router
+    keeps per channel stays bounded, and nothing keeps a departed subscriber."""
+
+    def test_router_state_bounded_under_channel_churn(self) -> None:
+        clock = Clock()
+        router = Router(clock, message_wait=5.0, id_cache_ttl=60.0, id_cache_max=3_000,
+                        max_last_ids=1_500)
+        departed: list[weakref.ref[RecordingSubscriber]] = []
+        for round_number in range(10):
+            subscribers = [RecordingSubscriber() for _ in range(1_000)]
+            channels = [f"c{round_number}-{i}" for i in range(1_000)]
+            for channel, subscriber in zip(channels, subscribers, strict=True):
+                router.subscribe(channel, subscriber)
+            for channel in channels:
+                router.publish(_item(channel, b"a", "1"))
+                # out of order: held for its predecessor "2" until the channel empties
+                router.publish(_item(channel, b"c", "3", prev_id="2"))
+                router.publish(_item(channel, b"a", "1"))  # a duplicate
+            self.assertEqual(subscribers[0].contents, [b"a"])
+            for channel, subscriber in zip(channels, subscribers, strict=True):
+                router.unsubscribe(channel, subscriber)
+            departed.extend(weakref.ref(s) for s in subscribers)
+            del subscribers, subscriber  # the loop variable holds the last one
+            clock.advance(20)
+            self.assertEqual((router.channels(), router.subscriber_count()), (frozenset(), 0))
+            self.assertEqual(router._pending, {})
+            self.assertEqual([c for c in clock.getDelayedCalls() if c.active()], [])
+            self.assertLessEqual(len(router._last_ids), 1_500)
+            self.assertLessEqual(len(router._seen_ids), 3_000)
+        self.assertEqual([ref for ref in departed if ref() is not None], [])
+        clock.advance(61)
+        router.publish(_item("later", b"x", "x"))
+        self.assertEqual(len(router._seen_ids), 1)  # expired ids leave at the next publish
