@@ -31,7 +31,7 @@ from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from tests.helpers import TrackingFactory
-from tests.services import RedisServer
+from tests.services import RedisServer, free_port
 from tests.test_webhooks_support import HANG, Receiver, always
 
 CREDENTIAL = "Bearer target-credential-4f9a"
@@ -58,25 +58,91 @@ class _Client(TestCase):
         return receiver
 
 
-class PublishPortTests(_Client):
-    """The whole instance (tap.build_service): API, /publish/ and /metrics on one port."""
-
-    async def start(self, webhooks: str) -> str:
+class _Instance(_Client):
+    async def start(self, webhooks: str, redis_url: str = "") -> str:
+        """The whole instance (tap.build_service): API, /publish/ and /metrics on one port;
+        with ``redis_url``, items go through the Redis bus and deliveries into Redis."""
         folder = Path(self.mktemp())
         folder.mkdir()
         (folder / "routes").write_text("* 127.0.0.1:8080\n")
         (folder / "fanout.conf").write_text(
             "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
-            "[webhooks]\nallow_cidrs = 127.0.0.0/8\nverify = false\n" + webhooks)
-        root, _core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
+            + (f"[redis]\nurl = {redis_url}\n" if redis_url else "")
+            + "[webhooks]\nallow_cidrs = 127.0.0.0/8\nverify = false\n" + webhooks)
+        root, core = build_service(load_settings(str(folder / "fanout.conf")), reactor)
         publish, service = root.getServiceNamed("publish-http"), root.getServiceNamed("webhooks")
         publish.factory = factory = TrackingFactory(publish.factory)
-        for child in (publish, service):
+        children = [publish, service]
+        if redis_url:
+            children.insert(0, root.getServiceNamed("redis"))
+        for child in children:
             child.startService()
             self.addCleanup(child.stopService)
+        if redis_url:
+            await core.bus.when_up().addTimeout(10, reactor)
         self.addCleanup(factory.wait_closed)
         self.service = service
+        await service.loaded
         return f"http://127.0.0.1:{(await listening_port(publish)).getHost().port}"
+
+    async def metrics(self, base: str) -> dict[str, float]:
+        code, _answer, raw = await self.call("GET", base + "/metrics")
+        self.assertEqual(code, 200)
+        return {name: float(value) for name, value in (
+            line.rsplit(" ", 1) for line in raw.decode().splitlines()
+            if line and not line.startswith("#"))}
+
+    async def fill_two_dead_targets(self, base: str) -> tuple[list[str], dict[str, float]]:
+        """Two subscriptions whose targets never deliver, one that never answers and one on
+        a closed port, and twelve items of ~1 kB for each, with
+        ``max_pending_bytes_total = 8000``: the total stays under the cap, evictions are
+        counted, and the subscription holding more pays: the two end up holding about as
+        much (the globally oldest first would have left the first one its running attempt
+        only).
+        Returns the subscription ids and /metrics."""
+        receiver = await self.receiver(always(HANG))
+        api = base + "/webhooks/subscriptions"
+        ids = []
+        for channel, url in (("a", receiver.url), ("b", f"http://127.0.0.1:{free_port()}/")):
+            code, created, _raw = await self.call("POST", api, {"url": url,
+                                                                "channels": [channel]})
+            self.assertEqual(code, 201)
+            ids.append(created["id"])
+        engine = self.service.engine
+        for channel in ("a", "b"):
+            items = [{"channel": channel, "id": f"{channel}{n}",
+                      "formats": {"http-request": {"body": BODY}}} for n in range(12)]
+            code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": items})
+            self.assertEqual(code, 200)
+            for _ in range(500):  # through Redis, the items arrive after the answer
+                if engine.dead_letters + sum(map(engine.pending_count, ids)) >= 12 * len(ids):
+                    break
+                await deferLater(reactor, 0.01, lambda: None)
+            self.assertLessEqual(engine.pending_bytes(), 8000)
+        self.assertTrue(await engine.writes_confirmed(5))
+        pending = [engine.pending_count(i) for i in ids]
+        self.assertEqual(engine.dead_letters + sum(pending), 24)
+        self.assertLessEqual(abs(pending[0] - pending[1]), 1, pending)
+        self.assertEqual(engine.evicted, {"max_pending_bytes_total": engine.dead_letters})
+        dead = []
+        for subscription_id in ids:
+            code, failed, _raw = await self.call("GET", f"{api}/{subscription_id}/failed")
+            self.assertEqual(code, 200)
+            dead.extend(failed["items"])
+        self.assertEqual(len(dead), engine.dead_letters)
+        self.assertTrue(all(d["last_error"].startswith(
+            "evicted: over max_pending_bytes_total (8000 bytes pending for all")
+            for d in dead))
+        metrics = await self.metrics(base)
+        self.assertEqual(
+            metrics['fanout_webhook_evicted_total{reason="max_pending_bytes_total"}'],
+            engine.dead_letters)
+        self.assertEqual(metrics["fanout_webhook_pending_bytes"], engine.pending_bytes())
+        self.assertLessEqual(metrics["fanout_webhook_pending_bytes"], 8000)
+        return ids, metrics
+
+
+class PublishPortTests(_Instance):
 
     async def test_header_values_are_never_shown(self) -> None:
         """List and get show the custom headers' names only, never their values (the
@@ -158,7 +224,8 @@ class PublishPortTests(_Client):
         self.assertEqual(code, 200)
         metrics = dict(line.rsplit(" ", 1) for line in raw.decode().splitlines()
                        if line and not line.startswith("#"))
-        self.assertEqual(float(metrics["fanout_webhook_evicted_total"]), 7)
+        self.assertEqual(
+            float(metrics['fanout_webhook_evicted_total{reason="max_pending_bytes"}']), 7)
         self.assertEqual(float(metrics["fanout_webhook_dead_letters_total"]), 7)
         self.assertLessEqual(float(metrics["fanout_webhook_pending_bytes"]), 4000)
 
@@ -187,7 +254,7 @@ class PublishPortTests(_Client):
         self.assertEqual(receiver.requests[0].body, b"b0")
         pending = self.service.engine._queues[created["id"]].pending.values()
         self.assertEqual(sorted(d.body for d in pending), [b"b0", b"b8", b"b9"])
-        self.assertEqual(self.service.engine.evicted, 7)
+        self.assertEqual(self.service.engine.evicted, {"max_pending": 7})
 
     async def test_dead_letter_bytes_are_bounded_oldest_first(self) -> None:
         """Dead letters of every subscription together stay within max_dead_letter_bytes:
@@ -203,6 +270,14 @@ class PublishPortTests(_Client):
         self.assertEqual(code, 200)
         self.assertIn(b'fanout_webhook_dead_letters_dropped_total{reason="max_dead_letter_bytes"} '
                       + str(float(20 - self.kept)).encode(), raw)
+
+    async def test_pending_bytes_of_all_subscriptions_are_capped(self) -> None:
+        """Past max_pending_bytes_total (all subscriptions together) the subscription
+        holding the most loses its oldest waiting deliveries, each a dead letter counted in
+        /metrics, though each subscription is far under its own max_pending_bytes."""
+        base = await self.start("max_pending_bytes_total = 8000\nmax_in_flight = 1\n"
+                                "timeout = 30\nretry_schedule = 0, 3600\n")
+        await self.fill_two_dead_targets(base)
 
 
 async def _bury_twenty(test: Any, api: str, service: WebhookService,
@@ -239,6 +314,28 @@ async def _bury_twenty(test: Any, api: str, service: WebhookService,
     test.kept = len(a) + len(b)
     test.assertEqual(service.engine.dead_letters_dropped["max_dead_letter_bytes"],
                      20 - test.kept)
+
+
+class RedisPublishPortTests(_Instance):
+    """The whole instance on Redis (bus and store)."""
+
+    async def test_pending_bytes_of_all_subscriptions_are_capped(self) -> None:
+        """As without Redis; and the evicted deliveries leave Redis's pending hashes, which
+        hold exactly what is pending in memory."""
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        base = await self.start("max_pending_bytes_total = 8000\nmax_in_flight = 1\n"
+                                "timeout = 30\nretry_schedule = 0, 3600\n", redis.url)
+        ids, _metrics = await self.fill_two_dead_targets(base)
+        reader = RedisStore(lambda: connect(redis.url), RedisConfig.prefix)
+        self.addCleanup(reader.close)
+        engine = self.service.engine
+        buried = 0
+        for subscription_id in ids:
+            stored = await reader.pending(subscription_id)
+            self.assertEqual(len(stored), engine.pending_count(subscription_id))
+            buried += len(await reader.dead_letters(subscription_id))
+        self.assertEqual(buried, engine.dead_letters)
 
 
 class RedisCapTests(_Client):

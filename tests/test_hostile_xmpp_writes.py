@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Factory, Protocol
@@ -93,6 +94,7 @@ class StalledServerTests(TestCase):
     async def test_stalled_server_costs_at_most_the_cap(self) -> None:
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         server, component, router = await self.start()
+        unsent = component.link.unsent
         server.stop_reading()
         published = 0
         # Fill the kernel's buffers (a few MB on loopback), then the cap: bursts well under
@@ -102,22 +104,22 @@ class StalledServerTests(TestCase):
                 self.publish(router, published)
                 published += 1
             await deferLater(reactor, 0.002, lambda: None)
-            if component.link.unsent:
+            if unsent["max_buffered_bytes"]:
                 break
-        self.assertGreater(component.link.unsent, 0, "the cap was never reached")
+        self.assertGreater(unsent["max_buffered_bytes"], 0, "the cap was never reached")
         # While the server reads nothing, every further push is dropped: nothing grows.
-        before = component.link.unsent
+        before = unsent["max_buffered_bytes"]
         for _ in range(200):
             self.publish(router, published)
             published += 1
-        self.assertEqual(component.link.unsent, before + 200)
+        self.assertEqual(unsent["max_buffered_bytes"], before + 200)
         warnings = [e for e in events if e["log_level"] == LogLevel.warn
                     and "max_buffered_bytes" in e["log_format"]]
         self.assertEqual(len(warnings), 1)  # once per interval, however many were dropped
         self.assertTrue(component.link.up)
 
         server.resume()
-        expected = published - component.link.unsent
+        expected = published - unsent["max_buffered_bytes"]
         for _ in range(1000):
             if len(server.pushes()) >= expected:
                 break
@@ -139,5 +141,28 @@ class StalledServerTests(TestCase):
 
         collector = FanoutCollector(MetricSources(router, InputCounters(),
                                                   xmpp_link=component.link))
-        samples = {s.name: s.value for family in collector.collect() for s in family.samples}
-        self.assertEqual(samples["fanout_xmpp_unsent_total"], component.link.unsent)
+        samples = {(s.name, s.labels.get("reason")): s.value
+                   for family in collector.collect() for s in family.samples}
+        self.assertEqual(samples[("fanout_xmpp_unsent_total", "max_buffered_bytes")],
+                         unsent["max_buffered_bytes"])
+        self.assertEqual(samples[("fanout_xmpp_unsent_total", "link_down")], 0)
+
+    async def test_pushes_while_the_link_is_down_are_counted(self) -> None:
+        """The XMPP server goes away: pushes published before the link is back are dropped
+        (not queued), and /metrics counts them apart from those the cap drops."""
+        server, component, router = await self.start()
+        server.transport.loseConnection()
+        for _ in range(500):
+            if not component.link.up:
+                break
+            await deferLater(reactor, 0.01, lambda: None)
+        self.assertFalse(component.link.up)
+        for n in range(5):
+            self.publish(router, n)
+        self.assertEqual(component.link.unsent, {"link_down": 5})
+        registry = CollectorRegistry(auto_describe=False)  # what /metrics serves
+        registry.register(FanoutCollector(MetricSources(router, InputCounters(),
+                                                        xmpp_link=component.link)))
+        text = generate_latest(registry).decode()
+        self.assertIn('fanout_xmpp_unsent_total{reason="link_down"} 5.0', text)
+        self.assertIn('fanout_xmpp_unsent_total{reason="max_buffered_bytes"} 0.0', text)

@@ -151,9 +151,11 @@ class CollectorTests(SynchronousTestCase):
             router.subscribe("room", RecordingSubscriber(formats))
         link = LinkState(up=True)
         link.errors.update({"not-authorized": 2, "unreachable": 1})
-        link.oversized, link.unsent = 3, 4
+        link.oversized = 3
+        link.unsent.update({"max_buffered_bytes": 4, "link_down": 6})
         webhooks = SimpleNamespace(engine=SimpleNamespace(
-            attempts=Counter(success=3, failure=2), dead_letters=1, evicted=1,
+            attempts=Counter(success=3, failure=2), dead_letters=1,
+            evicted=Counter(max_pending_bytes_total=1),
             dead_letters_dropped=Counter(max_dead_letter_bytes=5),
             pending_bytes=lambda: 4096))
         redis = SimpleNamespace(up=False, received_items=7)
@@ -176,13 +178,18 @@ class CollectorTests(SynchronousTestCase):
         self.assertEqual(values[("fanout_deliveries_total", (("transport", "xmpp"),))], 2)
         self.assertEqual(values[("fanout_xmpp_link_up", ())], 1)
         self.assertEqual(values[("fanout_xmpp_oversized_total", ())], 3)
-        self.assertEqual(values[("fanout_xmpp_unsent_total", ())], 4)
+        self.assertEqual(
+            values[("fanout_xmpp_unsent_total", (("reason", "max_buffered_bytes"),))], 4)
+        self.assertEqual(values[("fanout_xmpp_unsent_total", (("reason", "link_down"),))], 6)
         self.assertEqual(
             values[("fanout_xmpp_link_errors_total", (("reason", "not-authorized"),))], 2)
         self.assertEqual(
             values[("fanout_webhook_attempts_total", (("outcome", "failure"),))], 2)
         self.assertEqual(values[("fanout_webhook_dead_letters_total", ())], 1)
-        self.assertEqual(values[("fanout_webhook_evicted_total", ())], 1)
+        self.assertEqual(
+            values[("fanout_webhook_evicted_total", (("reason", "max_pending_bytes_total"),))], 1)
+        self.assertEqual(values[("fanout_webhook_evicted_total", (("reason", "max_pending"),))],
+                         0)
         self.assertEqual(values[("fanout_webhook_dead_letters_dropped_total",
                                  (("reason", "max_dead_letter_bytes"),))], 5)
         self.assertEqual(values[("fanout_webhook_dead_letters_dropped_total",

@@ -280,7 +280,7 @@ class EngineTests(_EngineCase):
         self.assertEqual(engine.pending_count("sub_1"), 3)
         self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_3", "msg_2", "msg_1"])
         self.assertTrue(self.dead()[0]["last_error"].startswith("evicted: over max_pending ("))
-        self.assertEqual((engine.evicted, engine.dead_letters), (3, 3))
+        self.assertEqual((engine.evicted, engine.dead_letters), ({"max_pending": 3}, 3))
         engine.stop()
         engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1, max_pending=1)
         engine.open(self.subscription)
@@ -310,9 +310,64 @@ class EngineTests(_EngineCase):
         engine.enqueue(big)
         engine.restore(self.delivery("msg_4"))
         self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_2", "msg_big", "msg_0"])
-        self.assertEqual(engine.evicted, 3)
+        self.assertEqual(engine.evicted, {"max_pending_bytes": 3})
         self.assertEqual(engine.pending_bytes(), 3 * size)
         self.assertEqual(engine.pending_count("sub_1"), 3)
+        engine.stop()
+
+    def test_total_cap_evicts_from_the_largest_backlog(self) -> None:
+        """Past max_pending_bytes_total the subscription holding the most pending bytes loses
+        its oldest waiting delivery (attempts running stay), whichever subscription the new
+        one is for; the total stays within the cap, a delivery larger than the cap alone is
+        a dead letter at once, and a closed subscription's bytes leave the total."""
+        size = self.delivery().size
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1,
+                                max_pending_bytes_total=5 * size)
+        for subscription_id in ("sub_1", "sub_2"):
+            engine.open(Subscription(subscription_id, "http://hooks.example/x", ("c",),
+                                     generate_secret()))
+        for n in range(4):  # msg_0 being attempted, msg_1..3 waiting
+            engine.enqueue(self.delivery(f"msg_{n}"))
+        small = Delivery("small_0", "sub_2", "c", "POST", "http://hooks.example/x",
+                         (("Content-Type", "text/plain"),), b"hello")
+        engine.enqueue(small)
+        self.assertEqual(self.dead(), [])
+        for n in range(1, 3):
+            small = Delivery(f"small_{n}", "sub_2", "c", "POST", "http://hooks.example/x",
+                             (("Content-Type", "text/plain"),), b"hello")
+            engine.enqueue(small)  # sub_1 holds more: its oldest waiting go
+        self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_2", "msg_1"])
+        self.assertTrue(self.dead()[0]["last_error"].startswith(
+            f"evicted: over max_pending_bytes_total ({5 * size} bytes pending for all "))
+        self.assertEqual(engine.pending_count("sub_1"), 2)
+        self.assertEqual(engine.pending_count("sub_2"), 3)
+        self.assertEqual(engine.pending_bytes(), 5 * size)
+        engine.enqueue(self.delivery("msg_4"))  # sub_2 holds more now; small_0 is running
+        self.assertEqual(self.successResultOf(self.store.dead_letters("sub_2"))[0]["webhook-id"],
+                         "small_1")
+        big = self.delivery("msg_big")
+        big.body = b"x" * 5 * size
+        engine.enqueue(big)
+        self.assertEqual(self.dead()[0]["webhook-id"], "msg_big")
+        self.assertEqual(engine.evicted, {"max_pending_bytes_total": 4})
+        self.assertEqual(engine.pending_bytes(), 5 * size)
+        engine.close("sub_2")
+        self.assertEqual(engine.pending_bytes(), 3 * size)
+        engine.stop()
+        self.assertEqual(engine.pending_bytes(), 0)
+
+    def test_total_cap_with_only_attempts_running_refuses_the_new_one(self) -> None:
+        """When what holds the total is all being attempted, the new delivery is the dead
+        letter, and the running attempts are untouched."""
+        size = self.delivery().size
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1,
+                                max_pending_bytes_total=size)
+        engine.open(self.subscription)
+        engine.enqueue(self.delivery("msg_a"))
+        engine.enqueue(self.delivery("msg_b"))
+        self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_b"])
+        self.assertEqual(len(self.client.sent), 1)
+        self.assertEqual(engine.pending_count("sub_1"), 1)
         engine.stop()
 
 

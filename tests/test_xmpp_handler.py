@@ -366,4 +366,4 @@ class HandlerTests(SynchronousTestCase):
         self.handler.connectionLost(None)
         self.router.publish(parse_item({"channel": "news",
                                         "formats": {"xmpp-message": {"body": "x"}}}))
-        self.assertEqual((self.stub.output, self.handler.dropped_pushes), ([], 1))
+        self.assertEqual((self.stub.output, self.handler.link.unsent), ([], {"link_down": 1}))

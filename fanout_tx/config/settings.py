@@ -132,6 +132,8 @@ class WebhooksConfig:
     max_subscriptions: int = 10_000  # per instance (per Redis prefix): 409 past it
     max_pending: int = 10_000  # deliveries per subscription: oldest become dead letters
     max_pending_bytes: int = 64 * 1024 * 1024  # per subscription: oldest become dead letters
+    # all subscriptions together: the largest backlog's oldest become dead letters
+    max_pending_bytes_total: int = 512 * 1024 * 1024
     max_dead_letter_bytes: int = 64 * 1024 * 1024  # all subscriptions: oldest dropped
 
 
@@ -469,6 +471,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "max_subscriptions": ("max_subscriptions", _positive_int),
         "max_pending": ("max_pending", _positive_int),
         "max_pending_bytes": ("max_pending_bytes", _positive_int),
+        "max_pending_bytes_total": ("max_pending_bytes_total", _positive_int),
         "max_dead_letter_bytes": ("max_dead_letter_bytes", _positive_int),
     },
     "redis": {

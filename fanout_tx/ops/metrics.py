@@ -81,7 +81,7 @@ class LinkStateLike(Protocol):
     up: bool
     errors: Mapping[str, int]
     oversized: int
-    unsent: int
+    unsent: Mapping[str, int]
 
 
 @dataclass
@@ -194,9 +194,12 @@ class FanoutCollector(Collector):
         yield attempts
         yield CounterMetricFamily("fanout_webhook_dead_letters", "Webhook deliveries given up.",
                                   value=engine.dead_letters if engine else 0)
-        yield CounterMetricFamily("fanout_webhook_evicted", "Webhook deliveries made dead "
-                                  "letters by [webhooks] max_pending_bytes (of the dead "
-                                  "letters).", value=engine.evicted if engine else 0)
+        evicted = CounterMetricFamily("fanout_webhook_evicted", "Webhook deliveries made "
+                                      "dead letters by a [webhooks] cap on pending ones (of "
+                                      "the dead letters), by cap.", labels=["reason"])
+        for reason in ("max_pending", "max_pending_bytes", "max_pending_bytes_total"):
+            evicted.add_metric([reason], engine.evicted[reason] if engine else 0)
+        yield evicted
         dropped = CounterMetricFamily("fanout_webhook_dead_letters_dropped", "Older webhook "
                                       "dead letters dropped to keep newer ones, by limit.",
                                       labels=["reason"])
@@ -218,9 +221,13 @@ class FanoutCollector(Collector):
         yield CounterMetricFamily("fanout_xmpp_oversized", "Inbound XMPP stanzas "
                                   "over [xmpp] max_stanza_size, dropped.",
                                   value=link.oversized if link is not None else 0)
-        yield CounterMetricFamily("fanout_xmpp_unsent", "Outbound XMPP stanzas dropped: "
-                                  "over [xmpp] max_buffered_bytes while the XMPP server did "
-                                  "not read.", value=link.unsent if link is not None else 0)
+        unsent = CounterMetricFamily("fanout_xmpp_unsent", "Outbound XMPP stanzas dropped, "
+                                     "by reason: link_down (no link to the XMPP server), "
+                                     "max_buffered_bytes (the XMPP server did not read).",
+                                     labels=["reason"])
+        for reason in ("link_down", "max_buffered_bytes"):
+            unsent.add_metric([reason], link.unsent.get(reason, 0) if link is not None else 0)
+        yield unsent
 
     def _redis(self) -> Iterator[Metric]:
         redis = self.sources.redis

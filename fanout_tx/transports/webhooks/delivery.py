@@ -15,7 +15,7 @@ from __future__ import annotations
 import email.utils
 import random
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succeed
@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from fanout_tx.ops.logs import url_for_log
+from fanout_tx.transports.webhooks.backlog import Backlog
 from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
@@ -34,9 +35,18 @@ MAX_RETRY_AFTER = 3600.0
 MAX_JITTER = 0.2
 # Deliveries and bytes of deliveries waiting per subscription ([webhooks] max_pending,
 # max_pending_bytes); past either the oldest waiting ones become dead letters (the freshest
-# data matters most), so a dead endpoint holds a bounded amount.
+# data matters most), so a dead endpoint holds a bounded amount. Past the bytes of every
+# subscription's together (max_pending_bytes_total), the subscription holding the most loses
+# its oldest (backlog.py), so 10,000 dead endpoints cannot hold 10,000 times the per-one cap.
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
+MAX_PENDING_BYTES_TOTAL = 512 * 1024 * 1024
+# Each cap's key, with what its number counts in the dead letter's ``last_error``.
+EVICTION_LIMITS = {
+    "max_pending": "deliveries pending for the subscription",
+    "max_pending_bytes": "bytes pending for the subscription",
+    "max_pending_bytes_total": "bytes pending for all subscriptions",
+}
 
 
 def parse_retry_after(value: str | None, now: float) -> float | None:
@@ -69,8 +79,9 @@ STORE_CONFIRM_TIMEOUT = 5.0
 class _Queue:
     """One subscription's deliveries: ready, scheduled (timers) and in flight."""
 
-    def __init__(self, subscription: Subscription) -> None:
+    def __init__(self, subscription: Subscription, backlog: Backlog[_Queue]) -> None:
         self.subscription = subscription
+        self.backlog = backlog
         self.key = secret_key(subscription.secret)
         self.ready: deque[Delivery] = deque()
         self.timers: dict[str, IDelayedCall] = {}
@@ -89,31 +100,38 @@ class _Queue:
     def add(self, delivery: Delivery) -> None:
         """Pending (again: a retry keeps its place among the oldest)."""
         previous = self.pending.get(delivery.webhook_id)
-        if previous is not None:
-            self.pending_bytes -= previous.size
+        delta = delivery.size - (previous.size if previous is not None else 0)
         self.pending[delivery.webhook_id] = delivery
-        self.pending_bytes += delivery.size
+        self.pending_bytes += delta
+        self.backlog.changed(self, delta)
 
     def discard(self, webhook_id: str) -> None:
         delivery = self.pending.pop(webhook_id, None)
         if delivery is not None:
             self.pending_bytes -= delivery.size
+            self.backlog.changed(self, -delivery.size)
+
+    def waiting(self) -> Iterator[Delivery]:
+        """Pending deliveries not being attempted, oldest first: the ones a cap may evict."""
+        for webhook_id, delivery in self.pending.items():
+            if webhook_id not in self.in_flight and webhook_id not in self.claiming:
+                yield delivery
 
     def oldest_waiting(self, room: int, max_bytes: int,
-                       max_count: int) -> list[tuple[Delivery, bool]]:
+                       max_count: int) -> list[tuple[Delivery, str]]:
         """The oldest deliveries not being attempted whose removal makes room for one more
         of ``room`` bytes within ``max_count`` deliveries and ``max_bytes`` (as near as
-        possible: attempts running stay); each with True when the count made it go."""
+        possible: attempts running stay); each with the cap that made it go."""
         excess_bytes = self.pending_bytes + room - max_bytes
         excess_count = len(self.pending) + 1 - max_count
-        victims: list[tuple[Delivery, bool]] = []
-        for webhook_id, delivery in self.pending.items():
+        victims: list[tuple[Delivery, str]] = []
+        for delivery in self.waiting():
             if excess_bytes <= 0 and excess_count <= 0:
                 break
-            if webhook_id not in self.in_flight and webhook_id not in self.claiming:
-                victims.append((delivery, excess_count > 0))
-                excess_bytes -= delivery.size
-                excess_count -= 1
+            victims.append((delivery, "max_pending" if excess_count > 0
+                            else "max_pending_bytes"))
+            excess_bytes -= delivery.size
+            excess_count -= 1
         return victims
 
     def unschedule(self, delivery: Delivery) -> None:
@@ -138,6 +156,7 @@ class _Queue:
         for attempt, _delivery in list(self.in_flight.values()):
             attempt.cancel()
         self.pending.clear()
+        self.backlog.changed(self, -self.pending_bytes)
         self.pending_bytes = 0
 
 
@@ -155,6 +174,7 @@ class DeliveryEngine:
         max_pending: int = MAX_PENDING,
         claims: ISharedStore | None = None,
         max_pending_bytes: int = MAX_PENDING_BYTES,
+        max_pending_bytes_total: int = MAX_PENDING_BYTES_TOTAL,
     ) -> None:
         self._clock = clock
         self._client = client
@@ -169,14 +189,18 @@ class DeliveryEngine:
         self._jitter = jitter
         self._max_pending = max_pending
         self._max_pending_bytes = max_pending_bytes
+        self._max_pending_bytes_total = max_pending_bytes_total
+        self._caps = {"max_pending": max_pending, "max_pending_bytes": max_pending_bytes,
+                      "max_pending_bytes_total": max_pending_bytes_total}
         self._queues: dict[str, _Queue] = {}
+        self._backlog: Backlog[_Queue] = Backlog(self._queues.values)
         # One Deferred per store write not yet confirmed; each fires with True (stored) or
         # False (failed), so the publish that caused it can wait for it.
         self._unconfirmed: set[Deferred[bool]] = set()
         self.attempts: Counter[str] = Counter()  # success / failure
         self.dead_letters = 0
-        # Of those, the ones pushed out by max_pending or max_pending_bytes.
-        self.evicted = 0
+        # Of those, the ones pushed out by a cap, by the cap's key (EVICTION_LIMITS).
+        self.evicted: Counter[str] = Counter()
         # Older dead letters the store dropped to keep new ones, by the limit that made it.
         self.dead_letters_dropped: Counter[str] = Counter()
         # Set while draining: fires once no attempt or claim is running.
@@ -185,7 +209,7 @@ class DeliveryEngine:
     # -- subscriptions --------------------------------------------------------------------
 
     def open(self, subscription: Subscription) -> None:
-        self._queues[subscription.id] = _Queue(subscription)
+        self._queues[subscription.id] = _Queue(subscription, self._backlog)
 
     def close(self, subscription_id: str) -> None:
         """Forget a subscription's queue; its in-flight attempts are cancelled."""
@@ -243,7 +267,7 @@ class DeliveryEngine:
 
     def pending_bytes(self) -> int:
         """Bytes held by pending deliveries, every subscription's together."""
-        return sum(queue.pending_bytes for queue in self._queues.values())
+        return self._backlog.total
 
     # -- deliveries -----------------------------------------------------------------------
 
@@ -266,30 +290,54 @@ class DeliveryEngine:
             self._schedule_attempt(queue, delivery)
 
     def _make_room(self, queue: _Queue, delivery: Delivery) -> bool:
-        """Within max_pending and max_pending_bytes with ``delivery`` added: the oldest
-        waiting deliveries become dead letters. False (and ``delivery`` a dead letter) when
-        it alone is larger, or every pending one is being attempted."""
+        """Within max_pending and max_pending_bytes with ``delivery`` added, then within
+        max_pending_bytes_total: the oldest waiting deliveries (of this subscription, then
+        of whichever holds the most) become dead letters. False (and ``delivery`` a dead
+        letter) when it alone is larger, or every pending one is being attempted."""
         if delivery.size > self._max_pending_bytes:
-            self._evict(delivery, by_count=False)
+            self._evict(delivery, "max_pending_bytes")
             return False
-        for victim, by_count in queue.oldest_waiting(delivery.size, self._max_pending_bytes,
-                                                     self._max_pending):
+        for victim, limit in queue.oldest_waiting(delivery.size, self._max_pending_bytes,
+                                                  self._max_pending):
             queue.unschedule(victim)
-            self._evict(victim, by_count)
+            self._evict(victim, limit)
         if len(queue.pending) >= self._max_pending:
-            self._evict(delivery, by_count=True)
+            self._evict(delivery, "max_pending")
+            return False
+        if not self._make_room_total(delivery.size):
+            self._evict(delivery, "max_pending_bytes_total")
             return False
         return True
 
-    def _evict(self, delivery: Delivery, by_count: bool) -> None:
-        self.evicted += 1
-        if by_count:
-            delivery.last_error = (f"evicted: over max_pending ({self._max_pending} "
-                                   "deliveries pending for the subscription)")
-        else:
-            delivery.last_error = (f"evicted: over max_pending_bytes "
-                                   f"({self._max_pending_bytes} bytes pending for the "
-                                   "subscription)")
+    def _make_room_total(self, room: int) -> bool:
+        """Within max_pending_bytes_total with ``room`` more bytes: the largest backlogs'
+        oldest waiting deliveries become dead letters; False when that is not enough
+        (what is left is being attempted), or at once when ``room`` alone is larger."""
+        if room > self._max_pending_bytes_total:
+            return False
+        excess = self._backlog.total + room - self._max_pending_bytes_total
+        running_only: list[_Queue] = []  # the largest, but nothing to evict: put back after
+        while excess > 0:
+            largest = self._backlog.pop_largest()
+            if largest is None:
+                break
+            victim = next(largest.waiting(), None)
+            if victim is None:
+                running_only.append(largest)
+                continue
+            largest.unschedule(victim)
+            self._evict(victim, "max_pending_bytes_total")
+            excess -= victim.size
+            self._backlog.put_back(largest)
+        for queue in running_only:
+            self._backlog.put_back(queue)
+        return excess <= 0
+
+    def _evict(self, delivery: Delivery, limit: str) -> None:
+        """``delivery`` a dead letter because of ``limit`` (a key of EVICTION_LIMITS)."""
+        self.evicted[limit] += 1
+        delivery.last_error = (f"evicted: over {limit} ({self._caps[limit]} "
+                               f"{EVICTION_LIMITS[limit]})")
         self._bury(delivery)
 
     def _delay(self, attempt_index: int) -> float:

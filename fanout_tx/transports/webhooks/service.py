@@ -284,7 +284,8 @@ def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, r
     claims = store if ISharedStore.providedBy(store) else None
     engine = DeliveryEngine(reactor, client, store, config.retry_schedule, config.max_in_flight,
                             claims=claims, max_pending=config.max_pending,
-                            max_pending_bytes=config.max_pending_bytes)
+                            max_pending_bytes=config.max_pending_bytes,
+                            max_pending_bytes_total=config.max_pending_bytes_total)
     return WebhookService(router, engine, store, client, vetter, config.verify,
                           closers=(pool.closeCachedConnections,),
                           shutdown_timeout=shutdown_timeout, clock=reactor,

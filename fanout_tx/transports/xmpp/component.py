@@ -25,7 +25,7 @@ from fanout_tx.transports.xmpp.bounded_stream import (
     DEFAULT_MAX_STANZA_SIZE,
 )
 from fanout_tx.transports.xmpp.handler import ComponentHandler
-from fanout_tx.transports.xmpp.link import LinkFactory, LinkState
+from fanout_tx.transports.xmpp.link import LinkFactory
 from fanout_tx.transports.xmpp.render import StanzaRenderer
 
 
@@ -41,7 +41,7 @@ class XmppComponent(ConnectingComponent):
         # Not Component.__init__: it builds a factory that resets its backoff on every
         # TCP connect; LinkFactory does not, and reports why the link went down.
         self.host, self.port, self.reactor = host, port, reactor
-        self.link = LinkState()
+        self.link = handler.link  # one state: the handler counts what it drops there
         authenticator = ConnectComponentAuthenticator(domain, secret)
         StreamManager.__init__(
             self, LinkFactory(authenticator, self.link, reactor, f"{host}:{port}",

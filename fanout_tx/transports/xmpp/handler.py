@@ -24,6 +24,7 @@ from fanout_tx.core.router import Router
 from fanout_tx.transports.xmpp.answer import BackendAnswer
 from fanout_tx.transports.xmpp.backend import BackendClient, BackendError, StanzaEnvelope
 from fanout_tx.transports.xmpp.bounded_stream import OVERSIZED_EVENT, Oversized
+from fanout_tx.transports.xmpp.link import LinkState
 from fanout_tx.transports.xmpp.render import StanzaRenderer
 from fanout_tx.transports.xmpp.serial import KeyedSerializer
 from fanout_tx.transports.xmpp.subscribers import JidSubscriptions
@@ -50,13 +51,14 @@ def stanza_error_for(status: int | None) -> StanzaError:
 
 
 class ComponentHandler(XMPPHandler):
-    """Maps stanzas addressed to ``renderer.domain`` to backend calls and back."""
+    """Maps stanzas addressed to ``renderer.domain`` to backend calls and back. ``link`` is
+    the component's link state, where stanzas dropped while the link is down are counted."""
 
     _log = Logger()
 
     def __init__(
         self, renderer: StanzaRenderer, backend: BackendClient, router: Router,
-        max_channels: int = 20,
+        max_channels: int = 20, link: LinkState | None = None,
     ) -> None:
         super().__init__()
         self._renderer = renderer
@@ -64,7 +66,7 @@ class ComponentHandler(XMPPHandler):
         self.subscriptions = JidSubscriptions(router, self.send_raw, max_channels)
         self._serial = KeyedSerializer(MAX_QUEUED_PER_JID, MAX_QUEUED_TOTAL)
         self._ready = False
-        self.dropped_pushes = 0
+        self.link = link if link is not None else LinkState()
 
     @property
     def domain(self) -> str:
@@ -89,17 +91,18 @@ class ComponentHandler(XMPPHandler):
         return self._serial.when_idle()
 
     def send_raw(self, data: bytes) -> None:
-        """Write serialised stanza bytes; pushes while the link is down are dropped, not
-        queued without bound."""
+        """Write serialised stanza bytes; pushes while the link is down are dropped (and
+        counted), not queued without bound."""
         if self._ready:
             self.xmlstream.send(data)
         else:
-            self.dropped_pushes += 1
+            self.link.unsent["link_down"] += 1
 
     def _send(self, element: domish.Element) -> None:
         if self._ready:
             self.xmlstream.send(element)
         else:
+            self.link.unsent["link_down"] += 1
             self._log.warn("link down; dropped <{kind}> to {to}", kind=element.name,
                            to=element.getAttribute("to"))
 

@@ -7,7 +7,8 @@ resets its delay as soon as TCP connects, which would retry a refused handshake 
 second; here the delay is only reset once the handshake succeeded.
 
 Stanzas dropped because the server stopped reading (bounded_stream.py) are counted, and
-logged at most once per UNSENT_LOG_INTERVAL, with how many since the last line.
+logged at most once per UNSENT_LOG_INTERVAL, with how many since the last line; the handler
+counts those dropped while the link is down (handler.py) in the same place.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ class LinkState:
     last_error: str | None = None
     # Inbound stanzas over [xmpp] max_stanza_size, dropped: fanout_xmpp_oversized_total
     oversized: int = 0
-    # Outbound stanzas dropped over [xmpp] max_buffered_bytes: fanout_xmpp_unsent_total
-    unsent: int = 0
+    # Outbound stanzas dropped (fanout_xmpp_unsent_total{reason}): "link_down" (handler.py)
+    # or "max_buffered_bytes", the server not reading (bounded_stream.py).
+    unsent: Counter[str] = field(default_factory=Counter)
 
 
 class LinkFactory(xmlstream.XmlStreamFactory):
@@ -96,7 +98,7 @@ class LinkFactory(xmlstream.XmlStreamFactory):
         self.state.oversized += 1
 
     def _unsent(self, event: Unsent) -> None:
-        self.state.unsent += 1
+        self.state.unsent["max_buffered_bytes"] += 1
         self._unlogged += 1
         now = self.clock.seconds()
         if self._unsent_logged is not None and now - self._unsent_logged < UNSENT_LOG_INTERVAL:
