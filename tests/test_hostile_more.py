@@ -4,6 +4,7 @@ goes through real loopback sockets and failed before its fix."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import socket
 from typing import Any
@@ -175,3 +176,60 @@ class HostHeaderTests(TestCase):
             client.transport.abortConnection()
             self.assertTrue(client.data.startswith(b"HTTP/1.1 400 "), client.data)
         self.assertEqual(proxy.origin.requests, [])
+
+
+class _PingingOrigin(Protocol):
+    """A WebSocket origin that accepts, stops reading, and sends ``count`` pings of 125
+    bytes, then a TEXT ``done``."""
+
+    count = 80_000
+
+    def __init__(self) -> None:
+        self.head = b""
+
+    @override
+    def connectionMade(self) -> None:
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        if self.head.endswith(b"\r\n\r\n"):
+            return
+        self.head += data
+        if not self.head.endswith(b"\r\n\r\n"):
+            return
+        key = next(line.split(b":", 1)[1].strip() for line in self.head.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
+        accept = base64.b64encode(hashlib.sha1(
+            key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        self.transport.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                             b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept
+                             + b"\r\n\r\n")
+        self.transport.pauseProducing()  # never reads again
+        self.transport.write(b"\x89\x7d" + b"p" * 125)
+        reactor.callLater(0.2, lambda: self.transport.write(
+            (b"\x89\x7d" + b"p" * 125) * self.count + b"\x81\x04done"))
+
+
+def _queued(transport: Any) -> int:
+    """Bytes a Twisted TCP transport holds that the kernel has not taken yet."""
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class OriginPingFloodTests(WsTestMixin, TestCase):
+    async def test_pongs_for_an_origin_that_does_not_read_are_bounded(self) -> None:
+        """WebSocket proxying to an origin that pings and never reads: each pong autobahn
+        answered queued in the server without end. No pong while its socket is full."""
+        origins: list[_PingingOrigin] = []
+        factory = Factory.forProtocol(lambda: origins.append(_PingingOrigin()) or origins[-1])
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        await self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
+        side, _client = await self.connect()
+        self.addCleanup(lambda: [o.transport.abortConnection() for o in origins])
+        await within(side.wait_messages(1), 30)  # every ping before it was read
+        self.assertEqual(side.messages, [(b"done", False)])
+        session = next(iter(self.handler.sessions))
+        self.assertLess(_queued(session._origin.transport), 1_000_000)
+        origins[0].transport.abortConnection()
+        await within(side.closed)  # 1011 "origin connection lost", handshake and all

@@ -138,6 +138,14 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
         self.session.origin_message(payload, isBinary)
 
     @override
+    def onPing(self, payload: bytes) -> None:  # noqa: N802
+        """No pong while the origin's socket is full: an origin that pings and never reads
+        would queue pongs here without end (RFC 6455 5.5.3 lets a pong answer only the
+        latest ping)."""
+        if self.session is None or not self.session.client_held:
+            super().onPing(payload)
+
+    @override
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:  # noqa: N802, N803
         session, self.session = self.session, None
         if session is not None:
