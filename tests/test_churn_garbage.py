@@ -145,7 +145,8 @@ class ChurnGarbageTests(TestCase):
         await churn(5)
         await self.settled(held)
         gc.collect()
-        before = {id(obj) for obj in gc.get_objects()}
+        existing = gc.get_objects()  # held, so that no new object can take one's id
+        before = {id(obj) for obj in existing}
         gc.disable()
         gc.set_debug(gc.DEBUG_SAVEALL)
         try:
@@ -157,6 +158,7 @@ class ChurnGarbageTests(TestCase):
             gc.set_debug(0)
             gc.garbage.clear()
             gc.enable()
+            del existing
         kinds = Counter(_describe(obj) for obj in found).most_common(12)
         self.assertLess(len(found), N / 100,
                         f"{len(found)} objects in cycles after {N} connections: {kinds}")
