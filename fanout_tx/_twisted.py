@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.http import HTTPChannel
+from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 from typing_extensions import override
 from zope.interface import implementer
@@ -30,7 +31,8 @@ from wokkel.component import Component  # noqa: E402 - needs wokkel_compat first
 
 __all__ = [
     "HTTP_CLIENT_FACTORY_NAMESPACE", "ConnectingComponent",
-    "ExtensionFilteringClientProtocol", "ResponseCompleteRequest", "TrustRoot",
+    "ElementStreamHooks", "ExtensionFilteringClientProtocol", "ResponseCompleteRequest",
+    "StreamInitHook", "TrustRoot",
     "add_cdata", "compressing", "handle_star", "listening_port", "raise_bind_errors",
     "release_client_connection", "request_line", "send_directly",
 ]
@@ -111,6 +113,45 @@ class ResponseCompleteRequest(server.Request):
 def add_cdata(stream: domish.ExpatElementStream, text: str) -> None:
     """Hand character data to domish's own handler, from a handler that checks it first."""
     stream._onCdata(text)
+
+
+class ElementStreamHooks(domish.ExpatElementStream):
+    """domish's expat handlers (private ``_onStartElement``, ``_onEndElement``,
+    ``_onCdata``) under names a subclass extends, calling ``super()`` to build as usual."""
+
+    def start_element(self, name: str, attrs: dict[Any, str]) -> None:
+        domish.ExpatElementStream._onStartElement(self, name, attrs)
+
+    def end_element(self, name: str) -> None:
+        domish.ExpatElementStream._onEndElement(self, name)
+
+    def cdata(self, data: str) -> None:
+        domish.ExpatElementStream._onCdata(self, data)
+
+    @override
+    def _onStartElement(self, name: str, attrs: dict[Any, str]) -> None:
+        self.start_element(name, attrs)
+
+    @override
+    def _onEndElement(self, name: str) -> None:
+        self.end_element(name)
+
+    @override
+    def _onCdata(self, data: str) -> None:
+        self.cdata(data)
+
+
+class StreamInitHook(xmlstream.XmlStream):
+    """An XmlStream told each time Twisted builds its element stream (private
+    ``_initializeStream``: on connect and on every stream restart), to replace it."""
+
+    def stream_initialized(self) -> None:
+        """``self.stream`` is new; set its handlers again if it is replaced."""
+
+    @override
+    def _initializeStream(self) -> None:
+        super()._initializeStream()
+        self.stream_initialized()
 
 
 def compressing(protocol: WebSocketServerProtocol) -> bool:

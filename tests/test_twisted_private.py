@@ -32,6 +32,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
 from twisted.web.resource import Resource
+from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 
 from fanout_tx import _twisted
@@ -238,6 +239,49 @@ class XmlCanaries(TestCase):
         stream.parser.CharacterDataHandler = lambda text: _twisted.add_cdata(stream, text)
         stream.parse(b"<root><x>hi</x>")
         self.assertEqual([str(e) for e in elements], ["hi"], changed("domish._onCdata"))
+
+    @canary("domish.ExpatElementStream._onStartElement/_onEndElement/_onCdata")
+    def test_element_stream_hooks(self) -> None:
+        """expat reaches domish's handlers by their private names, which the hooks extend."""
+        seen: list[str] = []
+
+        class Recording(_twisted.ElementStreamHooks):
+            def start_element(self, name: str, attrs: dict[Any, str]) -> None:
+                seen.append("start")
+                super().start_element(name, attrs)
+
+            def end_element(self, name: str) -> None:
+                seen.append("end")
+                super().end_element(name)
+
+            def cdata(self, data: str) -> None:
+                seen.append("cdata")
+                super().cdata(data)
+
+        stream = Recording()
+        elements: list[domish.Element] = []
+        stream.DocumentStartEvent = lambda _root: None
+        stream.ElementEvent = elements.append
+        stream.parse(b"<root><x>hi</x>")
+        self.assertEqual(seen, ["start", "start", "cdata", "end"],
+                         changed("domish.ExpatElementStream._on* handlers"))
+        self.assertEqual([(e.name, str(e)) for e in elements], [("x", "hi")])
+
+    @canary("XmlStream._initializeStream")
+    def test_stream_init_hook(self) -> None:
+        """XmlStream builds its element stream through ``_initializeStream`` on connect and
+        on a stream restart (``reset``)."""
+        built: list[Any] = []
+
+        class Recording(_twisted.StreamInitHook):
+            def stream_initialized(self) -> None:
+                built.append(self.stream)
+
+        protocol = Recording(xmlstream.Authenticator())
+        protocol.makeConnection(StringTransport())
+        protocol.reset()
+        self.assertEqual(len(built), 2, changed("XmlStream._initializeStream"))
+        self.assertIs(built[-1], protocol.stream)
 
     @canary("wokkel Component._getConnection")
     def test_connecting_component(self) -> None:

@@ -29,6 +29,8 @@ from twisted.words.xish import domish
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._twisted import ElementStreamHooks, StreamInitHook
+
 # Prosody accepts stanzas of up to 256 KiB from clients (c2s_stanza_size_limit) and passes
 # them on; stanzas for a push component are small.
 DEFAULT_MAX_STANZA_SIZE = 64 * 1024
@@ -60,7 +62,7 @@ class Unsent:
     buffered: int
 
 
-class BoundedElementStream(domish.ExpatElementStream):
+class BoundedElementStream(ElementStreamHooks):
     """ExpatElementStream that skips (does not build) stanzas past ``limit`` bytes and
     reports each one's head through ``on_oversized(head, size)``."""
 
@@ -100,18 +102,18 @@ class BoundedElementStream(domish.ExpatElementStream):
         self.elementCount = 0
 
     @override
-    def _onStartElement(self, name: str, attrs: dict[Any, str]) -> None:
+    def start_element(self, name: str, attrs: dict[Any, str]) -> None:
         position = self._position()
         if self._head is not None:
             self._depth += 1
             return
         if self.documentStarted and self.currElem is None:
             self._start = position
-        super()._onStartElement(name, attrs)
+        super().start_element(name, attrs)
         self._check_size()
 
     @override
-    def _onEndElement(self, name: str) -> None:
+    def end_element(self, name: str) -> None:
         position = self._position()
         if self._head is not None:
             self._depth -= 1
@@ -127,18 +129,18 @@ class BoundedElementStream(domish.ExpatElementStream):
             head.children = []
             self._on_oversized(head, position - self._start)
             return
-        super()._onEndElement(name)
+        super().end_element(name)
 
     @override
-    def _onCdata(self, data: str) -> None:
+    def cdata(self, data: str) -> None:
         self._position()
         if self._head is None:
-            super()._onCdata(data)
+            super().cdata(data)
             self._check_size()
 
 
 @implementer(IPushProducer)
-class BoundedXmlStream(xmlstream.XmlStream):
+class BoundedXmlStream(StreamInitHook):
     """The component link's protocol; ``max_stanza_size`` and ``max_buffered_bytes`` are
     set by the factory. It is its own transport's producer (flow control, above)."""
 
@@ -179,8 +181,7 @@ class BoundedXmlStream(xmlstream.XmlStream):
         self._paused = True  # the connection is going away
 
     @override
-    def _initializeStream(self) -> None:
-        super()._initializeStream()
+    def stream_initialized(self) -> None:
         stream = BoundedElementStream(self.max_stanza_size, self._oversized)
         stream.DocumentStartEvent = self.onDocumentStart
         stream.ElementEvent = self.onElement
