@@ -18,6 +18,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.server import NOT_DONE_YET, Site
 from typing_extensions import override
 
+from fanout_tx.outbound.origin import ProxySettings
 from fanout_tx.transports.ws import events as ev
 from tests.helpers import RawClient, wait_until
 from tests.proxy_fixtures import ProxyHarness
@@ -233,3 +234,71 @@ class OriginPingFloodTests(WsTestMixin, TestCase):
         self.assertLess(_queued(session._origin.transport), 1_000_000)
         origins[0].transport.abortConnection()
         await within(side.closed)  # 1011 "origin connection lost", handshake and all
+
+
+def _trickle(request: Any, head: dict[str, str], length: int, every: float = 0.2) -> Any:
+    """An origin answer whose head comes at once and whose ``length``-byte body comes one
+    byte per ``every`` seconds; ``request.cut`` fires when the proxy closes the connection."""
+    for name, value in head.items():
+        request.responseHeaders.setRawHeaders(name, [value])
+    request.responseHeaders.setRawHeaders("Content-Length", [str(length)])
+    request.write(b"{")
+    sent = [1]
+
+    def more() -> None:
+        request.write(b" ")
+        sent[0] += 1
+        if sent[0] < length:
+            timer[0] = reactor.callLater(every, more)
+        else:
+            request.finish()
+
+    timer = [reactor.callLater(every, more)]
+
+    def cut(_failure: Failure) -> None:
+        timer[0].cancel()
+        request.cut.callback(None)
+
+    request.cut = Deferred()
+    request.notifyFinish().addErrback(cut)
+    return NOT_DONE_YET
+
+
+class TricklingBodyTests(TestCase):
+    """An origin that sends its head at once and then trickles the body of an answer the
+    proxy reads whole (a GRIP instruction, a JSON-P answer) held its client until it
+    finished: origin_timeout covered the head only. The body read whole has the same
+    deadline now; then 502, and the origin connection is closed."""
+
+    async def answer_within(self, route: str, path: bytes, head: dict[str, str]) -> Any:
+        proxy = ProxyHarness(self, route=route, settings=ProxySettings(origin_timeout=1.0))
+        requests: list[Any] = []
+        proxy.handle(b"/t", lambda r: requests.append(r) or _trickle(r, head, 100))
+        client = await ClientCreator(reactor, RawClient).connectTCP(
+            "127.0.0.1", proxy.proxy_port.getHost().port)
+        self.addCleanup(client.transport.abortConnection)
+        client.transport.write(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+        await wait_until(lambda: b"\r\n\r\n" in client.data, timeout=5)  # not 20 s
+        await within(requests[0].cut, 5)  # the origin connection is not kept
+        return client.data
+
+    async def test_instruction_body(self) -> None:
+        answer = await self.answer_within("*", b"/t", {"Grip-Hold": "response",
+                                                       "Grip-Channel": "c"})
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
+
+    async def test_grip_instruct_body(self) -> None:
+        head = {"Content-Type": "application/grip-instruct"}
+        answer = await self.answer_within("*", b"/t", head)
+        self.assertTrue(answer.startswith(b"HTTP/1.1 502 "), answer)
+
+    async def test_jsonp_answer(self) -> None:
+        answer = await self.answer_within("*,aco", b"/t?callback=cb", {})
+        self.assertIn(b"502", answer.split(b"\r\n")[0] + answer.partition(b"\r\n\r\n")[2])
+
+    async def test_streamed_body_is_left_alone(self) -> None:
+        """A body relayed as it comes goes at the origin's pace, past origin_timeout."""
+        proxy = ProxyHarness(self, settings=ProxySettings(origin_timeout=0.5))
+        proxy.handle(b"/t", lambda r: _trickle(r, {}, 8, every=0.25))
+        response, body = await within(Deferred.fromCoroutine(proxy.fetch(b"/t")), 10)
+        self.assertEqual((response.code, body), (200, b"{" + b" " * 7))

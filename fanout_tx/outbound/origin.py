@@ -254,14 +254,22 @@ class OriginEndpoints:
 
 
 class BodyCollector(Protocol):
-    """Collects a body of at most ``limit`` bytes; more is a GripError (-> 502)."""
+    """Collects a body of at most ``limit`` bytes; more is a GripError (-> 502).
+    Cancelling ``done`` (a deadline, the client gone) closes the origin connection: a
+    connection left mid-body cannot serve anyone else."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
-        self.done: Deferred[bytes] = Deferred()
+        self.done: Deferred[bytes] = Deferred(self._cancel)
         self._failed = False
+
+    def _cancel(self, _done: Deferred[bytes]) -> None:
+        self._failed = True
+        self.parts = []
+        if self.transport is not None:
+            self.transport.stopProducing()
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -292,7 +300,8 @@ class BodyRelay(Protocol):
 
     def __init__(self, request: Request) -> None:
         self.request = request
-        self.done: Deferred[None] = Deferred()
+        # Cancelling it stops the body and closes the origin connection.
+        self.done: Deferred[None] = Deferred(lambda _d: self.stopProducing())
 
     @override
     def connectionMade(self) -> None:

@@ -568,14 +568,29 @@ class ProxySession:
         """One origin request; cancelled when the client leaves, and failed with
         OriginTimeoutError when no response head arrives within ``origin_timeout``."""
         d = (agent or self._agent).request(method, url, headers, body)
+        return self._in_time(d, "no answer")
+
+    def _in_time(self, d: Deferred[Any], missing: str) -> Deferred[Any]:
+        """``d`` (a response head, or a body read whole) is what the session waits for:
+        cancelled when the client leaves, and failed with OriginTimeoutError when it has
+        not come within ``origin_timeout`` (its canceller closes the origin connection)."""
         self._pending = d
-        timer = self.proxy.clock.callLater(self.proxy.settings.origin_timeout, d.cancel)
+        timeout = self.proxy.settings.origin_timeout
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            d.cancel()
+
+        timer = self.proxy.clock.callLater(timeout, expire)
 
         def settled(result: Any) -> Any:
+            if self._pending is d:
+                self._pending = None
             if timer.active():
                 timer.cancel()
-            elif isinstance(result, Failure) and result.check(CancelledError) and not self.gone:
-                raise OriginTimeoutError(f"no answer within {self.proxy.settings.origin_timeout}s")
+            elif expired and isinstance(result, Failure) and not self.gone:
+                raise OriginTimeoutError(f"{missing} within {timeout}s")
             return result
 
         return d.addBoth(settled)
@@ -640,9 +655,12 @@ class ProxySession:
         return self._relay_body(response, headers).addErrback(self._fail)
 
     def _collect(self, response: IResponse) -> Deferred[bytes]:
+        """An answer read whole before the client hears anything (an instruction, a link's
+        answer): at most ``max_hold_body`` bytes, complete within ``origin_timeout`` of its
+        head, or a trickling origin would hold the client for as long as it likes."""
         collector = BodyCollector(self.proxy.settings.max_hold_body)
         response.deliverBody(collector)
-        return collector.done
+        return self._in_time(collector.done, "body not complete")
 
     def _parse(self, response: IResponse, headers: list[Header], body: bytes) -> Instruct:
         reason = response.phrase.decode("latin-1") if response.phrase else None
@@ -664,7 +682,12 @@ class ProxySession:
         self.request.write(b"")
         self._relay = BodyRelay(self.request)
         response.deliverBody(self._relay)
-        return self._relay.done.addCallback(lambda _: self._after_body(link))
+        done = self._relay.done
+        if getattr(self.request, "jsonp", None) is not None:
+            # Wrapped at the end, so read whole first: the same deadline as _collect. A
+            # streamed body goes to the client at the origin's pace and has none.
+            done = self._in_time(done, "body not complete")
+        return done.addCallback(lambda _: self._after_body(link))
 
     def _after_body(self, link: Link | None) -> Deferred[Any] | None:
         """A plain body is done: end the response, or follow ``Grip-Link rel=next``."""
