@@ -273,7 +273,7 @@ class PublishPortTests(_Instance):
 
     async def test_pending_bytes_of_all_subscriptions_are_capped(self) -> None:
         """Past max_pending_bytes_total (all subscriptions together) the subscription
-        holding the most loses its oldest waiting deliveries, each a dead letter counted in
+        with the most bytes waiting loses its oldest ones, each a dead letter counted in
         /metrics, though each subscription is far under its own max_pending_bytes."""
         base = await self.start("max_pending_bytes_total = 8000\nmax_in_flight = 1\n"
                                 "timeout = 30\nretry_schedule = 0, 3600\n")

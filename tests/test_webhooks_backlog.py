@@ -1,6 +1,7 @@
 """backlog.Backlog, the lazy max-heap behind ``[webhooks] max_pending_bytes_total``: under
-any sequence of growing, shrinking and closing queues it names a largest one and keeps the
-exact total, and its heap stays within a constant factor of the number of queues."""
+any sequence of queues whose waiting bytes grow, shrink (evicted, delivered or being
+attempted) or that close, it names a queue with the most bytes waiting, and its heap stays
+within a constant factor of the number of queues."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from fanout_tx.transports.webhooks.backlog import REBUILD_SLACK, Backlog
 
 @dataclass(eq=False)
 class Queue:
-    pending_bytes: int = 0
+    waiting_bytes: int = 0
     closed: bool = False
 
 
@@ -35,20 +36,18 @@ class BacklogTests(SynchronousTestCase):
             if queue.closed:
                 continue
             if close and delta < 0:
-                backlog.changed(queue, -queue.pending_bytes)
-                queue.pending_bytes, queue.closed = 0, True
+                queue.waiting_bytes, queue.closed = 0, True
             else:
-                delta = max(delta, -queue.pending_bytes)
-                queue.pending_bytes += delta
-                backlog.changed(queue, delta)
-            self.assertEqual(backlog.total, sum(q.pending_bytes for q in queues))
+                queue.waiting_bytes = max(0, queue.waiting_bytes + delta)
+                if delta > 0:
+                    backlog.track(queue)
             largest = backlog.pop_largest()
-            most = max(q.pending_bytes for q in queues)
+            most = max(q.waiting_bytes for q in queues)
             if most == 0:
                 self.assertIsNone(largest)
             else:
                 assert largest is not None
                 self.assertFalse(largest.closed)
-                self.assertEqual(largest.pending_bytes, most)
-                backlog.put_back(largest)
+                self.assertEqual(largest.waiting_bytes, most)
+                backlog.track(largest)
             self.assertLessEqual(len(backlog._heap), 2 * len(queues) + REBUILD_SLACK + 1)

@@ -20,6 +20,7 @@ from fanout_tx.transports.webhooks.delivery import (
     BUSY_RECHECK,
     CLAIM_RETRY,
     DeliveryEngine,
+    _Queue,
     parse_retry_after,
 )
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
@@ -316,7 +317,7 @@ class EngineTests(_EngineCase):
         engine.stop()
 
     def test_total_cap_evicts_from_the_largest_backlog(self) -> None:
-        """Past max_pending_bytes_total the subscription holding the most pending bytes loses
+        """Past max_pending_bytes_total the subscription with the most bytes waiting loses
         its oldest waiting delivery (attempts running stay), whichever subscription the new
         one is for; the total stays within the cap, a delivery larger than the cap alone is
         a dead letter at once, and a closed subscription's bytes leave the total."""
@@ -368,6 +369,30 @@ class EngineTests(_EngineCase):
         self.assertEqual([d["webhook-id"] for d in self.dead()], ["msg_b"])
         self.assertEqual(len(self.client.sent), 1)
         self.assertEqual(engine.pending_count("sub_1"), 1)
+        engine.stop()
+
+    def test_total_cap_costs_no_scan_of_the_subscriptions(self) -> None:
+        """1,000 subscriptions, each with an attempt running that holds the total over the
+        cap: each further delivery is a dead letter after looking at a few queues, not at
+        all of them (their waiting bytes are read a bounded number of times)."""
+        size = self.delivery().size
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1,
+                                max_pending_bytes_total=500 * size)
+        for n in range(1000):
+            engine.open(Subscription(f"sub_{n}", "http://hooks.example/x", ("c",),
+                                     generate_secret()))
+            engine.enqueue(Delivery(f"msg_{n}", f"sub_{n}", "c", "POST", "http://hooks.example/x",
+                                    (("Content-Type", "text/plain"),), b"hello"))
+        self.assertEqual(engine.pending_bytes(), 500 * size)
+        reads = []
+        waiting_bytes = _Queue.waiting_bytes
+        self.patch(_Queue, "waiting_bytes", property(
+            lambda queue: reads.append(queue) or waiting_bytes.fget(queue)))
+        for n in range(100):
+            engine.enqueue(Delivery(f"late_{n}", f"sub_{n}", "c", "POST",
+                                    "http://hooks.example/x", (), b"hello"))
+        self.assertEqual(engine.evicted["max_pending_bytes_total"], 600)
+        self.assertLess(len(reads), 1000)
         engine.stop()
 
 

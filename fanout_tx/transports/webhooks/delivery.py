@@ -13,6 +13,7 @@ finish and their outcomes are stored, within a bound; what is left stays pending
 from __future__ import annotations
 
 import email.utils
+import itertools
 import random
 from collections import Counter, deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,8 +37,9 @@ MAX_JITTER = 0.2
 # Deliveries and bytes of deliveries waiting per subscription ([webhooks] max_pending,
 # max_pending_bytes); past either the oldest waiting ones become dead letters (the freshest
 # data matters most), so a dead endpoint holds a bounded amount. Past the bytes of every
-# subscription's together (max_pending_bytes_total), the subscription holding the most loses
-# its oldest (backlog.py), so 10,000 dead endpoints cannot hold 10,000 times the per-one cap.
+# subscription's together (max_pending_bytes_total), the subscription with the most bytes
+# waiting loses its oldest (backlog.py), so 10,000 dead endpoints cannot hold 10,000 times
+# the per-subscription cap.
 MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 MAX_PENDING_BYTES_TOTAL = 512 * 1024 * 1024
@@ -103,13 +105,21 @@ class _Queue:
         delta = delivery.size - (previous.size if previous is not None else 0)
         self.pending[delivery.webhook_id] = delivery
         self.pending_bytes += delta
-        self.backlog.changed(self, delta)
+        self.backlog.count(delta)
+        self.backlog.track(self)
 
     def discard(self, webhook_id: str) -> None:
         delivery = self.pending.pop(webhook_id, None)
         if delivery is not None:
             self.pending_bytes -= delivery.size
-            self.backlog.changed(self, -delivery.size)
+            self.backlog.count(-delivery.size)
+
+    @property
+    def waiting_bytes(self) -> int:
+        """Pending bytes not being attempted (at most max_in_flight are)."""
+        running = itertools.chain(self.in_flight, self.claiming)
+        return self.pending_bytes - sum(self.pending[webhook_id].size for webhook_id in running
+                                        if webhook_id in self.pending)
 
     def waiting(self) -> Iterator[Delivery]:
         """Pending deliveries not being attempted, oldest first: the ones a cap may evict."""
@@ -156,7 +166,7 @@ class _Queue:
         for attempt, _delivery in list(self.in_flight.values()):
             attempt.cancel()
         self.pending.clear()
-        self.backlog.changed(self, -self.pending_bytes)
+        self.backlog.count(-self.pending_bytes)
         self.pending_bytes = 0
 
 
@@ -292,7 +302,7 @@ class DeliveryEngine:
     def _make_room(self, queue: _Queue, delivery: Delivery) -> bool:
         """Within max_pending and max_pending_bytes with ``delivery`` added, then within
         max_pending_bytes_total: the oldest waiting deliveries (of this subscription, then
-        of whichever holds the most) become dead letters. False (and ``delivery`` a dead
+        of whichever has the most waiting) become dead letters. False (and ``delivery`` a dead
         letter) when it alone is larger, or every pending one is being attempted."""
         if delivery.size > self._max_pending_bytes:
             self._evict(delivery, "max_pending_bytes")
@@ -316,22 +326,16 @@ class DeliveryEngine:
         if room > self._max_pending_bytes_total:
             return False
         excess = self._backlog.total + room - self._max_pending_bytes_total
-        running_only: list[_Queue] = []  # the largest, but nothing to evict: put back after
         while excess > 0:
             largest = self._backlog.pop_largest()
             if largest is None:
-                break
-            victim = next(largest.waiting(), None)
-            if victim is None:
-                running_only.append(largest)
-                continue
+                return False
+            victim = next(largest.waiting())
             largest.unschedule(victim)
             self._evict(victim, "max_pending_bytes_total")
             excess -= victim.size
-            self._backlog.put_back(largest)
-        for queue in running_only:
-            self._backlog.put_back(queue)
-        return excess <= 0
+            self._backlog.track(largest)
+        return True
 
     def _evict(self, delivery: Delivery, limit: str) -> None:
         """``delivery`` a dead letter because of ``limit`` (a key of EVICTION_LIMITS)."""
