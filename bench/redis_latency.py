@@ -28,7 +28,7 @@ from fanout_tx.cluster.redis_bus import RedisBus  # noqa: E402
 from fanout_tx.config.redis_url import parse_redis_url  # noqa: E402
 from fanout_tx.core.items import Item, parse_item  # noqa: E402
 from fanout_tx.core.router import Router  # noqa: E402
-from tests.services import RedisServer  # noqa: E402
+from tests.support.services import RedisServer, free_port  # noqa: E402
 
 
 class Timing:
@@ -62,8 +62,8 @@ def percentile(values: list[float], fraction: float) -> float:
 
 @inlineCallbacks
 def run(options: argparse.Namespace) -> Any:
-    redis = RedisServer()
-    url = f"unix://{redis.unix_socket}" if options.unix else redis.url
+    redis = RedisServer(tcp_port=0 if options.unix else free_port())
+    url = redis.url if options.unix else f"redis://127.0.0.1:{redis.tcp_port}/0"
     buses = []
     try:
         for _ in range(2):

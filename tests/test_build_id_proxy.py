@@ -14,8 +14,8 @@ from twisted.internet import task
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request
 
-from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip
 
 
 def sse_origin(body: bytes) -> Any:

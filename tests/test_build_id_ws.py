@@ -16,7 +16,7 @@ from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.grip import SessionOptions
 from fanout_tx.transports.ws.session import WsOverHttpSession
-from tests.test_ws_session import FakeClient, FakeOrigin, control, reply
+from tests.support.ws_session import FakeClient, FakeOrigin, control, reply
 
 
 class WsBuildIdTests(SynchronousTestCase):

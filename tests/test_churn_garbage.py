@@ -1,7 +1,7 @@
 """Issue 19: a closed connection, of any kind, leaves nothing for the cyclic garbage collector.
 
 The proxy runs in this process as twistd builds it (the service tree of tap.py); the origin
-runs in a subprocess (tests/churn_origin.py) and the clients are plain sockets in a thread
+runs in a subprocess (tests/support/churn_origin.py) and the clients are plain sockets in a thread
 (tests/churn_client.py), so neither adds objects here. With the collector off, N connections
 are opened and closed; ``gc.collect()`` then finds what only it could free. The test's own
 machinery (trial, Deferreds waited on, the thread pool) leaves a few cycles of its own, so
@@ -30,8 +30,8 @@ from fanout_tx.core.formats import Format
 from fanout_tx.core.items import Item, parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.tap import build_service, listening_port, load_settings
-from tests import churn_client as client
-from tests.helpers import RecordingSubscriber, wait_until
+from tests.support import churn_client as client
+from tests.support.helpers import RecordingSubscriber, wait_until
 
 N = 200  # connections per test: fewer than N / 100 garbage objects means none per connection
 # Not txaio: its _BatchedTimer (autobahn's close-handshake timers) leaves one 5-object cycle
@@ -91,7 +91,7 @@ class ChurnGarbageTests(TestCase):
 
     @classmethod
     def setUpClass(cls) -> None:
-        cls.origin = subprocess.Popen([sys.executable, "-m", "tests.churn_origin"],
+        cls.origin = subprocess.Popen([sys.executable, "-m", "tests.support.churn_origin"],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         assert cls.origin.stdout is not None
         cls.http_port, cls.ws_port = map(int, cls.origin.stdout.readline().split())

@@ -56,8 +56,8 @@ from twisted.web.server import Site  # noqa: E402
 from twisted.web.wsgi import WSGIResource  # noqa: E402
 
 from fanout_tx.tap import build_service, listening_port, load_settings  # noqa: E402
-from tests.helpers import TrackingFactory, wait_until  # noqa: E402
-from tests.proxy_fixtures import Collect, tree_config  # noqa: E402
+from tests.support.helpers import TrackingFactory, wait_until  # noqa: E402
+from tests.support.proxy_fixtures import Collect, tree_config  # noqa: E402
 
 
 def plain_stream(request: HttpRequest) -> HttpResponse:

@@ -17,9 +17,9 @@ from fanout_tx.config.routes import parse_routes
 from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.http.conn_limit import ConnectionLimit
 from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
-from tests.helpers import RawClient, TrackingFactory, wait_until
-from tests.proxy_fixtures import origin_on_loopback, tree_config
-from tests.test_ws_e2e import WsTestMixin, _listen_endpoint, grip_echo
+from tests.support.helpers import RawClient, TrackingFactory, wait_until
+from tests.support.proxy_fixtures import origin_on_loopback, tree_config
+from tests.support.ws import WsTestMixin, grip_echo, listen_endpoint
 
 
 class FakePort:
@@ -100,7 +100,7 @@ class WebSocketLimitTests(WsTestMixin, TestCase):
         resource = ProxyResource(SimpleNamespace(table=parse_routes(line)), self.router,
                                  reactor, Agent(reactor, pool=pool),
                                  websocket_handler=self.handler)
-        port = yield _listen_endpoint().listen(proxy_site(resource,
+        port = yield listen_endpoint().listen(proxy_site(resource,
                                                           connection_limit=self.limit))
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port

@@ -9,9 +9,9 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.ops_fixtures import Server
-from tests.prosody import ProsodyServer
-from tests.services import RedisServer, free_port
+from tests.support.ops_fixtures import Server
+from tests.support.prosody import ProsodyServer
+from tests.support.services import RedisServer, free_port
 
 
 class HealthTests(TestCase):

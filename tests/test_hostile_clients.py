@@ -15,10 +15,9 @@ from fanout_tx.inputs.publish_api import PublishSite
 from fanout_tx.ops.deadlines import ClientTimeouts
 from fanout_tx.transports.http.conn_limit import ConnectionLimit
 from fanout_tx.transports.write_budget import WriteBudget
-from tests.helpers import RawClient, TrackingFactory, wait_until
-from tests.proxy_fixtures import ProxyHarness, grip
-from tests.test_proxy_tls import self_signed_for_loopback
-from tests.test_ws_e2e import WsTestMixin, grip_echo
+from tests.support.helpers import RawClient, TrackingFactory, self_signed_for_loopback, wait_until
+from tests.support.proxy_fixtures import ProxyHarness, grip
+from tests.support.ws import WsTestMixin, grip_echo
 
 FAST = ClientTimeouts(header=0.5, keepalive=0.5, body_min_rate=1000, body_window=0.5)
 GET = b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n"

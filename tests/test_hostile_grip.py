@@ -17,8 +17,8 @@ from twisted.web.server import Request
 
 from fanout_tx.transports.http import hold
 from fanout_tx.transports.http.conn_limit import ConnectionLimit
-from tests.helpers import RawClient, wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip
+from tests.support.helpers import RawClient, wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip
 
 BAD_INSTRUCTION = b"Error while proxying to origin.\n"
 

@@ -18,10 +18,9 @@ from twisted.web.server import Request
 from fanout_tx.core.codecs import tnetstring
 from fanout_tx.core.codecs.item_codec import encode_items
 from fanout_tx.core.items import Item, parse_item
-from tests.helpers import RawClient, RecordingSubscriber, wait_until
-from tests.ops_fixtures import Server
-from tests.services import RedisServer
-from tests.test_stats import Subscriber as StatsSubscriber
+from tests.support.helpers import RawClient, RecordingSubscriber, wait_until
+from tests.support.ops_fixtures import Server, StatsSubscriber
+from tests.support.services import RedisServer
 
 # Valid JSON whose string is not Unicode text: the content held a lone surrogate.
 SURROGATE_ITEM = b'{"channel":"room","formats":{"http-stream":{"content":"\\ud800"}}}'

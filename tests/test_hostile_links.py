@@ -17,8 +17,8 @@ from twisted.web.http_headers import Headers
 
 from fanout_tx.config.routes import parse_route_line
 from fanout_tx.outbound.origin import ProxySettings, link_target
-from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip, origin_on_loopback
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip, origin_on_loopback
 
 SECRETS = Headers({b"Cookie": [b"session=s3cret"], b"Authorization": [b"Bearer t0ken"]})
 KEY = b"route-key"
@@ -96,7 +96,6 @@ class LinkTests(TestCase):
         with self.assertRaises((ResponseFailed, ResponseNeverReceived)):
             await proxy.fetch(b"/a", headers=SECRETS)
         self.assertEqual(self.foreign.requests, [])
-
 
 
 class LinkTargetTests(TestCase):

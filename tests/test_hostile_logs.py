@@ -18,9 +18,9 @@ from twisted.web.http_headers import Headers
 
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.origin import ProxySettings
-from tests.helpers import RawClient
-from tests.proxy_fixtures import ProxyHarness, grip
-from tests.services import free_port
+from tests.support.helpers import RawClient
+from tests.support.proxy_fixtures import ProxyHarness, grip
+from tests.support.services import free_port
 
 SECRETS = (b"qs-s3cret", b"bearer-s3cret", b"cookie-s3cret")
 QUERY = b"?access_token=qs-s3cret&x=1"

@@ -20,9 +20,9 @@ from typing_extensions import override
 
 from fanout_tx.outbound.origin import ProxySettings
 from fanout_tx.transports.ws import events as ev
-from tests.helpers import RawClient, wait_until
-from tests.proxy_fixtures import ProxyHarness
-from tests.test_ws_e2e import Origin, WsTestMixin, _listen_endpoint, events_reply, grip_echo
+from tests.support.helpers import RawClient, wait_until
+from tests.support.proxy_fixtures import ProxyHarness
+from tests.support.ws import WsOverHttpOrigin, WsTestMixin, events_reply, grip_echo, listen_endpoint
 
 
 def within(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
@@ -124,7 +124,7 @@ class PingFloodTests(WsTestMixin, TestCase):
         await within(flooder.lost, 20)
 
 
-class _SlowOrigin(Origin):
+class _SlowOrigin(WsOverHttpOrigin):
     """Accepts; answers the first request after OPEN 3 s late (empty), the rest at
     once; records each request body's size."""
 
@@ -150,7 +150,7 @@ class EmptyMessageFloodTests(WsTestMixin, TestCase):
         in the next request. Their framing counts now: reading pauses past 1 MB and a
         request carries about 200 kB."""
         origin = _SlowOrigin()
-        port = await _listen_endpoint().listen(Site(origin))
+        port = await listen_endpoint().listen(Site(origin))
         self.addCleanup(port.stopListening)
         await self.start_handler(f"* 127.0.0.1:{port.getHost().port},over_http")
         side, client = await self.connect()

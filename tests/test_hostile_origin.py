@@ -18,9 +18,9 @@ from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
 from typing_extensions import override
 
-from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness
-from tests.test_ws_e2e import WsTestMixin
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness
+from tests.support.ws import WsTestMixin
 
 # What a buggy origin writes after an answer that has no body (or past its Content-Length):
 # shaped as an answer, it would be the next exchange's answer if the connection were reused.

@@ -14,8 +14,8 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
-from tests.helpers import RawClient, wait_until
-from tests.ops_fixtures import Server
+from tests.support.helpers import RawClient, wait_until
+from tests.support.ops_fixtures import Server
 
 FORGED = b"0\r\n\r\nHTTP/1.1 200 OK\r\nX-Forged: 1\r\nContent-Length: 6\r\n\r\nforged"
 

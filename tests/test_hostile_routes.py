@@ -19,8 +19,8 @@ from typing_extensions import override
 
 from fanout_tx.config.routes_watch import reload_on_sighup
 from fanout_tx.tap import build_service, listening_port, load_settings
-from tests.test_tap import write_config
-from tests.test_ws_e2e import _listen_endpoint
+from tests.support.twistd import write_config
+from tests.support.ws import listen_endpoint
 
 
 class Named(Resource):
@@ -43,7 +43,7 @@ class RoutesReloadTests(TestCase):
     async def start(self) -> None:
         ports = []
         for name in (b"A", b"B"):
-            port = await _listen_endpoint().listen(Site(Named(name)))
+            port = await listen_endpoint().listen(Site(Named(name)))
             self.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
         self.a, self.b = ports

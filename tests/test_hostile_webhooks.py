@@ -16,7 +16,6 @@ from typing import Any
 from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -30,9 +29,9 @@ from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
-from tests.helpers import TrackingFactory
-from tests.services import RedisServer, free_port
-from tests.test_webhooks_support import HANG, Receiver, always
+from tests.support.helpers import TrackingFactory, wait_until
+from tests.support.services import RedisServer, free_port
+from tests.support.webhooks import HANG, Receiver, always
 
 CREDENTIAL = "Bearer target-credential-4f9a"
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
@@ -114,10 +113,10 @@ class _Instance(_Client):
                       "formats": {"http-request": {"body": BODY}}} for n in range(12)]
             code, _answer, _raw = await self.call("POST", base + "/publish/", {"items": items})
             self.assertEqual(code, 200)
-            for _ in range(500):  # through Redis, the items arrive after the answer
-                if engine.dead_letters + sum(map(engine.pending_count, ids)) >= 12 * len(ids):
-                    break
-                await deferLater(reactor, 0.01, lambda: None)
+            # Through Redis, the items arrive after the answer.
+            await wait_until(
+                lambda: engine.dead_letters + sum(map(engine.pending_count, ids)) >= 12 * len(ids),
+                message="the published items did not all reach the engine")
             self.assertLessEqual(engine.pending_bytes(), 8000)
         self.assertTrue(await engine.writes_confirmed(5))
         pending = [engine.pending_count(i) for i in ids]
@@ -295,10 +294,8 @@ async def _bury_twenty(test: Any, api: str, service: WebhookService,
     for count, channel in ((10, "a"), (20, "b")):
         await publish([{"channel": channel, "id": f"{channel}{n}",
                         "formats": {"http-request": {"body": "x"}}} for n in range(10)])
-        for _ in range(500):
-            if service.engine.dead_letters >= count:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_until(lambda count=count: service.engine.dead_letters >= count,
+                         message=f"{count} dead letters were not recorded")
         test.assertEqual(service.engine.dead_letters, count)
     test.assertTrue(await service.engine.writes_confirmed(5))
     listed = []

@@ -15,8 +15,7 @@ from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 
 from fanout_tx.transports.ws import events as ev
-from tests import test_ws_proxy
-from tests.test_ws_e2e import WsTestMixin, events_reply
+from tests.support.ws import WsProxyMixin, WsTestMixin, events_reply
 
 SETTLE = 0.3  # seconds for a message that should not arrive to have arrived
 
@@ -89,12 +88,10 @@ class OverHttpDetachTests(WsTestMixin, TestCase):
         return self.check_detach("garbage")
 
 
-class ProxyDetachTests(WsTestMixin, TestCase):
+class ProxyDetachTests(WsProxyMixin, TestCase):
     """The plain WebSocket proxy mode (a real autobahn origin, test_ws_proxy's)."""
 
     timeout = 30
-    start_ws = test_ws_proxy.ProxyTests.start_ws
-    origin_closed = test_ws_proxy.ProxyTests.origin_closed
 
     @inlineCallbacks
     def test_detach_keeps_client(self):

@@ -16,7 +16,7 @@ from twisted.words.xish import domish
 from fanout_tx.core.router import Router
 from fanout_tx.transports.xmpp.bounded_stream import TOKEN_SLACK, BoundedElementStream
 from fanout_tx.transports.xmpp.serial import KeyedSerializer
-from tests.test_xmpp_prosody import DOMAIN, ProsodyTestsMixin, _subscribe_and_echo
+from tests.support.prosody import DOMAIN, ProsodyTestsMixin, subscribe_and_echo
 
 NS_STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
 BIG = "x" * 100_000  # over the 64 KiB default, under Prosody's 256 KiB
@@ -40,7 +40,7 @@ class OversizedStanzaTests(ProsodyTestsMixin, TestCase):
         """A 100 kB message and iq: each sender gets policy-violation, the backend sees
         neither, the count shows both; the next small message is served as usual."""
         backend, url = self.start_backend()
-        backend.answer = _subscribe_and_echo
+        backend.answer = subscribe_and_echo
         component = await self.start_component(Router(reactor), url)
         alice, bob = await self.login("alice"), await self.login("bob")
         alice.send(f"<message to='news@{DOMAIN}' id='m1' type='chat'><body>{BIG}</body>"
@@ -75,7 +75,7 @@ class OversizedStanzaTests(ProsodyTestsMixin, TestCase):
         """Past Prosody's c2s_stanza_size_limit (256 KiB) Prosody closes the sender's
         stream itself; the component never sees the stanza and its link stays up."""
         backend, url = self.start_backend()
-        backend.answer = _subscribe_and_echo
+        backend.answer = subscribe_and_echo
         component = await self.start_component(Router(reactor), url)
         alice, bob = await self.login("alice"), await self.login("bob")
         alice.send(f"<message to='news@{DOMAIN}' type='chat'><body>{'y' * 300_000}</body>"

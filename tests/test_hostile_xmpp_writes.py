@@ -27,6 +27,7 @@ from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import Channel
 from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MetricSources
 from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
+from tests.support.helpers import wait_until
 
 SERVER_HEADER = (b"<?xml version='1.0'?><stream:stream xmlns='jabber:component:accept' "
                  b"xmlns:stream='http://etherx.jabber.org/streams' id='sid1' "
@@ -120,10 +121,8 @@ class StalledServerTests(TestCase):
 
         server.resume()
         expected = published - unsent["max_buffered_bytes"]
-        for _ in range(1000):
-            if len(server.pushes()) >= expected:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_until(lambda: len(server.pushes()) >= expected,
+                         message="the link did not drain what it had buffered")
         received = server.pushes()
         self.assertEqual(len(received), expected)
         self.assertEqual(received, sorted(received))  # in order, none cut or repeated
@@ -131,10 +130,8 @@ class StalledServerTests(TestCase):
 
         # The link drained: pushes flow again, on the same connection.
         self.publish(router, published)
-        for _ in range(500):
-            if server.pushes()[-1:] == [published]:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
+        await wait_until(lambda: server.pushes()[-1:] == [published],
+                         message="a push after the drain did not arrive")
         self.assertEqual(server.pushes()[-1], published)
         self.assertTrue(component.link.up)
         self.assertEqual(sum(component.link.errors.values()), 0)
@@ -152,11 +149,7 @@ class StalledServerTests(TestCase):
         (not queued), and /metrics counts them apart from those the cap drops."""
         server, component, router = await self.start()
         server.transport.loseConnection()
-        for _ in range(500):
-            if not component.link.up:
-                break
-            await deferLater(reactor, 0.01, lambda: None)
-        self.assertFalse(component.link.up)
+        await wait_until(lambda: not component.link.up, message="the link never noticed")
         for n in range(5):
             self.publish(router, n)
         self.assertEqual(component.link.unsent, {"link_down": 5})

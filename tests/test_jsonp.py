@@ -21,8 +21,8 @@ from twisted.web.server import Request
 
 from fanout_tx.config.routes import JsonpConfig
 from fanout_tx.transports.http.jsonp import JsonpAnswer, JsonpError, parse_jsonp, wrap
-from tests.helpers import wait_until
-from tests.proxy_fixtures import ProxyHarness, grip
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import ProxyHarness, grip
 
 EXTENDED = JsonpConfig()
 BASIC = JsonpConfig(mode="basic")

@@ -20,9 +20,9 @@ from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
 from fanout_tx.transports.xmpp.link import LinkState
-from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
-from tests.ops_fixtures import Samples, Server
-from tests.services import free_port
+from tests.support.helpers import RecordingBus, RecordingSubscriber, wait_until
+from tests.support.ops_fixtures import Samples, Server
+from tests.support.services import free_port
 
 
 def sample(samples: Samples, name: str, **labels: str) -> float:

@@ -1,117 +1,407 @@
-"""The per-request savings on the way to the origin: cached endpoints, the Grip-Sig cache,
-and the access log that is only built at debug level."""
+"""outbound/origin_client.py against a raw origin on a loopback socket that answers exactly the
+bytes each test gives it: framing, reuse, flow control, failures."""
 
 from __future__ import annotations
 
-from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint
-from twisted.internet.task import Clock
-from twisted.logger import LogLevel, globalLogPublisher
-from twisted.trial.unittest import SynchronousTestCase
-from twisted.web.client import URI, BrowserLikePolicyForHTTPS
-from twisted.web.test.requesthelper import DummyChannel, DummyRequest
+import socket
+from io import BytesIO
+from typing import Any
 
-from fanout_tx.config.routes import RouteTable, parse_routes
-from fanout_tx.core.router import Router
-from fanout_tx.grip.signature import grip_sig, verify_hs256
-from fanout_tx.outbound.origin import OriginEndpoints, ProxySettings, origin_headers
-from fanout_tx.transports.http.proxy import ProxyRequest, ProxyResource, proxy_site
+from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Factory, Protocol
+from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
+from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
+from twisted.web.client import BrowserLikePolicyForHTTPS, FileBodyProducer, ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH
+from typing_extensions import override
 
-try:
-    from twisted.internet.testing import EventLoggingObserver, MemoryReactor
-except ImportError:  # pragma: no cover
-    from twisted.test.proto_helpers import (  # type: ignore[no-redef]
-        EventLoggingObserver,
-        MemoryReactor,
-    )
-
-
-def endpoint_for(endpoints: OriginEndpoints, url: bytes) -> object:
-    return endpoints.endpointForURI(URI.fromBytes(url))
+from fanout_tx.outbound.origin import OriginEndpoints
+from fanout_tx.outbound.origin_client import BadResponseError, OriginClient, split_url
+from fanout_tx.outbound.tcp_options import quick_ack
+from fanout_tx.transports.http.upload import UploadStream
+from tests.support.helpers import TrackingFactory, wait_until
+from tests.support.origin_client import Reader
 
 
-class OriginEndpointsTests(SynchronousTestCase):
-    def setUp(self) -> None:
-        self.reactor = MemoryReactor()
-        self.endpoints = OriginEndpoints(self.reactor, BrowserLikePolicyForHTTPS())
+class RawServer(Protocol):
+    """One accepted connection: keeps what the client sent."""
 
-    def test_one_endpoint_per_origin(self) -> None:
-        first = endpoint_for(self.endpoints, b"http://origin.test:8080/a")
-        self.assertIs(endpoint_for(self.endpoints, b"http://origin.test:8080/b?q"), first)
-        self.assertIsNot(endpoint_for(self.endpoints, b"http://origin.test:8081/a"), first)
-        self.assertIsInstance(first, HostnameEndpoint)
+    def __init__(self, connections: list[RawServer]) -> None:
+        connections.append(self)
+        self.received = b""
+        self.answered = 0
+        self.hang_up_on_next = False  # close, unanswered, when the next request comes
+        self.lost: Deferred[None] = Deferred()
 
-    def test_ip_literal_http_needs_no_resolver(self) -> None:
-        four = endpoint_for(self.endpoints, b"http://127.0.0.1:28100/")
-        six = endpoint_for(self.endpoints, b"http://[::1]:28100/")
-        self.assertIsInstance(four, TCP4ClientEndpoint)
-        self.assertIsInstance(six, TCP6ClientEndpoint)
-        four.connect(object())  # type: ignore[attr-defined]
-        host, port, _factory, timeout, _bind = self.reactor.tcpClients[0]
-        self.assertEqual((host, port, timeout), ("127.0.0.1", 28100, 30.0))
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if self.hang_up_on_next:
+            self.transport.loseConnection()
 
-    def test_https_is_wrapped_in_tls(self) -> None:
-        endpoint = endpoint_for(self.endpoints, b"https://127.0.0.1:8443/")
-        self.assertNotIsInstance(endpoint, (TCP4ClientEndpoint, HostnameEndpoint))
+    @override
+    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+        self.lost.callback(None)
 
-    def test_cache_is_bounded(self) -> None:
-        self.patch(OriginEndpoints, "MAX_CACHED", 3)
-        for port in range(10):
-            endpoint_for(self.endpoints, b"http://127.0.0.1:%d/" % (8000 + port))
-        self.assertLessEqual(len(self.endpoints._cache), 3)
+    def requests(self) -> int:
+        return self.received.count(b" HTTP/1.1\r\n")
 
-
-class GripSigTests(SynchronousTestCase):
-    def sig(self, now: float) -> str:
-        route = parse_routes("* 127.0.0.1:80").routes[0]
-        request = DummyRequest([b""])
-        settings = ProxySettings(sig_key=b"secret")
-        headers = origin_headers(request, route, route.targets[0], settings, now)
-        [value] = headers.getRawHeaders(b"grip-sig")
-        return value.decode("ascii")
-
-    def test_same_second_same_token_as_before(self) -> None:
-        self.assertEqual(self.sig(1000.2), self.sig(1000.9))
-        self.assertEqual(self.sig(1000.2), grip_sig("pushpin", b"secret", 1000.2))
-        later = self.sig(1001.0)
-        self.assertNotEqual(later, self.sig(1000.2))
-        self.assertEqual(verify_hs256(later, b"secret", 1001.0, iss="pushpin")["exp"], 4601)
+    def waiting(self) -> bool:
+        """A request head has come that has no answer yet."""
+        received = self.received
+        return (not self.hang_up_on_next and self.requests() > self.answered
+                and received.rfind(b" HTTP/1.1\r\n") < received.rfind(b"\r\n\r\n"))
 
 
-class AccessLogTests(SynchronousTestCase):
-    def site_log(self, access_log: bool) -> list[dict[str, object]]:
-        observer = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        routes = parse_routes("* 127.0.0.1:80")
-        resource = ProxyResource(routes, Router(Clock()), Clock(), None)  # type: ignore[arg-type]
-        request = DummyRequest([b"x"])
-        request.uri = b"/x"
-        request.code = 200
-        proxy_site(resource, access_log=access_log).log(request)
-        return [e for e in observer if e.get("log_level") == LogLevel.debug]
+class RawOrigin:
+    """A raw server and an OriginClient pointed at it."""
 
-    def test_only_built_when_asked(self) -> None:
-        self.assertEqual(self.site_log(False), [])
-        [event] = self.site_log(True)
-        self.assertEqual(event["path"], "/x")
+    def __init__(self, test: TestCase, idle_timeout: float = 240.0) -> None:
+        self.connections: list[RawServer] = []
+        self.factory = TrackingFactory(Factory.forProtocol(lambda: RawServer(self.connections)))
+        self.port = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.client = OriginClient(
+            reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()),
+            idle_timeout=idle_timeout)
+        test.addCleanup(self.close)
+
+    def url(self, path: bytes = b"/") -> bytes:
+        return b"http://127.0.0.1:%d%b" % (self.port.getHost().port, path)
+
+    def request(self, method: bytes = b"GET", path: bytes = b"/", headers: Headers | None = None,
+                body: object = None) -> Deferred:
+        return self.client.request(method, self.url(path), headers, body)
+
+    async def answer(self, data: bytes) -> RawServer:
+        """Wait for a request head that has no answer yet, and answer it."""
+        await wait_until(lambda: any(server.waiting() for server in self.connections))
+        server = next(server for server in self.connections if server.waiting())
+        server.answered += 1
+        server.transport.write(data)
+        return server
+
+    async def begin(self, answer: bytes, **kwargs: object) -> tuple[RawServer, Any, Reader]:
+        """A request answered with ``answer`` (maybe not all of it yet): the origin's side,
+        the response, and a reader already given its body."""
+        pending = self.request(**kwargs)  # type: ignore[arg-type]
+        server = await self.answer(answer)
+        response = await pending
+        reader = Reader()
+        response.deliverBody(reader)
+        return server, response, reader
+
+    async def fetch(self, answer: bytes, **kwargs: object) -> tuple[object, Reader, Failure]:
+        _server, response, reader = await self.begin(answer, **kwargs)
+        await reader.ended
+        return response, reader, reader.reason
+
+    async def close(self) -> None:
+        await self.client.closeCachedConnections()
+        for server in self.connections:
+            server.transport.abortConnection()
+        await self.port.stopListening()
+        await self.factory.wait_closed()
 
 
-class ProcessTests(SynchronousTestCase):
-    def test_no_twisted_server_or_date_header(self) -> None:
-        """ProxyRequest.process renders as Twisted's does, minus its default headers."""
-        routes = RoutesStub(parse_routes("other.test 127.0.0.1:80"))
-        resource = ProxyResource(routes, Router(Clock()), Clock(), None)  # type: ignore[arg-type]
-        channel = DummyChannel()
-        channel.site = proxy_site(resource)
-        request = ProxyRequest(channel)
-        request.gotLength(0)
-        request.requestHeaders.setRawHeaders(b"host", [b"example.test"])
-        request.requestReceived(b"GET", b"/x?y=1", b"HTTP/1.1")
-        self.assertEqual(request.code, 502)
-        self.assertFalse(request.responseHeaders.hasHeader(b"server"))
-        self.assertFalse(request.responseHeaders.hasHeader(b"date"))
-        self.assertTrue(channel.transport.written.getvalue().endswith(
-            b"No route for host: example.test\n"))
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 
 
-class RoutesStub:
-    def __init__(self, table: RouteTable) -> None:
-        self.table = table
+class FramingTests(TestCase):
+    async def test_content_length_and_reuse(self) -> None:
+        """A Content-Length body; the next request reuses the connection."""
+        origin = RawOrigin(self)
+        response, reader, ended = await origin.fetch(
+            b"HTTP/1.1 203 Fine Thanks\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n"
+            b"Connection: keep-alive\r\n\r\nhello")
+        self.assertEqual((response.code, response.phrase, response.length),
+                         (203, b"Fine Thanks", 5))
+        self.assertEqual(response.headers.getRawHeaders(b"x-a"), [b"1", b"2"])
+        for hidden in (b"content-length", b"connection"):
+            self.assertIsNone(response.headers.getRawHeaders(hidden))
+        self.assertEqual(reader.body, b"hello")
+        ended.trap(ResponseDone)
+        _response, reader, _ended = await origin.fetch(OK)
+        self.assertEqual(reader.body, b"hello")
+        self.assertEqual(len(origin.connections), 1)
+        self.assertEqual(origin.connections[0].requests(), 2)
+
+    async def test_chunked_with_extensions_and_trailers(self) -> None:
+        origin = RawOrigin(self)
+        response, reader, ended = await origin.fetch(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
+        self.assertIs(response.length, UNKNOWN_LENGTH)
+        self.assertEqual(reader.body, b"hello world")
+        ended.trap(ResponseDone)
+        await origin.fetch(OK)
+        self.assertEqual(len(origin.connections), 1)
+
+    async def test_body_until_close(self) -> None:
+        """No length: the body ends with the connection, which is not reused."""
+        origin = RawOrigin(self)
+        server, _response, reader = await origin.begin(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
+        server.transport.write(b"part two")
+        server.transport.loseConnection()
+        await reader.ended
+        reader.reason.trap(PotentialDataLoss)
+        self.assertEqual(reader.body, b"part one, part two")
+
+    async def test_bodyless_answers(self) -> None:
+        """HEAD (with a Content-Length), 204 and 304 have no body; their connection is not
+        reused (a body written after one anyway would be read as the next answer)."""
+        origin = RawOrigin(self)
+        response, reader, ended = await origin.fetch(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", method=b"HEAD")
+        self.assertEqual((response.length, reader.body), (0, b""))
+        ended.trap(ResponseDone)
+        for status in (b"204 No Content", b"304 Not Modified"):
+            _response, reader, _reason = await origin.fetch(b"HTTP/1.1 %b\r\n\r\n" % status)
+        reader.reason.trap(ResponseDone)
+        self.assertEqual(len(origin.connections), 3)
+
+    async def test_informational_answer_skipped_and_folded_header(self) -> None:
+        origin = RawOrigin(self)
+        response, reader, _ended = await origin.fetch(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\n"
+            b"Content-Length: 2\r\n\r\nok")
+        self.assertEqual((response.code, reader.body), (200, b"ok"))
+        self.assertEqual(response.headers.getRawHeaders(b"x-long"), [b"a b"])
+
+    async def test_connection_close_and_http_1_0_not_reused(self) -> None:
+        origin = RawOrigin(self)
+        await origin.fetch(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
+        await origin.fetch(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await origin.fetch(OK)
+        self.assertEqual(len(origin.connections), 3)
+
+    async def test_request_head(self) -> None:
+        """Method, target with query, headers in order, Host from the URL when absent."""
+        origin = RawOrigin(self)
+        pending = origin.request(path=b"/a/b?x=1", headers=Headers({b"X-One": [b"1", b"2"]}))
+        server = await origin.answer(OK)
+        await pending
+        head = server.received.decode()
+        self.assertTrue(head.startswith("GET /a/b?x=1 HTTP/1.1\r\n"), head)
+        self.assertIn("X-One: 1\r\nX-One: 2\r\n", head)
+        self.assertIn(f"Host: 127.0.0.1:{origin.port.getHost().port}\r\n", head)
+
+
+class BodyTests(TestCase):
+    async def test_known_length_body(self) -> None:
+        origin = RawOrigin(self)
+        pending = origin.request(b"POST", body=FileBodyProducer(BytesIO(b"x" * 70000)))
+        await wait_until(lambda: origin.connections
+                         and origin.connections[0].received.endswith(b"x" * 100))
+        server = origin.connections[0]
+        self.assertIn(b"Content-Length: 70000\r\n\r\n", server.received)
+        self.assertEqual(len(server.received.partition(b"\r\n\r\n")[2]), 70000)
+        server.transport.write(OK)
+        await pending
+
+    async def test_unknown_length_body_is_chunked(self) -> None:
+        origin = RawOrigin(self)
+        upload = UploadStream(None, _NoFlow())
+        upload.feed(b"first")
+        pending = origin.request(b"POST", body=upload)
+        await wait_until(lambda: origin.connections
+                         and origin.connections[0].received.endswith(b"5\r\nfirst\r\n"))
+        upload.feed(b"second")
+        upload.finish()
+        server = origin.connections[0]
+        await wait_until(lambda: server.received.endswith(b"6\r\nsecond\r\n0\r\n\r\n"))
+        self.assertIn(b"Transfer-Encoding: chunked\r\n", server.received)
+        server.transport.write(OK)
+        await pending
+
+    async def test_early_answer_stops_the_body(self) -> None:
+        """Answered while the body is still coming: the body stops, the connection closes."""
+        origin = RawOrigin(self)
+        upload = UploadStream(1000, _NoFlow())
+        upload.feed(b"x" * 10)
+        pending = origin.request(b"POST", body=upload)
+        await wait_until(lambda: origin.connections
+                         and origin.connections[0].received.endswith(b"x" * 10))
+        origin.connections[0].transport.write(OK)
+        response = await pending
+        reader = Reader()
+        response.deliverBody(reader)
+        await reader.ended
+        reader.reason.trap(ResponseDone)
+        await origin.connections[0].lost
+        upload.feed(b"more")  # dropped, no error
+
+    async def test_failing_body_fails_the_request(self) -> None:
+        origin = RawOrigin(self)
+        upload = UploadStream(None, _NoFlow())
+        pending = origin.request(b"POST", body=upload)
+        await wait_until(lambda: bool(origin.connections)
+                         and b"\r\n\r\n" in origin.connections[0].received)
+        upload.fail(ValueError("too large"))
+        failure = await self.assertFailure(pending, ValueError)
+        self.assertEqual(str(failure), "too large")
+
+
+class FlowAndFailureTests(TestCase):
+    async def test_reader_pauses_and_resumes(self) -> None:
+        origin = RawOrigin(self)
+        server, _response, reader = await origin.begin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabcd")
+        await wait_until(lambda: reader.body == b"abcd")
+        reader.transport.pauseProducing()
+        server.transport.write(b"efgh")
+        await wait_until(lambda: server.transport.dataBuffer == b""
+                         and not server.transport._tempDataBuffer)
+        self.assertEqual(reader.body, b"abcd")
+        reader.transport.resumeProducing()
+        await reader.ended
+        reader.reason.trap(ResponseDone)
+        self.assertEqual(reader.body, b"abcdefgh")
+
+    async def test_garbage_answers(self) -> None:
+        origin = RawOrigin(self)
+        for garbage in (b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n",
+                        b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"):
+            pending = origin.request()
+            await origin.answer(garbage)
+            await self.assertFailure(pending, BadResponseError)
+        pending = origin.request()
+        await origin.answer(b"x" * 70000)
+        await self.assertFailure(pending, BadResponseError)
+
+    async def test_bad_chunk_fails_the_body(self) -> None:
+        """Chunk sizes are strict hex: what Python's int() would also take is refused."""
+        origin = RawOrigin(self)
+        for size in (b"zz", b"+5", b"0x5", b"1_0", b"-1"):
+            _response, reader, ended = await origin.fetch(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n%b\r\n"
+                % size)
+            ended.trap(ResponseFailed)
+            self.assertEqual(reader.body, b"abc")
+
+    async def test_reset_mid_body_and_before_answer(self) -> None:
+        origin = RawOrigin(self)
+        server, _response, reader = await origin.begin(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+        server.transport.abortConnection()
+        await reader.ended
+        reader.reason.trap(ResponseFailed)
+        pending = origin.request()
+        await wait_until(lambda: len(origin.connections) == 2
+                         and origin.connections[1].requests() == 1)
+        origin.connections[1].transport.loseConnection()
+        await self.assertFailure(pending, ResponseNeverReceived)
+
+    async def test_stale_idle_connection_retried_for_get_only(self) -> None:
+        """The origin closes a kept-alive connection just as it is reused (no answer, not
+        a byte): a GET goes again on a new connection; a POST with a body fails rather
+        than risk being sent twice."""
+        origin = RawOrigin(self)
+        await origin.fetch(OK)
+        origin.connections[0].hang_up_on_next = True
+        _response, reader, _reason = await origin.fetch(OK)
+        self.assertEqual(reader.body, b"hello")
+        self.assertEqual(len(origin.connections), 2)
+        self.assertEqual(origin.connections[0].requests(), 2)
+        origin.connections[1].hang_up_on_next = True
+        pending = origin.request(b"POST", body=FileBodyProducer(BytesIO(b"once")))
+        await self.assertFailure(pending, ResponseNeverReceived)
+        self.assertEqual(len(origin.connections), 2)
+
+    async def test_no_resend_when_asked_not_to(self) -> None:
+        """``resend_stale=False`` (webhooks: a retry is the engine's decision): the same
+        stale GET fails instead."""
+        origin = RawOrigin(self)
+        origin.client.resend_stale = False
+        await origin.fetch(OK)
+        origin.connections[0].hang_up_on_next = True
+        await self.assertFailure(origin.request(), ResponseNeverReceived)
+        self.assertEqual(len(origin.connections), 1)
+
+    async def test_endpoints_per_request(self) -> None:
+        """A client without default endpoints takes them with each request."""
+        origin = RawOrigin(self)
+        client = OriginClient(reactor, None)
+        self.addCleanup(client.closeCachedConnections)
+        self.assertRaises(ValueError, client.request, b"GET", origin.url())
+        pending = client.request(b"GET", origin.url(),
+                                 endpoints=OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()))
+        await origin.answer(OK)
+        response = await pending
+        self.assertEqual(response.code, 200)
+        reader = Reader()
+        response.deliverBody(reader)
+        await reader.ended
+
+    async def test_cancel(self) -> None:
+        origin = RawOrigin(self)
+        pending = origin.request()
+        await wait_until(lambda: bool(origin.connections) and origin.connections[0].requests())
+        pending.cancel()
+        await self.assertFailure(pending, CancelledError)
+        await origin.connections[0].lost
+
+    async def test_idle_connections_time_out(self) -> None:
+        origin = RawOrigin(self, idle_timeout=0.05)
+        await origin.fetch(OK)
+        await origin.connections[0].lost
+
+
+class SplitUrlTests(TestCase):
+    def test_forms(self) -> None:
+        address, authority, target = split_url(b"http://[::1]:8080/p?q=1")
+        self.assertEqual((address.host, address.port, authority, target),
+                         (b"::1", 8080, b"[::1]:8080", b"/p?q=1"))
+        self.assertEqual(split_url(b"https://example.com")[0].port, 443)
+        self.assertEqual(split_url(b"http://example.com?x")[2], b"/?x")
+        self.assertRaises(ValueError, split_url, b"ftp://example.com/")
+
+
+class _NoFlow:
+    """A client side that needs no flow control (the test feeds the body itself)."""
+
+    def pauseProducing(self) -> None:  # noqa: N802
+        """Nothing to pause."""
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        """Nothing to resume."""
+
+    def stopProducing(self) -> None:  # noqa: N802
+        """Nothing to stop."""
+
+
+class SocketOptionTests(TestCase):
+    async def test_origin_connections_skip_nagle_and_delayed_acks(self) -> None:
+        """Origin sockets: TCP_NODELAY on, and a quick-ack call armed for every read (an
+        origin writing head and body in two sends would otherwise wait 40 ms for our ACK
+        on a kept-alive connection)."""
+        origin = RawOrigin(self)
+        await origin.fetch(OK)
+        [connection] = origin.client._idle[split_url(origin.url())[0]]
+        handle = connection.transport.getHandle()
+        self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        self.assertIsNotNone(connection._quick_ack)
+
+    def test_quick_ack_only_for_tcp(self) -> None:
+        self.assertIsNone(quick_ack(object()))
+        left, right = socket.socketpair()
+        self.addCleanup(left.close)
+        self.addCleanup(right.close)
+        self.assertIsNone(quick_ack(_Handle(left)))  # a UNIX socket
+        tcp = socket.socket()
+        self.addCleanup(tcp.close)
+        acknowledge = quick_ack(_Handle(tcp))
+        assert acknowledge is not None
+        acknowledge()  # not connected: the error is swallowed
+
+
+class _Handle:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def getHandle(self) -> socket.socket:  # noqa: N802
+        return self._sock

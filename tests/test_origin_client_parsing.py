@@ -8,44 +8,16 @@ from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web._newclient import ResponseFailed, ResponseNeverReceived
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import IAgentEndpointFactory
-from zope.interface import implementer
 
 from fanout_tx.outbound.origin_client import BadResponseError, OriginClient
-from tests.test_origin_http_client import Reader
-
-
-class MemoryEndpoint:
-    """Connects at once, to a StringTransport."""
-
-    def __init__(self) -> None:
-        self.connections: list[tuple[Any, StringTransport]] = []
-
-    def connect(self, factory: Any) -> Deferred[Any]:
-        protocol = factory.buildProtocol(None)
-        transport = StringTransport()
-        protocol.makeConnection(transport)
-        self.connections.append((protocol, transport))
-        return succeed(protocol)
-
-
-@implementer(IAgentEndpointFactory)
-class MemoryEndpoints:
-    def __init__(self) -> None:
-        self.endpoint = MemoryEndpoint()
-
-    def endpointForURI(self, uri: Any) -> MemoryEndpoint:  # noqa: N802
-        return self.endpoint
-
+from tests.support.origin_client import MemoryEndpoint, MemoryEndpoints, Reader, pieces
 
 TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12)
 NAME = TOKEN.filter(lambda n: n.lower() not in {
@@ -81,11 +53,6 @@ def answers(draw: Any) -> tuple[bytes, dict[str, Any]]:
     wire = b"\r\n".join(head) + b"\r\n\r\n" + wire_body
     return wire, {"code": code, "phrase": phrase.encode(), "headers": headers, "body": body,
                   "framing": framing}
-
-
-def pieces(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False) if b > a]
 
 
 class ParserProperties(SynchronousTestCase):

@@ -22,9 +22,9 @@ from zope.interface import implementer
 
 from fanout_tx.grip.signature import verify_hs256
 from fanout_tx.outbound.origin import ProxySettings
-from tests.helpers import RawClient, wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip, later
-from tests.services import free_port
+from tests.support.helpers import RawClient, wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip, later
+from tests.support.services import free_port
 
 
 @implementer(IBodyProducer)

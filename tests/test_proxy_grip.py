@@ -22,8 +22,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
 from fanout_tx.outbound.origin import ProxySettings
-from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import ProxyHarness, Started, grip
 
 
 def long_poll(request: Request) -> bytes:
@@ -44,30 +44,6 @@ def instruct(document: dict) -> Any:
         request.setHeader("Content-Type", "application/grip-instruct")
         return json.dumps(document).encode()
     return answer
-
-
-class Started:
-    """A request in flight and its body collector."""
-
-    def __init__(self, proxy: ProxyHarness, path: bytes, **kwargs: Any) -> None:
-        self.proxy = proxy
-        self.deferred = proxy.request(path, **kwargs)
-        self.response: Any = None
-        self.collect = Collect()
-
-    async def body(self) -> bytes:
-        await self.headers_arrived()
-        return await self.collect.done
-
-    async def headers_arrived(self) -> Any:
-        if self.response is None:
-            self.response = await self.deferred
-            self.response.deliverBody(self.collect)
-            self.proxy.bodies.append(self.collect.done)
-        return self.response
-
-    def text(self) -> bytes:
-        return b"".join(self.collect.chunks)
 
 
 class LongPollTests(TestCase):

@@ -18,8 +18,8 @@ from twisted.web.server import Request
 
 from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.http.proxy_service import ProxyService
-from tests.helpers import TrackingFactory, wait_until
-from tests.proxy_fixtures import Collect, grip, origin_on_loopback, tree_config
+from tests.support.helpers import TrackingFactory, wait_until
+from tests.support.proxy_fixtures import Collect, grip, origin_on_loopback, tree_config
 
 
 def read_body(response: Any) -> Deferred[bytes]:

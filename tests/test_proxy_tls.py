@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import ipaddress
 from types import SimpleNamespace
 from typing import Any
 
-from cryptography import x509
-from twisted.internet import reactor, ssl
+from twisted.internet import reactor
 from twisted.internet.defer import inlineCallbacks
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.trial.unittest import TestCase
@@ -19,16 +17,9 @@ from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints
 from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.ws.handler import WebSocketHandler
 from fanout_tx.transports.ws.proxy import endpoint_connector
-from tests.helpers import self_signed_pem
-from tests.proxy_fixtures import ProxyHarness
-from tests.test_ws_e2e import ClientSide, Origin, WsTestMixin, _listen_endpoint, grip_echo
-
-
-def self_signed_for_loopback() -> tuple[ssl.PrivateCertificate, ssl.Certificate]:
-    """A certificate for IP 127.0.0.1, its own issuer: (with its key, alone)."""
-    key_pem, cert_pem = self_signed_pem(
-        "fanout test origin", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
-    return ssl.PrivateCertificate.loadPEM(cert_pem + key_pem), ssl.Certificate.loadPEM(cert_pem)
+from tests.support.helpers import self_signed_for_loopback
+from tests.support.proxy_fixtures import ProxyHarness
+from tests.support.ws import ClientSide, WsOverHttpOrigin, WsTestMixin, grip_echo, listen_endpoint
 
 
 class TlsTargetTests(TestCase):
@@ -66,7 +57,7 @@ class WebSocketOverHttpTlsTests(WsTestMixin, TestCase):
     @inlineCallbacks
     def start_tls(self, target_options: str):
         cert, _public = self_signed_for_loopback()
-        self.origin = Origin(grip_echo)
+        self.origin = WsOverHttpOrigin(grip_echo)
         port = reactor.listenSSL(0, Site(self.origin), cert.options(), interface="127.0.0.1")
         self.addCleanup(port.stopListening)
         line = f"* 127.0.0.1:{port.getHost().port},over_http,ssl{target_options}"
@@ -79,7 +70,7 @@ class WebSocketOverHttpTlsTests(WsTestMixin, TestCase):
             SimpleNamespace(table=parse_routes(line)), self.router, verified, reactor,
             self.proxy_settings, self.factory, endpoint_connector(reactor),
             insecure_agent=insecure)
-        listening = yield _listen_endpoint().listen(Site(self.handler))
+        listening = yield listen_endpoint().listen(Site(self.handler))
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
 

@@ -9,8 +9,8 @@ from twisted.web.http_headers import Headers
 
 from fanout_tx.grip.signature import encode_hs256, verify_hs256
 from fanout_tx.outbound.origin import ProxySettings
-from tests.helpers import wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip
+from tests.support.helpers import wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip
 
 UPSTREAM = b"upstream secret"
 SETTINGS = ProxySettings(upstream_key=UPSTREAM, sig_key=b"own key",

@@ -15,9 +15,9 @@ from typing_extensions import override
 
 from fanout_tx.outbound.origin import ProxySettings
 from fanout_tx.transports.http.upload import REPLAY_LIMIT
-from tests.helpers import RawClient, TrackingFactory, wait_until
-from tests.proxy_fixtures import ProxyHarness
-from tests.services import free_port
+from tests.support.helpers import RawClient, TrackingFactory, wait_until
+from tests.support.proxy_fixtures import ProxyHarness
+from tests.support.services import free_port
 
 
 class RawOrigin(Protocol):

@@ -8,97 +8,33 @@ from pathlib import Path
 from typing import Any
 
 from gripcontrol import GripPubControl
-from treq.client import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol, serverFromString
 from twisted.internet.error import ConnectionDone
-from twisted.internet.task import Clock, deferLater
+from twisted.internet.task import Clock
 from twisted.internet.testing import EventLoggingObserver, StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
-from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
-from typing_extensions import override
 
-from fanout_tx.core.bus import BusUnavailableError, LocalBus
+from fanout_tx.core.bus import BusUnavailableError
 from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import encode_hs256
 from fanout_tx.inputs.publish_api import LimitedRequest, PublishRoot, PublishSite, TextPage
 from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.tap import Core, build_service, listening_port, load_settings
-from tests.helpers import RawClient, RecordingBus, RecordingSubscriber, TrackingFactory
-
-KEY = b"publish-secret"
-NOW = 1_800_000_000.0
-ITEM = {"channel": "c", "formats": {"http-stream": {"content": "hello\n"}}}
+from tests.support.helpers import RecordingBus, RecordingSubscriber, TrackingFactory, wait_until
+from tests.support.publish import ITEM, KEY, NOW, PublishApiCase, publish_body, publish_token
 
 
-def _body(*items: Any) -> bytes:
-    return json.dumps({"items": list(items)}).encode("utf-8")
-
-
-def _token(**claims: Any) -> bytes:
-    claims.setdefault("iss", "publisher")
-    claims.setdefault("exp", int(NOW) + 60)
-    return b"Bearer " + encode_hs256(claims, KEY).encode("ascii")
-
-
-class _Served(TestCase):
-    """Serves a PublishRoot on 127.0.0.1 port 0; a non-persistent client talks to it."""
-
-    max_body_size = 1000
-    timeout = 15
-
-    @override
-    def setUp(self) -> None:
-        self.http = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
-        self.clock = Clock()
-        self.clock.advance(self.now())
-        self.router = Router(self.clock)
-        self.subscriber = RecordingSubscriber()
-        self.router.subscribe("c", self.subscriber)
-        self.bus: Any = LocalBus(self.router)
-
-    def now(self) -> float:
-        """The server clock's time at the start of the test."""
-        return NOW
-
-    def root(self, key: bytes = b"", iss: str = "") -> PublishRoot:
-        return PublishRoot(self.bus, self.router, BearerAuth(key, iss, self.clock))
-
-    async def serve(self, root: PublishRoot) -> str:
-        factory = TrackingFactory(PublishSite(root, self.max_body_size, reactor))
-        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(factory)
-        self.addCleanup(factory.wait_closed)
-        self.addCleanup(port.stopListening)
-        self.port = port.getHost().port
-        return f"http://127.0.0.1:{self.port}"
-
-    async def post(self, url: str, body: bytes, **headers: str) -> tuple[int, Any, bytes]:
-        response = await self.http.post(url, data=body, headers=headers)
-        return response.code, response.headers, await response.content()
-
-    async def get(self, url: str, **headers: str) -> tuple[int, Any, bytes]:
-        response = await self.http.get(url, headers=headers)
-        return response.code, response.headers, await response.content()
-
-    async def raw(self, *chunks: bytes) -> RawClient:
-        client = RawClient()
-        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", self.port), client)
-        for chunk in chunks:
-            client.transport.write(chunk)
-        return client
-
-
-class PublishTests(_Served):
+class PublishTests(PublishApiCase):
     async def test_publish_answers_text(self) -> None:
         """A valid publish gets 200 ``Published`` as text/plain and reaches subscribers."""
         url = await self.serve(self.root())
-        code, headers, body = await self.post(url + "/publish/", _body(ITEM))
+        code, headers, body = await self.post(url + "/publish/", publish_body(ITEM))
         self.assertEqual((code, body), (200, b"Published\n"))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"text/plain"])
         self.assertEqual(self.subscriber.contents, [b"hello\n"])
@@ -107,7 +43,7 @@ class PublishTests(_Served):
         """With ``Accept: application/json`` the answer is ``{"message": "Published"}``;
         ``/publish`` without the slash works too."""
         url = await self.serve(self.root())
-        code, headers, body = await self.post(url + "/publish", _body(ITEM),
+        code, headers, body = await self.post(url + "/publish", publish_body(ITEM),
                                               Accept="application/json")
         self.assertEqual((code, json.loads(body)), (200, {"message": "Published"}))
         self.assertEqual(headers.getRawHeaders(b"content-type"), [b"application/json"])
@@ -125,17 +61,16 @@ class PublishTests(_Served):
 
         root.add_publish_barrier(barrier)
         url = await self.serve(root)
-        answered = Deferred.fromCoroutine(self.post(url + "/publish/", _body(ITEM)))
-        while not held:
-            await deferLater(reactor, 0.01, lambda: None)
+        answered = Deferred.fromCoroutine(self.post(url + "/publish/", publish_body(ITEM)))
+        await wait_until(lambda: held, message="the publish never reached the barrier")
         self.assertNoResult(answered)
         held[0].callback(True)
         code, _headers, body = await answered
         self.assertEqual((code, body), (200, b"Published\n"))
 
-        answered = Deferred.fromCoroutine(self.post(url + "/publish/", _body(ITEM)))
-        while len(held) < 2:
-            await deferLater(reactor, 0.01, lambda: None)
+        answered = Deferred.fromCoroutine(self.post(url + "/publish/", publish_body(ITEM)))
+        await wait_until(lambda: len(held) == 2,
+                         message="the second publish never reached the barrier")
         held[1].callback(False)
         code, _headers, body = await answered
         self.assertEqual(code, 503)
@@ -146,7 +81,7 @@ class PublishTests(_Served):
         url = await self.serve(self.root())
         for content_type in ("text/plain", "application/x-www-form-urlencoded",
                              "multipart/form-data; boundary=x"):
-            code, _headers, body = await self.post(url + "/publish/", _body(ITEM),
+            code, _headers, body = await self.post(url + "/publish/", publish_body(ITEM),
                                                    **{"Content-Type": content_type})
             self.assertEqual((code, body), (200, b"Published\n"), content_type)
         self.assertEqual(len(self.subscriber.received), 3)
@@ -161,13 +96,13 @@ class PublishTests(_Served):
             (b"[]", "Body must be a JSON object."),
             (b"{}", "Invalid format: object does not contain 'items' list"),
             (b'{"items": {}}', "Invalid format: object does not contain 'items' list"),
-            (_body(ITEM, 1), "item 1: item must be an object"),
-            (_body(ITEM, {"formats": ITEM["formats"]}), "item 1: item has no channel"),
-            (_body({"channel": "c", "formats": {"nope": {}}}),
+            (publish_body(ITEM, 1), "item 1: item must be an object"),
+            (publish_body(ITEM, {"formats": ITEM["formats"]}), "item 1: item has no channel"),
+            (publish_body({"channel": "c", "formats": {"nope": {}}}),
              "item 0: Invalid format: unknown format 'nope'"),
-            (_body({"channel": "c", "formats": {"http-stream": {"content": 5}}}),
+            (publish_body({"channel": "c", "formats": {"http-stream": {"content": 5}}}),
              "item 0: Invalid format: http-stream"),
-            (_body({"channel": "c"}), "item 0: item has no formats"),
+            (publish_body({"channel": "c"}), "item 0: item has no formats"),
         ]
         for request_body, reason in cases:
             code, headers, body = await self.post(url + "/publish/", request_body)
@@ -191,7 +126,7 @@ class PublishTests(_Served):
         """No per-request log line for a good publish (the access log is off too)."""
         url = await self.serve(self.root())
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
-        await self.post(url + "/publish/", _body(ITEM))
+        await self.post(url + "/publish/", publish_body(ITEM))
         # The HTTP client's factory logs its own start and stop; nothing else may appear.
         server_events = [e.get("log_text", e["log_format"]) for e in events
                          if e["log_level"] >= LogLevel.info and "factory" not in e]
@@ -228,7 +163,7 @@ class PublishTests(_Served):
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         self.bus = RecordingBus(BusUnavailableError("redis is down"))
         url = await self.serve(self.root())
-        code, _headers, body = await self.post(url + "/publish/", _body(ITEM))
+        code, _headers, body = await self.post(url + "/publish/", publish_body(ITEM))
         self.assertEqual((code, body), (503, b"Service unavailable: redis is down\n"))
         self.assertEqual([e["log_level"] for e in events if e.get("reason") == "redis is down"],
                          [LogLevel.warn])
@@ -237,7 +172,7 @@ class PublishTests(_Served):
         """An unexpected bus failure is a 500 without details, and the traceback is logged."""
         self.bus = RecordingBus(RuntimeError("boom"))
         url = await self.serve(self.root())
-        code, _headers, body = await self.post(url + "/publish/", _body(ITEM))
+        code, _headers, body = await self.post(url + "/publish/", publish_body(ITEM))
         self.assertEqual((code, body), (500, b"Internal error while publishing.\n"))
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
 
@@ -247,7 +182,7 @@ class PublishTests(_Served):
         url = await self.serve(self.root())
         bad = await self.raw(b"POST /publish/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
                              b"Content-Length: 10\r\n\r\n{\"items")
-        code, _headers, body = await self.post(url + "/publish/", _body(ITEM))
+        code, _headers, body = await self.post(url + "/publish/", publish_body(ITEM))
         self.assertEqual((code, body), (200, b"Published\n"))
         bad.transport.write(b"\": 1}")
         answer = await bad.closed
@@ -255,13 +190,13 @@ class PublishTests(_Served):
         self.assertEqual(self.subscriber.contents, [b"hello\n"])
 
 
-class BodyLimitTests(_Served):
+class BodyLimitTests(PublishApiCase):
     max_body_size = 200
 
     async def test_oversized_body_is_413(self) -> None:
         """A body over ``push_in_http_max_body_size`` gets 413 and nothing is published."""
         url = await self.serve(self.root())
-        big = _body({"channel": "c", "formats": {"http-stream": {"content": "x" * 300}}})
+        big = publish_body({"channel": "c", "formats": {"http-stream": {"content": "x" * 300}}})
         code, _headers, body = await self.post(url + "/publish/", big)
         self.assertEqual((code, body), (413, b"Request body too large.\n"))
         self.assertEqual(self.subscriber.received, [])
@@ -280,7 +215,7 @@ class BodyLimitTests(_Served):
     async def test_body_at_the_limit_is_accepted(self) -> None:
         """Exactly ``max_body_size`` bytes is still fine."""
         url = await self.serve(self.root())
-        body = _body(ITEM)
+        body = publish_body(ITEM)
         body += b" " * (self.max_body_size - len(body))
         code, _headers, answer = await self.post(url + "/publish/", body)
         self.assertEqual((code, answer), (200, b"Published\n"))
@@ -311,12 +246,13 @@ class BodyBufferTests(SynchronousTestCase):
         self.assertEqual(clock.getDelayedCalls(), [])
 
 
-class AuthTests(_Served):
+class AuthTests(PublishApiCase):
     async def serve_with_auth(self) -> str:
         return await self.serve(self.root(KEY, "publisher"))
 
     async def assert_refused(self, url: str, reason: str, **headers: str) -> None:
-        code, response_headers, body = await self.post(url + "/publish/", _body(ITEM), **headers)
+        code, response_headers, body = await self.post(url + "/publish/", publish_body(ITEM),
+                                                       **headers)
         self.assertEqual((code, body.decode()), (401, reason + "\n"))
         self.assertEqual(response_headers.getRawHeaders(b"www-authenticate"), [b"Bearer"])
 
@@ -340,10 +276,10 @@ class AuthTests(_Served):
                                               b"other").encode()
         cases = [
             (wrong_key, "Invalid token: invalid signature."),
-            (_token(exp=int(NOW) - 31), "Invalid token: token has expired."),
-            (_token(exp=None), "Invalid token: token has no exp claim."),
-            (_token(exp="soon"), "Invalid token: exp claim must be a number."),
-            (_token(iss="someone-else"), "Invalid token: wrong issuer."),
+            (publish_token(exp=int(NOW) - 31), "Invalid token: token has expired."),
+            (publish_token(exp=None), "Invalid token: token has no exp claim."),
+            (publish_token(exp="soon"), "Invalid token: exp claim must be a number."),
+            (publish_token(iss="someone-else"), "Invalid token: wrong issuer."),
         ]
         for header, reason in cases:
             await self.assert_refused(url, reason, Authorization=header.decode())
@@ -352,8 +288,8 @@ class AuthTests(_Served):
     async def test_valid_token_publishes(self) -> None:
         """A valid token passes, also one expired by less than the 30 s leeway."""
         url = await self.serve_with_auth()
-        for header in (_token(), _token(exp=int(NOW) - 29)):
-            code, _headers, body = await self.post(url + "/publish/", _body(ITEM),
+        for header in (publish_token(), publish_token(exp=int(NOW) - 29)):
+            code, _headers, body = await self.post(url + "/publish/", publish_body(ITEM),
                                                    Authorization=header.decode())
             self.assertEqual((code, body), (200, b"Published\n"))
         self.assertEqual(len(self.subscriber.received), 2)
@@ -380,7 +316,8 @@ class AuthTests(_Served):
         self.assertEqual((code, body), (200, b"metrics\n"))
         code, _headers, _body = await self.get(url + "/webhooks")
         self.assertEqual(code, 401)
-        code, _headers, body = await self.get(url + "/webhooks", Authorization=_token().decode())
+        code, _headers, body = await self.get(url + "/webhooks",
+                                              Authorization=publish_token().decode())
         self.assertEqual((code, body), (200, b"webhooks\n"))
 
 

@@ -15,9 +15,9 @@ from typing_extensions import override
 
 from fanout_tx.cli.publish import _parser, build_item, main
 from fanout_tx.core.items import parse_item
-from tests.helpers import RecordingSubscriber
-from tests.services import free_port
-from tests.test_publish_api import KEY, _Served
+from tests.support.helpers import RecordingSubscriber
+from tests.support.publish import KEY, PublishApiCase
+from tests.support.services import free_port
 
 
 class BuildItemTests(SynchronousTestCase):
@@ -85,7 +85,7 @@ class UsageTests(SynchronousTestCase):
             self.assertTrue(stderr.startswith("usage: fanout-publish"), stderr)
 
 
-class PublishCommandTests(_Served):
+class PublishCommandTests(PublishApiCase):
     @override
     def now(self) -> float:
         return time.time()  # the command signs its tokens with the real time

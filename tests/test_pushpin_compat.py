@@ -27,12 +27,11 @@ from fanout_tx.inputs.zmq_ingest import ZmqSubInput
 from fanout_tx.ops.sig_warnings import signing_warnings
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.xmpp.component import build_xmpp
-from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
-from tests.ops_fixtures import Server
-from tests.proxy_fixtures import ProxyHarness, grip, origin_on_loopback
-from tests.services import free_port
-from tests.test_proxy_grip import Started
-from tests.test_ws_e2e import WsTestMixin, _listen_endpoint, events_reply, grip_echo
+from tests.support.helpers import RecordingBus, RecordingSubscriber, wait_until
+from tests.support.ops_fixtures import Server
+from tests.support.proxy_fixtures import ProxyHarness, Started, grip, origin_on_loopback
+from tests.support.services import free_port
+from tests.support.ws import WsTestMixin, events_reply, grip_echo, listen_endpoint
 
 
 def zmq_peer(test: TestCase, socket_type: int, endpoint: str) -> zmq.Socket:
@@ -479,7 +478,7 @@ class ClientCloseTests(WsTestMixin, TestCase):
         factory = WebSocketServerFactory()
         factory.protocol = EchoCloseOrigin
         factory.setProtocolOptions(echoCloseCodeReason=True)
-        port = await _listen_endpoint().listen(factory)
+        port = await listen_endpoint().listen(factory)
         self.addCleanup(port.stopListening)
         await self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
         _clean, code, reason = await self.close_with(4005)

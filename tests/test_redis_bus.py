@@ -13,10 +13,14 @@ from typing import Any
 import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, gatherResults, inlineCallbacks
+from twisted.internet.protocol import Factory, connectionDone
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
+from twisted.protocols import portforward
+from twisted.python.failure import Failure
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
+from typing_extensions import override
 from zope.interface.verify import verifyObject
 
 from fanout_tx.cluster.redis_bus import RedisBus
@@ -27,10 +31,10 @@ from fanout_tx.core.interfaces import IBus
 from fanout_tx.core.items import Item, parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.tap import Core, build_core, build_service, listening_port, load_settings
-from tests.helpers import RecordingSubscriber, wait_until
-from tests.proxy_fixtures import Collect, ProxyHarness, grip
-from tests.services import RedisServer
-from tests.test_ws_e2e import WsTestMixin, grip_echo
+from tests.support.helpers import RecordingSubscriber, wait_until
+from tests.support.proxy_fixtures import Collect, ProxyHarness, grip
+from tests.support.services import RedisServer
+from tests.support.ws import WsTestMixin, grip_echo
 
 CHANNEL = "news"
 
@@ -57,6 +61,48 @@ class WaitingSubscriber(RecordingSubscriber):
         waiter = Deferred()
         self._waiting.append((content, waiter))
         return waiter.addTimeout(timeout, reactor)
+
+
+class _UnixSide(portforward.ProxyClient):
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        relay = self.peer.factory
+        super().connectionLost(reason)
+        relay.lost(self)
+
+
+class _RelayedConnection(portforward.ProxyServer):
+    """One TCP connection, relayed both ways to the redis-server's unix socket."""
+
+    clientProtocolFactory = portforward.ProxyClientFactory
+
+    @override
+    def connectionMade(self) -> None:
+        self.transport.pauseProducing()
+        client = self.clientProtocolFactory()
+        client.protocol = _UnixSide
+        client.setServer(self)
+        self.factory.relayed.append(Deferred())
+        reactor.connectUNIX(self.factory.path, client)
+
+
+class _RelayToUnix(Factory):
+    """Listens on TCP, relays each connection to the unix socket at ``path``."""
+
+    protocol = _RelayedConnection
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.relayed: list[Deferred[None]] = []
+        self._ended = 0
+
+    def lost(self, _side: _UnixSide) -> None:
+        self.relayed[self._ended].callback(None)
+        self._ended += 1
+
+    def closed(self) -> Deferred[Any]:
+        """Fires once every relayed unix connection has closed."""
+        return gatherResults(self.relayed)
 
 
 def stream_item(content: str, channel: str = CHANNEL, **extra: Any) -> Item:
@@ -286,13 +332,19 @@ class RedisBusTests(_RedisCase):
         self.assertEqual(sub_b.contents[-1], b"again")
 
     @inlineCallbacks
-    def test_unix_socket(self) -> Any:
-        """``unix:///path`` URLs work like TCP ones."""
-        url = f"unix://{self.redis.unix_socket}"
+    def test_tcp_url(self) -> Any:
+        """``redis://host:port`` URLs work like the ``unix://`` ones the other tests use
+        (here through a relay on a port-0 listener: no race for a free port)."""
+        factory = _RelayToUnix(self.redis.unix_socket)
+        port = reactor.listenTCP(0, factory, interface="127.0.0.1")
+        self.addCleanup(factory.closed)
+        self.addCleanup(port.stopListening)
+        url = f"redis://127.0.0.1:{port.getHost().port}/0"
         (a, _sub_a), (_b, sub_b) = yield self.instances(2, url)
-        yield a.bus.publish([stream_item("via socket")], "http")
-        yield sub_b.wait_for(b"via socket")
-        self.assertEqual(sub_b.contents, [b"via socket"])
+        yield a.bus.publish([stream_item("via tcp")], "http")
+        yield sub_b.wait_for(b"via tcp")
+        self.assertEqual(sub_b.contents, [b"via tcp"])
+        self.assertEqual(len(factory.relayed), 4)  # two connections per bus, all through TCP
 
 
 class WiringTests(_RedisCase):

@@ -16,7 +16,7 @@ from fanout_tx.core.interfaces import IChannelListener, ISubscriber
 from fanout_tx.core.items import Item, parse_item
 from fanout_tx.core.router import FilterError, Router
 from fanout_tx.grip.content_filters import substitute_vars
-from tests.helpers import RecordingSubscriber
+from tests.support.helpers import RecordingSubscriber
 
 try:
     from twisted.internet.testing import EventLoggingObserver

@@ -23,13 +23,12 @@ from typing_extensions import override
 from fanout_tx.core.router import Router
 from fanout_tx.ops.logs import filter_twistd_logging
 from fanout_tx.ops.operations import FanoutRoot
-from tests import proxy_fixtures
-from tests.helpers import RecordingSubscriber
-from tests.ops_fixtures import RawClient, hold
-from tests.services import free_port
-from tests.test_tap import _Collect, write_config
-from tests.test_ws_e2e import ClientSide, _listen_endpoint, grip_echo
-from tests.test_ws_e2e import Origin as WsOrigin
+from tests.support import proxy_fixtures
+from tests.support.helpers import RecordingSubscriber
+from tests.support.ops_fixtures import RawClient, hold
+from tests.support.services import free_port
+from tests.support.twistd import TwistdOutput, write_config
+from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 SHUTDOWN_TIMEOUT = 5
 
@@ -38,12 +37,12 @@ class SigtermTests(TestCase):
     timeout = 60
 
     async def start_server(self) -> None:
-        http_origin = proxy_fixtures.Origin()
+        http_origin = proxy_fixtures.HttpOrigin()
         http_origin.handlers = {b"/lp": hold, b"/stream": hold}
-        self.ws_origin = WsOrigin(grip_echo)
+        self.ws_origin = WsOverHttpOrigin(grip_echo)
         origins = []
         for resource in (http_origin, self.ws_origin):
-            port = await _listen_endpoint().listen(Site(resource))
+            port = await listen_endpoint().listen(Site(resource))
             self.addCleanup(port.stopListening)
             origins.append(port.getHost().port)
         self.client_port, self.publish_port = free_port(), free_port()
@@ -57,7 +56,7 @@ class SigtermTests(TestCase):
             "[webhooks]\nenabled=false\n"
         ), routes=(f"*,path_beg=/ws 127.0.0.1:{origins[1]},over_http\n"
                    f"* 127.0.0.1:{origins[0]}\n"))
-        self.output = _Collect()
+        self.output = TwistdOutput()
         twistd = Path(sys.executable).parent / "twistd"
         self.process = reactor.spawnProcess(
             self.output, str(twistd),

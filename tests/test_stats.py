@@ -2,65 +2,18 @@
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import zmq
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from fanout_tx.core.codecs import tnetstring
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.ops.stats_pub import UNTRACKED_REPORT_FIELDS, StatsPublisher, Totals
-from tests.helpers import RecordingSubscriber, wait_until
-from tests.ops_fixtures import Server
+from tests.support.helpers import RecordingSubscriber
+from tests.support.ops_fixtures import Server, StatsSubscriber
 
 REPORT_FIELDS = {"from", "connections", "minutes", "received", "sent", "http-response-sent",
                  "duration", *UNTRACKED_REPORT_FIELDS}
-
-
-def decode(message: bytes) -> tuple[str, dict[str, Any]]:
-    """``<type> T<tnetstring>`` or ``<type> J<json>``, as Pushpin frames them."""
-    kind, space, rest = message.partition(b" ")
-    assert space and rest[:1] in (b"T", b"J"), message
-    if rest[:1] == b"J":
-        return kind.decode(), json.loads(rest[1:])
-    body = tnetstring.loads(rest[1:])
-    return kind.decode(), {k.decode(): v.decode() if isinstance(v, bytes) else v
-                           for k, v in body.items()}
-
-
-class Subscriber:
-    """A SUB socket on the stats endpoint, drained without blocking the reactor."""
-
-    def __init__(self, test: Any, endpoint: str) -> None:
-        self.context = zmq.Context()
-        test.addCleanup(self.context.term)
-        self.socket = self.context.socket(zmq.SUB)
-        test.addCleanup(self.socket.close, 0)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.connect(endpoint)
-        self.messages: list[tuple[str, dict[str, Any]]] = []
-
-    def drain(self) -> list[tuple[str, dict[str, Any]]]:
-        while True:
-            try:
-                self.messages.append(decode(self.socket.recv(zmq.NOBLOCK)))
-            except zmq.Again:
-                return self.messages
-
-    def find(self, kind: str, **fields: Any) -> dict[str, Any] | None:
-        for got_kind, body in self.drain():
-            if got_kind == kind and all(body.get(k) == v for k, v in fields.items()):
-                return body
-        return None
-
-    async def wait(self, kind: str, **fields: Any) -> dict[str, Any]:
-        await wait_until(lambda: self.find(kind, **fields) is not None)
-        body = self.find(kind, **fields)
-        assert body is not None
-        return body
 
 
 class LiveStatsTests(TestCase):
@@ -73,7 +26,7 @@ class LiveStatsTests(TestCase):
         server = await Server(self).start(
             "[handler]\nstats_spec=tcp://127.0.0.1:*\nstats_format=tnetstring\n"
             "stats_report_interval=1\n")
-        sub = Subscriber(self, server.root.getServiceNamed("stats").endpoint)
+        sub = StatsSubscriber(self, server.root.getServiceNamed("stats").endpoint)
         first = await sub.wait("report")  # the SUB is connected from here on
         self.assertEqual(set(first), REPORT_FIELDS)
 
@@ -120,7 +73,7 @@ class ReportTests(SynchronousTestCase):
                                router, Totals(lambda: received[0], router, lambda: 0))
         stats.startService()
         self.addCleanup(stats.stopService)
-        sub = Subscriber(self, stats.endpoint)
+        sub = StatsSubscriber(self, stats.endpoint)
         poller = zmq.Poller()
         poller.register(sub.socket, zmq.POLLIN)
         for _ in range(100):  # until the SUB is connected: each tick sends a report

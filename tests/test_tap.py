@@ -12,39 +12,17 @@ from twisted.application.service import IServiceMaker, MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
-from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
-from typing_extensions import override
 
 from fanout_tx.config.settings import ListenAddress
 from fanout_tx.tap import Options, build_service
-from tests.services import free_port
-
-ROUTES = "* 127.0.0.1:8080\n"
-
-
-def write_config(folder: Path, text: str, routes: str = ROUTES) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "routes").write_text(routes)
-    path = folder / "fanout.conf"
-    path.write_text(text)
-    return path
-
-
-def loopback_config(folder: Path, publish_port: int) -> Path:
-    """Every listener on 127.0.0.1; ZeroMQ on wildcard ports, the client port on port 0."""
-    return write_config(folder, (
-        "[runner]\nhttp_port=127.0.0.1:0\n"
-        "[proxy]\nroutesfile=routes\n"
-        "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
-        f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
-    ))
+from tests.support.services import free_port
+from tests.support.twistd import TwistdOutput, loopback_config, write_config
 
 
 def parse(*args: str) -> Options:
@@ -128,34 +106,16 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertTrue(callable(maker.makeService))
 
 
-class _Collect(ProcessProtocol):
-    def __init__(self) -> None:
-        self.output = b""
-        self.ended: Deferred[Exception] = Deferred()
-
-    @override
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    @override
-    def errReceived(self, data: bytes) -> None:
-        self.output += data
-
-    @override
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason.value)  # ProcessDone or ProcessTerminated
-
-
 class TwistdTests(TestCase):
     """End-to-end: ``twistd -n fanout`` as a subprocess, stopped by the PID started here."""
 
     def twistd(self, *args: str, open_files: int | None = None,
-               daemon: bool = False) -> _Collect:
+               daemon: bool = False) -> TwistdOutput:
         """Start twistd (in the foreground unless ``daemon``); with ``open_files``, under
         that ``ulimit -n`` (soft and hard)."""
         folder = Path(self.mktemp())
         folder.mkdir(parents=True, exist_ok=True)
-        protocol = _Collect()
+        protocol = TwistdOutput()
         twistd = Path(sys.executable).parent / "twistd"
         where = folder.resolve()
         mode = (f"--pidfile={where}/twistd.pid", f"--logfile={where}/twistd.log") if daemon \
@@ -175,7 +135,8 @@ class TwistdTests(TestCase):
         self.process = process
         return protocol
 
-    async def get(self, url: bytes, protocol: _Collect, timeout: float = 20) -> tuple[int, bytes]:
+    async def get(self, url: bytes, protocol: TwistdOutput,
+                  timeout: float = 20) -> tuple[int, bytes]:
         """GET ``url`` once something answers; fail early if the server process died."""
         client = HTTPClient(Agent(reactor, pool=HTTPConnectionPool(reactor, persistent=False)))
         deadline = reactor.seconds() + timeout

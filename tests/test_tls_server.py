@@ -16,8 +16,8 @@ from twisted.trial.unittest import TestCase
 from fanout_tx.config.settings import ConfigError
 from fanout_tx.tap import Options, build_service, listening_port, load_settings
 from fanout_tx.transports.http.tls import load_identities
-from tests.helpers import RawClient, TrackingFactory, self_signed_pem
-from tests.proxy_fixtures import origin_on_loopback, tree_config
+from tests.support.helpers import RawClient, TrackingFactory, self_signed_pem
+from tests.support.proxy_fixtures import origin_on_loopback, tree_config
 
 
 def write_identity(folder: Path, name: str, hostname: str) -> bytes:

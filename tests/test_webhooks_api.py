@@ -30,14 +30,8 @@ from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.transports.webhooks.ssrf import IPAddress
-from tests.helpers import TrackingFactory, self_signed_pem
-from tests.test_webhooks_support import (
-    HANG,
-    NotifyingStore,
-    Receiver,
-    always,
-    fail_first,
-)
+from tests.support.helpers import TrackingFactory, self_signed_pem
+from tests.support.webhooks import HANG, NotifyingStore, Receiver, always, fail_first
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"),)
 FAST = WebhooksConfig(allow_cidrs=LOOPBACK, verify=False, timeout=5.0,

@@ -27,7 +27,7 @@ from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.transports.webhooks.signing import generate_secret
 from fanout_tx.transports.webhooks.store import MemoryStore
-from tests.test_webhooks_support import FakeClaims, FakeClient
+from tests.support.webhooks import FakeClaims, FakeClient
 
 NOW = 1_800_000_000.0
 SCHEDULE = (0, 5, 300, 1800)

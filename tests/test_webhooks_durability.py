@@ -16,8 +16,8 @@ from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.transports.webhooks.model import NewSubscription
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
-from tests.services import RedisServer
-from tests.test_webhooks_support import ChildInstance, Receiver, fail_first
+from tests.support.services import RedisServer
+from tests.support.webhooks import ChildInstance, Receiver, fail_first
 
 CONFIG = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),), verify=False,
                         timeout=5.0, retry_schedule=(0, 0.5, 0.5), max_in_flight=2)

@@ -22,9 +22,9 @@ from fanout_tx.core.router import Router
 from fanout_tx.transports.webhooks.model import NewSubscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
-from tests.helpers import wait_until
-from tests.services import RedisServer
-from tests.test_webhooks_support import HANG, ChildInstance, Receiver, fail_first
+from tests.support.helpers import wait_until
+from tests.support.services import RedisServer
+from tests.support.webhooks import HANG, ChildInstance, Receiver, fail_first
 
 PREFIX = "multi:"
 LEASE = 1.5  # short, so a killed instance's claim runs out quickly

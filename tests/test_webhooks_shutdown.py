@@ -18,8 +18,8 @@ from fanout_tx.transports.webhooks.model import NewSubscription, Subscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.transports.webhooks.shared import Claim, Verdict
-from tests.services import RedisServer
-from tests.test_webhooks_support import HANG, Receiver
+from tests.support.services import RedisServer
+from tests.support.webhooks import HANG, Receiver
 
 PREFIX = "stop:"
 CONFIG = WebhooksConfig(allow_cidrs=(ipaddress.ip_network("127.0.0.0/8"),), verify=False,

@@ -21,7 +21,7 @@ from fanout_tx.transports.webhooks.store import (
     MemoryStore,
     letter_json,
 )
-from tests.services import RedisServer
+from tests.support.services import RedisServer
 
 SUB = Subscription("sub_1", "https://hooks.example/x", ("a", "b"), "whsec_" + "A" * 44,
                    (("X-Token", "t"),))

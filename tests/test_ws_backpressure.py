@@ -10,8 +10,8 @@ from twisted.internet.defer import Deferred
 from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
-from tests.helpers import wait_until
-from tests.test_ws_e2e import WsTestMixin, _listen_endpoint
+from tests.support.helpers import wait_until
+from tests.support.ws import WsTestMixin, listen_endpoint
 
 COUNT = 100
 SIZE = 100_000  # 10 MB in all, more than the loopback socket buffers on the stalled hop take
@@ -75,7 +75,7 @@ class BackpressureTests(WsTestMixin, TestCase):
         self.origin_side.send = send
         self.origin_side.received = []
         self.origin_side.all_received = Deferred()
-        port = await _listen_endpoint().listen(self.origin_side)
+        port = await listen_endpoint().listen(self.origin_side)
         self.addCleanup(port.stopListening)
         await self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
 

@@ -5,69 +5,24 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
-from typing import Any
 
 import treq
-from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, inlineCallbacks
+from twisted.internet.defer import inlineCallbacks
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import EventLoggingObserver
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent
 from twisted.web.http_headers import Headers
-from typing_extensions import override
 
-from tests.test_ws_e2e import WsTestMixin, _listen_endpoint
+from tests.support.ws import WsProxyMixin, listen_endpoint
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 UPGRADE = Headers({"Upgrade": ["websocket"], "Connection": ["Upgrade"],
                    "Sec-WebSocket-Key": ["dGhlIHNhbXBsZSBub25jZQ=="],
                    "Sec-WebSocket-Version": ["13"]})
-
-
-class OriginProtocol(WebSocketServerProtocol):
-    """/grip/...: accepts with grip; "sub:X" subscribes, "close" closes with 4003,
-    "detach" detaches, "big" sends 2,002 bytes; other messages are echoed with the m:
-    prefix plus one unprefixed message. /plain/...: echoes verbatim without grip.
-    /reject: 403."""
-
-    @override
-    def onConnect(self, request: ConnectionRequest) -> Any:  # noqa: N802
-        self.factory.requests.append(request)
-        if request.path == "/reject":
-            raise ConnectionDeny(403, "Forbidden")
-        self.grip = request.path.startswith("/grip")
-        return None, ({"Sec-WebSocket-Extensions": "grip"} if self.grip else {})
-
-    @override
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-        if not self.grip:
-            self.sendMessage(payload, isBinary)
-        elif payload.startswith(b"sub:"):
-            control = {"type": "subscribe", "channel": payload[4:].decode()}
-            self.sendMessage(b"c:" + json.dumps(control).encode())
-            self.sendMessage(b"m:subscribed")
-        elif payload == b"close":
-            self.sendClose(4003, "origin bye")
-        elif payload == b"detach":
-            self.sendMessage(b'c:{"type": "detach"}')
-        elif payload == b"big":
-            self.sendMessage(b"m:" + b"x" * 2000)
-        else:
-            self.sendMessage(b"not for the client")
-            self.sendMessage(b"m:" + payload, isBinary)
-
-    @override
-    def onClose(self, wasClean: bool, code: int, reason: str) -> None:  # noqa: N802, N803
-        self.factory.closes.append(self.remoteCloseCode)
-        if self.factory.closed_waiter is not None:
-            waiter, self.factory.closed_waiter = self.factory.closed_waiter, None
-            waiter.callback(self.remoteCloseCode)
 
 
 class MaskingOrigin(Protocol):
@@ -88,24 +43,8 @@ class MaskingOrigin(Protocol):
                              + b"\r\n\r\n" + b"\x81\x81\x00\x00\x00\x00x")
 
 
-class ProxyTests(WsTestMixin, TestCase):
+class ProxyTests(WsProxyMixin, TestCase):
     timeout = 30
-
-    @inlineCallbacks
-    def start_ws(self):
-        self.origin_factory = WebSocketServerFactory()
-        self.origin_factory.protocol = OriginProtocol
-        self.origin_factory.requests = []
-        self.origin_factory.closes = []
-        self.origin_factory.closed_waiter = None
-        port = yield _listen_endpoint().listen(self.origin_factory)
-        self.addCleanup(port.stopListening)
-        yield self.start_handler(f"* 127.0.0.1:{port.getHost().port},sub=all")
-
-    def origin_closed(self) -> Deferred:
-        d: Deferred = Deferred()
-        self.origin_factory.closed_waiter = d
-        return d
 
     @inlineCallbacks
     def test_grip_relay_both_ways(self):
@@ -181,7 +120,7 @@ class ProxyTests(WsTestMixin, TestCase):
     def test_client_messages_after_the_origin_failed(self):
         """The origin broke the protocol (autobahn is closing it): client messages sent
         meanwhile are dropped, not raised out of the handler, and the client is closed."""
-        port = yield _listen_endpoint().listen(Factory.forProtocol(MaskingOrigin))
+        port = yield listen_endpoint().listen(Factory.forProtocol(MaskingOrigin))
         self.addCleanup(port.stopListening)
         yield self.start_handler(f"* 127.0.0.1:{port.getHost().port}")
         logged = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

@@ -20,17 +20,17 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from tests.services import free_port
-from tests.test_tap import _Collect, write_config
-from tests.test_ws_e2e import ClientSide, Origin, _listen_endpoint, grip_echo
+from tests.support.services import free_port
+from tests.support.twistd import TwistdOutput, write_config
+from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 
 class TwistdWebSocketTests(TestCase):
     timeout = 60
 
     async def start_server(self) -> tuple[int, int]:
-        self.origin = Origin(grip_echo)
-        origin_port = await _listen_endpoint().listen(Site(self.origin))
+        self.origin = WsOverHttpOrigin(grip_echo)
+        origin_port = await listen_endpoint().listen(Site(self.origin))
         self.addCleanup(origin_port.stopListening)
         client_port, publish_port = free_port(), free_port()
         folder = Path(self.mktemp())
@@ -40,7 +40,7 @@ class TwistdWebSocketTests(TestCase):
             "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
         ), routes=f"*,path_beg=/ws 127.0.0.1:{origin_port.getHost().port},over_http\n")
-        self.output = _Collect()
+        self.output = TwistdOutput()
         twistd = Path(sys.executable).parent / "twistd"
         process = reactor.spawnProcess(
             self.output, str(twistd),

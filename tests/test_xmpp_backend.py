@@ -24,7 +24,7 @@ from fanout_tx.outbound.origin import DEFAULT_MAX_HOLD_BODY
 from fanout_tx.transports.xmpp.backend import BackendClient
 from fanout_tx.transports.xmpp.handler import ComponentHandler
 from fanout_tx.transports.xmpp.render import StanzaRenderer
-from tests.helpers import TrackingFactory
+from tests.support.helpers import TrackingFactory
 
 wokkel_compat.install()
 from wokkel.test.helpers import XmlStreamStub  # noqa: E402 - needs wokkel_compat first

@@ -4,23 +4,17 @@ and publishes through the HTTP publish API and ZeroMQ."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Any
 
 import zmq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredQueue
+from twisted.internet.defer import DeferredQueue
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
 from twisted.web.client import Agent, readBody
 from twisted.web.http_headers import Headers
-from twisted.web.resource import Resource
-from twisted.web.server import Site
-from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
-from typing_extensions import override
 
-from fanout_tx.config.settings import Config, XmppConfig
 from fanout_tx.core.bus import LocalBus
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
@@ -28,112 +22,17 @@ from fanout_tx.inputs.publish_api import PublishRoot, PublishSite
 from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.inputs.zmq_ingest import ZmqPullInput
 from fanout_tx.transports.xmpp.backend import BytesProducer
-from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
+from fanout_tx.transports.xmpp.component import XmppComponent
 from fanout_tx.transports.xmpp.handler import NS_DISCO_INFO
 from fanout_tx.transports.xmpp.link import LinkFactory
-from tests.prosody import ProsodyServer, XmppClient, shared_prosody
-
-DOMAIN = "push.localhost"
-SECRET = "s3cret"
-Answer = tuple[int, dict[str, str], bytes]
-
-
-class Backend(Resource):
-    """The test's backend: records each POST and answers with ``self.answer(headers, body)``."""
-
-    isLeaf = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.requests: DeferredQueue[tuple[Headers, bytes]] = DeferredQueue()
-        self.answer: Callable[[Headers, bytes], Answer] = lambda _h, _b: (200, {}, b"")
-
-    @override
-    def render_POST(self, request: Any) -> bytes:  # noqa: N802 - Resource hook
-        body = request.content.read()
-        self.requests.put((request.requestHeaders, body))
-        code, headers, out = self.answer(request.requestHeaders, body)
-        request.setResponseCode(code)
-        for name, value in headers.items():
-            request.setHeader(name, value)
-        return out
-
-    async def next_request(self, kind: str, stanza_type: str | None = None) -> Headers:
-        while True:
-            headers, _body = await self.requests.get()
-            if (headers.getRawHeaders("xmpp-kind") == [kind]
-                    and headers.getRawHeaders("xmpp-type", [None])[0] == stanza_type):
-                return headers
-
-
-def _header(headers: Headers, name: str) -> str | None:
-    return headers.getRawHeaders(name, [None])[0]
-
-
-def _subscribe_and_echo(headers: Headers, body: bytes) -> Answer:
-    """Subscribe every sender to ``news``; answer a message with a reply naming its meta."""
-    if _header(headers, "xmpp-kind") != "message":
-        return 200, {"Grip-Channel": "news"}, b""
-    instruct = {
-        "subscribe": ["news"],
-        "set-meta": {"user": _header(headers, "xmpp-from").split("@")[0]},
-        "reply": ["<message type='chat'><body>subscribed</body></message>"],
-    }
-    return 200, {"Content-Type": "application/grip-instruct"}, json.dumps(instruct).encode()
-
-
-class ProsodyTestsMixin:
-    timeout = 20
-    """One Prosody for the run (users alice and bob); a backend and a component per test."""
-
-    prosody: ProsodyServer
-
-    def setUp(self) -> None:
-        self.prosody = shared_prosody(DOMAIN, SECRET, {"alice": "pw-alice", "bob": "pw-bob"})
-
-    def start_backend(self: Any) -> tuple[Backend, str]:
-        backend = Backend()
-        port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
-        self.addCleanup(port.stopListening)
-        return backend, f"http://127.0.0.1:{port.getHost().port}/xmpp"
-
-    async def start_component(self: Any, router: Router, backend_url: str,
-                              secret: str = SECRET, wait: bool = True,
-                              max_stanza_size: int = XmppConfig.max_stanza_size,
-                              ) -> XmppComponent:
-        config = Config(xmpp=XmppConfig(
-            enabled=True, jid=DOMAIN, port=self.prosody.component_port, secret=secret,
-            backend=backend_url, backend_timeout=5, sig_key=b"xmpp-key", sig_iss="fanout",
-            max_stanza_size=max_stanza_size,
-        ))
-        component = build_xmpp(config, router, reactor)
-        up: Deferred[Any] = Deferred()
-        ended: list[Deferred[Any]] = []
-        component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)
-
-        def track_end(xs: xmlstream.XmlStream) -> None:
-            ended.append(Deferred())
-            done = ended[-1]
-            xs.addOnetimeObserver(xmlstream.STREAM_END_EVENT, lambda _r: done.callback(None))
-
-        component.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, track_end)
-
-        async def stop() -> None:
-            await component.stopService()
-            for d in ended:
-                await d
-
-        component.startService()
-        self.addCleanup(stop)
-        if wait:
-            await up
-        return component
-
-    async def login(self: Any, user: str) -> XmppClient:
-        client = XmppClient(reactor, self.prosody, user, f"pw-{user}")
-        await client.connect()
-        self.addCleanup(client.disconnect)
-        return client
+from tests.support.helpers import with_deadline
+from tests.support.prosody import (
+    DOMAIN,
+    Answer,
+    ProsodyTestsMixin,
+    header_value,
+    subscribe_and_echo,
+)
 
 
 class DeliveryTests(ProsodyTestsMixin, TestCase):
@@ -143,7 +42,7 @@ class DeliveryTests(ProsodyTestsMixin, TestCase):
         """Two clients message the component and are subscribed by the backend; publishes
         through the HTTP API and ZeroMQ reach both; after one logs out, only the other."""
         backend, url = self.start_backend()
-        backend.answer = _subscribe_and_echo
+        backend.answer = subscribe_and_echo
         router = Router(reactor)
         bus = LocalBus(router)
         component = await self.start_component(router, url)
@@ -208,7 +107,7 @@ class DeliveryTests(ProsodyTestsMixin, TestCase):
         """A client subscribed by a message alone (no directed presence) logs out; Prosody
         bounces the next push, and the bounce ends the subscription."""
         backend, url = self.start_backend()
-        backend.answer = _subscribe_and_echo
+        backend.answer = subscribe_and_echo
         router = Router(reactor)
         component = await self.start_component(router, url)
         alice = await self.login("alice")
@@ -219,25 +118,25 @@ class DeliveryTests(ProsodyTestsMixin, TestCase):
         router.publish(parse_item({"channel": "news",
                                    "formats": {"xmpp-message": {"body": "anyone?"}}}))
         headers = await backend.next_request("message", "error")
-        self.assertEqual(_header(headers, "xmpp-from"), jid)
+        self.assertEqual(header_value(headers, "xmpp-from"), jid)
         self.assertIsNone(component.handler.subscriptions.get(jid))
         self.assertEqual(router.subscriber_count(), 0)
 
     async def test_backend_request_headers(self) -> None:
         """The backend gets the stanza with Xmpp-* headers and a Grip-Sig."""
         backend, url = self.start_backend()
-        backend.answer = _subscribe_and_echo
+        backend.answer = subscribe_and_echo
         await self.start_component(Router(reactor), url)
         alice = await self.login("alice")
         alice.send(f"<message to='bot@{DOMAIN}' type='normal'><body>x</body></message>")
         headers, body = await backend.requests.get()
         await alice.next()  # the answer was applied: nothing is left in flight
         self.assertEqual(
-            [_header(headers, n) for n in ("content-type", "xmpp-kind", "xmpp-from",
+            [header_value(headers, n) for n in ("content-type", "xmpp-kind", "xmpp-from",
                                            "xmpp-to", "xmpp-type")],
             ["application/xmpp+xml", "message", alice.jid.full(), f"bot@{DOMAIN}", "normal"],
         )
-        self.assertTrue(_header(headers, "grip-sig"))
+        self.assertTrue(header_value(headers, "grip-sig"))
         self.assertIn(b"<body>x</body>", body)
 
 
@@ -294,7 +193,7 @@ class LinkTests(ProsodyTestsMixin, TestCase):
 
         async def next_failure(component: XmppComponent) -> dict[str, Any]:
             while True:
-                event = await failed.get()
+                event = await with_deadline(failed.get(), "the link never logged a failure")
                 if event["log_source"] is component.factory:
                     return event
 

@@ -12,8 +12,8 @@ from twisted.trial.unittest import TestCase
 
 from fanout_tx.core.codecs import tnetstring
 from fanout_tx.tap import build_service, load_settings
-from tests.helpers import RecordingSubscriber, wait_until
-from tests.test_tap import loopback_config
+from tests.support.helpers import RecordingSubscriber, wait_until
+from tests.support.twistd import loopback_config
 
 
 class CommandSocketTests(TestCase):

@@ -20,7 +20,7 @@ from fanout_tx.core.codecs import tnetstring
 from fanout_tx.core.router import Router
 from fanout_tx.inputs.zmq_ingest import DRAIN_BATCH, ZmqPullInput, ZmqSubInput
 from fanout_tx.ops.startup import StartupError
-from tests.helpers import RecordingBus, RecordingSubscriber, wait_until
+from tests.support.helpers import RecordingBus, RecordingSubscriber, wait_until
 
 try:  # twisted >= 22.8 keeps it here
     from twisted.internet.testing import EventLoggingObserver

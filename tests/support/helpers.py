@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime
+import ipaddress
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from twisted.internet import task
+from twisted.internet import reactor, ssl, task
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IProtocol
@@ -55,18 +56,31 @@ class RecordingSubscriber:
 
 
 async def wait_until(condition: Callable[[], object], timeout: float = 10.0,
-                     interval: float = 0.01) -> None:
-    """Let the real reactor run until ``condition()`` is true; fail after ``timeout`` seconds.
+                     interval: float = 0.01, message: str = "condition not met") -> None:
+    """Let the real reactor run until ``condition()`` is true; fail after ``timeout`` seconds
+    with ``message``.
 
     For tests with real sockets, instead of sleeping: each check yields to the reactor.
     """
-    from twisted.internet import reactor
 
     deadline = reactor.seconds() + timeout
     while not condition():
         if reactor.seconds() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
+            raise AssertionError(f"{message} within {timeout}s")
         await task.deferLater(reactor, interval, lambda: None)
+
+
+T = TypeVar("T")
+
+
+def with_deadline(waiter: Deferred[T], what: str, seconds: float = 10.0) -> Deferred[T]:
+    """``waiter``, failed with ``AssertionError(what ...)`` if the real reactor has not fired
+    it within ``seconds``: a wait on a real socket never hangs until the test's timeout."""
+
+    def expired(_result: object, _timeout: float) -> T:
+        raise AssertionError(f"{what}: not within {seconds}s")
+
+    return waiter.addTimeout(seconds, reactor, onTimeoutCancel=expired)
 
 
 @implementer(IBus)
@@ -144,3 +158,10 @@ def self_signed_pem(common_name: str, san: x509.GeneralName) -> tuple[bytes, byt
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return key_pem, certificate.public_bytes(serialization.Encoding.PEM)
+
+
+def self_signed_for_loopback() -> tuple[ssl.PrivateCertificate, ssl.Certificate]:
+    """A certificate for IP 127.0.0.1, its own issuer: (with its key, alone)."""
+    key_pem, cert_pem = self_signed_pem(
+        "fanout test origin", x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    return ssl.PrivateCertificate.loadPEM(cert_pem + key_pem), ssl.Certificate.loadPEM(cert_pem)

@@ -10,6 +10,7 @@ Readiness is read from its log, never guessed; ``stop()`` kills it by the PID st
 from __future__ import annotations
 
 import atexit
+import json
 import os
 import pwd
 import select
@@ -19,17 +20,26 @@ import tempfile
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.web.http_headers import Headers
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 from twisted.words.protocols.jabber import client, sasl, xmlstream
 from twisted.words.protocols.jabber.jid import JID
 from twisted.words.xish import domish
 from typing_extensions import override
 
-from tests.services import free_port, require_binary
+from fanout_tx.config.settings import Config, XmppConfig
+from fanout_tx.core.router import Router
+from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
+from tests.support.helpers import with_deadline
+from tests.support.services import free_port, require_binary
 
 _CONFIG = """\
 pidfile = "{dir}/prosody.pid"
@@ -186,10 +196,14 @@ class XmppClient:
         assert self.xs is not None
         self.xs.send(stanza)
 
-    async def next(self, name: str = "message") -> domish.Element:
-        """The next received stanza called ``name`` (others are skipped)."""
+    async def next(self, name: str = "message", seconds: float = 10.0) -> domish.Element:
+        """The next received stanza called ``name`` (others are skipped); fails after
+        ``seconds``."""
+        deadline = time.monotonic() + seconds
         while True:
-            stanza = await self.received.get()
+            left = deadline - time.monotonic()
+            stanza = await with_deadline(self.received.get(), f"no <{name}/> stanza",
+                                         max(left, 0.001))
             if stanza.name == name:
                 return stanza
 
@@ -223,3 +237,116 @@ def shared_prosody(domain: str, secret: str, users: dict[str, str]) -> ProsodySe
         _shared = ProsodyServer(domain, secret, users)
         atexit.register(_shared.stop)
     return _shared
+
+
+DOMAIN = "push.localhost"
+
+
+SECRET = "s3cret"
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+class Backend(Resource):
+    """The test's backend: records each POST and answers with ``self.answer(headers, body)``."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: DeferredQueue[tuple[Headers, bytes]] = DeferredQueue()
+        self.answer: Callable[[Headers, bytes], Answer] = lambda _h, _b: (200, {}, b"")
+
+    @override
+    def render_POST(self, request: Any) -> bytes:  # noqa: N802 - Resource hook
+        body = request.content.read()
+        self.requests.put((request.requestHeaders, body))
+        code, headers, out = self.answer(request.requestHeaders, body)
+        request.setResponseCode(code)
+        for name, value in headers.items():
+            request.setHeader(name, value)
+        return out
+
+    async def next_request(self, kind: str, stanza_type: str | None = None,
+                           seconds: float = 10.0) -> Headers:
+        """The next backend request for a ``kind`` stanza; fails after ``seconds``."""
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            headers, _body = await with_deadline(
+                self.requests.get(), f"no backend request for a {kind} stanza",
+                max(left, 0.001))
+            if (headers.getRawHeaders("xmpp-kind") == [kind]
+                    and headers.getRawHeaders("xmpp-type", [None])[0] == stanza_type):
+                return headers
+
+
+def header_value(headers: Headers, name: str) -> str | None:
+    return headers.getRawHeaders(name, [None])[0]
+
+
+def subscribe_and_echo(headers: Headers, body: bytes) -> Answer:
+    """Subscribe every sender to ``news``; answer a message with a reply naming its meta."""
+    if header_value(headers, "xmpp-kind") != "message":
+        return 200, {"Grip-Channel": "news"}, b""
+    instruct = {
+        "subscribe": ["news"],
+        "set-meta": {"user": header_value(headers, "xmpp-from").split("@")[0]},
+        "reply": ["<message type='chat'><body>subscribed</body></message>"],
+    }
+    return 200, {"Content-Type": "application/grip-instruct"}, json.dumps(instruct).encode()
+
+
+class ProsodyTestsMixin:
+    timeout = 20
+    """One Prosody for the run (users alice and bob); a backend and a component per test."""
+
+    prosody: ProsodyServer
+
+    def setUp(self) -> None:
+        self.prosody = shared_prosody(DOMAIN, SECRET, {"alice": "pw-alice", "bob": "pw-bob"})
+
+    def start_backend(self: Any) -> tuple[Backend, str]:
+        backend = Backend()
+        port = reactor.listenTCP(0, Site(backend), interface="127.0.0.1")
+        self.addCleanup(port.stopListening)
+        return backend, f"http://127.0.0.1:{port.getHost().port}/xmpp"
+
+    async def start_component(self: Any, router: Router, backend_url: str,
+                              secret: str = SECRET, wait: bool = True,
+                              max_stanza_size: int = XmppConfig.max_stanza_size,
+                              ) -> XmppComponent:
+        config = Config(xmpp=XmppConfig(
+            enabled=True, jid=DOMAIN, port=self.prosody.component_port, secret=secret,
+            backend=backend_url, backend_timeout=5, sig_key=b"xmpp-key", sig_iss="fanout",
+            max_stanza_size=max_stanza_size,
+        ))
+        component = build_xmpp(config, router, reactor)
+        up: Deferred[Any] = Deferred()
+        ended: list[Deferred[Any]] = []
+        component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)
+
+        def track_end(xs: xmlstream.XmlStream) -> None:
+            ended.append(Deferred())
+            done = ended[-1]
+            xs.addOnetimeObserver(xmlstream.STREAM_END_EVENT, lambda _r: done.callback(None))
+
+        component.factory.addBootstrap(xmlstream.STREAM_CONNECTED_EVENT, track_end)
+
+        async def stop() -> None:
+            await component.stopService()
+            for d in ended:
+                await d
+
+        component.startService()
+        self.addCleanup(stop)
+        if wait:
+            await up
+        return component
+
+    async def login(self: Any, user: str) -> XmppClient:
+        client = XmppClient(reactor, self.prosody, user, f"pw-{user}")
+        await client.connect()
+        self.addCleanup(client.disconnect)
+        return client

@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from fanout_tx.transports.http.hold import send_now
-from tests.helpers import wait_until
+from tests.support.helpers import wait_until
 
 
 class Collect(Protocol):

@@ -27,12 +27,12 @@ from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.http.hold import register_renderers
 from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
 from fanout_tx.transports.write_batch import WriteBatch
-from tests.helpers import TrackingFactory
+from tests.support.helpers import TrackingFactory
 
 Handler = Callable[[Request], Any]
 
 
-class Origin(Resource):
+class HttpOrigin(Resource):
     """An origin whose answer per path is a test-supplied function; records every request."""
 
     isLeaf = True
@@ -90,13 +90,13 @@ class Routes:
 
 
 class ProxyHarness:
-    """Origin Site, proxy Site and a client Agent; everything torn down by the test case."""
+    """HttpOrigin Site, proxy Site and a client Agent; everything torn down by the test case."""
 
     def __init__(self, test: TestCase, route: str = "*", target_options: str = "",
                  settings: ProxySettings | None = None, extra_targets: str = "",
                  max_client_buffer: int | None = None, clock: Any = reactor,
                  tls_options: Any = None, trust_root: Any = None) -> None:
-        self.origin = Origin()
+        self.origin = HttpOrigin()
         self.origin_factory = TrackingFactory(Site(self.origin))
         if tls_options is None:
             self.origin_port = reactor.listenTCP(0, self.origin_factory, backlog=1024,
@@ -167,10 +167,10 @@ class ProxyHarness:
         await gatherResults([self.proxy_factory.wait_closed(), self.origin_factory.wait_closed()])
 
 
-def origin_on_loopback(test: TestCase, handlers: dict[bytes, Handler]) -> tuple[Origin, int]:
+def origin_on_loopback(test: TestCase, handlers: dict[bytes, Handler]) -> tuple[HttpOrigin, int]:
     """A real origin Site on 127.0.0.1 answering ``handlers``; stopped by the test case.
     Returns the origin and its port."""
-    origin = Origin()
+    origin = HttpOrigin()
     origin.handlers.update(handlers)
     factory = TrackingFactory(Site(origin))
     port = reactor.listenTCP(0, factory, interface="127.0.0.1")
@@ -199,5 +199,29 @@ def later(request: Request, body: bytes) -> None:
     request.finish()
 
 
-__all__ = ["NOT_DONE_YET", "Collect", "Origin", "ProxyHarness", "grip", "later",
+__all__ = ["NOT_DONE_YET", "Collect", "HttpOrigin", "ProxyHarness", "grip", "later",
            "origin_on_loopback", "tree_config"]
+
+
+class Started:
+    """A request in flight and its body collector."""
+
+    def __init__(self, proxy: ProxyHarness, path: bytes, **kwargs: Any) -> None:
+        self.proxy = proxy
+        self.deferred = proxy.request(path, **kwargs)
+        self.response: Any = None
+        self.collect = Collect()
+
+    async def body(self) -> bytes:
+        await self.headers_arrived()
+        return await self.collect.done
+
+    async def headers_arrived(self) -> Any:
+        if self.response is None:
+            self.response = await self.deferred
+            self.response.deliverBody(self.collect)
+            self.proxy.bodies.append(self.collect.done)
+        return self.response
+
+    def text(self) -> bytes:
+        return b"".join(self.collect.chunks)

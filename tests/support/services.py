@@ -38,39 +38,43 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.02)
-    raise AssertionError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
-
-
 class RedisServer:
-    """A private redis-server on a free loopback port (and a unix socket), no persistence
-    unless ``appendonly`` is asked for. ``stop()`` kills it by the PID started here."""
+    """A private redis-server on a unix socket in a folder of its own: no TCP port, so no
+    race for a free one; ``url`` is its ``unix://`` URL. No persistence unless
+    ``appendonly`` is asked for. ``tcp_port`` also listens on TCP (for the bench's
+    comparison). ``stop()`` kills it by the PID started here."""
 
-    def __init__(self, appendonly: bool = False, port: int | None = None,
-                 directory: str | None = None) -> None:
+    def __init__(self, appendonly: bool = False, directory: str | None = None,
+                 tcp_port: int = 0, timeout: float = 10.0) -> None:
         binary = require_binary("redis-server", "redis-server")
         self.directory = directory or tempfile.mkdtemp(prefix="fanout-redis-")
-        self.port = port or free_port()
         self.unix_socket = os.path.join(self.directory, "redis.sock")
+        self.tcp_port = tcp_port
         args = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            binary, "--port", str(tcp_port), "--bind", "127.0.0.1",
             "--unixsocket", self.unix_socket, "--dir", self.directory,
             "--save", "", "--appendonly", "yes" if appendonly else "no",
             "--appendfsync", "always", "--daemonize", "no", "--loglevel", "warning",
         ]
         self.appendonly = appendonly
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(self.port)
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        """Until the socket accepts; fails when redis-server exits or ``timeout`` passes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.process.poll() is None:
+            with socket.socket(socket.AF_UNIX) as s:
+                if s.connect_ex(self.unix_socket) == 0:
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise AssertionError(f"redis-server not accepting on {self.unix_socket} after "
+                             f"{timeout}s (exit code {self.process.poll()})")
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.unix_socket}?db=0"
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process.poll() is None:
@@ -78,6 +82,7 @@ class RedisServer:
             self.process.wait(timeout=10)
 
     def restart(self) -> None:
-        """Start again on the same port and folder (an append-only file is replayed)."""
+        """Start again on the same socket and folder (an append-only file is replayed)."""
         self.stop()
-        self.__init__(appendonly=self.appendonly, port=self.port, directory=self.directory)
+        self.__init__(appendonly=self.appendonly, directory=self.directory,
+                      tcp_port=self.tcp_port)

@@ -32,7 +32,7 @@ from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore
 from fanout_tx.transports.webhooks.store import MemoryStore
-from tests.helpers import TrackingFactory
+from tests.support.helpers import TrackingFactory, with_deadline
 
 HANG = -1  # a behaviour answer: never respond
 
@@ -152,7 +152,7 @@ class Receiver(Resource):
         waiter: Deferred[None] = Deferred()
         self._waiters.append((attribute, count, waiter))
         self._wake()
-        return waiter
+        return with_deadline(waiter, f"the receiver did not get {count} {attribute}", 60.0)
 
     async def listen(self, tls: str = "") -> str:
         """Listen on 127.0.0.1 port 0; ``tls`` = "privateKey=...:certKey=..." for https."""
@@ -228,9 +228,10 @@ class NotifyingStore(MemoryStore):
         self._waiters: dict[str, list[Deferred[None]]] = {}
 
     def wait(self, method: str) -> Deferred[None]:
+        """Fires at the next call of ``method``; fails after 10 s."""
         waiter: Deferred[None] = Deferred()
         self._waiters.setdefault(method, []).append(waiter)
-        return waiter
+        return with_deadline(waiter, f"the store's {method} was not called")
 
     def _notify(self, method: str) -> None:
         for waiter in self._waiters.pop(method, []):

@@ -24,8 +24,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from fanout_tx.outbound.origin_client import OriginClient
-from tests.test_origin_client_parsing import MemoryEndpoints, pieces
-from tests.test_origin_http_client import Reader
+from tests.support.origin_client import MemoryEndpoints, Reader, pieces
 
 FORGED = b"HTTP/1.1 200 OK\r\nX-Injected-By: attacker\r\nContent-Length: 6\r\n\r\nforged"
 

@@ -1,7 +1,7 @@
 """A GRIP origin in a process of its own, for tests that count the proxy's garbage: whatever
 the origin allocates is then not in the process being measured.
 
-    python -m tests.churn_origin      prints "HTTP_PORT WS_PORT" once both listen on 127.0.0.1
+    python -m tests.support.churn_origin   prints "HTTP_PORT WS_PORT" once both listen on 127.0.0.1
 
 HTTP (twisted.web), by path prefix:
   /stream/CH   ``Grip-Hold: stream`` on channel CH, body ``ok``

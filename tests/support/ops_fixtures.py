@@ -1,5 +1,5 @@
 """The whole server from tap.build_service on loopback, with real origins and real clients,
-for the operations tests (metrics, health, stats)."""
+for the operations tests (metrics, health, stats), and a reader of the stats socket."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import treq
+import zmq
 from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -15,12 +16,12 @@ from twisted.internet.protocol import Factory
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request, Site
 
+from fanout_tx.core.codecs import tnetstring
 from fanout_tx.tap import build_service, listening_port, load_settings
-from tests import proxy_fixtures
-from tests.helpers import RawClient, wait_until
-from tests.test_tap import write_config
-from tests.test_ws_e2e import ClientSide, _listen_endpoint, grip_echo
-from tests.test_ws_e2e import Origin as WsOrigin
+from tests.support import proxy_fixtures
+from tests.support.helpers import RawClient, wait_until
+from tests.support.twistd import write_config
+from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -41,13 +42,13 @@ class Server:
         self.test = test
 
     async def start(self, extra: str = "", webhooks: bool = False) -> Server:
-        http_origin = proxy_fixtures.Origin()
+        http_origin = proxy_fixtures.HttpOrigin()
         http_origin.handlers = {b"/lp": hold, b"/stream": hold}
         self.http_origin = http_origin
-        self.ws_origin = WsOrigin(grip_echo)
+        self.ws_origin = WsOverHttpOrigin(grip_echo)
         ports = []
         for resource in (http_origin, self.ws_origin):
-            port = await _listen_endpoint().listen(Site(resource))
+            port = await listen_endpoint().listen(Site(resource))
             self.test.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
         routes = (f"*,path_beg=/ws 127.0.0.1:{ports[1]},over_http\n"
@@ -116,3 +117,45 @@ class Server:
         """Wait until ``count`` connections hold a subscription."""
         await wait_until(lambda: self.core.router.subscriber_count() == count)
 
+
+def decode(message: bytes) -> tuple[str, dict[str, Any]]:
+    """``<type> T<tnetstring>`` or ``<type> J<json>``, as Pushpin frames them."""
+    kind, space, rest = message.partition(b" ")
+    assert space and rest[:1] in (b"T", b"J"), message
+    if rest[:1] == b"J":
+        return kind.decode(), json.loads(rest[1:])
+    body = tnetstring.loads(rest[1:])
+    return kind.decode(), {k.decode(): v.decode() if isinstance(v, bytes) else v
+                           for k, v in body.items()}
+
+
+class StatsSubscriber:
+    """A SUB socket on the stats endpoint, drained without blocking the reactor."""
+
+    def __init__(self, test: Any, endpoint: str) -> None:
+        self.context = zmq.Context()
+        test.addCleanup(self.context.term)
+        self.socket = self.context.socket(zmq.SUB)
+        test.addCleanup(self.socket.close, 0)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.connect(endpoint)
+        self.messages: list[tuple[str, dict[str, Any]]] = []
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        while True:
+            try:
+                self.messages.append(decode(self.socket.recv(zmq.NOBLOCK)))
+            except zmq.Again:
+                return self.messages
+
+    def find(self, kind: str, **fields: Any) -> dict[str, Any] | None:
+        for got_kind, body in self.drain():
+            if got_kind == kind and all(body.get(k) == v for k, v in fields.items()):
+                return body
+        return None
+
+    async def wait(self, kind: str, **fields: Any) -> dict[str, Any]:
+        await wait_until(lambda: self.find(kind, **fields) is not None)
+        body = self.find(kind, **fields)
+        assert body is not None
+        return body

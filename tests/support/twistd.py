@@ -1,0 +1,48 @@
+"""Config files for the whole server, and the output of a twistd started in a child process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
+from twisted.python.failure import Failure
+from typing_extensions import override
+
+ROUTES = "* 127.0.0.1:8080\n"
+
+
+def write_config(folder: Path, text: str, routes: str = ROUTES) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "routes").write_text(routes)
+    path = folder / "fanout.conf"
+    path.write_text(text)
+    return path
+
+
+def loopback_config(folder: Path, publish_port: int) -> Path:
+    """Every listener on 127.0.0.1; ZeroMQ on wildcard ports, the client port on port 0."""
+    return write_config(folder, (
+        "[runner]\nhttp_port=127.0.0.1:0\n"
+        "[proxy]\nroutesfile=routes\n"
+        "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
+        f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
+    ))
+
+
+class TwistdOutput(ProcessProtocol):
+    def __init__(self) -> None:
+        self.output = b""
+        self.ended: Deferred[Exception] = Deferred()
+
+    @override
+    def outReceived(self, data: bytes) -> None:
+        self.output += data
+
+    @override
+    def errReceived(self, data: bytes) -> None:
+        self.output += data
+
+    @override
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason.value)  # ProcessDone or ProcessTerminated
