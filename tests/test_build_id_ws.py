@@ -16,17 +16,17 @@ from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.grip import SessionOptions
 from fanout_tx.transports.ws.session import WsOverHttpSession
-from tests.support.ws_session import FakeClient, FakeOrigin, control, reply
+from tests.support.ws_session import FakeEventsOrigin, FakeWsClient, control, reply
 
 
 class WsBuildIdTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.router = Router(Clock())
         self.router.add_renderer("ws-message", lambda fmt: fmt.content)
-        self.client = FakeClient()
+        self.client = FakeWsClient()
 
     def open(self, id_format: str) -> WsOverHttpSession:
-        origin = FakeOrigin()
+        origin = FakeEventsOrigin()
         session = WsOverHttpSession(origin, self.router, Clock(), SessionOptions())
         d = session.start()
         origin.answer(reply(

@@ -29,7 +29,7 @@ from fanout_tx.transports.http.hold import (
 )
 
 
-class FakeOrigin:
+class FakeHoldOwner:
     """Records what a hold asks of its proxy session."""
 
     def __init__(self) -> None:
@@ -81,13 +81,13 @@ class HoldResource(Resource):
 class HoldTestsMixin:
     clock: task.Clock
     router: Router
-    origin: FakeOrigin
+    origin: FakeHoldOwner
 
     def setup_hold(self) -> None:
         self.clock = task.Clock()
         self.router = Router(self.clock)
         register_renderers(self.router)
-        self.origin = FakeOrigin()
+        self.origin = FakeHoldOwner()
 
     def connect(self, make: Any) -> tuple[Any, StringTransport, Any]:
         resource = HoldResource(make)
@@ -324,7 +324,7 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
         self.assertEqual(len(self.clock.getDelayedCalls()), 1)  # the link timer again
 
 
-class PrefixingOrigin(FakeOrigin):
+class PrefixingOrigin(FakeHoldOwner):
     """A route with ``prefix=p-``: the router knows channel ``a`` as ``p-a``."""
 
     def channel_name(self, name: str) -> str:

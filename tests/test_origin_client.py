@@ -57,7 +57,7 @@ class RawServer(Protocol):
                 and received.rfind(b" HTTP/1.1\r\n") < received.rfind(b"\r\n\r\n"))
 
 
-class RawOrigin:
+class RawServerAndClient:
     """A raw server and an OriginClient pointed at it."""
 
     def __init__(self, test: TestCase, idle_timeout: float = 240.0) -> None:
@@ -113,7 +113,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
 class FramingTests(TestCase):
     async def test_content_length_and_reuse(self) -> None:
         """A Content-Length body; the next request reuses the connection."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         response, reader, ended = await origin.fetch(
             b"HTTP/1.1 203 Fine Thanks\r\nContent-Length: 5\r\nX-A: 1\r\nX-A: 2\r\n"
             b"Connection: keep-alive\r\n\r\nhello")
@@ -130,7 +130,7 @@ class FramingTests(TestCase):
         self.assertEqual(origin.connections[0].requests(), 2)
 
     async def test_chunked_with_extensions_and_trailers(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         response, reader, ended = await origin.fetch(
             b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
             b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
@@ -142,7 +142,7 @@ class FramingTests(TestCase):
 
     async def test_body_until_close(self) -> None:
         """No length: the body ends with the connection, which is not reused."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         server, _response, reader = await origin.begin(b"HTTP/1.1 200 OK\r\n\r\npart one, ")
         server.transport.write(b"part two")
         server.transport.loseConnection()
@@ -153,7 +153,7 @@ class FramingTests(TestCase):
     async def test_bodyless_answers(self) -> None:
         """HEAD (with a Content-Length), 204 and 304 have no body; their connection is not
         reused (a body written after one anyway would be read as the next answer)."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         response, reader, ended = await origin.fetch(
             b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", method=b"HEAD")
         self.assertEqual((response.length, reader.body), (0, b""))
@@ -164,7 +164,7 @@ class FramingTests(TestCase):
         self.assertEqual(len(origin.connections), 3)
 
     async def test_informational_answer_skipped_and_folded_header(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         response, reader, _ended = await origin.fetch(
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\n"
             b"Content-Length: 2\r\n\r\nok")
@@ -172,7 +172,7 @@ class FramingTests(TestCase):
         self.assertEqual(response.headers.getRawHeaders(b"x-long"), [b"a b"])
 
     async def test_connection_close_and_http_1_0_not_reused(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         await origin.fetch(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
         await origin.fetch(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await origin.fetch(OK)
@@ -180,7 +180,7 @@ class FramingTests(TestCase):
 
     async def test_request_head(self) -> None:
         """Method, target with query, headers in order, Host from the URL when absent."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         pending = origin.request(path=b"/a/b?x=1", headers=Headers({b"X-One": [b"1", b"2"]}))
         server = await origin.answer(OK)
         await pending
@@ -192,7 +192,7 @@ class FramingTests(TestCase):
 
 class BodyTests(TestCase):
     async def test_known_length_body(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         pending = origin.request(b"POST", body=FileBodyProducer(BytesIO(b"x" * 70000)))
         await wait_until(lambda: origin.connections
                          and origin.connections[0].received.endswith(b"x" * 100))
@@ -203,7 +203,7 @@ class BodyTests(TestCase):
         await pending
 
     async def test_unknown_length_body_is_chunked(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         upload = UploadStream(None, _NoFlow())
         upload.feed(b"first")
         pending = origin.request(b"POST", body=upload)
@@ -219,7 +219,7 @@ class BodyTests(TestCase):
 
     async def test_early_answer_stops_the_body(self) -> None:
         """Answered while the body is still coming: the body stops, the connection closes."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         upload = UploadStream(1000, _NoFlow())
         upload.feed(b"x" * 10)
         pending = origin.request(b"POST", body=upload)
@@ -235,7 +235,7 @@ class BodyTests(TestCase):
         upload.feed(b"more")  # dropped, no error
 
     async def test_failing_body_fails_the_request(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         upload = UploadStream(None, _NoFlow())
         pending = origin.request(b"POST", body=upload)
         await wait_until(lambda: bool(origin.connections)
@@ -247,7 +247,7 @@ class BodyTests(TestCase):
 
 class FlowAndFailureTests(TestCase):
     async def test_reader_pauses_and_resumes(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         server, _response, reader = await origin.begin(
             b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nabcd")
         await wait_until(lambda: reader.body == b"abcd")
@@ -262,7 +262,7 @@ class FlowAndFailureTests(TestCase):
         self.assertEqual(reader.body, b"abcdefgh")
 
     async def test_garbage_answers(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         for garbage in (b"SSH-2.0-OpenSSH\r\n\r\n", b"HTTP/1.1 2000 OK\r\n\r\n",
                         b"HTTP/1.1 200 OK\r\nno colon here\r\n\r\n",
                         b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n"):
@@ -275,7 +275,7 @@ class FlowAndFailureTests(TestCase):
 
     async def test_bad_chunk_fails_the_body(self) -> None:
         """Chunk sizes are strict hex: what Python's int() would also take is refused."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         for size in (b"zz", b"+5", b"0x5", b"1_0", b"-1"):
             _response, reader, ended = await origin.fetch(
                 b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n%b\r\n"
@@ -284,7 +284,7 @@ class FlowAndFailureTests(TestCase):
             self.assertEqual(reader.body, b"abc")
 
     async def test_reset_mid_body_and_before_answer(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         server, _response, reader = await origin.begin(
             b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         server.transport.abortConnection()
@@ -300,7 +300,7 @@ class FlowAndFailureTests(TestCase):
         """The origin closes a kept-alive connection just as it is reused (no answer, not
         a byte): a GET goes again on a new connection; a POST with a body fails rather
         than risk being sent twice."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         await origin.fetch(OK)
         origin.connections[0].hang_up_on_next = True
         _response, reader, _reason = await origin.fetch(OK)
@@ -315,7 +315,7 @@ class FlowAndFailureTests(TestCase):
     async def test_no_resend_when_asked_not_to(self) -> None:
         """``resend_stale=False`` (webhooks: a retry is the engine's decision): the same
         stale GET fails instead."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         origin.client.resend_stale = False
         await origin.fetch(OK)
         origin.connections[0].hang_up_on_next = True
@@ -324,7 +324,7 @@ class FlowAndFailureTests(TestCase):
 
     async def test_endpoints_per_request(self) -> None:
         """A client without default endpoints takes them with each request."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         client = OriginClient(reactor, None)
         self.addCleanup(client.closeCachedConnections)
         self.assertRaises(ValueError, client.request, b"GET", origin.url())
@@ -338,7 +338,7 @@ class FlowAndFailureTests(TestCase):
         await reader.ended
 
     async def test_cancel(self) -> None:
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         pending = origin.request()
         await wait_until(lambda: bool(origin.connections) and origin.connections[0].requests())
         pending.cancel()
@@ -346,7 +346,7 @@ class FlowAndFailureTests(TestCase):
         await origin.connections[0].lost
 
     async def test_idle_connections_time_out(self) -> None:
-        origin = RawOrigin(self, idle_timeout=0.05)
+        origin = RawServerAndClient(self, idle_timeout=0.05)
         await origin.fetch(OK)
         await origin.connections[0].lost
 
@@ -379,7 +379,7 @@ class SocketOptionTests(TestCase):
         """Origin sockets: TCP_NODELAY on, and a quick-ack call armed for every read (an
         origin writing head and body in two sends would otherwise wait 40 ms for our ACK
         on a kept-alive connection)."""
-        origin = RawOrigin(self)
+        origin = RawServerAndClient(self)
         await origin.fetch(OK)
         [connection] = origin.client._idle[split_url(origin.url())[0]]
         handle = connection.transport.getHandle()

@@ -27,7 +27,7 @@ from fanout_tx.transports.webhooks.model import Delivery, Subscription
 from fanout_tx.transports.webhooks.shared import Claim, ISharedStore, Verdict
 from fanout_tx.transports.webhooks.signing import generate_secret
 from fanout_tx.transports.webhooks.store import MemoryStore
-from tests.support.webhooks import FakeClaims, FakeClient
+from tests.support.webhooks import FakeClaims, FakeWebhookClient
 
 NOW = 1_800_000_000.0
 SCHEDULE = (0, 5, 300, 1800)
@@ -45,7 +45,7 @@ class _EngineCase(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.clock.advance(NOW)
-        self.client = FakeClient()
+        self.client = FakeWebhookClient()
         self.store = MemoryStore()
         self.jitter = 0.0
         self.engine = DeliveryEngine(self.clock, self.client, self.store, SCHEDULE,
@@ -226,7 +226,7 @@ class EngineTests(_EngineCase):
 
     def test_synchronous_answers_do_not_recurse(self) -> None:
         """A client that answers at once drains a long queue without deep recursion."""
-        client = FakeClient()
+        client = FakeWebhookClient()
         engine = DeliveryEngine(self.clock, client, self.store, SCHEDULE, 1)
         engine.open(self.subscription)
         original = client.request

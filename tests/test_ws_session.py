@@ -22,19 +22,19 @@ from fanout_tx.transports.ws.session import (
     OriginReply,
     WsOverHttpSession,
 )
-from tests.support.ws_session import EVENTS, GRIP, FakeClient, FakeOrigin, control, reply
+from tests.support.ws_session import EVENTS, GRIP, FakeEventsOrigin, FakeWsClient, control, reply
 
 
 class SessionTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
         self.router = Router(self.clock)
-        self.origin = FakeOrigin()
-        self.client = FakeClient()
+        self.origin = FakeEventsOrigin()
+        self.client = FakeWsClient()
 
     def open(self, first: OriginReply | None = None, **options: Any) -> WsOverHttpSession:
-        """A new session on a new FakeOrigin (``self.origin``), accepted and attached."""
-        self.origin = FakeOrigin()
+        """A new session on a new FakeEventsOrigin (``self.origin``), accepted and attached."""
+        self.origin = FakeEventsOrigin()
         session = WsOverHttpSession(self.origin, self.router, self.clock,
                                     SessionOptions(**options))
         outcome = self.successResultOf(self._start(session, first or reply(ev.Event("OPEN"))))
@@ -52,7 +52,7 @@ class SessionTests(SynchronousTestCase):
         session = WsOverHttpSession(self.origin, self.router, self.clock)
         self.assertTrue(verifyObject(ISubscriber, session))
         members = {n for n in vars(WsClient) if not n.startswith("_")}
-        self.assertEqual(members - set(dir(FakeClient)), set())
+        self.assertEqual(members - set(dir(FakeWsClient)), set())
 
     def test_rejection(self) -> None:
         """A non-events answer to OPEN is a Rejected carrying the origin's answer."""
@@ -108,7 +108,7 @@ class SessionTests(SynchronousTestCase):
                                  ev.Event("BINARY", b"m:\x00"), ev.Event("PING", b"p")))
         self.assertEqual(self.client.sent, [("text", b"yes"), ("binary", b"\x00"),
                                             ("ping", b"p")])
-        other = FakeClient()
+        other = FakeWsClient()
         self.client = other
         self.open(reply(ev.Event("OPEN"), ev.Event("TEXT", b"c:raw"), headers=(EVENTS,)))
         self.assertEqual(other.sent, [("text", b"c:raw")])
@@ -262,7 +262,7 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.origin.events(), [ev.Event("CLOSE", ev.close_content(1000))])
         self.origin.answer(reply())
         self.assertTrue(session.finished.called)
-        self.client = FakeClient()
+        self.client = FakeWsClient()
         session = self.open(reply(ev.Event("OPEN"), ev.Event("DISCONNECT")))
         self.assertTrue(self.client.aborted)
         session.client_lost()
@@ -274,7 +274,7 @@ class SessionTests(SynchronousTestCase):
         the client with 1011; the session ends and leaves no timers."""
         bad_events = OriginReply(200, b"OK", (EVENTS,), b"TEXT 9\r\nx\r\n")
         for bad in (None, OriginReply(500, b"", (), b"oops"), bad_events):
-            self.client = FakeClient()
+            self.client = FakeWsClient()
             session = self.open(subscriptions=("a",))
             session.client_message(b"x", False)
             if bad is None:
@@ -287,7 +287,7 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.clock.getDelayedCalls(), [])
 
     def test_open_fails_when_origin_unreachable(self) -> None:
-        origin = FakeOrigin()
+        origin = FakeEventsOrigin()
         origin.post = lambda body, meta: fail(OriginError("refused"))
         session = WsOverHttpSession(origin, self.router, self.clock)
         self.failureResultOf(session.start(), OriginError)
@@ -314,7 +314,7 @@ class SessionTests(SynchronousTestCase):
         self.assertEqual(self.client.closed[0], 1011)
         self.assertIn("no answer", self.client.closed[1])
         self.assertTrue(session.finished.called)
-        other = WsOverHttpSession(FakeOrigin(), self.router, self.clock,
+        other = WsOverHttpSession(FakeEventsOrigin(), self.router, self.clock,
                                   SessionOptions(request_timeout=5))
         d = other.start()
         self.clock.advance(5)

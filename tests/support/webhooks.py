@@ -146,13 +146,16 @@ class Receiver(Resource):
                 self._waiters.remove(entry)
                 waiter.callback(None)
 
-    def wait_for(self, count: int, attribute: str = "unique") -> Deferred[None]:
+    def wait_for(self, count: int, attribute: str = "unique",
+                 seconds: float = 100.0) -> Deferred[None]:
         """Fires once ``count`` distinct webhook-ids were answered 2xx (or, with
-        ``attribute="requests"``, once ``count`` requests of any outcome arrived)."""
+        ``attribute="requests"``, once ``count`` requests of any outcome arrived); fails
+        after ``seconds`` (19,000 deliveries take 50 s on a loaded machine), before trial's
+        own 120 s timeout."""
         waiter: Deferred[None] = Deferred()
         self._waiters.append((attribute, count, waiter))
         self._wake()
-        return with_deadline(waiter, f"the receiver did not get {count} {attribute}", 60.0)
+        return with_deadline(waiter, f"the receiver did not get {count} {attribute}", seconds)
 
     async def listen(self, tls: str = "") -> str:
         """Listen on 127.0.0.1 port 0; ``tls`` = "privateKey=...:certKey=..." for https."""
@@ -186,7 +189,7 @@ class Sent:
 
 
 @implementer(IWebhookClient)
-class FakeClient:
+class FakeWebhookClient:
     """Records each request; the test answers it by firing ``sent[i].result``."""
 
     def __init__(self) -> None:
@@ -228,10 +231,10 @@ class NotifyingStore(MemoryStore):
         self._waiters: dict[str, list[Deferred[None]]] = {}
 
     def wait(self, method: str) -> Deferred[None]:
-        """Fires at the next call of ``method``; fails after 10 s."""
+        """Fires at the next call of ``method``; fails after 30 s."""
         waiter: Deferred[None] = Deferred()
         self._waiters.setdefault(method, []).append(waiter)
-        return with_deadline(waiter, f"the store's {method} was not called")
+        return with_deadline(waiter, f"the store's {method} was not called", 30.0)
 
     def _notify(self, method: str) -> None:
         for waiter in self._waiters.pop(method, []):

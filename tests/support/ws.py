@@ -90,7 +90,7 @@ class WsOverHttpOrigin(Resource):
                 self.waiters.remove(entry)
                 reactor.callLater(0, entry[1].callback, None)
 
-    def wait_for(self, condition: Callable[[], bool], seconds: float = 10.0) -> Deferred:
+    def wait_for(self, condition: Callable[[], bool], seconds: float = 30.0) -> Deferred:
         """Fires once ``condition()`` holds after a request; fails after ``seconds``."""
         d: Deferred = Deferred()
         if condition():
@@ -137,7 +137,7 @@ class ClientSide(WebSocketClientFactory):
         self.client: WsTestClient | None = None
         self.waiting: list[tuple[int, Deferred]] = []
 
-    def wait_messages(self, n: int, seconds: float = 10.0) -> Deferred:
+    def wait_messages(self, n: int, seconds: float = 30.0) -> Deferred:
         """Fires with the messages once ``n`` have arrived; fails after ``seconds``."""
         d: Deferred = Deferred()
         if len(self.messages) >= n:

@@ -22,7 +22,7 @@ def control(obj: str) -> ev.Event:
     return ev.Event("TEXT", b"c:" + obj.encode())
 
 
-class FakeOrigin:
+class FakeEventsOrigin:
     """Holds each request's Deferred until the test answers it."""
 
     def __init__(self) -> None:
@@ -40,7 +40,7 @@ class FakeOrigin:
         return self.requests[index][0]
 
 
-class FakeClient:
+class FakeWsClient:
     def __init__(self) -> None:
         self.sent: list[tuple[str, Any]] = []
         self.closed: tuple[int | None, str] | None = None
