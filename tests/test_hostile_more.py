@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import socket
 from typing import Any
 
+import zmq
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -21,12 +23,22 @@ from typing_extensions import override
 from fanout_tx.outbound.origin import ProxySettings
 from fanout_tx.transports.ws import events as ev
 from tests.support.helpers import RawClient, wait_until
+from tests.support.ops_fixtures import Server
 from tests.support.proxy_fixtures import ProxyHarness
 from tests.support.ws import WsOverHttpOrigin, WsTestMixin, events_reply, grip_echo, listen_endpoint
 
 
 def within(d: Deferred[Any], seconds: float = 10.0) -> Deferred[Any]:
     return d.addTimeout(seconds, reactor)
+
+
+async def wait_until_async(read: Any, check: Any, timeout: float = 10.0) -> None:
+    """Read (a coroutine) until ``check`` holds for what it read; fail after ``timeout``."""
+    deadline = reactor.seconds() + timeout
+    while not check(await read()):
+        if reactor.seconds() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await sleep(0.05)
 
 
 def sleep(seconds: float) -> Deferred[None]:
@@ -74,8 +86,43 @@ class CloseFrameTests(WsTestMixin, TestCase):
         side, client = await self.connect()
         client.sendMessage(b"sub:room")
         await within(side.wait_messages(1))
-        self.publish("room", action="close", code=1004, reason="x")
-        self.assertEqual(await within(side.closed), (True, None, None))
+        self.publish("room", action="close", code=4003, reason="\u00e9" * 61)
+        self.assertEqual(await within(side.closed), (True, 4003, "\u00e9" * 61))
+
+
+class PublishedCloseTests(TestCase):
+    """A publisher's ws-message close named any code from 1000 to 4999: 1004-1006, 1015
+    and 1016-2999 may not be on the wire (RFC 6455 7.4), so the client got a close frame
+    without code and the publisher never knew. They are refused now: a 400 saying why over
+    HTTP, a logged and counted drop over ZeroMQ."""
+
+    timeout = 60
+
+    async def test_codes_and_reasons_that_may_not_be_sent(self) -> None:
+        server = await Server(self).start()
+        for code in (1004, 1005, 1006, 1015, 1016, 2999):
+            status, body = await server.post_json("/publish/", {"items": [{
+                "channel": "room", "formats": {"ws-message": {"action": "close",
+                                                               "code": code}}}]})
+            self.assertEqual(status, 400, code)
+            self.assertIn(b"may not be sent in a close frame (RFC 6455 7.4)", body)
+        status, body = await server.post_json("/publish/", {"items": [{
+            "channel": "room", "formats": {"ws-message": {
+                "action": "close", "code": 4000, "reason": "x" * 124}}}]})
+        self.assertEqual(status, 400)
+        self.assertIn(b"reason must be at most 123 bytes", body)
+        for code in (1000, 1003, 1007, 1014, 3000, 4999):
+            await server.publish(**{"ws-message": {"action": "close", "code": code,
+                                                   "reason": "x" * 123}})
+        context = zmq.Context()
+        self.addCleanup(context.term)
+        push = context.socket(zmq.PUSH)
+        self.addCleanup(push.close, 0)
+        push.connect(server.root.getServiceNamed("zmq-pull").endpoints[0])
+        push.send(b"J" + json.dumps({"channel": "room", "formats": {
+            "ws-message": {"action": "close", "code": 1005}}}).encode())
+        key = ("fanout_publish_errors_total", (("input", "zmq-pull"),))
+        await wait_until_async(lambda: server.metrics(), lambda m: m.get(key) == 1)
 
 
 class _PingFlooder(Protocol):

@@ -30,6 +30,7 @@ from zope.interface import implementer
 
 from fanout_tx._twisted import compressing
 from fanout_tx.core.formats import Format
+from fanout_tx.core.formats.ws import is_wire_close_code, wire_close
 from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.write_budget import SlowClient, WriteBudget
 
@@ -42,15 +43,9 @@ CLOSE_INTERNAL = 1011
 CLOSE_REPLY_WAIT = 5.0
 
 
-def _wire_code(code: int) -> bool:
-    """A close code a peer accepts on the wire (RFC 6455 7.4): never 0-999, 1004-1006,
-    1015 or the other reserved ones, which make a browser fail the connection."""
-    return 3000 <= code <= 4999 or code in WebSocketProtocol.CLOSE_STATUS_CODES_ALLOWED
-
-
 def _valid_close(code: int | None, reason: bytes | None) -> bool:
     """A close frame autobahn would accept (it fails the connection for any other)."""
-    if code is not None and not _wire_code(code):
+    if code is not None and not is_wire_close_code(code):
         return False
     try:
         (reason or b"").decode("utf-8")
@@ -198,14 +193,14 @@ class ClientProtocol(WebSocketServerProtocol):
         that may not (1005, 999, 2000...) becomes a frame without code or reason, and
         the reason is cut to 123 bytes at a character boundary (a cut character would
         be invalid UTF-8, which the client fails the connection for)."""
-        if code is None or not _wire_code(code):
+        wire_code, raw = wire_close(code, reason)
+        if wire_code is None:
             if code is not None:
                 self._log.info("close code {code} may not be sent; closing without one",
                                code=code)
             self.sendCloseFrame(isReply=is_reply)
             return
-        raw = reason.encode("utf-8")[:123].decode("utf-8", "ignore").encode("utf-8")
-        self.sendCloseFrame(code, raw, isReply=is_reply)
+        self.sendCloseFrame(wire_code, raw, isReply=is_reply)
 
     @override
     def connectionLost(self, reason: Any = None) -> None:  # noqa: N802

@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_connection
 from fanout_tx.config.routes import RouteTarget
+from fanout_tx.core.formats.ws import wire_close
 from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.grip import (
@@ -162,10 +163,11 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
 
     def close(self, code: int | None, reason: str) -> None:
         if self.state == self.STATE_OPEN:
-            if code is None or code in (1005, 1006, 1015):
+            wire_code, raw = wire_close(code, reason)
+            if wire_code is None:
                 self.sendCloseFrame()
             else:
-                self.sendCloseFrame(code, reason.encode("utf-8")[:123])
+                self.sendCloseFrame(wire_code, raw)
 
 
 def origin_factory(url: str, host: str, port: int, resource: str, headers: Headers,
