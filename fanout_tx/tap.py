@@ -6,21 +6,26 @@ each listener is an endpoint service that starts listening in ``startService``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import zmq
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import IServiceCollection, MultiService
+from twisted.application.service import IService, IServiceCollection
+from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.web.resource import Resource
 
+from fanout_tx._reactor import IServerReactor
 from fanout_tx.cluster.redis_bus import RedisBus
 from fanout_tx.config import settings as config_module
 from fanout_tx.config.redis_url import parse_redis_url
-from fanout_tx.config.routes_watch import RoutesFile, reload_on_sighup
+from fanout_tx.config.routes_watch import RoutesFile, RoutesWatcher, reload_on_sighup
 from fanout_tx.config.settings import Config, ConfigError, ListenAddress, parse_listen_addresses
 from fanout_tx.core.bus import LocalBus
 from fanout_tx.core.interfaces import IBus
@@ -28,14 +33,24 @@ from fanout_tx.core.router import Router
 from fanout_tx.inputs.publish_api import PublishRoot, PublishSite
 from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.inputs.zmq_command import ZmqCommand
-from fanout_tx.inputs.zmq_ingest import ZmqPullInput, ZmqSubInput
+from fanout_tx.inputs.zmq_ingest import ZmqPullInput, ZmqReader, ZmqSubInput
 from fanout_tx.ops.fd_limit import connection_cap, raise_open_files_limit
 from fanout_tx.ops.gc_tuning import tune_gc
+from fanout_tx.ops.health import (
+    HealthResource,
+    Listeners,
+    address_text,
+    redis_check,
+    xmpp_check,
+    zmq_check,
+)
 from fanout_tx.ops.logs import filter_twistd_logging
-from fanout_tx.ops.metrics import InputCounters, MeteredBus
-from fanout_tx.ops.operations import FanoutRoot, bound_port, install, stop_on_signals
+from fanout_tx.ops.metrics import InputCounters, MeteredBus, MetricSources, metrics_resource
+from fanout_tx.ops.operations import FanoutRoot, bound_port, stop_on_signals
 from fanout_tx.ops.sig_warnings import signing_warnings
 from fanout_tx.ops.startup import quiet_startup_failures
+from fanout_tx.ops.stats_pub import StatsPublisher, Totals
+from fanout_tx.outbound.clients import OriginClients, origin_clients
 from fanout_tx.transports.http.proxy_service import build_proxy_service
 from fanout_tx.transports.http.tls import ServerIdentities, load_identities
 from fanout_tx.transports.webhooks.api import WebhooksResource
@@ -44,8 +59,10 @@ from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.transports.write_budget import WriteBudget
 from fanout_tx.transports.ws.service import build_websocket_service
 from fanout_tx.transports.xmpp.component import build_xmpp
+from fanout_tx.transports.xmpp.link import LinkState
 
 _log = Logger(namespace="fanout_tx.tap")
+METRICS_MAX_BODY_SIZE = 10_000  # the metrics listener only answers GETs
 
 
 class Options(usage.Options):
@@ -128,16 +145,20 @@ class Core:
     router: Router
     bus: IBus
     routes: RoutesFile
-    reactor: Any
+    reactor: IServerReactor
+    # What the inputs publish through: ``bus``, counting items and failures per input.
+    input_bus: MeteredBus
+    # ``[runner] max_buffered_bytes``, shared by HTTP streams and WebSockets.
+    write_budget: WriteBudget
+    # The origin clients, one per trust policy, handed to every transport that needs one.
+    clients: OriginClients
     # The publish port's root; transports mount their pages on it (webhooks, metrics).
     publish_root: PublishRoot | None = None
-    # What the inputs publish through: ``bus``, counting items and failures per input.
-    input_bus: MeteredBus | None = None
-    # ``[runner] max_buffered_bytes``, shared by HTTP streams and WebSockets.
-    write_budget: WriteBudget | None = None
+    # Built by build_service; makeService hands it to the SIGHUP handler.
+    routes_watcher: RoutesWatcher | None = None
 
 
-def build_core(settings: Settings, reactor: Any) -> Core:
+def build_core(settings: Settings, reactor: IServerReactor) -> Core:
     handler = settings.config.handler
     router = Router(
         reactor,
@@ -152,65 +173,184 @@ def build_core(settings: Settings, reactor: Any) -> Core:
     )
     return Core(settings.config, router, bus, settings.routes, reactor,
                 input_bus=MeteredBus(bus, InputCounters()),
-                write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes))
+                write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes),
+                clients=origin_clients(reactor, settings.config.webhooks.max_in_flight))
 
 
-def _named(service: Any, name: str, parent: IServiceCollection) -> None:
+S = TypeVar("S", bound=IService)
+
+
+def _named(service: S, name: str, parent: IServiceCollection) -> S:
     service.setName(name)
     service.setServiceParent(parent)
+    return service
 
 
-def build_service(settings: Settings, reactor: Any) -> tuple[MultiService, Core]:
-    """The whole service tree for ``settings``; returns the core too, for tests."""
+def build_service(settings: Settings, reactor: IServerReactor,
+                  zmq_context: zmq.Context | None = None) -> tuple[FanoutRoot, Core]:
+    """The whole service tree for ``settings``; returns the core too, for tests. Every
+    service is handed its collaborators here; nothing is looked up by name later. The
+    ZeroMQ context is the process's one, unless a test brings its own."""
     core = build_core(settings, reactor)
-    root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
-    for notice in settings.config.notices:
+    config = settings.config
+    root = FanoutRoot(core.router, reactor, config.runner.shutdown_timeout)
+    root.after_stop.append(core.clients.close_idle)  # once every user of them has stopped
+    for notice in config.notices:
         _log.info("{notice}", notice=notice)
-    for warning in (*settings.config.warnings,
-                    *signing_warnings(settings.config, settings.routes.table.routes)):
+    for warning in (*config.warnings, *signing_warnings(config, settings.routes.table.routes)):
         _log.warn("{warning}", warning=warning)
-    _named(core.routes.watcher(), "routes-watch", root)
-    if isinstance(core.bus, RedisBus):
-        _named(core.bus, "redis", root)  # owns the Redis connections
-        if not settings.config.webhooks.enabled:
-            warn_if_webhooks_elsewhere(core.bus, settings.config.redis.prefix)
-    websocket = build_websocket_service(settings.config, core.routes, core.router, reactor,
-                                        core.write_budget)
-    _named(websocket, "websocket", root)
-    _named(build_proxy_service(settings.config, core.routes, core.router, reactor,
-                               websocket_handler=websocket.handler, tls=settings.tls,
-                               write_budget=core.write_budget),
-           "http-proxy", root)
-    _named(_publish_http(core), "publish-http", root)
-    if settings.config.webhooks.enabled:
-        _named(_webhooks(core), "webhooks", root)
-    handler = settings.config.handler
-    zmq_context = zmq.Context.instance()
-    _named(ZmqPullInput(reactor, zmq_context, core.input_bus, handler.push_in_spec),
-           "zmq-pull", root)
+    core.routes_watcher = _named(core.routes.watcher(clock=reactor), "routes-watch", root)
+    redis = core.bus if isinstance(core.bus, RedisBus) else None
+    if redis is not None:
+        _named(redis, "redis", root)  # owns the Redis connections
+        if not config.webhooks.enabled:
+            warn_if_webhooks_elsewhere(redis, config.redis.prefix)
+    websocket = _named(build_websocket_service(config, core.routes, core.router, reactor,
+                                               core.clients, core.write_budget),
+                       "websocket", root)
+    proxy = _named(build_proxy_service(config, core.routes, core.router, reactor, core.clients,
+                                       websocket_handler=websocket.handler, tls=settings.tls,
+                                       write_budget=core.write_budget),
+                   "http-proxy", root)
+    publish = _named(_publish_http(core), "publish-http", root)
+    publish_root = core.publish_root
+    assert publish_root is not None
+    webhooks = _named(_webhooks(core), "webhooks", root) if config.webhooks.enabled else None
+    handler = config.handler
+    context = zmq_context if zmq_context is not None else zmq.Context.instance()
+    pull = _named(ZmqPullInput(reactor, context, core.input_bus, handler.push_in_spec),
+                  "zmq-pull", root)
     # SUB input is never shared through Redis: a PUB fans every item out to each instance's
     # SUB, which subscribes only to the channels of that instance's own subscribers.
-    assert core.input_bus is not None
     sub_bus = MeteredBus(LocalBus(core.router), core.input_bus.counters)
-    _named(ZmqSubInput(reactor, zmq_context, sub_bus, core.router,
-                       handler.push_in_sub_specs,
-                       connect=handler.push_in_sub_connect,
-                       linger=handler.subscription_linger), "zmq-sub", root)
+    sub = _named(ZmqSubInput(reactor, context, sub_bus, core.router, handler.push_in_sub_specs,
+                             connect=handler.push_in_sub_connect,
+                             linger=handler.subscription_linger), "zmq-sub", root)
+    zmq_readers: dict[str, ZmqReader] = {"zmq-pull": pull, "zmq-sub": sub}
     if handler.command_spec:
-        _named(_command(root, core, zmq_context), "zmq-command", root)
-    if settings.config.xmpp.enabled:
-        _named(build_xmpp(settings.config, core.router, reactor), "xmpp", root)
-    install(root, core, reactor, zmq_context)  # /metrics, /health, stats, start-up line
+        zmq_readers["zmq-command"] = _named(_command(core, context, pull, sub), "zmq-command",
+                                            root)
+    xmpp = (_named(build_xmpp(config, core.router, reactor, core.clients.verified), "xmpp", root)
+            if config.xmpp.enabled else None)
+    sources = MetricSources(
+        router=core.router,
+        inputs=core.input_bus.counters,
+        rejecting={"http": publish_root.publish, **zmq_readers,
+                   **({"redis": redis} if redis else {})},
+        ws_sessions=websocket.session_count,
+        webhooks=webhooks,
+        xmpp_link=xmpp.link if xmpp is not None else None,
+        redis=redis,
+        client_connections=proxy.connection_limit,
+        write_budget=core.write_budget,
+    )
+    _operations(root, core, sources, Operated(
+        listeners={"http-proxy": list(proxy), "publish-http": [publish]},
+        readers=zmq_readers, zmq_context=context,
+        xmpp=xmpp.link if xmpp is not None else None, redis=redis,
+        proxy_requests=lambda: proxy.resource.requests))
     return root, core
 
 
-def _command(root: MultiService, core: Core, context: zmq.Context) -> ZmqCommand:
+@dataclass
+class Operated:
+    """What the operations side watches, by the name it reports it under."""
+
+    listeners: dict[str, list[StreamServerEndpointService]]
+    readers: dict[str, ZmqReader]  # the ZeroMQ sockets: inputs and the command socket
+    zmq_context: zmq.Context
+    xmpp: LinkState | None
+    redis: RedisBus | None
+    proxy_requests: Callable[[], int]
+
+
+def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
+                operated: Operated) -> None:
+    """Mount /metrics and /health on the publish port, add the ``metrics`` listener and the
+    ``stats`` socket when configured, and log one line with every bound address once all
+    listeners are up."""
+    assert core.publish_root is not None
+    config = core.config
+    health = HealthResource()
+    core.publish_root.mount(b"metrics", metrics_resource(sources), public=True)
+    core.publish_root.mount(b"health", health, public=True)
+    listeners = dict(operated.listeners)
+    if config.metrics.port:
+        listeners["metrics"] = [_named(_metrics_listener(core, sources, health), "metrics",
+                                       root)]
+    stats = None
+    if config.handler.stats_spec:
+        stats = _named(_stats(core, operated), "stats", root)
+    watched = {name: Listeners() for name in listeners}
+    for name, group in watched.items():
+        health.add(name, group.check)
+    for name, reader in operated.readers.items():
+        health.add(name, zmq_check(reader))
+    if operated.xmpp is not None:
+        health.add("xmpp", xmpp_check(operated.xmpp))
+    if operated.redis is not None:
+        health.add("redis", redis_check(operated.redis))
+
+    def started() -> None:
+        ports = []
+        for name, services in listeners.items():
+            for service in services:
+                watched[name].watch(service, bound_port)
+                label = f"{name} tls" if (service.name or "").startswith("https ") else name
+                ports.append(bound_port(service).addCallback(_labelled, label))
+        DeferredList(ports).addCallback(_log_addresses, operated.readers, stats)
+
+    root.after_start.append(started)
+
+
+def _labelled(port: IListeningPort | None, label: str) -> tuple[str, IListeningPort | None]:
+    return label, port
+
+
+def _log_addresses(results: list[tuple[bool, Any]], readers: dict[str, ZmqReader],
+                   stats: StatsPublisher | None) -> None:
+    """The one start-up line: every address bound, by what it serves."""
+    parts = [f"{name} {address_text(port)}" for ok, (name, port) in results
+             if ok and port is not None]
+    parts += [f"{name} {','.join(reader.endpoints)}" for name, reader in readers.items()
+              if reader.endpoints]
+    if stats is not None and stats.endpoint:
+        parts.append(f"stats {stats.endpoint}")
+    _log.info("fanout_tx listening: {addresses}", addresses="; ".join(parts))
+
+
+def _metrics_listener(core: Core, sources: MetricSources,
+                      health: HealthResource) -> StreamServerEndpointService:
+    """``[metrics] addr``/``port``: /metrics and /health on a listener of their own."""
+    config = core.config.metrics
+    page = Resource()
+    page.putChild(b"metrics", metrics_resource(sources))
+    page.putChild(b"health", health)
+    address = ListenAddress(config.addr or "127.0.0.1", config.port)
+    site = PublishSite(page, METRICS_MAX_BODY_SIZE, core.reactor)  # quiet: no access log
+    return StreamServerEndpointService(
+        serverFromString(core.reactor, address.endpoint_description()), site)
+
+
+def _stats(core: Core, operated: Operated) -> StatsPublisher:
+    """Pushpin's stats socket."""
+    redis = operated.redis
+    totals = Totals(lambda: sum(core.input_bus.counters.received.values())
+                    + (redis.received_items if redis is not None else 0),
+                    core.router, operated.proxy_requests)
+    handler = core.config.handler
+    return StatsPublisher(core.reactor, operated.zmq_context, handler.stats_spec,
+                          handler.stats_format, handler.stats_report_interval, core.router,
+                          totals)
+
+
+def _command(core: Core, context: zmq.Context, pull: ZmqReader,
+             sub: ZmqReader) -> ZmqCommand:
     """Pushpin's command socket; ``get-zmq-uris`` names the inputs as they are bound."""
 
     def uris() -> dict[str, str]:
-        found = {"command": command.endpoints}
-        for name, key in (("zmq-pull", "publish-pull"), ("zmq-sub", "publish-sub")):
-            found[key] = root.getServiceNamed(name).endpoints
+        found = {"command": command.endpoints, "publish-pull": pull.endpoints,
+                 "publish-sub": sub.endpoints}
         return {key: endpoints[0] for key, endpoints in found.items() if endpoints}
 
     command = ZmqCommand(core.reactor, context, core.config.handler.command_spec, uris,
@@ -224,6 +364,7 @@ def _webhooks(core: Core) -> WebhookService:
     assert core.publish_root is not None
     config = core.config
     service = build_webhooks(config.webhooks, config.redis, core.router, core.reactor,
+                             core.clients.vetted,
                              shutdown_timeout=config.runner.shutdown_timeout)
     core.publish_root.mount(b"webhooks", WebhooksResource(service))
     core.publish_root.add_publish_barrier(service.engine.writes_confirmed)
@@ -259,14 +400,15 @@ def with_descriptor_room(settings: Settings, open_files: int) -> Settings:
     return replace(settings, config=config)
 
 
-def makeService(options: Options) -> MultiService:  # noqa: N802 - twistd plugin API
-    from twisted.internet import reactor
+def makeService(options: Options) -> FanoutRoot:  # noqa: N802 - twistd plugin API
+    from twisted.internet import reactor as global_reactor
 
+    reactor = cast(IServerReactor, global_reactor)
     settings = with_descriptor_room(options["settings"], raise_open_files_limit())
     filter_twistd_logging(settings.config.runner.log_level)
-    root, _core = build_service(settings, reactor)
+    root, core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)
-    reactor.callWhenRunning(reload_on_sighup, reactor, root.getServiceNamed("routes-watch"))
+    reactor.callWhenRunning(reload_on_sighup, reactor, core.routes_watcher)
     quiet_startup_failures()
     tune_gc()
     return root

@@ -100,7 +100,7 @@ class WebSocketLimitTests(WsTestMixin, TestCase):
         resource = ProxyResource(SimpleNamespace(table=parse_routes(line)), self.router,
                                  reactor, Agent(reactor, pool=pool),
                                  websocket_handler=self.handler)
-        port = yield listen_endpoint().listen(proxy_site(resource,
+        port = yield listen_endpoint().listen(proxy_site(resource, reactor,
                                                           connection_limit=self.limit))
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port

@@ -26,6 +26,7 @@ from typing_extensions import override
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
@@ -348,7 +349,7 @@ class RedisCapTests(_Client):
     async def instance(self, config: WebhooksConfig) -> tuple[WebhookService, str]:
         self.router = Router(reactor)
         service = build_webhooks(config, RedisConfig(url=self.redis.url), self.router,
-                                 reactor, sync_interval=3600)
+                                 reactor, origin_clients(reactor).vetted, sync_interval=3600)
         service.startService()
         self.addCleanup(service.stopService)
         await service.loaded

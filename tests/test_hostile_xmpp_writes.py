@@ -26,6 +26,7 @@ from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import Channel
 from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MetricSources
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
 from tests.support.helpers import wait_until
 
@@ -78,7 +79,7 @@ class StalledServerTests(TestCase):
         router = Router(reactor)
         config = Config(xmpp=XmppConfig(enabled=True, port=port.getHost().port, secret="s",
                                         max_buffered_bytes=LIMIT))
-        component = build_xmpp(config, router, reactor)
+        component = build_xmpp(config, router, reactor, origin_clients(reactor).verified)
         up: Deferred[Any] = Deferred()
         component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)
         component.startService()

@@ -85,7 +85,7 @@ class AccessLogTests(SynchronousTestCase):
         request = DummyRequest([b"x"])
         request.uri = b"/x"
         request.code = 200
-        proxy_site(resource, access_log=access_log).log(request)
+        proxy_site(resource, Clock(), access_log=access_log).log(request)
         return [e for e in observer if e.get("log_level") == LogLevel.debug]
 
     def test_only_built_when_asked(self) -> None:
@@ -100,7 +100,7 @@ class ProcessTests(SynchronousTestCase):
         routes = RoutesStub(parse_routes("other.test 127.0.0.1:80"))
         resource = ProxyResource(routes, Router(Clock()), Clock(), None)  # type: ignore[arg-type]
         channel = DummyChannel()
-        channel.site = proxy_site(resource)
+        channel.site = proxy_site(resource, Clock())
         request = ProxyRequest(channel)
         request.gotLength(0)
         request.requestHeaders.setRawHeaders(b"host", [b"example.test"])

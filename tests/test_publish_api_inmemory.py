@@ -21,6 +21,7 @@ from fanout_tx.core.bus import LocalBus
 from fanout_tx.core.router import Router
 from fanout_tx.inputs.publish_api import PublishRoot
 from fanout_tx.inputs.publish_auth import BearerAuth
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.service import build_webhooks
 from fanout_tx.transports.webhooks.ssrf import IPAddress
@@ -50,8 +51,10 @@ class InMemoryPublishApiTests(SynchronousTestCase):
         self.router = Router(self.clock)
         self.subscriber = RecordingSubscriber()
         self.router.subscribe("c", self.subscriber)
-        self.webhooks = build_webhooks(CONFIG, RedisConfig(), self.router, MemoryReactorClock(),
-                                       resolver=resolve, store=MemoryStore())
+        memory = MemoryReactorClock()
+        self.webhooks = build_webhooks(CONFIG, RedisConfig(), self.router, memory,
+                                       origin_clients(memory).vetted, resolver=resolve,
+                                       store=MemoryStore())
         root = PublishRoot(LocalBus(self.router), self.router,
                            BearerAuth(KEY, "publisher", self.clock))
         root.mount(b"webhooks", WebhooksResource(self.webhooks))

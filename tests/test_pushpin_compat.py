@@ -25,6 +25,7 @@ from fanout_tx.core.codecs import tnetstring
 from fanout_tx.core.router import Router
 from fanout_tx.inputs.zmq_ingest import ZmqSubInput
 from fanout_tx.ops.sig_warnings import signing_warnings
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.xmpp.component import build_xmpp
 from tests.support.helpers import RecordingBus, RecordingSubscriber, wait_until
@@ -362,7 +363,8 @@ class XmppReconnectLogTests(TestCase):
         closed = free_port()
         config = Config(xmpp=XmppConfig(enabled=True, host="127.0.0.1", port=closed,
                                         secret="s"))
-        component = build_xmpp(config, Router(reactor), reactor)
+        component = build_xmpp(config, Router(reactor), reactor,
+                               origin_clients(reactor).verified)
         component.startService()
         self.addCleanup(component.stopService)
         await wait_until(lambda: component.link.errors["unreachable"] >= 1)

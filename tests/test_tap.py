@@ -6,13 +6,14 @@ import os
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 from treq.client import HTTPClient
-from twisted.application.service import IServiceMaker, MultiService
+from twisted.application.service import IServiceMaker, MultiService, Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ProcessDone, ProcessTerminated
-from twisted.internet.task import deferLater
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
@@ -20,6 +21,9 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
 from fanout_tx.config.settings import ListenAddress
+from fanout_tx.core.router import Router
+from fanout_tx.ops.operations import FanoutRoot
+from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.tap import Options, build_service
 from tests.support.services import free_port
 from tests.support.twistd import TwistdOutput, loopback_config, write_config
@@ -98,6 +102,48 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(root.getServiceNamed("zmq-pull").endpoints, [])
         self.assertFalse(root.running)
         self.assertIs(core.router, core.bus.router)
+
+    def test_one_set_of_origin_clients(self) -> None:
+        """The origin clients are built once, in tap.py, and handed to every user: the
+        proxy, the WebSocket-over-HTTP sessions, the XMPP backend (verified and insecure)
+        and the webhooks (vetted)."""
+        built: list[OriginClient] = []
+        original = OriginClient.__init__
+
+        def counting(client: OriginClient, *args: Any, **kwargs: Any) -> None:
+            built.append(client)
+            original(client, *args, **kwargs)
+
+        self.patch(OriginClient, "__init__", counting)
+        folder = Path(self.mktemp())
+        config = loopback_config(folder, 0)
+        config.write_text(config.read_text()
+                          + "[xmpp]\nenabled=true\nsecret=s\n[webhooks]\nenabled=true\n")
+        root, core = build_service(parse("--config", str(config))["settings"],
+                                   MemoryReactorClock())
+        clients = core.clients
+        self.assertEqual(built, [clients.verified, clients.insecure, clients.vetted])
+        proxy = root.getServiceNamed("http-proxy")
+        self.assertIs(proxy.resource.agent, clients.verified)
+        self.assertIs(proxy.resource.insecure_agent, clients.insecure)
+
+    def test_shared_clients_close_after_every_child_stopped(self) -> None:
+        """The root closes what its children share once all of them have stopped."""
+        clock = Clock()
+        root = FanoutRoot(Router(clock), clock, shutdown_timeout=10)
+        child_stopped: Deferred[None] = Deferred()
+        child = Service()
+        child.stopService = lambda: child_stopped  # type: ignore[method-assign]
+        child.setServiceParent(root)
+        closing: Deferred[None] = Deferred()
+        root.after_stop.append(lambda: closing)
+        root.startService()
+        done = root.stopService()
+        self.assertFalse(closing.called)
+        child_stopped.callback(None)
+        self.assertNoResult(done)
+        closing.callback(None)
+        self.successResultOf(done)
 
     def test_plugin(self) -> None:
         """twistd finds the plugin by its tapname, and its options and makeService load."""

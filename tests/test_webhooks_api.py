@@ -26,6 +26,7 @@ from fanout_tx.config.settings import ConfigError, RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import encode_hs256
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
@@ -65,7 +66,8 @@ class _Harness(TestCase):
 
     async def start(self, config: WebhooksConfig = FAST) -> WebhookService:
         self.service = build_webhooks(config, RedisConfig(), self.router, reactor,
-                                      resolver=name_resolver, store=self.store)
+                                      origin_clients(reactor).vetted, resolver=name_resolver,
+                                      store=self.store)
         self.service.startService()
         self.addCleanup(self.service.stopService)
         await self.service.loaded

@@ -14,6 +14,7 @@ from typing_extensions import override
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.webhooks.model import NewSubscription
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from tests.support.services import RedisServer
@@ -33,7 +34,8 @@ class RestartTests(TestCase):
     async def fanout(self) -> tuple[WebhookService, Router]:
         """One fanout_tx side: a router and the webhooks service on the shared Redis."""
         router = Router(reactor)
-        service = build_webhooks(CONFIG, self.redis_config, router, reactor)
+        service = build_webhooks(CONFIG, self.redis_config, router, reactor,
+                                 origin_clients(reactor).vetted)
         service.startService()
         await service.loaded
         return service, router

@@ -19,6 +19,7 @@ from fanout_tx.config.redis_url import parse_redis_url
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.webhooks.model import NewSubscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
@@ -56,7 +57,8 @@ class _Harness(TestCase):
         bus = RedisBus(router, reactor, parse_redis_url(self.redis.url), PREFIX)
         store = RedisStore(lambda: connect(self.redis.url), PREFIX, lease=LEASE)
         service = build_webhooks(CONFIG, RedisConfig(url=self.redis.url, prefix=PREFIX),
-                                 router, reactor, store=store, sync_interval=sync_interval)
+                                 router, reactor, origin_clients(reactor).vetted, store=store,
+                                 sync_interval=sync_interval)
         bus.startService()
         self.addCleanup(bus.stopService)
         service.startService()

@@ -14,6 +14,7 @@ from typing_extensions import override
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.webhooks.model import NewSubscription, Subscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
@@ -41,6 +42,7 @@ class ShutdownTests(TestCase):
     async def start(self, shutdown_timeout: float) -> tuple[WebhookService, Router]:
         router = Router(reactor)
         service = build_webhooks(CONFIG, self.redis_config, router, reactor,
+                                 origin_clients(reactor).vetted,
                                  shutdown_timeout=shutdown_timeout)
         service.startService()
         await service.loaded

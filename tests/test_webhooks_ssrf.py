@@ -14,7 +14,8 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
 
-from fanout_tx.transports.webhooks.client import WebhookClient, make_pool, trust_root
+from fanout_tx.outbound.clients import origin_clients
+from fanout_tx.transports.webhooks.client import WebhookClient, trust_root
 from fanout_tx.transports.webhooks.ssrf import (
     AddressPolicy,
     IPAddress,
@@ -120,8 +121,8 @@ class ClientTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         allow = (ipaddress.ip_network("127.0.0.0/8"),)
         vetter = Vetter(fake_resolver, AddressPolicy(allow))
-        self.client = WebhookClient(self.reactor, vetter, make_pool(self.reactor, 2), 10.0,
-                                    trust_root(""))
+        pool = origin_clients(self.reactor, 2).vetted
+        self.client = WebhookClient(self.reactor, vetter, pool, 10.0, trust_root(""))
 
     def test_refused_target_sends_nothing(self) -> None:
         """A refused address is an outcome without a status, and no connection is made."""

@@ -12,6 +12,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.config.settings import Config, XmppConfig
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.tap import build_service, load_settings
 from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
 from fanout_tx.transports.xmpp.link import MAX_RETRY_DELAY
@@ -26,7 +27,8 @@ class LinkTests(SynchronousTestCase):
         self.reactor = MemoryReactorClock()
         self.events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)
         config = Config(xmpp=XmppConfig(enabled=True, port=5999, secret="s"))
-        self.component: XmppComponent = build_xmpp(config, Router(self.reactor), self.reactor)
+        self.component: XmppComponent = build_xmpp(
+            config, Router(self.reactor), self.reactor, origin_clients(self.reactor).verified)
         self.component.startService()
         [(host, port, self.factory, _timeout, _bind)] = self.reactor.tcpClients
         self.assertEqual((host, port), ("127.0.0.1", 5999))

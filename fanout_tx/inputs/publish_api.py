@@ -225,8 +225,8 @@ class PublishRoot(Resource):
         self._public: set[bytes] = set()
         self._barriers: list[PublishBarrier] = []
         self.putChild(b"", TextPage(200, "fanout_tx publish API"))
-        self._publish = PublishResource(bus, self._barriers)
-        self.putChild(b"publish", self._publish)
+        self.publish = PublishResource(bus, self._barriers)  # its ``rejected``, for /metrics
+        self.putChild(b"publish", self.publish)
         self.putChild(b"recover", RecoverResource(router))
 
     def mount(self, name: bytes, resource: IResource, public: bool = False) -> None:
@@ -258,6 +258,6 @@ class PublishRoot(Resource):
             self._log.info("publish API request from {peer} rejected: body over {limit} bytes",
                            peer=_peer(request), limit=request.channel.site.max_body_size)
             if path == b"publish":  # a refused publish, in fanout_publish_errors_total
-                self._publish.rejected += 1
+                self.publish.rejected += 1
             return TextPage(413, "Request body too large.")
         return super().getChildWithDefault(path, request)

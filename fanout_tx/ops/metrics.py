@@ -79,9 +79,11 @@ class Rejecting(Protocol):
 
 class LinkStateLike(Protocol):
     up: bool
-    errors: Mapping[str, int]
     oversized: int
     unsent: Mapping[str, int]
+
+    @property
+    def errors(self) -> Mapping[str, int]: ...
 
 
 @dataclass

@@ -37,6 +37,7 @@ from typing_extensions import override
 
 from fanout_tx.config.settings import Config, XmppConfig
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.xmpp.component import XmppComponent, build_xmpp
 from tests.support.helpers import with_deadline
 from tests.support.services import free_port, require_binary
@@ -322,7 +323,9 @@ class ProsodyTestsMixin:
             backend=backend_url, backend_timeout=5, sig_key=b"xmpp-key", sig_iss="fanout",
             max_stanza_size=max_stanza_size,
         ))
-        component = build_xmpp(config, router, reactor)
+        origins = origin_clients(reactor).verified
+        self.addCleanup(origins.closeCachedConnections)
+        component = build_xmpp(config, router, reactor, origins)
         up: Deferred[Any] = Deferred()
         ended: list[Deferred[Any]] = []
         component.factory.addBootstrap(xmlstream.STREAM_AUTHD_EVENT, up.callback)

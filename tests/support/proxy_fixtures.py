@@ -120,7 +120,7 @@ class ProxyHarness:
         self.resource = ProxyResource(
             self.routes, self.router, clock, self.origin_clients[0], settings,
             insecure_agent=self.origin_clients[1], write_batch=WriteBatch(reactor), **kwargs)
-        self.proxy_factory = TrackingFactory(proxy_site(self.resource))
+        self.proxy_factory = TrackingFactory(proxy_site(self.resource, reactor))
         self.proxy_port = reactor.listenTCP(0, self.proxy_factory, backlog=1024,
                                            interface="127.0.0.1")
         self.client_pool = HTTPConnectionPool(reactor, persistent=False)

@@ -264,6 +264,7 @@ from twisted.internet.defer import ensureDeferred
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
+from fanout_tx.outbound.clients import origin_clients
 from fanout_tx.transports.webhooks.model import NewSubscription
 from fanout_tx.transports.webhooks.redis_store import RedisStore, connect
 from fanout_tx.transports.webhooks.service import build_webhooks
@@ -275,7 +276,7 @@ async def main():
     router = Router(reactor)
     store = RedisStore(lambda: connect(url), prefix, lease=lease)
     service = build_webhooks(config, RedisConfig(url=url, prefix=prefix), router, reactor,
-                             store=store)
+                             origin_clients(reactor).vetted, store=store)
     service.startService()
     await service.loaded
     sub = await service.register(NewSubscription(target, ("c",), None, (), False))

@@ -315,10 +315,11 @@ class ProxySite(server.Site):
     protocol = ProxyChannel  # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS
     _log = Logger()
 
-    def __init__(self, resource: ProxyResource, access_log: bool = True,
+    def __init__(self, resource: ProxyResource, reactor: IReactorTime, access_log: bool = True,
                  connection_limit: ConnectionLimit | None = None,
                  client_timeouts: ClientTimeouts | None = None) -> None:
-        super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False)
+        super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False,
+                         reactor=reactor)
         self.max_request_body = resource.settings.max_request_body
         self.access_log = access_log
         self.connection_limit = connection_limit
@@ -333,10 +334,10 @@ class ProxySite(server.Site):
                             path=url_for_log(request.uri), code=request.code)
 
 
-def proxy_site(resource: ProxyResource, access_log: bool = True,
+def proxy_site(resource: ProxyResource, reactor: IReactorTime, access_log: bool = True,
                connection_limit: ConnectionLimit | None = None,
                client_timeouts: ClientTimeouts | None = None) -> ProxySite:
-    return ProxySite(resource, access_log, connection_limit, client_timeouts)
+    return ProxySite(resource, reactor, access_log, connection_limit, client_timeouts)
 
 
 

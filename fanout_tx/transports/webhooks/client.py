@@ -181,11 +181,3 @@ class WebhookClient:
             return Outcome(None, error=describe_failure(failure))
 
         return d.addErrback(failed)
-
-
-def make_pool(reactor: Any, per_host: int) -> OriginClient:
-    """Persistent connections to the webhook targets (the proxy's lean HTTP/1.1 client: no
-    delayed-ACK stall on a receiver that writes its answer's head and body apart). Each
-    request brings its vetted endpoint; a retry is the engine's decision, never the pool's."""
-    return OriginClient(reactor, None, max_idle=per_host, resend_stale=False)
-

@@ -20,13 +20,14 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from typing_extensions import override
 
+from fanout_tx._reactor import IResolvingReactor
 from fanout_tx.config.settings import RedisConfig, WebhooksConfig
 from fanout_tx.core.router import Router
 from fanout_tx.ops.logs import url_for_log
+from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.webhooks.client import (
     IWebhookClient,
     WebhookClient,
-    make_pool,
     trust_root,
 )
 from fanout_tx.transports.webhooks.delivery import DeliveryEngine
@@ -263,14 +264,16 @@ class WebhookService(Service):
             self._router.subscribe(channel, subscriber)
 
 
-def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, reactor: Any,
+def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router,
+                   reactor: IResolvingReactor, pool: OriginClient,
                    resolver: Resolver | None = None,
                    store: IWebhookStore | None = None,
                    shutdown_timeout: float = 10.0,
                    sync_interval: float = SYNC_INTERVAL) -> WebhookService:
     """The transport as configured: Redis store when ``[redis] url`` is set, else memory;
     tests may pass their own resolver and store. A store that also provides claims (Redis)
-    makes each attempt claimed first, so several instances send it once."""
+    makes each attempt claimed first, so several instances send it once. ``pool`` is
+    tap.py's ``OriginClients.vetted``: each request brings the address it vetted."""
     if store is None:
         store = (
             RedisStore(lambda: connect(redis.url), redis.prefix,
@@ -279,7 +282,6 @@ def build_webhooks(config: WebhooksConfig, redis: RedisConfig, router: Router, r
             if redis.url else MemoryStore(config.max_dead_letter_bytes)
         )
     vetter = Vetter(resolver or threaded_resolver(reactor), AddressPolicy(config.allow_cidrs))
-    pool = make_pool(reactor, max(1, config.max_in_flight))
     client = WebhookClient(reactor, vetter, pool, config.timeout, trust_root(config.ca_file))
     claims = store if ISharedStore.providedBy(store) else None
     engine = DeliveryEngine(reactor, client, store, config.retry_schedule, config.max_in_flight,

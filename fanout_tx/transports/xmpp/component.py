@@ -8,16 +8,15 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import BrowserLikePolicyForHTTPS
 from twisted.words.protocols.jabber.component import ConnectComponentAuthenticator
 from twisted.words.protocols.jabber.jid import JID
 from typing_extensions import override
 from wokkel.subprotocols import StreamManager
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx._twisted import ConnectingComponent
 from fanout_tx.config.settings import Config
 from fanout_tx.core.router import Router
-from fanout_tx.outbound.origin import OriginEndpoints
 from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.xmpp.backend import BackendClient
 from fanout_tx.transports.xmpp.bounded_stream import (
@@ -34,8 +33,8 @@ class XmppComponent(ConnectingComponent):
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, host: str, port: int, domain: str, secret: str,
-                 handler: ComponentHandler, backend: OriginClient | None = None,
+    def __init__(self, reactor: IConnectingReactor, host: str, port: int, domain: str,
+                 secret: str, handler: ComponentHandler,
                  max_stanza_size: int = DEFAULT_MAX_STANZA_SIZE,
                  max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES) -> None:
         # Not Component.__init__: it builds a factory that resets its backoff on every
@@ -49,7 +48,6 @@ class XmppComponent(ConnectingComponent):
         )
         self.handler = handler
         handler.setHandlerParent(self)
-        self._backend = backend
 
     @override
     def connect(self) -> Any:
@@ -65,22 +63,20 @@ class XmppComponent(ConnectingComponent):
 
     @override
     def stopService(self) -> Deferred[None]:
-        """Disconnects at once; backend calls in flight (at most ``backend_timeout``) finish
-        before the HTTP connections are closed."""
+        """Disconnects at once; fires once the backend calls in flight (at most
+        ``backend_timeout``) have finished (the root then closes the idle HTTP connections)."""
         super().stopService()
         self.handler.subscriptions.drop_all("shutting down")
-        idle = self.handler.when_idle()
-        if self._backend is not None:
-            idle.addCallback(lambda _: self._backend.closeCachedConnections())
-        return idle
+        return self.handler.when_idle()
 
 
-def build_xmpp(config: Config, router: Router, reactor: Any) -> XmppComponent:
-    """The ``[xmpp]`` component; registers the xmpp renderers with ``router``."""
+def build_xmpp(config: Config, router: Router, reactor: IConnectingReactor,
+               origins: OriginClient) -> XmppComponent:
+    """The ``[xmpp]`` component; registers the xmpp renderers with ``router``. ``origins``
+    is the proxy's lean client (tap.py's verified one): persistent connections, and no 40 ms
+    delayed-ACK stall on a backend that writes its answer's head and body apart
+    (outbound/tcp_options.py)."""
     xmpp = config.xmpp
-    # The proxy's lean client: persistent connections, and no 40 ms delayed-ACK stall on a
-    # backend that writes its answer's head and body apart (outbound/tcp_options.py).
-    origins = OriginClient(reactor, OriginEndpoints(reactor, BrowserLikePolicyForHTTPS()))
     backend = BackendClient(
         origins, reactor, xmpp.backend, xmpp.backend_timeout,
         xmpp.sig_iss or config.proxy.sig_iss, xmpp.sig_key or config.proxy.sig_key,
@@ -90,5 +86,5 @@ def build_xmpp(config: Config, router: Router, reactor: Any) -> XmppComponent:
     renderer.install(router)
     handler = ComponentHandler(renderer, backend, router,
                                config.handler.connection_subscription_max)
-    return XmppComponent(reactor, xmpp.host, xmpp.port, domain, xmpp.secret, handler, origins,
+    return XmppComponent(reactor, xmpp.host, xmpp.port, domain, xmpp.secret, handler,
                          xmpp.max_stanza_size, xmpp.max_buffered_bytes)
