@@ -20,15 +20,16 @@ from twisted.internet.interfaces import (
 )
 
 
-class IConnectingReactor(IReactorTime, IReactorTCP, IReactorPluggableNameResolver):
-    """Connects by name or address, with timeouts: origins, Redis, the XMPP server."""
+class IConnectingReactor(IReactorTime, IReactorTCP, IReactorUNIX,
+                         IReactorPluggableNameResolver):
+    """Connects by name, address or unix path, with timeouts: origins, Redis, XMPP."""
 
 
 class IResolvingReactor(IConnectingReactor, IReactorThreads, IReactorFromThreads):
     """Also resolves names itself, in the reactor's thread pool (the webhooks' vetting)."""
 
 
-class IListeningReactor(IConnectingReactor, IReactorUNIX, IReactorSSL):
+class IListeningReactor(IConnectingReactor, IReactorSSL):
     """Also listens (``serverFromString`` descriptions: tcp, unix, ssl)."""
 
 

@@ -121,6 +121,7 @@ class ChurnGarbageTests(TestCase):
             "[handler]\npush_in_http_addr = 127.0.0.1\npush_in_http_port = 0\n"
             "push_in_spec = tcp://127.0.0.1:*\npush_in_sub_specs = tcp://127.0.0.1:*\n")
         root, core = build_service(load_settings(str(config)), reactor)
+        self.addCleanup(core.clients.close_idle)  # after every user stopped
         self.router = core.router
         proxy = root.getServiceNamed("http-proxy")
         websocket = root.getServiceNamed("websocket")

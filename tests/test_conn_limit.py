@@ -58,7 +58,8 @@ class ServiceTreeLimitTests(TestCase):
     async def test_third_client_waits_for_a_free_place(self) -> None:
         _origin, origin_port = origin_on_loopback(self, {b"/hi": lambda request: b"hello"})
         config = tree_config(Path(self.mktemp()), origin_port, "client_maxconn = 2\n")
-        root, _core = build_service(load_settings(str(config)), reactor)
+        root, core = build_service(load_settings(str(config)), reactor)
+        self.addCleanup(core.clients.close_idle)  # after every user stopped
         proxy = root.getServiceNamed("http-proxy")
         [listener] = list(proxy)
         limit = listener.factory.connection_limit

@@ -235,7 +235,7 @@ class OtherListenerTests(TestCase):
     async def test_publish_port_has_the_head_deadline(self) -> None:
         """The publish port (and the metrics listener, the same Site) times out a
         trickled head too."""
-        site = PublishSite(Resource(), 1000)
+        site = PublishSite(Resource(), 1000, reactor)
         site.client_timeouts = FAST
         factory = TrackingFactory(site)
         port = reactor.listenTCP(0, factory, interface="127.0.0.1")

@@ -55,6 +55,7 @@ class RoutesReloadTests(TestCase):
         ), routes=f"* 127.0.0.1:{self.a}\n")
         self.routes = folder / "routes"
         self.root, self.core = build_service(load_settings(str(config)), reactor)
+        self.addCleanup(self.core.clients.close_idle)  # after every user stopped
         self.root.startService()
         self.addCleanup(self.root.stopService)
         proxy = next(iter(self.root.getServiceNamed("http-proxy")))

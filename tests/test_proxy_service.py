@@ -34,6 +34,7 @@ class ServiceTreeTests(TestCase):
             b"/lp": lambda r: grip(r, b"timeout", Grip_Hold="response", Grip_Channel="news")})
         config = tree_config(Path(self.mktemp()), origin_port)
         root, self.core = build_service(load_settings(str(config)), reactor)
+        self.addCleanup(self.core.clients.close_idle)  # after every user stopped
         proxy = root.getServiceNamed("http-proxy")
         self.assertIsInstance(proxy, ProxyService)
         publish = root.getServiceNamed("publish-http")

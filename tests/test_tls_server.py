@@ -91,7 +91,8 @@ class TlsPortTests(TestCase):
         named_cert = write_identity(certs, "b.test", "b.test")
         config = tree_config(folder, origin_port, "https_ports = 127.0.0.1:0\n",
                              "[proxy]\nset_x_forwarded_protocol = proto-only\n")
-        root, _core = build_service(load_settings(str(config)), reactor)
+        root, core = build_service(load_settings(str(config)), reactor)
+        self.addCleanup(core.clients.close_idle)  # after every user stopped
         proxy = root.getServiceNamed("http-proxy")
         listener = proxy.getServiceNamed("https 127.0.0.1:0")
         listener.factory = factory = TrackingFactory(listener.factory)

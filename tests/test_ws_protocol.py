@@ -17,6 +17,7 @@ from zope.interface import implementer
 
 from fanout_tx.config.settings import Config, WebsocketConfig
 from fanout_tx.core.formats.ws import parse_ws_message
+from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.ws.grip import Accepted, WsClient
 from fanout_tx.transports.ws.protocol import (
     DEFAULT_MAX_MESSAGE,
@@ -64,7 +65,9 @@ def close_code(frame_bytes: bytes) -> int:
 class ProtocolTests(SynchronousTestCase):
     def connect(self, max_outbound: int = 1000, clock: Clock | None = None,
                 ) -> tuple[ClientProtocol, StringTransport, RecordingSession]:
-        factory = ClientFactory(max_message=1000, max_outbound=max_outbound, clock=clock)
+        factory = ClientFactory(max_message=1000, max_outbound=max_outbound,
+                                clock=clock or Clock(),
+                                batch=WriteBatch(clock) if clock is not None else None)
         factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0)
         protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 5000))
         session = RecordingSession()

@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from txredisapi import ResponseError
 from zope.interface import implementer
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx.cluster.redis_link import RedisLink, redis_endpoint
 from fanout_tx.config.redis_url import RedisAddress
 from fanout_tx.core.bus import BusUnavailableError
@@ -108,7 +109,7 @@ class RedisBus(MultiService):
     def __init__(
         self,
         router: Router,
-        reactor: Any,
+        reactor: IConnectingReactor,
         address: RedisAddress,
         prefix: str = "fanout_tx:",
         stream_maxlen: int = 10_000,

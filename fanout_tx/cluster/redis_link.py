@@ -24,6 +24,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from typing_extensions import override
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx.config.redis_url import RedisAddress
 
 CONNECT_TIMEOUT = 3.0
@@ -33,7 +34,7 @@ class RedisDownError(Exception):
     """The link has no usable connection right now."""
 
 
-def redis_endpoint(reactor: Any, address: RedisAddress) -> IStreamClientEndpoint:
+def redis_endpoint(reactor: IConnectingReactor, address: RedisAddress) -> IStreamClientEndpoint:
     """The client endpoint for ``address`` (TCP host or unix socket)."""
     if address.path:
         return UNIXClientEndpoint(reactor, address.path, timeout=CONNECT_TIMEOUT)

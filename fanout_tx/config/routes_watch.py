@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from twisted.application.internet import TimerService
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorFromThreads, IReactorTime
 from twisted.logger import Logger
 from typing_extensions import override
 
@@ -83,7 +83,7 @@ class RoutesFile:
         self._log_notices()
         return True
 
-    def watcher(self, interval: float = 1.0, clock: IReactorTime | None = None,
+    def watcher(self, clock: IReactorTime, interval: float = 1.0,
                 settle: float = SETTLE) -> RoutesWatcher:
         return RoutesWatcher(self, interval, clock, settle)
 
@@ -94,11 +94,9 @@ class RoutesWatcher(TimerService):
 
     _log = Logger()
 
-    def __init__(self, routes: RoutesFile, interval: float, clock: IReactorTime | None,
+    def __init__(self, routes: RoutesFile, interval: float, clock: IReactorTime,
                  settle: float) -> None:
         super().__init__(interval, self._poll)
-        if clock is None:
-            from twisted.internet import reactor as clock
         self.clock = clock
         self._routes = routes
         self._settle = settle
@@ -137,7 +135,7 @@ class RoutesWatcher(TimerService):
         return super().stopService()
 
 
-def reload_on_sighup(reactor: Any, watcher: RoutesWatcher) -> None:
+def reload_on_sighup(reactor: IReactorFromThreads, watcher: RoutesWatcher) -> None:
     """SIGHUP re-reads the routes file, as Pushpin does. Called once the reactor runs."""
 
     def handler(_signum: int, _frame: Any) -> None:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from io import BytesIO
-from typing import Any
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -126,7 +126,7 @@ class PublishSite(Site):
     requestFactory = LimitedRequest
     protocol = DeadlineChannel  # HTTP/1.1 only, as the port has no TLS
 
-    def __init__(self, root: IResource, max_body_size: int, reactor: Any = None) -> None:
+    def __init__(self, root: IResource, max_body_size: int, reactor: IReactorTime) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, reactor=reactor)
         self.max_body_size = max_body_size
 

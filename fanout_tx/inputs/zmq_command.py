@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 from typing_extensions import override
 
+from fanout_tx._reactor import IReaderReactor
 from fanout_tx.core.codecs import tnetstring
 from fanout_tx.inputs.zmq_bind import bind
 from fanout_tx.inputs.zmq_ingest import ZmqReader
@@ -27,7 +28,7 @@ class ZmqCommand(ZmqReader):
     input_name = "zmq-command"
     socket_type = zmq.REP
 
-    def __init__(self, reactor: Any, context: zmq.Context, spec: str,
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context, spec: str,
                  uris: Callable[[], dict[str, str]], recover: Callable[[], int]) -> None:
         super().__init__(reactor, context)
         self._specs = (spec,)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import Any
 
 import zmq
 from twisted.application.service import Service
@@ -28,6 +27,7 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._reactor import IReaderReactor
 from fanout_tx.core.bus import BusUnavailableError
 from fanout_tx.core.interfaces import IBus, IChannelListener
 from fanout_tx.core.items import Item, PublishError, decode_message, parse_item
@@ -53,7 +53,7 @@ class ZmqReader(Service):
     socket_type = 0
     _specs: tuple[str, ...] = ()  # what the socket binds (or connects) to
 
-    def __init__(self, reactor: Any, context: zmq.Context) -> None:
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context) -> None:
         self._reactor = reactor
         self._context = context
         self._socket: zmq.Socket | None = None
@@ -167,7 +167,7 @@ class ZmqReader(Service):
 class _ZmqInput(ZmqReader):
     """A ZeroMQ socket feeding the bus: each message is parsed into an item."""
 
-    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus) -> None:
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context, bus: IBus) -> None:
         super().__init__(reactor, context)
         self._bus = bus
 
@@ -204,7 +204,7 @@ class ZmqPullInput(_ZmqInput):
     input_name = "zmq-pull"
     socket_type = zmq.PULL
 
-    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, spec: str) -> None:
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context, bus: IBus, spec: str) -> None:
         super().__init__(reactor, context, bus)
         self._specs = (spec,)
 
@@ -235,7 +235,7 @@ class ZmqSubInput(_ZmqInput):
     input_name = "zmq-sub"
     socket_type = zmq.SUB
 
-    def __init__(self, reactor: Any, context: zmq.Context, bus: IBus, router: Router,
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context, bus: IBus, router: Router,
                  specs: Sequence[str], connect: bool = False, linger: float = 60.0,
                  max_lingering: int = MAX_LINGERING) -> None:
         super().__init__(reactor, context, bus)

@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -61,8 +61,9 @@ class DeadlineChannel(http.HTTPChannel):
     def timeouts(self) -> ClientTimeouts:
         return getattr(self.site, "client_timeouts", None) or ClientTimeouts()
 
-    def _clock(self) -> Any:
-        return getattr(self.site, "reactor", None) or _reactor()
+    def _clock(self) -> IReactorTime:
+        """The Site's (tap.py hands every Site the reactor)."""
+        return self.site.reactor
 
     # One lazy timer per connection: a new phase only notes its deadline, and the timer is
     # moved only when that deadline comes sooner than the timer. It is set for at most the
@@ -216,8 +217,3 @@ class DeadlineChannel(http.HTTPChannel):
         self.transport.loseConnection()
         self._enter("closing", self.abortTimeout or 15)
 
-
-def _reactor() -> Any:
-    from twisted.internet import reactor
-
-    return reactor

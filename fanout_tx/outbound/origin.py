@@ -39,6 +39,7 @@ from twisted.web.server import Request
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx.config.routes import Route, RouteTarget
 from fanout_tx.config.settings import Config, ProxyConfig
 from fanout_tx.core.headers import Header, end_to_end
@@ -221,7 +222,7 @@ class OriginEndpoints:
 
     MAX_CACHED = 1000
 
-    def __init__(self, reactor: Any, tls_policy: IPolicyForHTTPS,
+    def __init__(self, reactor: IConnectingReactor, tls_policy: IPolicyForHTTPS,
                  connect_timeout: float = 30.0) -> None:
         self._reactor = reactor
         self._tls_policy = tls_policy

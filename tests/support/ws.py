@@ -28,6 +28,7 @@ from fanout_tx.core.formats.ws import parse_ws_message
 from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 from fanout_tx.outbound.origin import ProxySettings
+from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.handler import WebSocketHandler
 from fanout_tx.transports.ws.protocol import ClientFactory
@@ -171,7 +172,8 @@ class WsTestMixin:
     @inlineCallbacks
     def start_handler(self, line: str):
         self.router = Router(reactor)
-        self.factory = ClientFactory(max_message=self.max_message, clock=reactor)
+        self.factory = ClientFactory(max_message=self.max_message, clock=reactor,
+                                     batch=WriteBatch(reactor))
         self.router.add_renderer("ws-message", self.factory.render)
         pool = HTTPConnectionPool(reactor, persistent=True)
         self.addCleanup(pool.closeCachedConnections)

@@ -13,13 +13,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.endpoints import SSL4ServerEndpoint
-from twisted.internet.interfaces import IOpenSSLContextFactory
+from twisted.internet.interfaces import IOpenSSLContextFactory, IReactorSSL
 from zope.interface import implementer
 
 from fanout_tx.config.settings import ConfigError, ListenAddress
@@ -99,7 +98,7 @@ def load_identities(folder: Path, port: int) -> ServerIdentities:
     return ServerIdentities(_identity(crt, key), by_name)
 
 
-def tls_endpoint(reactor: Any, address: ListenAddress, identities: ServerIdentities,
+def tls_endpoint(reactor: IReactorSSL, address: ListenAddress, identities: ServerIdentities,
                  backlog: int) -> SSL4ServerEndpoint:
     return SSL4ServerEndpoint(reactor, address.port, identities, backlog=backlog,
                               interface=address.host)

@@ -25,6 +25,7 @@ from twisted.web.iweb import IAgentEndpointFactory
 from typing_extensions import override
 from zope.interface import Interface, implementer
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx._twisted import TrustRoot
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.body import BytesProducer
@@ -81,7 +82,7 @@ def trust_root(ca_file: str) -> Any:
 class _VettedEndpoint:
     """Connects to one vetted address whatever the URI's host says; TLS checks the host."""
 
-    def __init__(self, reactor: Any, host: str, address: IPAddress, trust: Any,
+    def __init__(self, reactor: IConnectingReactor, host: str, address: IPAddress, trust: Any,
                  timeout: float) -> None:
         self._reactor = reactor
         self._host = host
@@ -136,7 +137,8 @@ class WebhookClient:
 
     _log = Logger()
 
-    def __init__(self, reactor: Any, vetter: Vetter, pool: OriginClient, timeout: float,
+    def __init__(self, reactor: IConnectingReactor, vetter: Vetter, pool: OriginClient,
+                 timeout: float,
                  trust: Any) -> None:
         self._reactor = reactor
         self._vetter = vetter

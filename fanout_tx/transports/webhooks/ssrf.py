@@ -19,6 +19,8 @@ from urllib.parse import urlsplit
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
+from fanout_tx._reactor import IResolvingReactor
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str, int], "Deferred[list[IPAddress]]"]
@@ -150,7 +152,7 @@ class Vetter:
         return addresses
 
 
-def threaded_resolver(reactor: Any) -> Resolver:
+def threaded_resolver(reactor: IResolvingReactor) -> Resolver:
     """The system resolver (getaddrinfo) in the reactor's thread pool."""
 
     def lookup(host: str, port: int) -> list[IPAddress]:

@@ -133,7 +133,8 @@ class WebSocketHandler(Resource):
             host, port_number = (name, int(port)) if port.isdigit() else (host_header, target.port)
             url = "ws" + origin_url(target, path_and_query).decode("latin-1")[len("http"):]
             factories.append((target, origin_factory(url, host or target.host, port_number,
-                                                     resource, headers, self._factory.max_message)))
+                                                     resource, headers, self._clock,
+                                                     self._factory.max_message)))
         return WsProxySession(self._connect, factories, self._router, self._clock, options,
                               on_end=self.sessions.discard)
 

@@ -327,19 +327,17 @@ class ClientFactory(WebSocketServerFactory):
 
     def __init__(self, max_message: int = DEFAULT_MAX_MESSAGE,
                  max_outbound: int = DEFAULT_MAX_OUTBOUND,
-                 clock: IReactorTime | None = None,
+                 *, clock: IReactorTime, batch: WriteBatch | None = None,
                  close_reply_wait: float = CLOSE_REPLY_WAIT,
                  budget: WriteBudget | None = None) -> None:
         # No Server header of our own: the origin's (if any) is relayed, as Pushpin does.
-        super().__init__(server=None)
+        super().__init__(server=None, reactor=clock)
         self.max_message = max_message
         self.max_outbound = max_outbound
         self.budget = budget  # [runner] max_buffered_bytes, shared with HTTP streams
-        # With a clock, published frames are coalesced per client per reactor turn;
+        # With a batch, published frames are coalesced per client per reactor turn;
         # without one (in-memory tests) they are written at once.
-        self.batch = WriteBatch(clock) if clock is not None else None
-        if clock is None:
-            from twisted.internet import reactor as clock
+        self.batch = batch
         self.clock = clock
         self.close_reply_wait = close_reply_wait
         self.setProtocolOptions(

@@ -33,6 +33,7 @@ from twisted.web.http_headers import Headers
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._reactor import IConnectingReactor
 from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_connection
 from fanout_tx.config.routes import RouteTarget
 from fanout_tx.core.formats.ws import wire_close
@@ -60,7 +61,7 @@ Connect = Callable[[RouteTarget, WebSocketClientFactory], Deferred[Any]]
 _CODE = re.compile(r"[0-9]{3}")  # str.isdigit() takes "²", which int() refuses
 
 
-def _tcp_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
+def _tcp_endpoint(reactor: IConnectingReactor, host: str, port: int) -> IStreamClientEndpoint:
     """A plain TCP endpoint for an IP literal: HostnameEndpoint resolves even those in a
     thread, and defines a class on every connect (garbage for the cyclic collector)."""
     try:
@@ -71,7 +72,7 @@ def _tcp_endpoint(reactor: Any, host: str, port: int) -> IStreamClientEndpoint:
     return plain(reactor, host, port)
 
 
-def endpoint_connector(reactor: Any) -> Connect:
+def endpoint_connector(reactor: IConnectingReactor) -> Connect:
     """Connects to a target over TCP, or TLS for ``ssl`` targets (unverified when the
     target says ``insecure``)."""
 
@@ -171,6 +172,7 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
 
 
 def origin_factory(url: str, host: str, port: int, resource: str, headers: Headers,
+                   clock: IReactorTime,
                    max_message: int = DEFAULT_MAX_MESSAGE) -> WebSocketClientFactory:
     """A client factory for one origin handshake: the proxy's origin headers, the client's
     subprotocols, and ``Sec-WebSocket-Extensions: grip``; origin messages over
@@ -185,7 +187,7 @@ def origin_factory(url: str, host: str, port: int, resource: str, headers: Heade
         elif text.lower() not in _HANDSHAKE_OWN:
             forwarded[text] = joined
     forwarded["Sec-WebSocket-Extensions"] = "grip"
-    factory = WebSocketClientFactory(url, protocols=protocols)
+    factory = WebSocketClientFactory(url, protocols=protocols, reactor=clock)
     factory.noisy = False  # one factory per connection: no start/stop line for each
     factory.protocol = OriginProtocol
     factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=max_message,

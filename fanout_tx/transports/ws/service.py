@@ -16,6 +16,7 @@ from fanout_tx.config.settings import Config
 from fanout_tx.core.router import Router
 from fanout_tx.outbound.clients import OriginClients
 from fanout_tx.outbound.origin import ProxySettings
+from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.write_budget import WriteBudget
 from fanout_tx.transports.ws.handler import WebSocketHandler
 from fanout_tx.transports.ws.protocol import ClientFactory
@@ -47,7 +48,7 @@ def client_factory(config: Config, clock: IReactorTime,
     """The factory for every client WebSocket, with the ``[websocket]`` limits."""
     return ClientFactory(max_message=config.websocket.max_message,
                          max_outbound=config.websocket.max_outbound, clock=clock,
-                         budget=budget)
+                         batch=WriteBatch(clock), budget=budget)
 
 
 def build_websocket_service(config: Config, routes: Any, router: Router,
