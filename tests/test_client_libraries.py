@@ -110,7 +110,6 @@ class Stack:
             "[handler]\ncommand_spec=tcp://127.0.0.1:*\n"
             f"push_in_http_key={KEY}\npush_in_http_iss=pushpin\n"))
         self.root, self.core = build_service(load_settings(str(config)), reactor)
-        self.addCleanup(self.core.clients.close_idle)  # after every user stopped
         proxy_service = self.root.getServiceNamed("http-proxy")
         publish = self.root.getServiceNamed("publish-http")
         publish.factory = publish_connections = TrackingFactory(publish.factory)

@@ -62,7 +62,6 @@ class Server:
             "push_in_http_addr=127.0.0.1\npush_in_http_port=0\n" + hooks + extra
         ), routes=routes)
         self.root, self.core = build_service(load_settings(str(config)), reactor)
-        self.addCleanup(self.core.clients.close_idle)  # after every user stopped
         self.root.startService()
         self.test.addCleanup(self.root.stopService)
         proxy = next(iter(self.root.getServiceNamed("http-proxy")))
