@@ -80,10 +80,12 @@ class Rejecting(Protocol):
 class LinkStateLike(Protocol):
     up: bool
     oversized: int
-    unsent: Mapping[str, int]
 
     @property
     def errors(self) -> Mapping[str, int]: ...
+
+    @property
+    def unsent(self) -> Mapping[str, int]: ...
 
 
 @dataclass
