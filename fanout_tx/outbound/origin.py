@@ -153,17 +153,10 @@ def origin_headers(
         pairs.append(("X-Forwarded-Proto", "https"))
         if settings.set_x_forwarded_protocol == "true":
             pairs.append(("X-Forwarded-Protocol", "https"))
-    key = route.sig_key or settings.sig_key
     if not trusted:
-        if key:
-            pairs.append(("Grip-Sig",
-                          _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
-        pairs.append(("Grip-Feature", GRIP_FEATURES))
+        pairs.extend(_grip_signature(route, settings, now))
     pairs.extend(extra)
-    headers = Headers()
-    for name, value in pairs:
-        headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
-    return headers
+    return _as_headers(pairs)
 
 
 def link_target(url: str, route: Route) -> RouteTarget | None:
@@ -195,12 +188,23 @@ def link_headers(
         pairs.extend(route.headers)
         pairs.append(("Host", route.as_host or target.host_header or client_host
                       or f"{target.host}:{target.port}"))
-        key = route.sig_key or settings.sig_key
-        if key:
-            pairs.append(("Grip-Sig",
-                          _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
-        pairs.append(("Grip-Feature", GRIP_FEATURES))
+        pairs.extend(_grip_signature(route, settings, now))
     pairs.extend(grip_last)
+    return _as_headers(pairs)
+
+
+def _grip_signature(route: Route, settings: ProxySettings, now: float) -> list[Header]:
+    """What marks a request as ours towards a route's own origin: ``Grip-Sig`` (when a key is
+    set) and ``Grip-Feature``."""
+    pairs: list[Header] = []
+    key = route.sig_key or settings.sig_key
+    if key:
+        pairs.append(("Grip-Sig", _grip_sig_at(route.sig_iss or settings.sig_iss, key, int(now))))
+    pairs.append(("Grip-Feature", GRIP_FEATURES))
+    return pairs
+
+
+def _as_headers(pairs: Sequence[Header]) -> Headers:
     headers = Headers()
     for name, value in pairs:
         headers.addRawHeader(name.encode("latin-1"), value.encode("latin-1"))
