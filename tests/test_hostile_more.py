@@ -349,3 +349,34 @@ class TricklingBodyTests(TestCase):
         proxy.handle(b"/t", lambda r: _trickle(r, {}, 8, every=0.25))
         response, body = await within(Deferred.fromCoroutine(proxy.fetch(b"/t")), 10)
         self.assertEqual((response.code, body), (200, b"{" + b" " * 7))
+
+
+def _bad_text_origin(events: list[ev.Event], _headers: dict[str, str]) -> tuple:
+    """Accepts with grip; a client TEXT is answered with text the client must not get as
+    text (a TEXT event, a send-delayed of type text, neither UTF-8), then ``ok``."""
+    if events[0].name == "OPEN":
+        return events_reply(ev.Event("OPEN"), headers=[("Sec-WebSocket-Extensions", "grip")])
+    if not any(e.name == "TEXT" for e in events):
+        return events_reply()
+    delayed = {"type": "send-delayed", "message-type": "text", "timeout": 0,
+               "content-bin": base64.b64encode(b"\xc3(").decode()}
+    return events_reply(ev.Event("TEXT", b"m:\xff\xfebad"),
+                        ev.Event("TEXT", b"c:" + json.dumps(delayed).encode()),
+                        ev.Event("TEXT", b"m:ok"))
+
+
+class InvalidTextFromOriginTests(WsTestMixin, TestCase):
+    async def test_text_that_is_not_utf8_is_dropped(self) -> None:
+        """A WebSocket-over-HTTP origin's TEXT that is not UTF-8 went to the client as a
+        text frame, and the client failed the connection (1007). It is dropped and logged
+        now (Pushpin passes it on); the connection goes on."""
+        await self.start(_bad_text_origin)
+        side, client = await self.connect()
+        client.sendMessage(b"go")
+        await within(side.wait_messages(1))
+        await sleep(0.2)  # the delayed message would have gone by now
+        self.assertEqual(side.messages, [(b"ok", False)])
+        self.assertFalse(side.closed.called)
+        client.sendMessage(b"again")  # still open, both ways
+        await within(side.wait_messages(2))
+        self.assertEqual(side.messages[1], (b"ok", False))

@@ -77,6 +77,15 @@ def decode_events(data: bytes) -> list[Event]:
     return events
 
 
+def is_utf8(data: bytes) -> bool:
+    """What a text frame must be (RFC 6455 8.1)."""
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def close_content(code: int | None, reason: str = "") -> bytes | None:
     """CLOSE event content: 2-byte big-endian code + UTF-8 reason; None without a code."""
     if code is None:
@@ -251,6 +260,8 @@ def parse_control(payload: bytes) -> ControlMessage:
     if kind in ("keep-alive", "send-delayed"):
         content, implied = _content(obj)
         message_type = _message_type(obj, implied)
+        if message_type == "text" and content is not None and not is_utf8(content):
+            raise ControlError("content of a text message must be UTF-8")
         timeout = _timeout(obj)
         if kind == "send-delayed":
             if content is None:

@@ -323,7 +323,12 @@ class WsOverHttpSession(GripSession):
                 return  # detached: the rest of the origin's answer is not for the client
             name = event.name
             content = event.content or b""
-            if name in ("TEXT", "BINARY"):
+            if name == "TEXT" and not ev.is_utf8(content):
+                # A text frame that is not UTF-8 makes the client fail the connection
+                # (1007): the message is dropped instead, the connection goes on.
+                self._log.warn("dropped a TEXT event from the origin that is not UTF-8 "
+                               "({size} bytes)", size=len(content))
+            elif name in ("TEXT", "BINARY"):
                 self._from_origin(content, binary=name == "BINARY")
             elif name == "PING":
                 client.send_ping(content)
