@@ -74,9 +74,8 @@ class WebhookService(Service):
     _log = Logger()
 
     def __init__(self, router: Router, engine: DeliveryEngine, store: IWebhookStore,
-                 client: IWebhookClient, vetter: Vetter, verify: bool,
+                 client: IWebhookClient, vetter: Vetter, verify: bool, clock: IReactorTime,
                  closers: tuple[Any, ...] = (), shutdown_timeout: float = 10.0,
-                 clock: IReactorTime | None = None,
                  sync_interval: float = SYNC_INTERVAL,
                  max_subscriptions: int = WebhooksConfig.max_subscriptions) -> None:
         self._router = router
@@ -94,7 +93,7 @@ class WebhookService(Service):
         self._removed: set[str] = set()
         self._shared = store if ISharedStore.providedBy(store) else None
         self._sync_loop: LoopingCall | None = None
-        if self._shared is not None and clock is not None:
+        if self._shared is not None:
             self._sync_loop = LoopingCall(self.sync)
             self._sync_loop.clock = clock
         self._sync_interval = sync_interval
