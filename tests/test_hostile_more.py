@@ -380,3 +380,39 @@ class InvalidTextFromOriginTests(WsTestMixin, TestCase):
         client.sendMessage(b"again")  # still open, both ways
         await within(side.wait_messages(2))
         self.assertEqual(side.messages[1], (b"ok", False))
+
+
+class _TricklingEventsOrigin(WsOverHttpOrigin):
+    """Accepts; answers the next request with its head at once and its body one byte
+    every 0.2 s (``_trickle``); ``cut`` fires when the server closes that connection."""
+
+    def __init__(self) -> None:
+        super().__init__(grip_echo)
+        self.cut: Deferred[None] | None = None
+
+    def render_POST(self, request: Any) -> Any:  # noqa: N802
+        if request.content.read().startswith(b"OPEN"):
+            request.responseHeaders.addRawHeader("Content-Type", "application/websocket-events")
+            return b"OPEN\r\n"
+        answer = _trickle(request, {"Content-Type": "application/websocket-events"}, 100)
+        self.cut = request.cut
+        return answer
+
+
+class TricklingEventsTests(WsTestMixin, TestCase):
+    proxy_settings = ProxySettings(origin_timeout=1.0)
+
+    async def test_reply_body_past_the_deadline_closes_the_origin_connection(self) -> None:
+        """A WebSocket-over-HTTP reply trickled past origin_timeout: the client got 1011,
+        but the origin connection went on reading the body, into a collector whose result
+        was already given up (a late AlreadyCalledError). It is closed now."""
+        origin = _TricklingEventsOrigin()
+        port = await listen_endpoint().listen(Site(origin))
+        self.addCleanup(port.stopListening)
+        await self.start_handler(f"* 127.0.0.1:{port.getHost().port},over_http")
+        side, client = await self.connect()
+        client.sendMessage(b"hello")
+        clean, code, _reason = await within(side.closed, 10)
+        self.assertEqual(code, 1011)
+        assert origin.cut is not None
+        await within(origin.cut, 5)
