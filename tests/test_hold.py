@@ -27,6 +27,7 @@ from fanout_tx.transports.http.hold import (
     register_renderers,
     render_http_stream,
 )
+from fanout_tx.transports.write_budget import WriteBudget
 
 
 class FakeHoldOwner:
@@ -263,6 +264,19 @@ class HeldStreamTests(HoldTestsMixin, SynchronousTestCase):
             self.publish("c", http_stream={"content": "x" * 60})
             transport.producer.resumeProducing()
         self.assertFalse(transport.disconnecting)
+
+    def test_a_stream_that_ends_behind_leaves_the_budget(self) -> None:
+        """A client that goes away while its socket is full no longer counts against
+        ``max_buffered_bytes`` (nor stays referenced by the budget)."""
+        budget = WriteBudget(self.clock)
+        protocol, transport, _hold = self.connect(
+            lambda request: HeldStream(request, self.router, self.clock, stream(),
+                                       self.origin, budget=budget))
+        transport.producer.pauseProducing()
+        self.publish("c", http_stream={"content": "x" * 60})
+        self.assertEqual(budget.total, 60)
+        protocol.connectionLost(Failure(ConnectionError("gone")))
+        self.assertEqual(budget.total, 0)
 
     def test_resume_keeps_the_idle_timers(self) -> None:
         """A pause and resume of the client is not idleness: the keep-alive and the

@@ -348,7 +348,8 @@ def _optional_listen_addresses(value: str, base: Path | None = None
     return parse_listen_addresses(value, base) if value.strip() else ()
 
 
-def _cidrs(value: str, _base: Path | None = None):
+def _cidrs(value: str, _base: Path | None = None
+           ) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
     try:
         return tuple(ipaddress.ip_network(part, strict=False) for part in _csv(value))
     except ValueError as e:

@@ -49,7 +49,7 @@ def is_grip(name: str) -> bool:
 
 def connection_listed(headers: Iterable[Header]) -> frozenset[str]:
     """Header names a ``Connection`` header marks as hop-by-hop for this message."""
-    names = set()
+    names: set[str] = set()
     for name, value in headers:
         if name.lower() == "connection":
             names.update(token.strip().lower() for token in value.split(",") if token.strip())
@@ -74,7 +74,9 @@ def get(headers: Sequence[Header], name: str) -> list[str]:
 def _split_outside_quotes(value: str, separator: str, angle_brackets: bool) -> list[str]:
     """Split on ``separator`` where it is outside double quotes (and, when asked, outside
     ``<...>``, which holds Grip-Link URIs)."""
-    parts, current, quoted, angled, escaped = [], [], False, False, False
+    parts: list[str] = []
+    current: list[str] = []
+    quoted = angled = escaped = False
     for char in value:
         if escaped:
             escaped = False

@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
 from zope.interface import Attribute, Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from fanout_tx.core.formats.base import Format
+    from fanout_tx.core.items import Item
 
 
 class ISubscriber(Interface):
@@ -13,26 +22,26 @@ class ISubscriber(Interface):
     formats = Attribute("Tuple of format names this subscriber takes, e.g. ('http-stream',).")
     meta = Attribute("Mapping[str, str] of subscription meta, read by filters and var-subst.")
 
-    def deliver(item, fmt, prepared):
+    def deliver(item: Item, fmt: Format, prepared: Any) -> None:
         """Hand over one item. ``fmt`` is the item's Format for this subscriber (content
         filters already applied); ``prepared`` is what the transport's renderer made of it,
         once per item, shared by every subscriber. Must not block; may raise, which drops
         this subscriber only."""
 
-    def close(reason):
+    def close(reason: str) -> None:
         """End the subscription from the server side (shutdown, internal error)."""
 
-    def recover():
+    def recover() -> None:
         """Re-request the origin for this session (``POST /recover``); may do nothing."""
 
 
 class IChannelListener(Interface):
     """Told when a channel gains its first subscriber or loses its last (ZeroMQ SUB, Redis)."""
 
-    def channel_added(channel):
+    def channel_added(channel: str) -> None:
         """``channel`` now has at least one local subscriber."""
 
-    def channel_removed(channel):
+    def channel_removed(channel: str) -> None:
         """``channel`` has no local subscriber any more."""
 
 
@@ -40,16 +49,16 @@ class IRouterObserver(Interface):
     """Told of subscription changes and of each item's deliveries, once per item and format
     (never once per subscriber): what Pushpin's stats socket reports (conn, sub, message)."""
 
-    def subscriber_added(subscriber):
+    def subscriber_added(subscriber: ISubscriber) -> None:
         """``subscriber`` took its first channel."""
 
-    def subscriber_removed(subscriber):
+    def subscriber_removed(subscriber: ISubscriber) -> None:
         """``subscriber`` left its last channel."""
 
-    def group_changed(channel, format_name, count):
+    def group_changed(channel: str, format_name: str, count: int) -> None:
         """``channel`` now has ``count`` subscribers taking ``format_name`` (0: none)."""
 
-    def delivered(item, format_name, count):
+    def delivered(item: Item, format_name: str, count: int) -> None:
         """``item`` went to ``count`` subscribers in ``format_name``."""
 
 
@@ -57,7 +66,7 @@ class IBus(Interface):
     """Where validated items go. LocalBus delivers in this process; RedisBus also shares
     them with other instances."""
 
-    def publish(items, input_name):
+    def publish(items: Sequence[Item], input_name: str) -> Deferred[None]:
         """Publish a list of Items (all already valid). Returns a Deferred that fires once
         the items are accepted, or fails (e.g. Redis unreachable) so the publisher can be
         told; ``input_name`` is http, zmq-pull or zmq-sub, for metrics."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import cast
 
 import zmq
 from twisted.application.service import Service
@@ -74,7 +75,7 @@ class ZmqReader(Service):
             self.endpoints = self._open(sock)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            reason = f"cannot open {', '.join(self._specs)}: {zmq.strerror(e.errno)}"
+            reason = f"cannot open {', '.join(self._specs)}: {e.strerror}"
             raise StartupError(f"{self.input_name} {reason}") from None
         self._socket = sock
         self._fd = sock.getsockopt(zmq.FD)
@@ -150,7 +151,8 @@ class ZmqReader(Service):
             if sock is None:
                 return
             try:
-                if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+                # pyzmq types every option's value int | bytes; ZMQ_EVENTS is an int
+                if not cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
                     return
                 parts = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:

@@ -18,6 +18,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+from twisted.web.wsgi import WSGIResource
 from typing_extensions import override
 from zope.interface import implementer
 
@@ -240,9 +241,9 @@ class FanoutCollector(Collector):
                                 value=1 if redis is not None and redis.up else 0)
 
 
-def metrics_resource(sources: MetricSources) -> MetricsResource:
-    """``GET /metrics``: a registry of its own (not the process-global one), so several
-    servers in one process (tests) do not collide."""
+def metrics_resource(sources: MetricSources) -> WSGIResource:
+    """``GET /metrics`` (prometheus_client's WSGI app): a registry of its own (not the
+    process-global one), so several servers in one process (tests) do not collide."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FanoutCollector(sources))
     return MetricsResource(registry=registry)

@@ -129,7 +129,7 @@ class StatsPublisher(Service):
             bind(sock, self._spec)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            reason = zmq.strerror(e.errno)
+            reason = e.strerror
             raise StartupError(f"stats socket cannot bind {self._spec}: {reason}") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)

@@ -141,7 +141,8 @@ def _answering(method: _Method) -> _Method:
 
 
 class _Hold:
-    """Subscriptions, timers and the single exit shared by both kinds of hold."""
+    """Subscriptions, timers and the single exit shared by both kinds of hold (each an
+    ISubscriber)."""
 
     formats: tuple[str, ...] = ()
     _log = Logger()
@@ -165,7 +166,7 @@ class _Hold:
         for channel in instruct.channels:
             name = self.origin.channel_name(channel.name)
             self._last_ids[name] = channel.prev_id
-            self.router.subscribe(name, self, channel.filters)
+            self.router.subscribe(name, ISubscriber(self), channel.filters)
 
     def prev_ids(self, item: Item) -> dict[str, str | None]:
         """``build-id``'s context, read by the router: per channel, as the origin named it,
@@ -224,7 +225,7 @@ class _Hold:
         if self.ended:
             return False
         self.ended = True
-        self.router.unsubscribe_all(self)
+        self.router.unsubscribe_all(ISubscriber(self))
         for name in list(self._timers):
             self._cancel_timer(name)
         return True
@@ -486,11 +487,6 @@ class HeldStream(_Hold):
         self._end()
         abort(self.request)
 
-    def _end(self) -> bool:
-        if self._budget is not None:
-            self._budget.release(self)
-        return super()._end()
-
     def _finish(self) -> None:
         if self._end():
             self._finishing = True
@@ -537,7 +533,7 @@ class HeldStream(_Hold):
             self._finish()
             return
         if answer.hold == "stream":
-            self.router.unsubscribe_all(self)
+            self.router.unsubscribe_all(ISubscriber(self))
             self._subscribe(answer)
             self._write(body)
             self._adopt(answer)
@@ -581,7 +577,10 @@ class HeldStream(_Hold):
     @override
     def _end(self) -> bool:
         """Also leave the request: registered as its producer, the stream and the request
-        point at each other, and only the cyclic collector would free them (issue 19)."""
+        point at each other, and only the cyclic collector would free them (issue 19); and
+        leave the write budget, which would count (and hold) a client gone while behind."""
+        if self._budget is not None:
+            self._budget.release(self)
         if not super()._end():
             return False
         if self.request.producer is self:

@@ -19,9 +19,10 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from twisted.internet.defer import Deferred
 from zope.interface import Interface
 
-from fanout_tx.transports.webhooks.model import Delivery
+from fanout_tx.transports.webhooks.model import Delivery, Subscription
 
 
 class Verdict(enum.Enum):
@@ -42,19 +43,19 @@ class Claim:
 class ISharedStore(Interface):
     """What a store shared by several instances adds; every method returns a Deferred."""
 
-    def claim(delivery):
+    def claim(delivery: Delivery) -> Deferred[Claim]:
         """A Claim for the delivery's next attempt (``delivery.attempts`` made so far).
 
         Granted only when no other instance holds it, it is still pending and its stored
         attempt count is the caller's; the lease lasts one attempt's timeout and a margin.
         The store's next write for the delivery (its outcome) ends the lease."""
 
-    def release(delivery):
+    def release(delivery: Delivery) -> Deferred[None]:
         """Give up a claim without an outcome (an attempt abandoned at shutdown), so another
         instance may attempt the delivery at once rather than when the lease expires."""
 
-    def subscriptions():
+    def subscriptions() -> Deferred[list[Subscription]]:
         """Every stored subscription (list)."""
 
-    def pending(subscription_id):
+    def pending(subscription_id: str) -> Deferred[list[Delivery]]:
         """Every pending delivery of one subscription (list)."""

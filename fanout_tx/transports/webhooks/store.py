@@ -45,30 +45,30 @@ class StoredState:
 class IWebhookStore(Interface):
     """Write-through persistence for the webhooks transport; every method returns a Deferred."""
 
-    def load():
+    def load() -> Deferred[StoredState]:
         """StoredState: every subscription and every pending delivery."""
 
-    def save_subscription(subscription, limit=0):
+    def save_subscription(subscription: Subscription, limit: int = 0) -> Deferred[bool]:
         """Add or replace a subscription; True, or False when ``limit`` (when above 0)
         subscriptions are stored already and this one is new."""
 
-    def delete_subscription(subscription_id):
+    def delete_subscription(subscription_id: str) -> Deferred[None]:
         """Forget a subscription with its pending deliveries and dead letters."""
 
-    def save_delivery(delivery):
+    def save_delivery(delivery: Delivery) -> Deferred[None]:
         """Add or replace a pending delivery (attempts, due time and last result included)."""
 
-    def delete_delivery(subscription_id, webhook_id):
+    def delete_delivery(subscription_id: str, webhook_id: str) -> Deferred[None]:
         """A delivery succeeded (or its subscription went away)."""
 
-    def bury(delivery):
+    def bury(delivery: Delivery) -> Deferred[Dropped]:
         """Move a delivery to its subscription's dead letters; fires with Dropped (newest
         DEAD_LETTERS_KEPT per subscription and max_dead_letter_bytes in all kept)."""
 
-    def dead_letters(subscription_id):
+    def dead_letters(subscription_id: str) -> Deferred[list[dict[str, Any]]]:
         """List of dead-letter dicts, newest first."""
 
-    def close():
+    def close() -> Deferred[None]:
         """Release connections."""
 
 
