@@ -75,7 +75,8 @@ class ZmqReader(Service):
             self.endpoints = self._open(sock)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            reason = f"cannot open {', '.join(self._specs)}: {e.strerror}"
+            # ZMQError.errno is always set (zmq_errno() when none is given), typed Optional
+            reason = f"cannot open {', '.join(self._specs)}: {zmq.strerror(e.errno)}"  # type: ignore[arg-type]
             raise StartupError(f"{self.input_name} {reason}") from None
         self._socket = sock
         self._fd = sock.getsockopt(zmq.FD)

@@ -129,7 +129,8 @@ class StatsPublisher(Service):
             bind(sock, self._spec)
         except zmq.ZMQError as e:
             sock.close(linger=0)
-            reason = e.strerror
+            # ZMQError.errno is always set (zmq_errno() when none is given), typed Optional
+            reason = zmq.strerror(e.errno)  # type: ignore[arg-type]
             raise StartupError(f"stats socket cannot bind {self._spec}: {reason}") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
