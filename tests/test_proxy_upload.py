@@ -9,12 +9,13 @@ import os
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import ClientCreator, Factory, Protocol
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.trial.unittest import TestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 from typing_extensions import override
 
 from fanout_tx.outbound.origin import ProxySettings
-from fanout_tx.transports.http.upload import REPLAY_LIMIT
+from fanout_tx.transports.http.upload import REPLAY_LIMIT, UploadInterruptedError, UploadStream
 from tests.support.helpers import RawClient, TrackingFactory, wait_until
 from tests.support.proxy_fixtures import ProxyHarness
 from tests.support.services import free_port
@@ -239,3 +240,13 @@ def unsent(client: RawClient) -> int:
     """Bytes the client's transport still holds because the peer is not reading."""
     transport = client.transport
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+
+
+class UploadStreamTests(SynchronousTestCase):
+    def test_start_after_the_client_failed_fails_the_origin_request(self) -> None:
+        """An origin connection that starts reading a body the client already abandoned
+        gets the failure (not an AttributeError from the producer)."""
+        upload = UploadStream(None, StringTransport())
+        upload.fail(UploadInterruptedError("client gone"))
+        started = upload.startProducing(StringTransport())
+        self.failureResultOf(started, UploadInterruptedError)

@@ -38,6 +38,8 @@ def redis_endpoint(reactor: IConnectingReactor, address: RedisAddress) -> IStrea
     """The client endpoint for ``address`` (TCP host or unix socket)."""
     if address.path:
         return UNIXClientEndpoint(reactor, address.path, timeout=CONNECT_TIMEOUT)
+    if address.host is None:
+        raise ValueError(f"redis address without a host or path: {address}")
     return HostnameEndpoint(reactor, address.host, address.port, timeout=CONNECT_TIMEOUT)
 
 
@@ -239,7 +241,7 @@ class RedisLink(Service):
         return steps
 
     def _went_up(self, protocol: txredisapi.BaseRedisProtocol) -> None:
-        if self._protocol is not protocol or not protocol.connected:
+        if not protocol.connected or self._protocol is not protocol:
             return  # lost while setting up; _lost has scheduled the retry
         self.up = True
         self._failures = 0

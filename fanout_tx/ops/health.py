@@ -10,9 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.internet import StreamServerEndpointService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
@@ -23,6 +24,8 @@ Check = Callable[[], tuple[bool, dict[str, Any]]]
 
 def address_text(port: IListeningPort) -> str:
     host = port.getHost()
+    if not isinstance(host, IPv4Address | IPv6Address):  # the client ports are TCP
+        return str(host)
     return f"[{host.host}]:{host.port}" if ":" in host.host else f"{host.host}:{host.port}"
 
 
@@ -49,7 +52,33 @@ class Listeners:
                 {"listening": [address_text(p) for p in self.ports]})
 
 
-def zmq_check(service: Any) -> Check:
+class ReaderState(Protocol):
+    """What a ZeroMQ input (inputs/zmq_ingest.ZmqReader) tells of itself."""
+
+    @property
+    def endpoints(self) -> list[str]: ...
+
+    def problem(self) -> str | None: ...
+
+
+class LinkState(Protocol):
+    """The XMPP component link's state (transports/xmpp/link.LinkState)."""
+
+    @property
+    def up(self) -> bool: ...
+
+    @property
+    def last_error(self) -> str | None: ...
+
+
+class BusState(Protocol):
+    """The Redis bus (cluster/redis_bus.RedisBus)."""
+
+    @property
+    def up(self) -> bool: ...
+
+
+def zmq_check(service: ReaderState) -> Check:
     """A ZeroMQ input (zmq_ingest.ZmqReader) is up while it reads: socket open and reader
     in the reactor; otherwise ``error`` says why."""
 
@@ -63,7 +92,7 @@ def zmq_check(service: Any) -> Check:
     return check
 
 
-def xmpp_check(link: Any) -> Check:
+def xmpp_check(link: LinkState) -> Check:
     """The component link (xmpp.link.LinkState): up after the handshake."""
 
     def check() -> tuple[bool, dict[str, Any]]:
@@ -75,7 +104,7 @@ def xmpp_check(link: Any) -> Check:
     return check
 
 
-def redis_check(bus: Any) -> Check:
+def redis_check(bus: BusState) -> Check:
     def check() -> tuple[bool, dict[str, Any]]:
         return bus.up, {}
 

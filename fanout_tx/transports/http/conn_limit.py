@@ -10,12 +10,23 @@ this is what bounds its memory and file descriptors.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.logger import Logger
 from zope.interface import implementer
+
+
+class _Port(Protocol):
+    """A listening port as a file descriptor (``tcp.Port``): accepting pauses with its
+    reading."""
+
+    connected: bool
+
+    def stopReading(self) -> None: ...  # noqa: N802 - Twisted's name
+
+    def startReading(self) -> None: ...  # noqa: N802 - Twisted's name
 
 
 class ConnectionLimit:
@@ -33,12 +44,13 @@ class ConnectionLimit:
         self.paused = False
         self.dropped: Counter[str] = Counter()
         self._by_address: dict[str, int] = {}
-        self._ports: list[Any] = []
+        self._ports: list[_Port] = []
 
     def add_port(self, port: IListeningPort) -> None:
-        self._ports.append(port)
+        reading = cast(_Port, port)  # what every Twisted stream server endpoint returns
+        self._ports.append(reading)
         if self.paused:
-            port.stopReading()
+            reading.stopReading()
 
     def take(self, address: str = "") -> Slot | None:
         """One more connection from ``address`` (a peer IP; "" is not capped); its Slot is
@@ -94,7 +106,7 @@ class LimitedEndpoint:
         self._endpoint = endpoint
         self._limit = limit
 
-    def listen(self, factory: Any) -> Deferred[IListeningPort]:
+    def listen(self, factory: IProtocolFactory) -> Deferred[IListeningPort]:
         def bound(port: IListeningPort) -> IListeningPort:
             self._limit.add_port(port)
             return port

@@ -48,7 +48,7 @@ def parse_jsonp(uri: bytes, config: JsonpConfig) -> JsonpCall | None:
     """The JSON-P call in a GET's ``uri``, None when it is not one; JsonpError if malformed."""
     path, _sep, query = uri.partition(b"?")
     pairs = [_split_pair(part) for part in query.split(b"&") if part]
-    values = {}
+    values: dict[bytes, bytes] = {}
     for key, value in pairs:
         values.setdefault(key, value)
     callback_param = config.callback_param.encode()

@@ -50,7 +50,8 @@ def _identity(crt: Path, key: Path) -> Identity:
         context.set_min_proto_version(SSL.TLS1_2_VERSION)
         context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
         context.use_certificate(certificates[0])
-        context.use_privatekey(private_key)
+        # pyOpenSSL takes fewer key types than PEM holds: it raises TypeError (caught below)
+        context.use_privatekey(private_key)  # type: ignore[arg-type]
         for extra in certificates[1:]:
             context.add_extra_chain_cert(extra)
         context.check_privatekey()

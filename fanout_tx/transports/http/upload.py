@@ -9,7 +9,7 @@ connected), so memory stays bounded whatever the body's size.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
@@ -91,7 +91,7 @@ class UploadStream:
     def startProducing(self, consumer: IConsumer) -> Deferred[None]:
         self.started = True
         if self._failure is not None:
-            return Deferred.fromFailure(self._failure)
+            return fail(self._failure)
         self._consumer = consumer
         queue, self._queue, self._queued = self._queue, [], 0
         for data in queue:

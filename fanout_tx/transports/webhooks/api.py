@@ -7,15 +7,14 @@ the publish port's (PublishRoot checks it before this resource is reached).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
+from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
 from fanout_tx.transports.webhooks.model import RequestError, parse_new_subscription
@@ -30,7 +29,7 @@ MAX_REQUEST_BODY = 64 * 1024
 Answer = tuple[int, Any]
 
 
-def _write_json(request: IRequest, status: int, document: Any) -> bytes:
+def _write_json(request: Request, status: int, document: Any) -> bytes:
     request.setResponseCode(status)
     if document is None:
         return b""
@@ -49,8 +48,8 @@ class WebhooksResource(Resource):
         self._service = service
 
     @override
-    def render(self, request: IRequest) -> bytes | int:
-        segments = [s.decode("utf-8", "replace") for s in request.postpath]
+    def render(self, request: Request) -> bytes | int:
+        segments = [s.decode("utf-8", "replace") for s in request.postpath or ()]
         if segments and segments[-1] == "":
             segments.pop()
         method = request.method.decode("ascii", "replace")
@@ -62,13 +61,14 @@ class WebhooksResource(Resource):
         if method not in allowed:
             request.setHeader(b"allow", ", ".join(allowed).encode("ascii"))
             return _write_json(request, 405, {"error": f"method {method} not allowed"})
-        handler: Callable[..., Awaitable[Answer]] = {
+        handlers: dict[tuple[int, str], Callable[..., Coroutine[Any, Any, Answer]]] = {
             (1, "GET"): self._list, (1, "POST"): self._create, (2, "GET"): self._get,
             (2, "DELETE"): self._delete, (3, "GET"): self._failed,
-        }[(len(segments), method)]
+        }
+        handler = handlers[(len(segments), method)]
         return self._answer(request, handler(request, *segments[1:2]))
 
-    def _answer(self, request: IRequest, work: Awaitable[Answer]) -> int:
+    def _answer(self, request: Request, work: Coroutine[Any, Any, Answer]) -> int:
         lost: list[Failure] = []
         request.notifyFinish().addErrback(lost.append)
 
@@ -84,11 +84,12 @@ class WebhooksResource(Resource):
         Deferred.fromCoroutine(work).addErrback(failed).addCallback(done)
         return NOT_DONE_YET
 
-    async def _list(self, request: IRequest) -> Answer:
+    async def _list(self, request: Request) -> Answer:
         return 200, {"items": [s.describe() for s in self._service.subscriptions()]}
 
-    async def _create(self, request: IRequest) -> Answer:
-        body = request.content.read(MAX_REQUEST_BODY + 1)
+    async def _create(self, request: Request) -> Answer:
+        body = (request.content.read(MAX_REQUEST_BODY + 1)
+                if request.content is not None else b"")
         if len(body) > MAX_REQUEST_BODY:
             return 413, {"error": "request body too large"}
         try:
@@ -106,18 +107,18 @@ class WebhooksResource(Resource):
             "channels": list(subscription.channels), "secret": subscription.secret,
         }
 
-    async def _get(self, request: IRequest, subscription_id: str) -> Answer:
+    async def _get(self, request: Request, subscription_id: str) -> Answer:
         subscription = self._service.get(subscription_id)
         if subscription is None:
             return 404, {"error": f"no subscription {subscription_id}"}
         return 200, subscription.describe()
 
-    async def _delete(self, request: IRequest, subscription_id: str) -> Answer:
+    async def _delete(self, request: Request, subscription_id: str) -> Answer:
         if not await self._service.remove(subscription_id):
             return 404, {"error": f"no subscription {subscription_id}"}
         return 204, None
 
-    async def _failed(self, request: IRequest, subscription_id: str) -> Answer:
+    async def _failed(self, request: Request, subscription_id: str) -> Answer:
         if self._service.get(subscription_id) is None:
             return 404, {"error": f"no subscription {subscription_id}"}
         return 200, {"items": await self._service.dead_letters(subscription_id)}

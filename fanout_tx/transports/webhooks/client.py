@@ -26,6 +26,7 @@ from typing_extensions import override
 from zope.interface import Interface, implementer
 
 from fanout_tx._reactor import IConnectingReactor
+from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import TrustRoot
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.body import BytesProducer
@@ -56,7 +57,8 @@ class Outcome:
 
 
 class IWebhookClient(Interface):
-    def request(method, url, headers, body):
+    def request(method: str, url: str, headers: Sequence[tuple[str, str]], body: bytes
+                ) -> Deferred[Outcome]:
         """Deferred[Outcome]; never fails: errors and timeouts become an Outcome."""
 
 
@@ -109,7 +111,7 @@ class _LimitedBody(Protocol):
 
     def _stop(self) -> None:
         if self.transport is not None:
-            self.transport.stopProducing()
+            stream_transport(self).stopProducing()
 
     @override
     def dataReceived(self, data: bytes) -> None:

@@ -56,8 +56,8 @@ class HttpOrigin:
         headers.setRawHeaders(b"Accept", events_type)
         headers.setRawHeaders(b"Connection-Id", [self._connection_id])
         headers.setRawHeaders(b"Sec-WebSocket-Extensions", [b"grip"])
-        for name, value in meta.items():
-            headers.addRawHeader(b"Meta-" + name.encode("latin-1"), value.encode("utf-8"))
+        for key, value in meta.items():
+            headers.addRawHeader(b"Meta-" + key.encode("latin-1"), value.encode("utf-8"))
         return headers
 
     @inlineCallbacks

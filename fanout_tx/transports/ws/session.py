@@ -105,8 +105,9 @@ class WsOverHttpSession(GripSession):
 
     def start(self) -> Deferred[Accepted | Rejected]:
         """Send OPEN; fires with Accepted or Rejected, or fails with OriginError."""
-        d = self._post([ev.Event("OPEN")])
-        return d.addCallback(self._opened).addErrback(self._open_failed)
+        d: Deferred[Accepted | Rejected] = self._post([ev.Event("OPEN")]).addCallback(self._opened)
+        d.addErrback(self._open_failed)
+        return d
 
     def _post(self, events: list[ev.Event]) -> Deferred[OriginReply]:
         """One round trip; an OriginError after ``request_timeout`` seconds unanswered."""

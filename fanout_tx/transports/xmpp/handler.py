@@ -213,8 +213,8 @@ class ComponentHandler(XMPPHandler):
         if leaving:
             self._leave(envelope.sender, leaving)
         d = self._backend.post(stanza, envelope)
-        d.addCallbacks(self._apply, self._backend_failed, (stanza, envelope), None,
-                       (stanza, envelope))
+        d.addCallbacks(self._apply, self._backend_failed, callbackArgs=(stanza, envelope),
+                       errbackArgs=(stanza, envelope))
         d.addErrback(self._apply_failed, stanza, envelope)
         return d
 
