@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
+from twisted.web.server import Site
 from typing_extensions import override
+
+from fanout_tx._transport import stream_transport
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b")
@@ -56,6 +60,7 @@ class DeadlineChannel(http.HTTPChannel):
     _window_bytes = 0
     _window_pauses = 0
     _timer: IDelayedCall | None = None
+    site: Site  # set by Site.buildProtocol
 
     @property
     def timeouts(self) -> ClientTimeouts:
@@ -108,7 +113,7 @@ class DeadlineChannel(http.HTTPChannel):
             return
         self._due = 0.0
         {"head": self._head_expired, "body": self._window_over, "idle": self._idle_expired,
-         "closing": self.transport.abortConnection}[self._phase]()
+         "closing": stream_transport(self).abortConnection}[self._phase]()
 
     def _expect_head(self) -> None:
         self._head_started = False
@@ -152,7 +157,7 @@ class DeadlineChannel(http.HTTPChannel):
         super().requestDone(request)
 
     @override
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._enter("busy", 0)
         super().connectionLost(reason)
 
@@ -192,7 +197,7 @@ class DeadlineChannel(http.HTTPChannel):
 
     def _idle_expired(self) -> None:
         self._log.debug("closing a kept-alive connection from {client}: idle for {timeout}s",
-                        client=self.transport.getPeer(), timeout=self.timeouts.keepalive)
+                        client=stream_transport(self).getPeer(), timeout=self.timeouts.keepalive)
         self._close()
 
     def _expire(self, reason: str, text: str, answer: bytes | None) -> None:
@@ -200,20 +205,20 @@ class DeadlineChannel(http.HTTPChannel):
         close; counted by ``reason`` and logged. A connection already closing (after a
         400 or 431 the client does not read) is only aborted."""
         if getattr(self.transport, "disconnecting", False):
-            self.transport.abortConnection()
+            stream_transport(self).abortConnection()
             return
         dropped: Counter[str] | None = getattr(self.site, "dropped", None)
         if dropped is not None:
             dropped[reason] += 1
         self._log.info("{code} for {client}: {text}", code="408" if answer else "closed",
-                       client=self.transport.getPeer(), text=text)
+                       client=stream_transport(self).getPeer(), text=text)
         started = any(getattr(r, "startedWriting", False) for r in self.requests)
         if answer is not None and not started:
-            self.transport.write(_REQUEST_TIMEOUT % (len(answer), answer))
+            stream_transport(self).write(_REQUEST_TIMEOUT % (len(answer), answer))
         self._close()
 
     def _close(self) -> None:
         """Close once what is written is sent; abort if the client does not take it."""
-        self.transport.loseConnection()
+        stream_transport(self).loseConnection()
         self._enter("closing", self.abortTimeout or 15)
 

@@ -40,6 +40,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._reactor import IConnectingReactor
+from fanout_tx._transport import stream_transport
 from fanout_tx.config.routes import Route, RouteTarget
 from fanout_tx.config.settings import Config, ProxyConfig
 from fanout_tx.core.headers import Header, end_to_end
@@ -274,7 +275,7 @@ class BodyCollector(Protocol):
         self._failed = True
         self.parts = []
         if self.transport is not None:
-            self.transport.stopProducing()
+            stream_transport(self).stopProducing()
 
     @override
     def dataReceived(self, data: bytes) -> None:
@@ -283,7 +284,7 @@ class BodyCollector(Protocol):
         self.size += len(data)
         if self.size > self.limit:
             self._failed = True
-            self.transport.stopProducing()
+            stream_transport(self).stopProducing()
             self.done.errback(GripError(f"instruction body larger than {self.limit} bytes"))
             return
         self.parts.append(data)
@@ -326,13 +327,13 @@ class BodyRelay(Protocol):
             self.done.errback(reason)
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()
+        stream_transport(self).pauseProducing()
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()
+        stream_transport(self).resumeProducing()
 
     def stopProducing(self) -> None:
-        self.transport.stopProducing()
+        stream_transport(self).stopProducing()
 
 
 @implementer(IOpenSSLClientConnectionCreator)

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from autobahn.twisted.websocket import WebSocketClientFactory
+from autobahn.wamp.types import TransportDetails
 from autobahn.websocket.types import ConnectingRequest, ConnectionResponse
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
@@ -34,6 +35,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._reactor import IConnectingReactor
+from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_connection
 from fanout_tx.config.routes import RouteTarget
 from fanout_tx.core.formats.ws import wire_close
@@ -109,10 +111,12 @@ class Backpressure:
 class OriginProtocol(ExtensionFilteringClientProtocol):
     """The connection to a WebSocket origin, reporting to its WsProxySession."""
 
-    session: Any = None
+    session: WsProxySession | None = None
+    factory: OriginFactory
 
     @override
-    def onConnecting(self, transport_details: Any) -> ConnectingRequest:  # noqa: N802
+    def onConnecting(self, transport_details: TransportDetails  # noqa: N802
+                     ) -> ConnectingRequest:
         return self.factory.request
 
     # autobahn refuses extensions it does not know; grip is ours to handle (onConnect)
@@ -133,11 +137,13 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
 
     @override
     def onConnect(self, response: ConnectionResponse) -> None:  # noqa: N802
-        self.session.origin_accepted(self, response)
+        if self.session is not None:
+            self.session.origin_accepted(self, response)
 
     @override
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-        self.session.origin_message(payload, isBinary)
+        if self.session is not None:  # None once the session let go of this origin
+            self.session.origin_message(payload, isBinary)
 
     @override
     def onPing(self, payload: bytes) -> None:  # noqa: N802
@@ -171,9 +177,15 @@ class OriginProtocol(ExtensionFilteringClientProtocol):
                 self.sendCloseFrame(wire_code, raw)
 
 
+class OriginFactory(WebSocketClientFactory):
+    """One origin handshake's factory: ``request`` is what OriginProtocol connects with."""
+
+    request: ConnectingRequest
+
+
 def origin_factory(url: str, host: str, port: int, resource: str, headers: Headers,
                    clock: IReactorTime,
-                   max_message: int = DEFAULT_MAX_MESSAGE) -> WebSocketClientFactory:
+                   max_message: int = DEFAULT_MAX_MESSAGE) -> OriginFactory:
     """A client factory for one origin handshake: the proxy's origin headers, the client's
     subprotocols, and ``Sec-WebSocket-Extensions: grip``; origin messages over
     ``max_message`` bytes are refused (1009)."""
@@ -187,7 +199,7 @@ def origin_factory(url: str, host: str, port: int, resource: str, headers: Heade
         elif text.lower() not in _HANDSHAKE_OWN:
             forwarded[text] = joined
     forwarded["Sec-WebSocket-Extensions"] = "grip"
-    factory = WebSocketClientFactory(url, protocols=protocols, reactor=clock)
+    factory = OriginFactory(url, protocols=protocols, reactor=clock)
     factory.noisy = False  # one factory per connection: no start/stop line for each
     factory.protocol = OriginProtocol
     factory.setProtocolOptions(failByDrop=False, maxMessagePayloadSize=max_message,
@@ -342,7 +354,7 @@ class WsProxySession(GripSession):
         self._client = None
         self._stop_client_side()
         if self._origin is not None:  # as protocol.abort: no autobahn warning per client
-            self._origin.transport.abortConnection()
+            stream_transport(self._origin).abortConnection()
         self._end_when_idle()
 
     def _detach(self) -> None:
@@ -369,7 +381,8 @@ class WsProxySession(GripSession):
         origin = self._origin
         if hold != self.origin_held and origin is not None and origin.transport is not None:
             self.origin_held = hold
-            (origin.transport.pauseProducing if hold else origin.transport.resumeProducing)()
+            transport = stream_transport(origin)
+            (transport.pauseProducing if hold else transport.resumeProducing)()
 
     def _end_when_idle(self) -> None:
         if self._client is None and self._origin is None:

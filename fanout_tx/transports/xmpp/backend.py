@@ -8,8 +8,9 @@ reader: past ``max_body`` bytes the backend connection is closed instead of buff
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
@@ -18,6 +19,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IResponse
 from twisted.words.xish import domish
 
+from fanout_tx._transport import stream_transport
 from fanout_tx.grip.instruct import GripError
 from fanout_tx.grip.signature import grip_sig
 from fanout_tx.outbound.body import BytesProducer
@@ -100,7 +102,8 @@ class BackendClient:
         return Failure(BackendError(None, f"backend did not answer within {timeout} s"))
 
     @inlineCallbacks
-    def _post(self, body: bytes, envelope: StanzaEnvelope):
+    def _post(self, body: bytes, envelope: StanzaEnvelope
+              ) -> Generator[Deferred[Any], Any, BackendAnswer]:
         sig = None
         if self._sig_key:
             sig = grip_sig(self._sig_iss, self._sig_key, self._clock.seconds())
@@ -128,12 +131,13 @@ class BackendClient:
         Cancelling (the call's timeout) closes the connection too, as readBody does."""
         collector = BodyCollector(self._max_body)
         response.deliverBody(collector)
-        body: Deferred[bytes] = Deferred(lambda _d: collector.transport.stopProducing())
+        body: Deferred[bytes] = Deferred(
+            lambda _d: stream_transport(collector).stopProducing())
         collector.done.addBoth(_pass_on, body)
         return body
 
     @staticmethod
-    def _as_backend_error(failure):
+    def _as_backend_error(failure: Failure) -> Failure:
         if failure.check(BackendError):
             return failure
         cause = failure.getErrorMessage() or failure.type.__name__

@@ -29,6 +29,7 @@ from twisted.words.xish import domish
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import ElementStreamHooks, StreamInitHook
 
 # Prosody accepts stanzas of up to 256 KiB from clients (c2s_stanza_size_limit) and passes
@@ -151,7 +152,7 @@ class BoundedXmlStream(StreamInitHook):
 
     @override
     def connectionMade(self) -> None:
-        self.transport.registerProducer(self, True)
+        stream_transport(self).registerProducer(self, True)
         super().connectionMade()
 
     @override
@@ -202,4 +203,4 @@ class BoundedXmlStream(StreamInitHook):
             if "larger than" in str(e):
                 self.sendStreamError(StreamError("policy-violation", text=str(e)))
             self.dispatch(Failure(), xmlstream.STREAM_ERROR_EVENT)
-            self.transport.loseConnection()
+            stream_transport(self).loseConnection()

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from twisted.internet.interfaces import IConnector, IReactorTime
+from twisted.internet.interfaces import IAddress, IConnector, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.words.protocols.jabber import xmlstream
@@ -34,7 +34,7 @@ from fanout_tx.transports.xmpp.bounded_stream import (
     Unsent,
 )
 
-MAX_RETRY_DELAY = 30.0
+MAX_RETRY_DELAY = 30
 UNSENT_LOG_INTERVAL = 10.0
 
 
@@ -65,6 +65,8 @@ class LinkFactory(xmlstream.XmlStreamFactory):
     noisy = False
 
     protocol = BoundedXmlStream
+    # ReconnectingClientFactory declares ``clock = None`` (documented: an IReactorTime)
+    clock: IReactorTime  # type: ignore[assignment]
 
     def __init__(self, authenticator: xmlstream.ConnectAuthenticator, state: LinkState,
                  clock: IReactorTime, server: str,
@@ -86,7 +88,7 @@ class LinkFactory(xmlstream.XmlStreamFactory):
         self.addBootstrap(DRAINED_EVENT, self._drained)
 
     @override
-    def buildProtocol(self, addr):
+    def buildProtocol(self, addr: IAddress | None) -> BoundedXmlStream:
         # Not XmlStreamFactory.buildProtocol: its resetDelay() here defeats the backoff.
         self._refusal = None
         xs = XmlStreamFactoryMixin.buildProtocol(self, addr)
