@@ -12,6 +12,7 @@ import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from fanout_tx.config.settings import ConfigError, parse_bool, parse_int, parse_key, read_text
 from fanout_tx.core.headers import is_token
@@ -113,6 +114,12 @@ class RouteTable:
 
     def __len__(self) -> int:
         return len(self.routes)
+
+
+class RouteSource(Protocol):
+    """Anything with the current route table (``RoutesFile`` reloads it)."""
+
+    table: RouteTable
 
 
 def _split_opts(token: str) -> tuple[str, list[tuple[str, str | None]]]:

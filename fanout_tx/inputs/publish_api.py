@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from io import BytesIO
+from typing import cast
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IRequest
+from twisted.web import http
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 from typing_extensions import override
@@ -33,18 +34,18 @@ PublishBarrier = Callable[[], Deferred[bool]]
 _Headers = Iterable[tuple[bytes, bytes]]
 
 
-def _peer(request: IRequest) -> str:
+def _peer(request: Request) -> str:
     address = request.getClientAddress()
     host = getattr(address, "host", None)
     return f"{host}:{address.port}" if host is not None else str(address)
 
 
-def _wants_json(request: IRequest) -> bool:
+def _wants_json(request: Request) -> bool:
     accept = request.getHeader(b"accept") or b""
     return any(part.split(b";")[0].strip() == b"application/json" for part in accept.split(b","))
 
 
-def _text(request: IRequest, code: int, text: str, headers: _Headers = ()) -> bytes:
+def _text(request: Request, code: int, text: str, headers: _Headers = ()) -> bytes:
     """Set a one-line text/plain answer on ``request`` and return its body."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"text/plain")
@@ -53,7 +54,7 @@ def _text(request: IRequest, code: int, text: str, headers: _Headers = ()) -> by
     return (" ".join(text.splitlines()) + "\n").encode("utf-8")
 
 
-def _success(request: IRequest, message: str) -> bytes:
+def _success(request: Request, message: str) -> bytes:
     """200 with ``message`` as text, or as ``{"message": ...}`` when JSON is accepted."""
     if _wants_json(request):
         request.setResponseCode(200)
@@ -62,12 +63,12 @@ def _success(request: IRequest, message: str) -> bytes:
     return _text(request, 200, message)
 
 
-def _method_not_allowed(request: IRequest, allowed: bytes) -> bytes:
+def _method_not_allowed(request: Request, allowed: bytes) -> bytes:
     method = request.method.decode("latin-1")
     return _text(request, 405, f"Method not allowed: {method}.", ((b"allow", allowed),))
 
 
-def _finish(request: IRequest, body: bytes) -> None:
+def _finish(request: Request, body: bytes) -> None:
     """Complete a deferred answer (with a length, as a synchronous one would have)."""
     request.setHeader(b"content-length", b"%d" % len(body))
     request.write(body)
@@ -86,7 +87,7 @@ class TextPage(Resource):
         self._headers = tuple(headers)
 
     @override
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: Request) -> bytes:
         return _text(request, self._code, self._text, self._headers)
 
 
@@ -96,12 +97,19 @@ class LimitedRequest(Request):
 
     body_too_large = False
     _body_size = 0
+    channel: DeadlineChannel  # PublishSite.protocol
+    # Twisted declares ``content = None`` (documented: a BinaryIO); here always a BytesIO
+    content: BytesIO  # type: ignore[assignment]
+
+    @property
+    def max_body_size(self) -> int:
+        return cast(PublishSite, self.channel.site).max_body_size
 
     @override
     def gotLength(self, length: int | None) -> None:
         # Bounded by the limit, so memory is fine (the base class spools big bodies to disk).
         self.content = BytesIO()
-        if length is not None and length > self.channel.site.max_body_size:
+        if length is not None and length > self.max_body_size:
             self.body_too_large = True
 
     @override
@@ -109,7 +117,7 @@ class LimitedRequest(Request):
         if self.body_too_large:
             return
         self._body_size += len(data)
-        if self._body_size > self.channel.site.max_body_size:
+        if self._body_size > self.max_body_size:
             self.body_too_large = True
             self.content = BytesIO()
             return
@@ -124,14 +132,16 @@ class PublishSite(Site):
     noisy = False
     displayTracebacks = False
     requestFactory = LimitedRequest
-    protocol = DeadlineChannel  # HTTP/1.1 only, as the port has no TLS
+    # HTTP/1.1 only, as the port has no TLS. Twisted types ``protocol`` as a factory of its
+    # HTTP/1.1-or-2 wrapper, though a channel class is what Site.buildProtocol needs.
+    protocol = DeadlineChannel  # type: ignore[assignment]
 
     def __init__(self, root: IResource, max_body_size: int, reactor: IReactorTime) -> None:
         super().__init__(root, parsePOSTFormSubmission=False, reactor=reactor)
         self.max_body_size = max_body_size
 
     @override
-    def log(self, request: IRequest) -> None:
+    def log(self, request: http.Request) -> None:
         """No access log: a line per publish would flood the log at publish rates."""
 
 
@@ -148,13 +158,14 @@ class PublishResource(Resource):
         self.rejected = 0  # refused requests, for fanout_publish_errors_total{input="http"}
 
     @override
-    def render(self, request: IRequest) -> bytes | int:
+    def render(self, request: Request) -> bytes | int:
         if request.postpath not in ([], [b""]):
             return _text(request, 404, "Not Found")
         if request.method != b"POST":
             return _method_not_allowed(request, b"POST")
         try:
-            items = parse_items_json(request.content.read())
+            # Twisted declares Request.content = None (documented: a BinaryIO)
+            items = parse_items_json(request.content.read())  # type: ignore[attr-defined]
         except PublishError as e:
             self.rejected += 1
             self._log.info("publish request rejected from {peer}: {reason}",
@@ -167,10 +178,10 @@ class PublishResource(Resource):
             return _text(request, 400, "Invalid item: it could not be parsed.")
         lost: list[Failure] = []
         request.notifyFinish().addErrback(lost.append)
-        done = maybeDeferred(self._bus.publish, items, "http")
-        done.addCallback(lambda _: self._wait_for_barriers())
-        done.addCallbacks(lambda _: _success(request, "Published"),
-                          lambda failure: self._failed(request, failure))
+        done = (maybeDeferred(self._bus.publish, items, "http")
+                .addCallback(lambda _: self._wait_for_barriers())
+                .addCallbacks(lambda _: _success(request, "Published"),
+                              lambda failure: self._failed(request, failure)))
         done.addCallback(lambda body: None if lost else _finish(request, body))
         done.addErrback(lambda failure: self._log.failure("publish response failed", failure))
         return NOT_DONE_YET
@@ -184,7 +195,7 @@ class PublishResource(Resource):
 
         return gatherResults([barrier() for barrier in self._barriers]).addCallback(check)
 
-    def _failed(self, request: IRequest, failure: Failure) -> bytes:
+    def _failed(self, request: Request, failure: Failure) -> bytes:
         if failure.check(BusUnavailableError):
             reason = str(failure.value) or "the message bus is unavailable"
             self._log.warn("publish failed, bus unavailable: {reason}", reason=reason)
@@ -204,7 +215,7 @@ class RecoverResource(Resource):
         self._router = router
 
     @override
-    def render(self, request: IRequest) -> bytes:
+    def render(self, request: Request) -> bytes:
         if request.method != b"POST":
             return _method_not_allowed(request, b"POST")
         count = self._router.recover_all()
@@ -242,11 +253,11 @@ class PublishRoot(Resource):
         self._barriers.append(barrier)
 
     @override
-    def getChild(self, path: bytes, request: IRequest) -> IResource:
+    def getChild(self, path: bytes, request: Request) -> IResource:
         return TextPage(404, "Not Found")
 
     @override
-    def getChildWithDefault(self, path: bytes, request: IRequest) -> IResource:
+    def getChildWithDefault(self, path: bytes, request: Request) -> IResource:
         index = path == b"" and request.method in (b"GET", b"HEAD")
         if not index and path not in self._public:
             refusal = self._auth.refusal(request)
@@ -254,9 +265,9 @@ class PublishRoot(Resource):
                 self._log.warn("publish API request refused from {peer}: {reason}",
                                peer=_peer(request), reason=refusal)
                 return TextPage(401, refusal, ((b"www-authenticate", b"Bearer"),))
-        if getattr(request, "body_too_large", False):
+        if isinstance(request, LimitedRequest) and request.body_too_large:
             self._log.info("publish API request from {peer} rejected: body over {limit} bytes",
-                           peer=_peer(request), limit=request.channel.site.max_body_size)
+                           peer=_peer(request), limit=request.max_body_size)
             if path == b"publish":  # a refused publish, in fanout_publish_errors_total
                 self.publish.rejected += 1
             return TextPage(413, "Request body too large.")

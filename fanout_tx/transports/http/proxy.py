@@ -29,7 +29,7 @@ from twisted.web.resource import Resource
 from typing_extensions import override
 
 from fanout_tx._twisted import ResponseCompleteRequest, handle_star, request_line
-from fanout_tx.config.routes import Route, RouteTable
+from fanout_tx.config.routes import Route, RouteSource
 from fanout_tx.core.headers import Header, end_to_end, get
 from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import (
@@ -80,12 +80,6 @@ _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 def _is_websocket_events(request: server.Request) -> bool:
     media_type = (request.getHeader(b"content-type") or b"").partition(b";")[0]
     return media_type.strip().lower() == b"application/websocket-events"
-
-
-class RouteSource(Protocol):
-    """Anything with the current route table (``RoutesFile`` reloads it)."""
-
-    table: RouteTable
 
 
 class UpgradeRenderer(Protocol):

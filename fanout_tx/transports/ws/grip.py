@@ -26,6 +26,31 @@ from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 
 
+class ClientSession(Protocol):
+    """What a client connection and the handler ask of its session (WsOverHttpSession in
+    session.py, WsProxySession in proxy.py)."""
+
+    finished: Deferred[None]
+
+    def start(self) -> Deferred[Accepted | Rejected]: ...
+
+    def attach(self, client: WsClient) -> None: ...
+
+    def client_message(self, payload: bytes, binary: bool) -> None: ...
+
+    def client_ping(self, payload: bytes) -> None: ...
+
+    def client_pong(self, payload: bytes) -> None: ...
+
+    def client_closing(self, code: int | None, reason: str) -> None: ...
+
+    def client_closed(self, code: int | None, reason: str) -> None: ...
+
+    def client_lost(self) -> None: ...
+
+    def close_client(self, code: int | None, reason: str) -> None: ...
+
+
 class WsClient(Protocol):
     """What a session may do to its client connection (transports/ws/protocol.py implements it)."""
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IAddress, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IAgent
@@ -21,14 +21,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
-from fanout_tx.config.routes import Route, RouteTarget
+from fanout_tx.config.routes import Route, RouteSource, RouteTarget
 from fanout_tx.core.headers import end_to_end, is_reason_phrase
 from fanout_tx.core.router import Router
 from fanout_tx.outbound.origin import ProxySettings, origin_headers, origin_url
 from fanout_tx.transports.responses import TEXT_PLAIN, plain, write_response
-from fanout_tx.transports.ws.grip import Accepted, Rejected, SessionOptions
+from fanout_tx.transports.ws.grip import Accepted, ClientSession, Rejected, SessionOptions
 from fanout_tx.transports.ws.origin import HttpOrigin
-from fanout_tx.transports.ws.protocol import ClientFactory, ClientProtocol
+from fanout_tx.transports.ws.protocol import ClientFactory, ClientProtocol, Slot
 from fanout_tx.transports.ws.proxy import Connect, WsProxySession, origin_factory
 from fanout_tx.transports.ws.session import OriginError, WsOverHttpSession
 
@@ -40,15 +40,16 @@ class _OneConnection:
     """What autobahn's WebSocketResource asks for: a factory building *this* connection's
     protocol, already bound to its session."""
 
-    def __init__(self, factory: ClientFactory, session: Any, accepted: Accepted,
-                 limit_slot: Any = None) -> None:
+    def __init__(self, factory: ClientFactory, session: ClientSession, accepted: Accepted,
+                 limit_slot: Slot | None = None) -> None:
         self._factory = factory
         self._session = session
         self._accepted = accepted
         self._limit_slot = limit_slot
 
-    def buildProtocol(self, addr: Any) -> ClientProtocol:  # noqa: N802 - factory API
-        protocol = self._factory.buildProtocol(addr)
+    def buildProtocol(self, addr: IAddress) -> ClientProtocol:  # noqa: N802 - factory API
+        # autobahn's buildProtocol is typed as its base protocol's; ours is ClientProtocol
+        protocol = cast(ClientProtocol, self._factory.buildProtocol(addr))
         protocol.session = self._session
         protocol.accepted = self._accepted
         # The HTTP channel gives up the socket: its client_maxconn slot goes with it.
@@ -63,7 +64,7 @@ class WebSocketHandler(Resource):
     _log = Logger()
 
     def __init__(
-        self, routes: Any, router: Router, agent: IAgent, clock: IReactorTime,
+        self, routes: RouteSource, router: Router, agent: IAgent, clock: IReactorTime,
         settings: ProxySettings, factory: ClientFactory, connect: Connect,
         new_connection_id: Callable[[], str] = lambda: str(uuid.uuid4()),
         insecure_agent: IAgent | None = None,
@@ -78,7 +79,7 @@ class WebSocketHandler(Resource):
         self._factory = factory
         self._connect = connect
         self._new_connection_id = new_connection_id
-        self.sessions: set[Any] = set()
+        self.sessions: set[ClientSession] = set()
 
     @override
     def render(self, request: Request) -> bytes | int:
@@ -91,8 +92,8 @@ class WebSocketHandler(Resource):
         if not targets:
             return plain(request, 502, "Error while proxying to origin.\n")
         query = request.uri.partition(b"?")[2]
-        path = route.rewrite_path(request.path.decode("latin-1")).encode("latin-1")
-        path_and_query = path + (b"?" + query if query else b"")
+        target_path = route.rewrite_path(request.path.decode("latin-1")).encode("latin-1")
+        path_and_query = target_path + (b"?" + query if query else b"")
         options = SessionOptions(
             one_event=targets[0].one_event,
             subscriptions=targets[0].subscriptions,
@@ -100,6 +101,7 @@ class WebSocketHandler(Resource):
             max_subscriptions=self._settings.connection_subscription_max,
             request_timeout=self._settings.origin_timeout,
         )
+        session: ClientSession
         if targets[0].over_http:
             session = self._over_http(request, route, targets, path_and_query, options)
         else:
@@ -138,14 +140,14 @@ class WebSocketHandler(Resource):
         return WsProxySession(self._connect, factories, self._router, self._clock, options,
                               on_end=self.sessions.discard)
 
-    def _run(self, request: Request, session: Any) -> None:
+    def _run(self, request: Request, session: ClientSession) -> None:
         gone: list[Failure] = []
         request.notifyFinish().addErrback(gone.append)
         d = session.start()
         d.addCallback(self._opened, request, session, gone)
         d.addErrback(self._open_failed, request, gone)
 
-    def _opened(self, outcome: Accepted | Rejected, request: Request, session: Any,
+    def _opened(self, outcome: Accepted | Rejected, request: Request, session: ClientSession,
                 gone: list[Failure]) -> None:
         if isinstance(outcome, Rejected):
             reason = outcome.reason.decode("latin-1")
@@ -172,7 +174,7 @@ class WebSocketHandler(Resource):
         # The socket is the WebSocket's now. twisted.web's channel and request would keep
         # pointing at each other, left for the cyclic collector (issue 19).
         channel.requests.clear()
-        request.channel = None
+        request.channel = None  # type: ignore[assignment]  # Twisted: HTTPChannel, not Optional
 
     def _open_failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
         if failure.check(OriginError):

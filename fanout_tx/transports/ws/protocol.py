@@ -17,7 +17,7 @@ so a client closing with 4005 usually gets 4005 back. The wait is bounded
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.protocol import WebSocketProtocol
@@ -28,11 +28,13 @@ from twisted.logger import Logger
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import compressing
 from fanout_tx.core.formats import Format
 from fanout_tx.core.formats.ws import is_wire_close_code, wire_close
 from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.write_budget import SlowClient, WriteBudget
+from fanout_tx.transports.ws.grip import Accepted, ClientSession
 
 DEFAULT_MAX_MESSAGE = 1_000_000
 DEFAULT_MAX_OUTBOUND = 1_000_000
@@ -110,6 +112,12 @@ def release_closed(protocol: WebSocketProtocol) -> None:
         protocol.is_closed = succeed(None)
 
 
+class Slot(Protocol):
+    """The connection's ``client_maxconn`` place (transports/http/conn_limit.Slot)."""
+
+    def release(self) -> None: ...
+
+
 class ClientProtocol(WebSocketServerProtocol):
     """One client connection. ``session`` (a WsOverHttpSession or a ws proxy session) is
     set by the handler before the handshake is replayed; ``accepted`` holds the
@@ -117,10 +125,12 @@ class ClientProtocol(WebSocketServerProtocol):
 
     _log = Logger()
 
-    session: Any = None
-    accepted: Any = None
+    session: ClientSession | None = None
+    accepted: Accepted  # set with ``session``, before the handshake
     guard: OutboundGuard | None = None
-    limit_slot: Any = None  # the connection's client_maxconn place (transports/http/conn_limit.py)
+    limit_slot: Slot | None = None
+    # Set by the factory's setProtocolOptions (autobahn declares it on no class)
+    maxMessagePayloadSize: int
     # Published frames queued this reactor turn, written as one buffer by the factory's
     # WriteBatch (None: nothing queued).
     _pending: list[bytes] | None = None
@@ -128,7 +138,9 @@ class ClientProtocol(WebSocketServerProtocol):
     _close_wait: IDelayedCall | None = None
 
     @override
-    def onConnect(self, request: ConnectionRequest) -> tuple[str | None, dict[str, list[str]]]:  # noqa: N802
+    # autobahn types the headers dict[str, str]; it writes each value of an iterable one too
+    def onConnect(self, request: ConnectionRequest  # type: ignore[override]  # noqa: N802
+                  ) -> tuple[str | None, dict[str, list[str]]]:
         accepted = self.accepted
         subprotocol = accepted.subprotocol
         if subprotocol is not None and subprotocol not in request.protocols:
@@ -139,23 +151,28 @@ class ClientProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:  # noqa: N802
         self.guard = OutboundGuard(self.factory.max_outbound, self.factory.budget, self)
         # twisted.web's HTTPChannel registered itself before the upgrade took the transport
-        self.transport.unregisterProducer()
-        self.transport.registerProducer(self.guard, True)
-        self.session.attach(self)
+        transport = stream_transport(self)
+        transport.unregisterProducer()
+        transport.registerProducer(self.guard, True)
+        if self.session is not None:  # None once onClose let go of it
+            self.session.attach(self)
 
     @override
     def onMessage(self, payload: bytes, isBinary: bool) -> None:  # noqa: N802, N803
-        self.session.client_message(payload, isBinary)
+        if self.session is not None:
+            self.session.client_message(payload, isBinary)
 
     @override
     def onPing(self, payload: bytes) -> None:  # noqa: N802
         if self._room_for(len(payload)):  # autobahn's pong, queued for a client that
             super().onPing(payload)  # does not read, counts as any other frame
-        self.session.client_ping(payload)
+        if self.session is not None:
+            self.session.client_ping(payload)
 
     @override
     def onPong(self, payload: bytes) -> None:  # noqa: N802
-        self.session.client_pong(payload)
+        if self.session is not None:
+            self.session.client_pong(payload)
 
     @override
     def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:  # noqa: N802, N803
@@ -164,7 +181,9 @@ class ClientProtocol(WebSocketServerProtocol):
         session = self.session
         if (self.state != self.STATE_OPEN or session is None or self._close_wait is not None
                 or not _valid_close(code, reasonRaw)):
-            return super().onCloseFrame(code, reasonRaw)
+            # autobahn types code and reason int and bytes; it calls this with None for each
+            # one a close frame leaves out
+            return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
         self.wasClean = True
         self.remoteCloseCode = code
         self.remoteCloseReason = (reasonRaw or b"").decode("utf-8") or None
@@ -273,7 +292,7 @@ class ClientProtocol(WebSocketServerProtocol):
         calls this first, so frames never overtake each other."""
         pending, self._pending = self._pending, None
         if pending and self.state == self.STATE_OPEN:
-            self.transport.write(b"".join(pending))
+            stream_transport(self).write(b"".join(pending))
 
     def send_ping(self, payload: bytes) -> None:
         if self.state == self.STATE_OPEN and self._room_for(len(payload)):
@@ -303,7 +322,7 @@ class ClientProtocol(WebSocketServerProtocol):
     def abort(self) -> None:
         """Drop the TCP connection. Not autobahn's dropConnection, which logs a warning for
         every unclean drop: a deliberate one (DISCONNECT) is not worth one per connection."""
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     def follow_writes(self, producer: IPushProducer) -> None:
         """``producer`` is paused while this connection's write buffer is full, resumed
@@ -314,10 +333,10 @@ class ClientProtocol(WebSocketServerProtocol):
                 producer.pauseProducing()
 
     def pause_reading(self) -> None:
-        self.transport.pauseProducing()
+        stream_transport(self).pauseProducing()
 
     def resume_reading(self) -> None:
-        self.transport.resumeProducing()
+        stream_transport(self).resumeProducing()
 
 
 class ClientFactory(WebSocketServerFactory):
