@@ -19,11 +19,19 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple, cast
 
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionAborted, ConnectionDone
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.interfaces import (
+    IAddress,
+    IConsumer,
+    IDelayedCall,
+    IProducer,
+    IProtocol,
+    IPushProducer,
+    IReactorTime,
+)
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -34,6 +42,7 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IAgentEndpointFactory, IBod
 from typing_extensions import override
 from zope.interface import implementer
 
+from fanout_tx._transport import StreamTransport, stream_transport
 from fanout_tx._twisted import release_client_connection
 from fanout_tx.core.headers import has_control, is_reason_phrase, is_token
 from fanout_tx.outbound.tcp_options import no_delay, quick_ack, unread_input
@@ -92,7 +101,7 @@ class OriginResponse:
         self.headers = headers
         self.length = length
 
-    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 - IResponse's name
+    def deliverBody(self, protocol: IProtocol) -> None:  # noqa: N802 - IResponse's name
         self._exchange.deliver_body(protocol)
 
 
@@ -121,17 +130,18 @@ class _BodyTransport:
 
 
 @implementer(IConsumer)
+@implementer(IConsumer)
 class _ChunkedWriter:
     """The consumer a body of unknown length writes to: each write becomes one chunk."""
 
-    def __init__(self, transport: Any) -> None:
+    def __init__(self, transport: StreamTransport) -> None:
         self._transport = transport
 
     def write(self, data: bytes) -> None:
         if data:
             self._transport.write(b"%x\r\n%b\r\n" % (len(data), data))
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802
+    def registerProducer(self, producer: IProducer, streaming: bool) -> None:  # noqa: N802
         self._transport.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:  # noqa: N802
@@ -152,7 +162,7 @@ class _Exchange:
         self.connecting: Deferred[OriginConnection] | None = None
         self.connection: OriginConnection | None = None
         self.endpoints: IAgentEndpointFactory | None = None  # for a new connection
-        self.reader: Any = None  # the protocol given to deliverBody
+        self.reader: IProtocol | None = None  # the protocol given to deliverBody
         self.reader_transport: _BodyTransport | None = None
         self.held: list[bytes] = []  # body bytes that came before deliverBody
         self.held_size = 0
@@ -178,10 +188,11 @@ class _Exchange:
         else:
             self.ended = reason
 
-    def deliver_body(self, protocol: Any) -> None:
+    def deliver_body(self, protocol: IProtocol) -> None:
         connection = self.connection if self.ended is None else None
         transport = _BodyTransport(connection)
-        protocol.makeConnection(transport)
+        # The reader's transport is a producer, as with twisted.web's own responses
+        protocol.makeConnection(transport)  # type: ignore[arg-type]
         held, self.held, self.held_size = self.held, [], 0
         for data in held:
             protocol.dataReceived(data)
@@ -233,52 +244,54 @@ class OriginConnection(Protocol):
         self._reusable = True
         self._received_any = False
         body = exchange.body
+        transport = stream_transport(self)
         if body is None:
-            self.transport.write(exchange.head + b"\r\n")
+            transport.write(exchange.head + b"\r\n")
             return
+        consumer: IConsumer
         if body.length is UNKNOWN_LENGTH:
-            self.transport.write(exchange.head + b"Transfer-Encoding: chunked\r\n\r\n")
-            consumer: Any = _ChunkedWriter(self.transport)
+            transport.write(exchange.head + b"Transfer-Encoding: chunked\r\n\r\n")
+            consumer = _ChunkedWriter(transport)
         else:
-            self.transport.write(exchange.head + b"Content-Length: %d\r\n\r\n" % body.length)
-            consumer = self.transport
+            transport.write(exchange.head + b"Content-Length: %d\r\n\r\n" % body.length)
+            consumer = cast(IConsumer, transport)  # a stream transport consumes its writes
         exchange.producing = True
-        self.transport.registerProducer(body, True)
+        transport.registerProducer(body, True)
         produced = body.startProducing(consumer)
         produced.addCallbacks(self._body_done, self._body_failed,
                               callbackArgs=(exchange, consumer), errbackArgs=(exchange,))
 
-    def _body_done(self, _result: object, exchange: _Exchange, consumer: Any) -> None:
+    def _body_done(self, _result: object, exchange: _Exchange, consumer: IConsumer) -> None:
         if exchange is not self._exchange or not exchange.producing:
             return
         exchange.producing = False
-        self.transport.unregisterProducer()
+        stream_transport(self).unregisterProducer()
         if isinstance(consumer, _ChunkedWriter):
-            self.transport.write(b"0\r\n\r\n")
+            stream_transport(self).write(b"0\r\n\r\n")
 
     def _body_failed(self, failure: Failure, exchange: _Exchange) -> None:
         if exchange is not self._exchange or not exchange.producing:
             return
         exchange.producing = False
-        self.transport.unregisterProducer()
+        stream_transport(self).unregisterProducer()
         self._reusable = False
         if not exchange.answer.called:
             exchange.answer.errback(failure)
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     def _stop_body_producer(self) -> None:
         exchange = self._exchange
         if exchange is not None and exchange.producing:
             exchange.producing = False
             self._reusable = False
-            self.transport.unregisterProducer()
+            stream_transport(self).unregisterProducer()
             exchange.body.stopProducing()  # type: ignore[union-attr]
 
     def cancel(self, exchange: _Exchange) -> None:
         if exchange is self._exchange:
             self._reusable = False
             self._stop_body_producer()
-            self.transport.abortConnection()
+            stream_transport(self).abortConnection()
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -425,13 +438,13 @@ class OriginConnection(Protocol):
         self._stop_body_producer()  # answered before the whole request body was sent
         if self._paused:  # paused by the body's reader, which is done with it now
             self._paused = False
-            self.transport.resumeProducing()
+            stream_transport(self).resumeProducing()
         self._exchange = None
         if self._reusable:
             self._state = "idle"
             self._client.release(self)
         else:
-            self.transport.loseConnection()
+            stream_transport(self).loseConnection()
         exchange.body_ended(Failure(ResponseDone("Response body fully received")))
 
     def stray_bytes(self, size: int | None) -> None:
@@ -440,19 +453,19 @@ class OriginConnection(Protocol):
         self._log.info("origin {host}:{port} sent {size} bytes past its answer; connection "
                        "closed, not reused", host=address.host.decode("latin-1"),
                        port=address.port, size="unread" if size is None else size)
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     # -- flow control asked for by the body's reader ----------------------------------------
 
     def pause_body(self) -> None:
         if not self._paused:
             self._paused = True
-            self.transport.pauseProducing()
+            stream_transport(self).pauseProducing()
 
     def resume_body(self) -> None:
         if self._paused:
             self._paused = False
-            self.transport.resumeProducing()
+            stream_transport(self).resumeProducing()
             if self._buffer:
                 buffer, self._buffer = self._buffer, b""
                 try:
@@ -466,7 +479,7 @@ class OriginConnection(Protocol):
         self._reusable = False
         self._state = "stopped"
         self._stop_body_producer()
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
         if self._exchange is not None:
             self._exchange.body_ended(Failure(ResponseFailed([Failure(ConnectionAborted())])))
 
@@ -481,7 +494,7 @@ class OriginConnection(Protocol):
             elif self._state not in ("done", "stopped"):
                 exchange.body_ended(Failure(ResponseFailed([failure])))
         self._state = "stopped"
-        self.transport.abortConnection()
+        stream_transport(self).abortConnection()
 
     @override
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
@@ -553,7 +566,7 @@ class _ConnectionFactory(Factory):
         self._address = address
 
     @override
-    def buildProtocol(self, addr: Any) -> OriginConnection:
+    def buildProtocol(self, addr: IAddress | None) -> OriginConnection:
         return OriginConnection(self._client, self._address)
 
 
@@ -572,13 +585,16 @@ class OriginClient:
         self.resend_stale = resend_stale  # a GET meeting a just-closed kept-alive connection
         self._idle: dict[OriginAddress, list[OriginConnection]] = {}
 
-    def request(self, method: bytes, url: bytes, headers: Headers | None = None,
-                bodyProducer: IBodyProducer | None = None,  # noqa: N803 - IAgent's name
-                endpoints: IAgentEndpointFactory | None = None,
-                ) -> Deferred[OriginResponse]:
+    # Twisted's Deferred is invariant, so Deferred[OriginResponse] (an IResponse) does not
+    # match IAgent's Deferred[IResponse]
+    def request(  # type: ignore[override]
+        self, method: bytes, uri: bytes, headers: Headers | None = None,
+        bodyProducer: IBodyProducer | None = None,  # noqa: N803 - IAgent's name
+        endpoints: IAgentEndpointFactory | None = None,
+    ) -> Deferred[OriginResponse]:
         """As ``IAgent.request``; ``endpoints`` says how to reach the origin when a new
         connection is needed (webhooks connect to the address they vetted)."""
-        address, authority, target = split_url(url)
+        address, authority, target = split_url(uri)
         head = [b"%b %b HTTP/1.1\r\n" % (method, target)]
         has_host = False
         if headers is not None:
@@ -622,7 +638,7 @@ class OriginClient:
         """Once more on a fresh connection (the reused one was closed under us)."""
         idle = self._idle.pop(address, [])
         for connection in idle:  # siblings of a closed connection are likely closed too
-            connection.transport.loseConnection()
+            stream_transport(connection).loseConnection()
         self._start(address, exchange)
 
     def _connected(self, connection: OriginConnection, exchange: _Exchange) -> None:
@@ -646,22 +662,22 @@ class OriginClient:
     def release(self, connection: OriginConnection) -> None:
         idle = self._idle.setdefault(connection.address, [])
         if len(idle) >= self._max_idle:
-            connection.transport.loseConnection()
+            stream_transport(connection).loseConnection()
             return
         idle.append(connection)
         connection.idle_timer = self._reactor.callLater(
-            self._idle_timeout, connection.transport.loseConnection)
+            self._idle_timeout, stream_transport(connection).loseConnection)
 
     def forget(self, connection: OriginConnection) -> None:
         idle = self._idle.get(connection.address)
         if idle and connection in idle:
             idle.remove(connection)
 
-    def closeCachedConnections(self) -> Deferred[Any]:  # noqa: N802 - as the pool's
+    def closeCachedConnections(self) -> Deferred[list[None]]:  # noqa: N802 - as the pool's
         """Close the idle connections; fires once they are closed (busy ones close with
         their exchange)."""
         closing = [connection for idle in self._idle.values() for connection in idle]
         self._idle.clear()
         for connection in closing:
-            connection.transport.loseConnection()
+            stream_transport(connection).loseConnection()
         return gatherResults([connection.closed for connection in closing])
