@@ -19,15 +19,17 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.error import ConnectError, DNSLookupError
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import server
+from twisted.web import http, server
 from twisted.web.http import unquote
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
 
+from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import ResponseCompleteRequest, handle_star, request_line
 from fanout_tx.config.routes import Route, RouteSource
 from fanout_tx.core.headers import Header, end_to_end, get
@@ -86,7 +88,7 @@ class UpgradeRenderer(Protocol):
     """The seam for issue 4: renders a request that asks for ``Upgrade: websocket`` (it
     does its own ``proto=ws`` route lookup)."""
 
-    def render(self, request: server.Request) -> Any: ...
+    def render(self, request: server.Request) -> bytes | int: ...
 
 
 class ProxyRequest(ResponseCompleteRequest):
@@ -102,6 +104,11 @@ class ProxyRequest(ResponseCompleteRequest):
     _length: int | None = None
     _stream_at_first_chunk = False
     _cleanup_waiting = False
+    channel: ProxyChannel  # ProxySite.protocol
+    # Twisted declares ``content = None`` and ``args = None`` (documented: a BinaryIO and a
+    # dict); here the body is always a BytesIO
+    content: io.BytesIO  # type: ignore[assignment]
+    args: dict[bytes, list[bytes]]  # type: ignore[assignment]
 
     def _limit(self) -> int:
         return getattr(self.channel.site, "max_request_body", ProxySettings.max_request_body)
@@ -156,12 +163,12 @@ class ProxyRequest(ResponseCompleteRequest):
         if self.upload is not None:
             self.upload.fail(UploadTooLargeError(f"body over {self._limit()} bytes"))
             if self.finished:
-                self.channel.transport.loseConnection()  # answered; the rest is not wanted
+                stream_transport(self.channel).loseConnection()  # answered; the rest is not wanted
 
     def _stream(self) -> None:
         """Process the request now, with the body so far queued in an UploadStream."""
         channel = self.channel
-        self.upload = UploadStream(self._length, channel.transport)
+        self.upload = UploadStream(self._length, stream_transport(channel))
         self.upload.feed(self.content.getvalue())
         self.content = io.BytesIO()
         # What requestReceived would set, from the request line the channel has parsed.
@@ -233,14 +240,14 @@ class ProxyRequest(ResponseCompleteRequest):
         over the limit, close the connection rather than read the rest)."""
         if self.upload is not None and not self.upload.complete:
             if self.body_too_large:
-                self.channel.transport.loseConnection()
+                stream_transport(self.channel).loseConnection()
             else:
                 self._cleanup_waiting = True
             return
         super().response_complete()
 
     @override
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.upload is not None:
             self.upload.fail(UploadInterruptedError("client went away mid-body"))
         super().connectionLost(reason)
@@ -262,14 +269,14 @@ class ProxyChannel(DeadlineChannel):
         limit = getattr(self.site, "connection_limit", None)
         if limit is None:
             return
-        peer = self.transport.getPeer()
+        peer = stream_transport(self).getPeer()
         self.limit_slot = limit.take(getattr(peer, "host", ""))
         if self.limit_slot is None:
             self.refused = True
             self._log.info("503 for {client}: over {limit} connections from its address "
                            "([runner] client_maxconn_per_ip)", client=peer,
                            limit=limit.per_address)
-            self.transport.write(
+            stream_transport(self).write(
                 b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
                 b"Content-Length: 40\r\nConnection: close\r\n\r\n"
                 b"Too many connections from your address.\n")
@@ -281,7 +288,7 @@ class ProxyChannel(DeadlineChannel):
             super().dataReceived(data)
 
     @override
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         if self.limit_slot is not None:
             self.limit_slot.release()
@@ -291,8 +298,8 @@ class ProxyChannel(DeadlineChannel):
         """A request line or header over ``MAX_LENGTH`` (16 KiB): say so before hanging up
         (Twisted would only hang up)."""
         self._log.info("431 for {client}: request header line over {limit} bytes",
-                       client=self.transport.getPeer(), limit=self.MAX_LENGTH)
-        self.transport.write(
+                       client=stream_transport(self).getPeer(), limit=self.MAX_LENGTH)
+        stream_transport(self).write(
             b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
             b"Content-Length: 26\r\nConnection: close\r\n\r\nRequest header too large.\n")
         self._close()
@@ -306,7 +313,9 @@ class ProxySite(server.Site):
 
     noisy = False
     displayTracebacks = False
-    protocol = ProxyChannel  # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS
+    # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS. Twisted types
+    # ``protocol`` as a factory of that wrapper, though Site.buildProtocol takes a channel.
+    protocol = ProxyChannel  # type: ignore[assignment]
     _log = Logger()
 
     def __init__(self, resource: ProxyResource, reactor: IReactorTime, access_log: bool = True,
@@ -322,7 +331,7 @@ class ProxySite(server.Site):
         self.dropped = connection_limit.dropped if connection_limit is not None else Counter()
 
     @override
-    def log(self, request: server.Request) -> None:
+    def log(self, request: http.Request) -> None:
         if self.access_log:
             self._log.debug("{method} {path} -> {code}", method=request.method,
                             path=url_for_log(request.uri), code=request.code)
@@ -365,7 +374,7 @@ class ProxyResource(Resource):
         self.requests = 0  # client requests received, for the stats socket's activity
 
     @override
-    def render(self, request: server.Request) -> Any:
+    def render(self, request: ProxyRequest) -> bytes | int:
         self.requests += 1
         if getattr(request, "body_too_large", False):
             self._log.info("413 for {path}: body over {limit} bytes",
@@ -413,7 +422,7 @@ class ProxyResource(Resource):
         ProxySession(self, request, route).start()
         return server.NOT_DONE_YET
 
-    def _render_test(self, request: server.Request, route: Route) -> Any:
+    def _render_test(self, request: ProxyRequest, route: Route) -> bytes | int:
         """Pushpin's built-in ``test`` target, as Pushpin 1.36 answers it."""
         if request.path == b"/":
             return plain(request, 200, "Hello from the Pushpin test handler!\n")
@@ -451,7 +460,7 @@ class _Discard(TwistedProtocol):
 
     @override
     def connectionMade(self) -> None:
-        self.transport.stopProducing()
+        stream_transport(self).stopProducing()
 
 
 class OriginTimeoutError(Exception):
@@ -463,7 +472,7 @@ class ProxySession:
 
     _log = Logger()
 
-    def __init__(self, proxy: ProxyResource, request: server.Request, route: Route) -> None:
+    def __init__(self, proxy: ProxyResource, request: ProxyRequest, route: Route) -> None:
         self.proxy = proxy
         self.request = request
         self.route = route
@@ -609,7 +618,7 @@ class ProxySession:
                        method=self.request.method.decode("latin-1"),
                        url=url_for_log(self.url), reason=reason)
         if self.request.startedWriting:
-            self.request.channel.transport.abortConnection()
+            stream_transport(self.request.channel).abortConnection()
             return
         jsonp = getattr(self.request, "jsonp", None)
         if jsonp is not None:  # what was collected of the failed answer is not the answer
@@ -644,9 +653,9 @@ class ProxySession:
                 write_response(self.request, 400, None, TEXT_PLAIN,
                                b"Request too large to accept GRIP instruct.\n")
                 return None
-            d = self._collect(response)
-            d.addCallback(lambda body: self._parse(response, headers, body))
-            return d.addCallback(self._handle_instruct).addErrback(self._fail)
+            instruct = self._collect(response).addCallback(
+                lambda body: self._parse(response, headers, body))
+            return instruct.addCallback(self._handle_instruct).addErrback(self._fail)
         return self._relay_body(response, headers).addErrback(self._fail)
 
     def _collect(self, response: IResponse) -> Deferred[bytes]:
@@ -761,7 +770,7 @@ class ProxySession:
             if self._pending is not None:
                 self._pending.cancel()
             if self._relay is not None and self._relay.transport is not None:
-                self._relay.transport.stopProducing()
+                stream_transport(self._relay).stopProducing()
         # The hold points back at this session (its origin): drop our end, so the pair is
         # freed by reference counting, not by the cyclic collector (issue 19).
         self._hold = self._relay = self._pending = None

@@ -10,10 +10,12 @@ connected), so memory stays bounded whatever the body's size.
 from __future__ import annotations
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IPushProducer
+from twisted.internet.interfaces import IConsumer
 from twisted.python.failure import Failure
 from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
+
+from fanout_tx._transport import StreamTransport
 
 # Pushpin's MAX_ACCEPT_REQUEST_BODY: larger bodies are streamed and cannot be sent twice.
 REPLAY_LIMIT = 100_000
@@ -37,7 +39,7 @@ class UploadStream:
     connection calls ``startProducing`` and pauses/resumes us, which pauses/resumes reading
     from ``client``."""
 
-    def __init__(self, length: int | None, client: IPushProducer) -> None:
+    def __init__(self, length: int | None, client: StreamTransport) -> None:
         self.length = UNKNOWN_LENGTH if length is None else length
         self.started = False
         self.complete = False  # the whole body has arrived
