@@ -31,7 +31,7 @@ from typing_extensions import override
 
 from fanout_tx._transport import stream_transport
 from fanout_tx._twisted import ResponseCompleteRequest, handle_star, request_line
-from fanout_tx.config.routes import Route, RouteSource
+from fanout_tx.config.routes import Route, RouteSource, RouteTarget
 from fanout_tx.core.headers import Header, end_to_end, get
 from fanout_tx.core.router import Router
 from fanout_tx.grip.instruct import (
@@ -528,7 +528,7 @@ class ProxySession:
         self._forward(0, ())
 
     @property
-    def _target(self) -> Any:
+    def _target(self) -> RouteTarget:
         return self.route.targets[self._target_index]
 
     @property
@@ -567,7 +567,7 @@ class ProxySession:
             return BytesProducer(body)  # written with the head: one segment, no cooperator
         return None
 
-    def _ask(self, method: bytes, url: bytes, headers: Any, body: Any,
+    def _ask(self, method: bytes, url: bytes, headers: Headers, body: IBodyProducer | None,
              agent: IAgent | None = None) -> Deferred[IResponse]:
         """One origin request; cancelled when the client leaves, and failed with
         OriginTimeoutError when no response head arrives within ``origin_timeout``."""

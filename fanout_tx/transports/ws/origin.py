@@ -7,11 +7,11 @@ errors, as for plain HTTP routes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from typing import Any
 
 from twisted.internet import error as net_error
-from twisted.internet.defer import inlineCallbacks
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.interfaces import IReactorTime
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent
@@ -61,7 +61,8 @@ class HttpOrigin:
         return headers
 
     @inlineCallbacks
-    def post(self, body: bytes, meta: Mapping[str, str]) -> Any:  # Deferred[OriginReply]
+    def post(self, body: bytes, meta: Mapping[str, str]
+             ) -> Generator[Deferred[Any], Any, OriginReply]:
         headers = self._request_headers(meta)
         while True:
             url, agent = self._targets[0]
