@@ -28,7 +28,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IStreamClientEndpoint,
 )
-from twisted.internet.protocol import Protocol
+from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import URI, ResponseDone
@@ -290,7 +290,7 @@ class BodyCollector(Protocol):
         self.parts.append(data)
 
     @override
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self._failed:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
@@ -318,7 +318,7 @@ class BodyRelay(Protocol):
         self.request.write(data)
 
     @override
-    def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.request.producer is self:
             self.request.unregisterProducer()
         if reason.check(ResponseDone, PotentialDataLoss):

@@ -32,7 +32,7 @@ from twisted.internet.interfaces import (
     IPushProducer,
     IReactorTime,
 )
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone, ResponseFailed, ResponseNeverReceived
@@ -497,7 +497,7 @@ class OriginConnection(Protocol):
         stream_transport(self).abortConnection()
 
     @override
-    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         if self.idle_timer is not None and self.idle_timer.active():
             self.idle_timer.cancel()
         self._client.forget(self)
