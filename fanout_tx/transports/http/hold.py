@@ -132,9 +132,7 @@ def _answering(method: _Method) -> _Method:
         try:
             return method(self, *args, **kwargs)
         except Exception:
-            self._log.failure("answering a held request failed; its connection is aborted")
-            self._end()
-            abort(self.request)
+            self._answer_failed()
             return None
 
     return guarded  # type: ignore[return-value]
@@ -229,6 +227,12 @@ class _Hold:
         for name in list(self._timers):
             self._cancel_timer(name)
         return True
+
+    def _answer_failed(self) -> None:
+        """An exception while answering: log it, end the hold, abort the connection."""
+        self._log.failure("answering a held request failed; its connection is aborted")
+        self._end()
+        abort(self.request)
 
 
 # --- long-poll ---------------------------------------------------------------------------------
@@ -447,23 +451,27 @@ class HeldStream(_Hold):
 
     # -- publishing ---------------------------------------------------------------------
 
-    @_answering
     def deliver(self, item: Item, fmt: Format, prepared: PreparedChunk | None) -> None:
-        if self.ended:
-            return
-        if self._recovering is not None:
-            self._recovering.append((item, fmt, prepared))
-            return
-        if fmt.action == "hint" and prepared is not _SKIPPED:
-            self.recover()
-            return
-        if self.instruct.next_link is not None and self._out_of_sequence(item):
-            self._log.info("gap on {channel}: got prev-id {prev}, expected {expected}; "
-                           "recovering", channel=item.channel, prev=item.prev_id,
-                           expected=self._last_ids.get(item.channel))
-            self._begin_recovery([(item, fmt, prepared)])
-            return
-        self._apply(item, fmt, prepared)
+        # _answering's guard, inline: the hot path (one call per subscriber per item) pays
+        # for no wrapper call, and a try costs nothing until something raises.
+        try:
+            if self.ended:
+                return
+            if self._recovering is not None:
+                self._recovering.append((item, fmt, prepared))
+                return
+            if fmt.action == "hint" and prepared is not _SKIPPED:
+                self.recover()
+                return
+            if self.instruct.next_link is not None and self._out_of_sequence(item):
+                self._log.info("gap on {channel}: got prev-id {prev}, expected {expected}; "
+                               "recovering", channel=item.channel, prev=item.prev_id,
+                               expected=self._last_ids.get(item.channel))
+                self._begin_recovery([(item, fmt, prepared)])
+                return
+            self._apply(item, fmt, prepared)
+        except Exception:
+            self._answer_failed()
 
     def skipped(self, item: Item, fmt: Format) -> None:
         """A filter kept ``item`` from this stream: sequenced like any item (a gap still
