@@ -11,6 +11,7 @@ import hmac
 
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from typing_extensions import override
 from zope.interface.verify import verifyObject
@@ -19,6 +20,7 @@ from fanout_tx.transports.webhooks.client import IWebhookClient, Outcome
 from fanout_tx.transports.webhooks.delivery import (
     BUSY_RECHECK,
     CLAIM_RETRY,
+    EVICTION_LOG_INTERVAL,
     DeliveryEngine,
     _Queue,
     parse_retry_after,
@@ -288,6 +290,30 @@ class EngineTests(_EngineCase):
         engine.enqueue(self.delivery("msg_a"))
         engine.enqueue(self.delivery("msg_b"))  # msg_a is being attempted
         self.assertEqual(self.dead()[0]["webhook-id"], "msg_b")
+        engine.stop()
+
+    def test_an_eviction_storm_logs_one_line_per_interval(self) -> None:
+        """A dead target under a burst of publishes: the first eviction is logged, the rest
+        are summed into at most one warn line per EVICTION_LOG_INTERVAL (metrics count each)."""
+        warnings: list[str] = []
+
+        def observe(event: dict) -> None:
+            if event.get("log_level") is LogLevel.warn and "evicted" in event["log_format"]:
+                warnings.append(event["log_format"].format(**event))
+
+        globalLogPublisher.addObserver(observe)
+        self.addCleanup(globalLogPublisher.removeObserver, observe)
+        engine = DeliveryEngine(self.clock, self.client, self.store, (0,), 1, max_pending=1)
+        engine.open(self.subscription)
+        for n in range(200):
+            engine.enqueue(self.delivery(f"msg_{n}"))
+        self.assertEqual(engine.evicted["max_pending"], 199)
+        self.assertEqual(len(warnings), 1)
+        self.assertTrue(warnings[0].startswith("1 webhook deliveries evicted"))
+        self.clock.advance(EVICTION_LOG_INTERVAL)
+        engine.enqueue(self.delivery("msg_last"))
+        self.assertEqual(len(warnings), 2)
+        self.assertTrue(warnings[1].startswith("199 webhook deliveries evicted"))
         engine.stop()
 
     def test_pending_bytes_evict_the_oldest_waiting(self) -> None:

@@ -44,6 +44,8 @@ MAX_PENDING = 10_000
 MAX_PENDING_BYTES = 64 * 1024 * 1024
 MAX_PENDING_BYTES_TOTAL = 512 * 1024 * 1024
 # Each cap's key, with what its number counts in the dead letter's ``last_error``.
+EVICTION_LOG_INTERVAL = 10.0  # seconds between two eviction summaries in the log
+
 EVICTION_LIMITS = {
     "max_pending": "deliveries pending for the subscription",
     "max_pending_bytes": "bytes pending for the subscription",
@@ -211,6 +213,10 @@ class DeliveryEngine:
         self.dead_letters = 0
         # Of those, the ones pushed out by a cap, by the cap's key (EVICTION_LIMITS).
         self.evicted: Counter[str] = Counter()
+        # Evictions come in storms (a dead target, a burst of publishes): one warn line
+        # for the first, then at most one summary per EVICTION_LOG_INTERVAL.
+        self._evictions_unlogged = 0
+        self._eviction_logged_at: float | None = None
         # Older dead letters the store dropped to keep new ones, by the limit that made it.
         self.dead_letters_dropped: Counter[str] = Counter()
         # Set while draining: fires once no attempt or claim is running.
@@ -342,7 +348,20 @@ class DeliveryEngine:
         self.evicted[limit] += 1
         delivery.last_error = (f"evicted: over {limit} ({self._caps[limit]} "
                                f"{EVICTION_LIMITS[limit]})")
-        self._bury(delivery)
+        self._bury(delivery, log=False)
+        self._evictions_unlogged += 1
+        now = self._clock.seconds()
+        if (self._eviction_logged_at is None
+                or now - self._eviction_logged_at >= EVICTION_LOG_INTERVAL):
+            self._log.warn(
+                "{count} webhook deliveries evicted as dead letters since the last such line "
+                "(latest: {webhook_id} to {url}, {error}); every one is counted in "
+                "fanout_webhook_evicted_total, this line repeats {interval:.0f}s at the "
+                "earliest", count=self._evictions_unlogged, webhook_id=delivery.webhook_id,
+                url=url_for_log(delivery.url, path=False), error=delivery.last_error,
+                interval=EVICTION_LOG_INTERVAL)
+            self._evictions_unlogged = 0
+            self._eviction_logged_at = now
 
     def _delay(self, attempt_index: int) -> float:
         """The schedule's delay before an attempt, stretched by 0-20 %, never shortened."""
@@ -474,14 +493,15 @@ class DeliveryEngine:
         self._written(self._store.save_delivery(delivery), delivery)
         self._schedule_attempt(queue, delivery)
 
-    def _bury(self, delivery: Delivery) -> None:
+    def _bury(self, delivery: Delivery, log: bool = True) -> None:
         self.dead_letters += 1
-        self._log.warn(
-            "webhook {webhook_id} to {url} is a dead letter after {attempts} attempts: {error}",
-            webhook_id=delivery.webhook_id, url=url_for_log(delivery.url, path=False),
-                attempts=delivery.attempts,
-            error=delivery.last_error,
-        )
+        if log:
+            self._log.warn(
+                "webhook {webhook_id} to {url} is a dead letter after {attempts} attempts: "
+                "{error}", webhook_id=delivery.webhook_id,
+                url=url_for_log(delivery.url, path=False), attempts=delivery.attempts,
+                error=delivery.last_error,
+            )
         burying = self._store.bury(delivery)
         burying.addCallback(self._count_dropped)
         self._written(burying, delivery)
