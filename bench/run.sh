@@ -7,7 +7,8 @@
 # Runs the shared load harness (../shared/bench: C epoll subscribers, C origin, wrk) against
 # bench/targets/fanout_tx.sh and against Debian's pushpin, REPEAT times each (default 2),
 # alternating fanout_tx, pushpin, fanout_tx, pushpin so that a burst of load from elsewhere
-# on the machine hits both. Every run starts a fresh server. Raw results go to
+# on the machine hits both; then fanout_tx with `workers = 1` (hold, passthrough) for the
+# scaling line. Every run starts a fresh server. Raw results go to
 # bench-results/<stamp>/ (gitignored); bench/RESULTS.md gets the medians side by side, the
 # issue's targets as ratios, the machine and the load average around the runs.
 #
@@ -18,6 +19,8 @@
 #                   (default: the repository's .venv/bin/python, else python3)
 #   FANOUT_TWISTD   twistd that runs fanout_tx (default: twistd beside $PYTHON)
 #   RESULTS_MD      where to write the report (default: bench/RESULTS.md)
+#   SCALING         1 (default): also run targets/fanout_tx_1worker.sh (hold, passthrough)
+#                   for RESULTS.md's scaling line, workers = auto over workers = 1; 0: don't
 #   CHURN_N, CHURN_CYCLES   churn: streams held per cycle (default 10000), cycles (default 10)
 #
 # churn: ONE fanout_tx instance (no Pushpin), N HTTP streams opened, held and closed, CYCLES
@@ -69,6 +72,18 @@ for RUN in $(seq 1 "$REPEAT"); do
     echo "run $RUN/$REPEAT of $(basename "$TARGET" .sh) done" >&2
   done
 done
+# The scaling line (issue 15): the same server with `workers = 1`, on the figures a second
+# process should lift. SCALING=0 leaves it out.
+if [ "${SCALING:-1}" != 0 ]; then
+  for RUN in $(seq 1 "$REPEAT"); do
+    load_now "before fanout_tx_1worker run $RUN"
+    REPEAT=1 bash "$HARNESS/run.sh" "$REPO/bench/targets/fanout_tx_1worker.sh" "$@" \
+      --scenarios hold,passthrough --run-index "$RUN" \
+      > "$BENCH_RESULTS/fanout_tx_1worker-run$RUN.log" 2>&1 || {
+      echo "run $RUN of fanout_tx_1worker failed; see $BENCH_RESULTS" >&2; exit 1; }
+    echo "run $RUN/$REPEAT of fanout_tx_1worker done" >&2
+  done
+fi
 load_now "after all runs"
 
 NOTES=(--note "harness: REPEAT=$REPEAT per target, alternating; bench.py run options: ${*:-(defaults)}")

@@ -82,15 +82,24 @@ class ReportTests(SynchronousTestCase):
         rows = self.report.target_rows(self.report.load(self.paths))
         self.assertEqual(self.row(rows, "fanout 1k"),
                          ("fanout 1k x 200: deliveries/s", "800,000", "400,000", "2.00x",
-                          ">= 1.5x", "yes", "2.25x (yes)"))  # clean: run 1 only
+                          ">= 3x", "**no**", "2.25x (**no**)"))  # clean: run 1 only
         # lower is better: Pushpin's RSS over ours, 45 / 11 = 4.09 >= 3
         self.assertEqual(self.row(rows, "hold 10k: RSS")[3:6],
                          ("4.09x", "<= 1/3 of Pushpin's", "yes"))
         # p99 5.0 (ours, median of 4 and 6) vs 5.0: equal meets "<= Pushpin's"
         self.assertEqual(self.row(rows, "latency")[3:6], ("1.00x", "<= Pushpin's", "yes"))
-        self.assertEqual(self.row(rows, "hold 10k: conn")[3:6], ("1.00x", ">= 2x", "**no**"))
+        self.assertEqual(self.row(rows, "hold 10k: conn")[3:6], ("1.00x", ">= 3x", "**no**"))
         self.assertEqual(self.row(rows, "passthrough")[1:], ("-", "-", "-", ">= 4x", "-", "-"))
         self.assertEqual(self.row(rows, "messages lost")[1:3], ("0", "3"))
+
+    def test_scaling_is_workers_auto_over_one_worker(self) -> None:
+        one = self.dir / "fanout_tx_1worker-1.jsonl"
+        one.write_text(results("fanout_tx_1worker", 500_000, 10.0, 4.0, 0, "1.5")
+                       .replace('"conns_per_s": 1000.0', '"conns_per_s": 550.0'))
+        rows = self.report.scaling_rows(self.report.load([*self.paths, one]))
+        self.assertEqual(self.row(rows, "hold 10k"),
+                         ("hold 10k: connections/s", "1,000", "550", "1.82x", ">= 1.6x", "yes"))
+        self.assertEqual(self.row(rows, "passthrough")[1:], ("-", "-", "-", ">= 1.6x", "-"))
 
     def test_noisy_runs_are_listed_and_left_out_of_the_clean_ratio(self) -> None:
         rows = self.report.load(self.paths)
@@ -125,7 +134,7 @@ class ReportTests(SynchronousTestCase):
             capture_output=True, text=True, timeout=60, check=True,
         )
         text = out.read_text()
-        self.assertIn("## Targets (issue 8)", text)
+        self.assertIn("## Targets (issue 15)", text)
         self.assertIn("harness not found", text)
 
 
