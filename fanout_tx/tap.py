@@ -23,13 +23,16 @@ from twisted.web.resource import Resource
 
 from fanout_tx._reactor import IServerReactor
 from fanout_tx.cluster.redis_bus import RedisBus
+from fanout_tx.cluster.redis_history import RedisHistory
 from fanout_tx.config import settings as config_module
 from fanout_tx.config.redis_url import parse_redis_url
 from fanout_tx.config.routes_watch import RoutesFile, RoutesWatcher, reload_on_sighup
 from fanout_tx.config.settings import Config, ConfigError, ListenAddress, parse_listen_addresses
 from fanout_tx.core.bus import LocalBus
-from fanout_tx.core.interfaces import IBus
+from fanout_tx.core.history import MemoryHistory
+from fanout_tx.core.interfaces import IBus, IHistory
 from fanout_tx.core.router import Router
+from fanout_tx.inputs.history_api import HistoryResource
 from fanout_tx.inputs.publish_api import PublishRoot, PublishSite
 from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.inputs.zmq_command import ZmqCommand
@@ -171,10 +174,23 @@ def build_core(settings: Settings, reactor: IServerReactor) -> Core:
         RedisBus(router, reactor, parse_redis_url(redis.url), redis.prefix)
         if redis.url else LocalBus(router)
     )
+    router.history = _history(settings.config, reactor)
     return Core(settings.config, router, bus, settings.routes, reactor,
                 input_bus=MeteredBus(bus, InputCounters()),
                 write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes),
                 clients=origin_clients(reactor, settings.config.webhooks.max_in_flight))
+
+
+def _history(config: Config, reactor: IServerReactor) -> IHistory | None:
+    """``[history]``: in Redis when ``[redis] url`` is set (shared, kept across restarts),
+    else in memory; None when off."""
+    history = config.history
+    if not history.enabled:
+        return None
+    if config.redis.url:
+        return RedisHistory(reactor, parse_redis_url(config.redis.url), history.max_items,
+                            history.max_age, config.redis.prefix)
+    return MemoryHistory(reactor, history.max_items, history.max_age, history.max_bytes)
 
 
 S = TypeVar("S", bound=IService)
@@ -201,6 +217,8 @@ def build_service(settings: Settings, reactor: IServerReactor,
         _log.warn("{warning}", warning=warning)
     core.routes_watcher = _named(core.routes.watcher(clock=reactor), "routes-watch", root)
     redis = core.bus if isinstance(core.bus, RedisBus) else None
+    if isinstance(core.router.history, RedisHistory):
+        _named(core.router.history, "history", root)  # owns its Redis connection
     if redis is not None:
         _named(redis, "redis", root)  # owns the Redis connections
         if not config.webhooks.enabled:
@@ -376,6 +394,8 @@ def _publish_http(core: Core) -> StreamServerEndpointService:
     handler = core.config.handler
     auth = BearerAuth(handler.push_in_http_key, handler.push_in_http_iss, core.reactor)
     core.publish_root = PublishRoot(core.input_bus, core.router, auth)
+    if core.router.history is not None:
+        core.publish_root.mount(b"channels", HistoryResource(core.router.history))
     site = PublishSite(core.publish_root, handler.push_in_http_max_body_size, core.reactor)
     address = ListenAddress(handler.push_in_http_addr, handler.push_in_http_port)
     endpoint = serverFromString(core.reactor, address.endpoint_description())

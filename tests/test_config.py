@@ -219,8 +219,8 @@ class DefaultTests(SynchronousTestCase):
         """etc/fanout.conf documents every key with its default value."""
         shipped = load(Path(__file__).parent.parent / "etc" / "fanout.conf")
         default = Config()
-        for section in ("runner", "handler", "xmpp", "webhooks", "redis", "metrics",
-                        "websocket"):
+        for section in ("runner", "handler", "xmpp", "webhooks", "redis", "history",
+                        "metrics", "websocket"):
             self.assertEqual(getattr(shipped, section), getattr(default, section), section)
         self.assertEqual(shipped.notices, ())
 
@@ -295,6 +295,18 @@ class ErrorTests(SynchronousTestCase):
         self.assert_error("[webhooks]\nretry_schedule=\n", 2, "at least one entry")
         self.assert_error("[xmpp]\nbackend_timeout=-2\n", 2, "seconds >= 0")
         self.assert_error("[websocket]\nmax_message=0\n", 2, "expected a number >= 1")
+        self.assert_error("[history]\nmax_items=-1\n", 2, "expected a number >= 0")
+        self.assert_error("[history]\nmax_items=100001\n", 2, "at most 100000")
+        self.assert_error("[history]\nmax_age=soon\n", 2, "seconds >= 0")
+        self.assert_error("[history]\nmax_bytes=0\n", 2, "expected a number >= 1")
+
+    def test_history(self) -> None:
+        """[history] is off by default (max_items = 0) and takes its three keys."""
+        self.assertFalse(parse_config("", "f").history.enabled)
+        history = parse_config("[history]\nmax_items=100\nmax_age=60\nmax_bytes=1000\n",
+                               "f").history
+        self.assertEqual((history.enabled, history.max_items, history.max_age,
+                          history.max_bytes), (True, 100, 60.0, 1000))
 
     def test_values_that_used_to_fail_later(self) -> None:
         """Values a fuzzing pass got past the parser, where they failed at start-up (a

@@ -20,7 +20,9 @@ from twisted.python import usage
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from twisted.web.client import Agent, HTTPConnectionPool
 
+from fanout_tx.cluster.redis_history import RedisHistory
 from fanout_tx.config.settings import ListenAddress
+from fanout_tx.core.history import MemoryHistory
 from fanout_tx.core.router import Router
 from fanout_tx.ops.operations import FanoutRoot
 from fanout_tx.outbound.origin_client import OriginClient
@@ -102,6 +104,25 @@ class BuildServiceTests(SynchronousTestCase):
         self.assertEqual(root.getServiceNamed("zmq-pull").endpoints, [])
         self.assertFalse(root.running)
         self.assertIs(core.router, core.bus.router)
+
+    def test_history_store(self) -> None:
+        """[history] off: the router records nothing. On: in memory, or in Redis (a named
+        child that owns its connection) when [redis] url is set."""
+        folder = Path(self.mktemp())
+        config = loopback_config(folder, 0)
+        base = config.read_text()
+        _root, core = build_service(parse("--config", str(config))["settings"],
+                                    MemoryReactorClock())
+        self.assertIsNone(core.router.history)
+        config.write_text(base + "[history]\nmax_items=7\n")
+        _root, core = build_service(parse("--config", str(config))["settings"],
+                                    MemoryReactorClock())
+        self.assertIsInstance(core.router.history, MemoryHistory)
+        config.write_text(base + "[history]\nmax_items=7\n[redis]\nurl=redis://127.0.0.1:1\n")
+        root, core = build_service(parse("--config", str(config))["settings"],
+                                   MemoryReactorClock())
+        self.assertIs(root.getServiceNamed("history"), core.router.history)
+        self.assertIsInstance(core.router.history, RedisHistory)
 
     def test_one_set_of_origin_clients(self) -> None:
         """The origin clients are built once, in tap.py, and handed to every user: the

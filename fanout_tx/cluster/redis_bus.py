@@ -333,7 +333,7 @@ class RedisBus(MultiService):
         self.received_items += len(items)
         for item in items:
             try:
-                self.router.publish(item)
+                self.router.publish(replace(item, remote=True))
             except Exception:
                 self.rejected += 1
                 self._log.failure("dropped an item on {channel} from stream entry {id}",

@@ -144,6 +144,19 @@ class RedisConfig:
 
 
 @dataclass(frozen=True)
+class HistoryConfig:
+    """Built-in channel history (docs/reliability.rst); ``max_items = 0`` turns it off."""
+
+    max_items: int = 0  # items kept per channel
+    max_age: float = 3600.0  # seconds an item is kept; 0 = no age limit
+    max_bytes: int = 64 * 1024 * 1024  # in-memory store, all channels: oldest out first
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_items > 0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     addr: str = ""
     port: int = 0
@@ -164,6 +177,7 @@ class Config:
     xmpp: XmppConfig = field(default_factory=XmppConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     redis: RedisConfig = field(default_factory=RedisConfig)
+    history: HistoryConfig = field(default_factory=HistoryConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     websocket: WebsocketConfig = field(default_factory=WebsocketConfig)
     notices: tuple[str, ...] = ()  # Pushpin-only keys, ignored (logged at info)
@@ -212,6 +226,17 @@ def _positive_int(value: str, base: Path | None = None) -> int:
     number = parse_int(value, base)
     if number < 1:
         raise ValueError(f"expected a number >= 1, got {number}")
+    return number
+
+
+# The most items history keeps per channel: a resume or rewind replays at most this many.
+MAX_HISTORY_ITEMS = 100_000
+
+
+def _history_items(value: str, base: Path | None = None) -> int:
+    number = _non_negative_int(value, base)
+    if number > MAX_HISTORY_ITEMS:
+        raise ValueError(f"expected at most {MAX_HISTORY_ITEMS}, got {number}")
     return number
 
 
@@ -479,6 +504,11 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "url": ("url", _redis_url),
         "prefix": ("prefix", _text),
     },
+    "history": {
+        "max_items": ("max_items", _history_items),
+        "max_age": ("max_age", _seconds),
+        "max_bytes": ("max_bytes", _positive_int),
+    },
     "metrics": {
         "addr": ("addr", _text),
         "port": ("port", _port),
@@ -522,6 +552,7 @@ _SECTION_TYPES = {
     "xmpp": XmppConfig,
     "webhooks": WebhooksConfig,
     "redis": RedisConfig,
+    "history": HistoryConfig,
     "metrics": MetricsConfig,
     "websocket": WebsocketConfig,
 }

@@ -70,3 +70,21 @@ class IBus(Interface):
         """Publish a list of Items (all already valid). Returns a Deferred that fires once
         the items are accepted, or fails (e.g. Redis unreachable) so the publisher can be
         told; ``input_name`` is http, zmq-pull or zmq-sub, for metrics."""
+
+
+class IHistory(Interface):
+    """Built-in channel history (``[history]``): kept items with an id, per channel, oldest
+    first. The router records; transports and the history API read. Reads return Deferreds
+    (the Redis store answers later; the in-memory one at once)."""
+
+    def record(item: Item) -> None:
+        """Keep ``item`` (it has an id); called by the router once per item, in delivery
+        order. Must not block or raise."""
+
+    def since(channel: str, item_id: str, limit: int) -> Deferred[list[Item] | None]:
+        """Fires with the kept items after the one with ``item_id`` (at most ``limit``,
+        oldest first; ``[]`` when it is the newest), or None when no kept item of
+        ``channel`` has that id (it is older than history: the caller falls back)."""
+
+    def last(channel: str, count: int) -> Deferred[list[Item]]:
+        """Fires with the newest ``count`` kept items of ``channel``, oldest first."""

@@ -30,6 +30,9 @@ class Item:
     # For an item without an id shared through Redis: a random name the publishing instance
     # gives it, the same on every instance, so each derives the same webhook-id.
     share_key: str | None = None
+    # True for an item received from another instance (Redis), which recorded it in the
+    # shared history already: the Redis history keeps what the accepting instance records.
+    remote: bool = False
 
 
 _ITEM_KEYS = {"channel", "id", "prev-id", "no-seq", "meta", "formats"}

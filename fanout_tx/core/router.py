@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from fanout_tx.core.formats import Format
-from fanout_tx.core.interfaces import IChannelListener, IRouterObserver, ISubscriber
+from fanout_tx.core.interfaces import IChannelListener, IHistory, IRouterObserver, ISubscriber
 from fanout_tx.core.items import Item
 from fanout_tx.grip import content_filters
 from fanout_tx.grip.directives import FilterError
@@ -102,6 +102,7 @@ class Router:
         id_cache_max: int = 100_000,
         max_pending: int = 100,
         max_last_ids: int = 100_000,
+        history: IHistory | None = None,
     ) -> None:
         self._clock = clock
         self._message_wait = message_wait
@@ -109,6 +110,9 @@ class Router:
         self._id_cache_max = id_cache_max
         self._max_pending = max_pending
         self._max_last_ids = max_last_ids
+        # [history]: every delivered item with an id is recorded there, once (not per
+        # subscriber), in delivery order; None when history is off.
+        self.history = history
         # channel -> format name -> subscribers of that format (with their filters)
         self._groups: dict[str, dict[str, _Group]] = {}
         # subscriber -> channel -> filters in the order given (the one place to unsubscribe
@@ -324,6 +328,8 @@ class Router:
     def _deliver(self, item: Item) -> None:
         if item.id is not None:
             self.set_last_id(item.channel, item.id)
+            if self.history is not None:
+                self.history.record(item)
         groups = self._groups.get(item.channel)
         if not groups:
             return
