@@ -163,13 +163,30 @@ class FramingTests(TestCase):
         reader.reason.trap(ResponseDone)
         self.assertEqual(len(origin.connections), 3)
 
-    async def test_informational_answer_skipped_and_folded_header(self) -> None:
+    async def test_informational_answer_skipped(self) -> None:
         origin = RawServerAndClient(self)
         response, reader, _ended = await origin.fetch(
-            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\n"
-            b"Content-Length: 2\r\n\r\nok")
+            b"HTTP/1.1 100 Continue\r\nX-Interim: 1\r\n\r\nHTTP/1.1 200 OK\r\n"
+            b"X-Long: a b\r\nContent-Length: 2\r\n\r\nok")
         self.assertEqual((response.code, reader.body), (200, b"ok"))
         self.assertEqual(response.headers.getRawHeaders(b"x-long"), [b"a b"])
+        self.assertIsNone(response.headers.getRawHeaders(b"x-interim"))
+        await origin.fetch(OK)
+        self.assertEqual(len(origin.connections), 1)
+
+    async def test_folded_header_and_empty_line_before_status_refused(self) -> None:
+        """Obsolete line folding (llhttp refuses it; RFC 9112 5.2 lets a proxy answer 502
+        instead of unfolding), and an empty line before a status line, first or after an
+        interim answer (llhttp skips those; a framing error all the same)."""
+        origin = RawServerAndClient(self)
+        for answer in (b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 2\r\n\r\nok",
+                       b"\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                       b"HTTP/1.1 100 Continue\r\n\r\n\r\nHTTP/1.1 200 OK\r\n"
+                       b"Content-Length: 2\r\n\r\nok"):
+            pending = origin.request()
+            server = await origin.answer(answer)
+            await self.assertFailure(pending, BadResponseError)
+            await server.lost
 
     async def test_connection_close_and_http_1_0_not_reused(self) -> None:
         origin = RawServerAndClient(self)

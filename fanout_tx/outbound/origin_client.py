@@ -4,11 +4,12 @@ twisted.web.client.Agent cost about 40 % of a proxied request's CPU (URI objects
 keyed per call, a line-by-line response parser, several Deferred hops per request). This
 client does what the proxy needs and no more: persistent connections per origin; request
 bodies from an ``IBodyProducer`` (``Content-Length`` or chunked, the producer paused while
-the socket is full); the response head parsed in one pass; bodies handed to an
-``IProtocol`` that can pause, resume or stop the connection. Answers carry the
-``IResponse`` attributes the proxy reads (``code``, ``phrase``, ``headers``, ``length``,
-``deliverBody``) with the same meaning as Agent's: connection-control headers are kept out
-of ``headers`` and ``length`` is the body's length when it is known.
+the socket is full); answers parsed by llhttp (``response_parser.py``, which also finds where
+each ends, for the pool); bodies handed to an ``IProtocol`` that can pause, resume or stop
+the connection. Answers carry the ``IResponse`` attributes the proxy reads (``code``,
+``phrase``, ``headers``, ``length``, ``deliverBody``) with the same meaning as Agent's:
+connection-control headers are kept out of ``headers`` and ``length`` is the body's length
+when it is known.
 
 One client is one trust policy: the proxy keeps verified and ``insecure`` TLS connections in
 different clients, so a connection made without checks is never reused for a route that
@@ -17,7 +18,6 @@ asks for them.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import NamedTuple, cast
 
@@ -44,18 +44,12 @@ from zope.interface import implementer
 
 from fanout_tx._transport import StreamTransport, stream_transport
 from fanout_tx._twisted import release_client_connection
-from fanout_tx.core.headers import has_control, is_reason_phrase, is_token
+from fanout_tx.outbound.response_parser import CLOSE, BadResponseError, ResponseParser
 from fanout_tx.outbound.tcp_options import no_delay, quick_ack, unread_input
 
-MAX_HEAD = 64 * 1024  # a response head larger than this is refused
+__all__ = ["BadResponseError", "OriginClient", "OriginResponse", "split_url"]
+
 _HELD_BODY = 64 * 1024  # body bytes kept before deliverBody; past this reading pauses
-_CONNECTION_CONTROL = frozenset({
-    b"connection", b"content-length", b"keep-alive", b"proxy-connection", b"te", b"trailers",
-    b"transfer-encoding", b"upgrade",
-})
-_NO_BODY_CODES = frozenset({204, 304})
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_STATUS_LINE = re.compile(rb"(HTTP/1\.[0-9]) ([0-9]{3})(?: (.*))?", re.DOTALL)
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"DELETE", b"TRACE"})
 
 
@@ -65,10 +59,6 @@ class OriginAddress(NamedTuple):
     scheme: bytes
     host: bytes
     port: int
-
-
-class BadResponseError(Exception):
-    """The origin's answer is not valid HTTP/1.x."""
 
 
 def split_url(url: bytes) -> tuple[OriginAddress, bytes, bytes]:
@@ -129,7 +119,6 @@ class _BodyTransport:
             self.connection.stop_body()
 
 
-@implementer(IConsumer)
 @implementer(IConsumer)
 class _ChunkedWriter:
     """The consumer a body of unknown length writes to: each write becomes one chunk."""
@@ -219,13 +208,12 @@ class OriginConnection(Protocol):
         self.reused = False  # taken from the idle pool at least once
         self.idle_timer: IDelayedCall | None = None
         self._exchange: _Exchange | None = None
-        self._buffer = b""
-        # idle | head | length | chunk-size | chunk-data | chunk-end | trailer | close |
-        # done | stopped
-        self._state = "idle"
-        self._remaining = 0
+        self._answer = ResponseParser(self)
+        self._buffer = b""  # bytes not parsed yet, while the body's reader has paused us
+        self._state = "idle"  # idle | busy (an exchange is on) | done | stopped
         self._reusable = True
-        self._paused = False
+        self._feeding = False  # inside the parser: a resume must not feed it again
+        self.paused = False  # reading paused by the body's reader (AnswerSink.paused)
         self._received_any = False
         self._quick_ack: Callable[[], None] | None = None
         self.closed: Deferred[None] = Deferred()  # fires when the connection has closed
@@ -240,7 +228,8 @@ class OriginConnection(Protocol):
     def send(self, exchange: _Exchange) -> None:
         self._exchange = exchange
         exchange.connection = self
-        self._state = "head"
+        self._state = "busy"
+        self._answer.begin(exchange.method)
         self._reusable = True
         self._received_any = False
         body = exchange.body
@@ -300,147 +289,59 @@ class OriginConnection(Protocol):
         if self._quick_ack is not None:
             self._quick_ack()
         self._received_any = True
-        buffer = self._buffer + data if self._buffer else data
-        self._buffer = b""
-        try:
-            self._consume(buffer)
-        except BadResponseError as error:
-            self._fail_exchange(Failure(error))
+        if self._buffer:
+            data, self._buffer = self._buffer + data, b""
+        self._consume(data)
 
     def _consume(self, data: bytes) -> None:
-        """Parse as far as the data goes; stop at the end of the answer, or while the
-        body's reader has paused us (the rest waits in ``_buffer``)."""
-        while data:
-            if self._paused:
-                self._buffer = data
-                return
-            state = self._state
-            if state == "head":
-                data = self._read_head(data)
-            elif state in ("length", "chunk-data"):
-                piece, data = data[:self._remaining], data[self._remaining:]
-                self._remaining -= len(piece)
-                self._exchange.body_data(piece)  # type: ignore[union-attr]
-                if self._remaining == 0:
-                    if state == "chunk-data":
-                        self._state = "chunk-end"
-                    else:
-                        self._end(data)
-                        return
-            elif state == "close":
-                self._exchange.body_data(data)  # type: ignore[union-attr]
-                return
-            elif state in ("chunk-size", "chunk-end", "trailer"):
-                line, found, rest = data.partition(b"\r\n")
-                if not found:
-                    if len(data) > MAX_HEAD:
-                        raise BadResponseError("chunk framing line too long")
-                    self._buffer = data
-                    return
-                data = rest
-                if self._chunk_line(state, line):
-                    self._end(data)
-                    return
-            else:  # idle, done or stopped: bytes nobody asked for
-                self._reusable = False
-                self._client.forget(self)  # before anyone else can take it from the pool
-                self.stray_bytes(len(data))
-                return
-
-    def _read_head(self, data: bytes) -> bytes:
-        end = data.find(b"\r\n\r\n")
-        if end < 0:
-            if len(data) > MAX_HEAD:
-                raise BadResponseError("response head too large")
-            first_lf = data.find(b"\n")
-            if first_lf == 0 or (first_lf > 0 and data[first_lf - 1] != 0x0D):
-                raise BadResponseError("bare LF in the response head")  # fail now, not later
-            self._buffer = data
-            return b""
-        head, rest = data[:end], data[end + 4:]
-        if has_control(head.decode("latin-1").replace("\r\n", "")):
-            # A bare CR or LF (or NUL...) is a line end to some readers and not to others:
-            # the way to smuggle a header or a second answer (RFC 9112 2.2, 5).
-            raise BadResponseError("control character or bare CR/LF in the response head")
-        lines = head.split(b"\r\n")
-        status = _STATUS_LINE.fullmatch(lines[0])
-        if status is None:
-            raise BadResponseError(f"bad status line {lines[0][:80]!r}")
-        version, code, phrase = status[1], int(status[2]), status[3] or b""
-        if code < 100 or code == 101 or not is_reason_phrase(phrase.decode("latin-1")):
-            raise BadResponseError(f"bad status line {lines[0][:80]!r}")  # 101: not asked for
-        if code < 200:
-            return rest  # 100 Continue and friends: the real answer follows
-        headers, control = _parse_headers(lines[1:])
-        connection = b",".join(control.get(b"connection", ())).lower()
-        if b"close" in connection or (version == b"HTTP/1.0" and b"keep-alive" not in connection):
+        """Parse as far as the answer goes; stop at its end, or while the body's reader has
+        paused us (the rest waits in ``_buffer``)."""
+        if self._state != "busy":  # idle, done or stopped: bytes nobody asked for
             self._reusable = False
+            self._client.forget(self)  # before anyone else can take it from the pool
+            self.stray_bytes(len(data))
+            return
+        answer = self._answer
+        self._feeding = True
+        try:
+            used = answer.feed(data)
+        except BadResponseError as error:
+            self._fail_exchange(Failure(error))
+            return
+        finally:
+            self._feeding = False
+        if self._state != "busy":
+            return  # stopped by the body's reader meanwhile
+        if answer.done:
+            self._end(len(data) - used, answer.overrun)
+        elif used < len(data):
+            self._buffer = data[used:]
+
+    # -- what the parser found (AnswerSink) ---------------------------------------------------
+
+    def answer_head(self, version: bytes, code: int, phrase: bytes, headers: Headers,
+                    length: int | object) -> None:
         exchange: _Exchange = self._exchange  # type: ignore[assignment]
-        length: int | object = UNKNOWN_LENGTH
-        bodyless = code in _NO_BODY_CODES or exchange.method == b"HEAD"
-        if bodyless:
-            # No body by definition, yet buggy origins write one after it, where the next
-            # exchange would read it as its answer: such a connection is not reused.
-            length = 0
-            self._reusable = False
-        elif b"transfer-encoding" in control:
-            _check_chunked(version, control[b"transfer-encoding"])
-            if b"content-length" in control:
-                self._reusable = False  # TE overrides; a smuggling sign (RFC 9112 6.3)
-            self._state = "chunk-size"
-        elif b"content-length" in control:
-            lengths = {v.strip() for v in b",".join(control[b"content-length"]).split(b",")}
-            if len(lengths) != 1 or not next(iter(lengths)).isdigit():
-                raise BadResponseError("bad content-length")
-            length = self._remaining = int(lengths.pop())
-            self._state = "length"
-        else:
-            self._state = "close"
-            self._reusable = False
         exchange.answer.callback(OriginResponse(exchange, version, code, phrase, headers, length))
-        if bodyless or length == 0:
-            self._end(rest)
-            return b""
-        return rest
 
-    def _chunk_line(self, state: str, line: bytes) -> bool:
-        """One framing line of a chunked body; True at the end of the body."""
-        if state == "chunk-end":
-            if line:
-                raise BadResponseError("chunk not followed by CRLF")
-            self._state = "chunk-size"
-            return False
-        if state == "trailer":
-            if has_control(line.decode("latin-1")):
-                raise BadResponseError("control character in a trailer line")
-            return not line  # trailer fields are dropped; an empty line ends them
-        size_text = line.partition(b";")[0].strip()
-        if not _CHUNK_SIZE.fullmatch(size_text):  # int() would take "+5", "0x5", "1_0"
-            raise BadResponseError(f"bad chunk size {size_text[:20]!r}")
-        size = int(size_text, 16)
-        if size == 0:
-            self._state = "trailer"
-        else:
-            self._state, self._remaining = "chunk-data", size
-        return False
+    def answer_body(self, data: bytes) -> None:
+        self._exchange.body_data(data)  # type: ignore[union-attr]
 
-    def _end(self, leftover: bytes) -> None:
+    def _end(self, extra: int, overrun: bool) -> None:
         """The answer is complete: the connection goes back to the pool (or is closed:
         bytes after the answer, or a request body still being sent, leave it out of step),
         then the body's reader hears of the end."""
-        if self._state == "stopped":
-            return
         exchange: _Exchange = self._exchange  # type: ignore[assignment]
         self._state = "done"
-        if leftover:
+        if extra or overrun:
             self._reusable = False
-            self.stray_bytes(len(leftover))
+            self.stray_bytes(extra or None)
         self._stop_body_producer()  # answered before the whole request body was sent
-        if self._paused:  # paused by the body's reader, which is done with it now
-            self._paused = False
+        if self.paused:  # paused by the body's reader, which is done with it now
+            self.paused = False
             stream_transport(self).resumeProducing()
         self._exchange = None
-        if self._reusable:
+        if self._reusable and self._answer.reusable:
             self._state = "idle"
             self._client.release(self)
         else:
@@ -458,26 +359,24 @@ class OriginConnection(Protocol):
     # -- flow control asked for by the body's reader ----------------------------------------
 
     def pause_body(self) -> None:
-        if not self._paused:
-            self._paused = True
+        if not self.paused:
+            self.paused = True
             stream_transport(self).pauseProducing()
 
     def resume_body(self) -> None:
-        if self._paused:
-            self._paused = False
+        if self.paused:
+            self.paused = False
             stream_transport(self).resumeProducing()
-            if self._buffer:
+            if self._buffer and not self._feeding:  # else the parser's loop goes on
                 buffer, self._buffer = self._buffer, b""
-                try:
-                    self._consume(buffer)
-                except BadResponseError as error:
-                    self._fail_exchange(Failure(error))
+                self._consume(buffer)
 
     def stop_body(self) -> None:
         """The body's reader wants no more: this connection ends, and the reader hears the
         body failed (as with Agent), so whatever waits on it is not left pending."""
         self._reusable = False
         self._state = "stopped"
+        self._answer.stop()
         self._stop_body_producer()
         stream_transport(self).abortConnection()
         if self._exchange is not None:
@@ -516,44 +415,10 @@ class OriginConnection(Protocol):
                 self._client.resend(self.address, exchange)
                 return
             exchange.answer.errback(ResponseNeverReceived([reason]))
-        elif self._state == "close" and reason.check(ConnectionDone):
+        elif self._answer.framing == CLOSE and reason.check(ConnectionDone):
             exchange.body_ended(Failure(PotentialDataLoss()))  # the close ends the body
         elif self._state not in ("done", "stopped"):
             exchange.body_ended(Failure(ResponseFailed([reason])))
-
-
-def _check_chunked(version: bytes, values: list[bytes]) -> None:
-    """Transfer-Encoding must be exactly ``chunked`` (the one coding we can take off), and
-    not in an HTTP/1.0 answer, whose framing is then faulty (RFC 9112 6.1)."""
-    if version == b"HTTP/1.0":
-        raise BadResponseError("Transfer-Encoding in an HTTP/1.0 answer")
-    codings = [c.strip().lower() for c in b",".join(values).split(b",") if c.strip()]
-    if codings != [b"chunked"]:
-        raise BadResponseError(f"unsupported transfer-encoding {b','.join(values)[:80]!r}")
-
-
-def _parse_headers(lines: list[bytes]) -> tuple[Headers, dict[bytes, list[bytes]]]:
-    """Header lines -> (end-to-end headers, connection-control values by lowered name)."""
-    pairs: list[list[bytes]] = []
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):  # obsolete line folding: part of the last value
-            if not pairs:
-                raise BadResponseError("folded line before any header")
-            pairs[-1][1] += b" " + line.strip()
-            continue
-        name, colon, value = line.partition(b":")
-        if not colon or not is_token(name.strip().decode("latin-1")):
-            raise BadResponseError(f"bad header line {line[:80]!r}")
-        pairs.append([name.strip(), value.strip()])
-    headers = Headers()
-    control: dict[bytes, list[bytes]] = {}
-    for name, value in pairs:
-        lowered = name.lower()
-        if lowered in _CONNECTION_CONTROL:
-            control.setdefault(lowered, []).append(value)
-        else:
-            headers.addRawHeader(name, value)
-    return headers, control
 
 
 class _ConnectionFactory(Factory):
