@@ -235,6 +235,18 @@ class FaultyAnswerTests(TestCase):
             b"HTTP/1.1x 200 OK\r\nContent-Length: 2\r\n\r\nok",
         ])
 
+    async def test_header_name_spacing_folding_and_framing_duplicates(self) -> None:
+        """Whitespace before a header's colon (the hand-written parser stripped it: a header
+        other readers do not see, RFC 9112 5.1), obsolete line folding, an empty line before
+        the status line, and a Content-Length given twice or as a list (llhttp refuses)."""
+        await self.assert_refused([
+            b"HTTP/1.1 200 OK\r\nSet-Cookie : x=1\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nX-A: a\r\n Set-Cookie: x=1\r\nContent-Length: 2\r\n\r\nok",
+            b"\r\nHTTP/1.1 200 OK\r\nSet-Cookie: x=1\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 2\r\n\r\nok",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+        ])
+
     async def test_bare_lf_head_is_refused_at_once(self) -> None:
         """An origin ending its lines with a bare LF gets a 502 as soon as it is seen (not
         after ``origin_timeout``)."""

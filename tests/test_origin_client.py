@@ -192,8 +192,11 @@ class FramingTests(TestCase):
         origin = RawServerAndClient(self)
         await origin.fetch(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok")
         await origin.fetch(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        # llhttp alone would keep this one (an HTTP/1.0 keep-alive wins over close there)
+        await origin.fetch(b"HTTP/1.0 200 OK\r\nConnection: keep-alive, close\r\n"
+                           b"Content-Length: 2\r\n\r\nok")
         await origin.fetch(OK)
-        self.assertEqual(len(origin.connections), 3)
+        self.assertEqual(len(origin.connections), 4)
 
     async def test_request_head(self) -> None:
         """Method, target with query, headers in order, Host from the URL when absent."""

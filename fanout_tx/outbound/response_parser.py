@@ -238,7 +238,9 @@ class ResponseParser:
                 control.setdefault(lowered, []).append(value)
             else:
                 headers.addRawHeader(name, value)
-        self.reusable = parser.should_keep_alive()
+        # llhttp keeps an HTTP/1.0 answer saying "keep-alive, close" alive: close wins here.
+        tokens = {t.strip().lower() for t in b",".join(control.get(b"connection", ())).split(b",")}
+        self.reusable = parser.should_keep_alive() and b"close" not in tokens
         length: int | object = UNKNOWN_LENGTH
         if code in _NO_BODY_CODES or self._head_only:
             # No body by definition, yet buggy origins write one after it, where the next
