@@ -54,6 +54,29 @@ class HeaderInstructTests(SynchronousTestCase):
             Channel("c", None, ("skip-users", "var-subst")),
         ))
 
+    def test_history_parameters(self) -> None:
+        """The history extension: ``history-since`` and ``history-rewind`` per channel; a
+        rewind that is not a whole number in range is an error."""
+        instruct = parse_instruct(200, None, [
+            HOLD, ("Grip-Channel", "a; history-since=i7, b; history-rewind=3, c; prev-id=p"),
+        ], b"")
+        self.assertEqual(instruct.channels, (
+            Channel("a", history_since="i7"), Channel("b", history_rewind=3), Channel("c", "p"),
+        ))
+        for bad in ("x", "-1", "100001"):
+            with self.assertRaises(GripError):
+                parse_instruct(200, None, [HOLD, ("Grip-Channel", f"a; history-rewind={bad}")],
+                               b"")
+        json_instruct = parse_instruct(200, None, INSTRUCT_TYPE, instruct_body({
+            "hold": {"mode": "stream", "channels": [
+                {"name": "a", "history-since": "i1"}, {"name": "b", "history-rewind": 2}]}}))
+        self.assertEqual(json_instruct.channels, (
+            Channel("a", history_since="i1"), Channel("b", history_rewind=2)))
+        for bad_value in ("2", True, -1):
+            with self.assertRaises(GripError):
+                parse_instruct(200, None, INSTRUCT_TYPE, instruct_body({"hold": {
+                    "mode": "stream", "channels": [{"name": "a", "history-rewind": bad_value}]}}))
+
     def test_too_many_channels(self) -> None:
         """More channels than connection_subscription_max is an error."""
         value = ", ".join(f"c{i}" for i in range(3))

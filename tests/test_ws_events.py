@@ -70,7 +70,25 @@ class GripExtensionTests(SynchronousTestCase):
         self.assertIsNone(ev.grip_message_prefix([]))
 
 
+    def test_history_id_prefix(self) -> None:
+        """``history-id-prefix`` among the grip parameters; None without it or grip."""
+        self.assertEqual(ev.grip_history_id_prefix(['grip; history-id-prefix="id:"']), "id:")
+        self.assertIsNone(ev.grip_history_id_prefix(["grip"]))
+        self.assertIsNone(ev.grip_history_id_prefix(['x; history-id-prefix="id:"']))
+
+
 class ControlMessageTests(SynchronousTestCase):
+    def test_subscribe_history(self) -> None:
+        """A subscribe may carry ``since`` or ``rewind`` (the history extension); a bad
+        rewind is refused like any bad control message."""
+        self.assertEqual(ev.parse_control(b'{"type":"subscribe","channel":"a","since":"i3"}'),
+                         ev.Subscribe("a", (), "i3"))
+        self.assertEqual(ev.parse_control(b'{"type":"subscribe","channel":"a","rewind":4}'),
+                         ev.Subscribe("a", (), None, 4))
+        for bad in (b'"4"', b"-1", b"true", b"100001"):
+            with self.assertRaises(ev.ControlError):
+                ev.parse_control(b'{"type":"subscribe","channel":"a","rewind":' + bad + b"}")
+
     def test_types(self) -> None:
         cases = {
             b'{"type":"subscribe","channel":"a","filters":["skip-self"]}':

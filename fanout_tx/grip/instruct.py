@@ -45,6 +45,25 @@ class Channel:
     name: str
     prev_id: str | None = None
     filters: tuple[str, ...] = ()
+    # Built-in history (docs/reliability.rst), a fanout_tx extension: replay the items after
+    # this id (``history-since``), or the newest N (``history-rewind``), before live ones.
+    # Read only when [history] is on; Pushpin ignores both parameters.
+    history_since: str | None = None
+    history_rewind: int = 0
+
+
+# The most items a history-rewind may ask for (config's MAX_HISTORY_ITEMS).
+MAX_REWIND = 100_000
+
+
+def _rewind(text: str | None) -> int:
+    try:
+        number = int((text or "").strip())
+    except ValueError:
+        raise GripError(f"history-rewind must be a whole number, got {text!r}") from None
+    if not 0 <= number <= MAX_REWIND:
+        raise GripError(f"history-rewind out of range: {number}")
+    return number
 
 
 @dataclass(frozen=True)
@@ -125,13 +144,17 @@ def _channels_from_headers(values: list[str], max_channels: int) -> tuple[Channe
             name, params = split_params(item)
             if not name:
                 raise GripError("Grip-Channel has an empty channel name")
-            prev_id, filters = None, []
+            prev_id, filters, since, rewind = None, [], None, 0
             for key, param in params:
                 if key == "prev-id":
                     prev_id = param
                 elif key == "filter" and param:
                     filters.append(param)
-            channels.append(Channel(name, prev_id, tuple(filters)))
+                elif key == "history-since" and param:
+                    since = param
+                elif key == "history-rewind":
+                    rewind = _rewind(param)
+            channels.append(Channel(name, prev_id, tuple(filters), since, rewind))
     return _checked_channels(channels, max_channels)
 
 
@@ -139,7 +162,8 @@ def _checked_channels(channels: list[Channel], max_channels: int) -> tuple[Chann
     if len(channels) > max_channels:
         raise GripError(f"too many channels: {len(channels)} > {max_channels}")
     for channel in channels:  # both go back to the origin later, in a Grip-Last header
-        if has_control(channel.name) or has_control(channel.prev_id or ""):
+        if (has_control(channel.name) or has_control(channel.prev_id or "")
+                or has_control(channel.history_since or "")):
             raise GripError(f"control character in channel {channel.name!r}")
     return tuple(channels)
 
@@ -367,7 +391,12 @@ def _json_channels(value: Any, max_channels: int) -> tuple[Channel, ...]:
         filters = obj.get("filters", [])
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
             raise GripError("channel filters must be a list of strings")
-        channels.append(Channel(name, _opt_text(obj, "prev-id", "channel"), tuple(filters)))
+        rewind = obj.get("history-rewind", 0)
+        if not isinstance(rewind, int) or isinstance(rewind, bool):
+            raise GripError("channel history-rewind must be a whole number")
+        channels.append(Channel(name, _opt_text(obj, "prev-id", "channel"), tuple(filters),
+                                _opt_text(obj, "history-since", "channel") or None,
+                                _rewind(str(rewind))))
     return _checked_channels(channels, max_channels)
 
 

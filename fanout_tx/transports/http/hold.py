@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Protocol, TypeVar
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -138,6 +138,27 @@ def _answering(method: _Method) -> _Method:
     return guarded  # type: ignore[return-value]
 
 
+# --- built-in history (docs/reliability.rst) --------------------------------------------------
+
+# The most items one replay takes from history ([history] max_items bounds it anyway).
+REPLAY_LIMIT = 100_000
+# The longest Last-Event-ID read (a channel name's limit); a longer one is ignored.
+MAX_RESUME_ID = 1024
+
+Replayed = list[Item] | None
+
+
+def last_event_id(request: Request) -> str | None:
+    """The id an SSE client reconnects with (``Last-Event-ID``), if usable."""
+    raw = request.getHeader(b"last-event-id")
+    if not raw or len(raw) > MAX_RESUME_ID:
+        return None
+    try:
+        return raw.decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        return None
+
+
 class _Hold:
     """Subscriptions, timers and the single exit shared by both kinds of hold (each an
     ISubscriber)."""
@@ -154,6 +175,7 @@ class _Hold:
         self.origin = origin
         self.meta = dict(instruct.meta)
         self.ended = False
+        self._history = router.history  # [history]: None when off
         self._timers: dict[str, IDelayedCall] = {}
         # router channel -> the last id known on it: the prev-id, then each item's id
         # (only on channels that had a prev-id, as Pushpin)
@@ -201,6 +223,34 @@ class _Hold:
         self.request.notifyFinish().addBoth(self._client_gone)
         self._subscribe(self.instruct)
 
+    def _history_lookups(self, client_id: str | None) -> Deferred[list[Replayed]] | None:
+        """With [history] on: per channel, what the client missed, from the first of its
+        ``history-rewind`` (the newest N), ``history-since``, ``prev-id`` or ``client_id``
+        (Last-Event-ID) that applies; a channel whose last id is that id missed nothing. Fires
+        with one list per channel looked up (None: the id is older than history, or history
+        could not be read); None when nothing is to be looked up (history off included)."""
+        history = self._history
+        if history is None:
+            return None
+        lookups: list[Deferred[Replayed]] = []
+        for channel in self.instruct.channels:
+            name = self.origin.channel_name(channel.name)
+            if channel.history_rewind:
+                lookups.append(history.last(name, channel.history_rewind).addCallback(list))
+                continue
+            since = channel.history_since or channel.prev_id or client_id
+            last = self.router.last_id(name)
+            if since is not None and last is not None and last != since:
+                lookups.append(history.since(name, since, REPLAY_LIMIT))
+        if not lookups:
+            return None
+        return gatherResults([d.addErrback(self._history_failed) for d in lookups])
+
+    def _history_failed(self, failure: Failure) -> None:
+        """History unreadable (Redis away): as if the id were older than it."""
+        self._log.warn("history lookup failed, falling back: {error}",
+                       error=failure.getErrorMessage())
+
     def _client_gone(self, _result: object) -> None:
         self._end()
 
@@ -246,12 +296,38 @@ class HeldResponse(_Hold):
     formats = ("http-response",)
 
     @_answering
-    def start(self) -> None:
+    def start(self, behind: Sequence[Header] = ()) -> None:
+        """Hold; with [history] on, a poll whose ``prev-id`` (or ``history-since``) is
+        behind is answered at once with the next item from history. ``behind``: the
+        ``Grip-Last`` of channels whose ``prev-id`` is behind, for the origin to be asked
+        with when history cannot answer (as Pushpin asks at once without history)."""
         self._start()
         self._set_timer("timeout", self.instruct.timeout, self._timed_out)
         self._log.debug("long-poll held on {channels} for {timeout}s",
                         channels=[c.name for c in self.instruct.channels],
                         timeout=self.instruct.timeout)
+        lookups = self._history_lookups(None)
+        if lookups is not None:
+            lookups.addCallback(self._from_history, behind)
+        elif behind:
+            self._ask_origin(behind)
+
+    @_answering
+    def _from_history(self, found: list[Replayed], behind: Sequence[Header]) -> None:
+        if self.ended:
+            return
+        for items in found:
+            for item in items or ():
+                fmt = item.formats.get("http-response")
+                if fmt is not None and fmt.action == "send":
+                    self._answer(render_http_response(fmt))
+                    return
+        if behind:
+            self._ask_origin(behind)
+
+    def _ask_origin(self, grip_last: Sequence[Header]) -> None:
+        if self._end():
+            self.origin.retry(grip_last)
 
     def _timed_out(self) -> None:
         if self._end():
@@ -265,6 +341,9 @@ class HeldResponse(_Hold):
         if fmt.action == "hint" or self._out_of_sequence(item):
             self.recover()
             return
+        self._answer(prepared)
+
+    def _answer(self, prepared: PreparedResponse) -> None:
         self._end()
         held = self.instruct.response.headers
         headers = [(n, v) for n, v in held if n.lower() not in prepared.names]
@@ -344,6 +423,10 @@ class HeldStream(_Hold):
         self._adopt(self.instruct)
         self.request.write(body)  # also sends the head when the body is empty
         self._framed = bool(self.request.chunked) and self.request.method != b"HEAD"
+        lookups = self._history_lookups(last_event_id(self.request))
+        if lookups is not None:
+            self._recovering = []  # live items wait behind the replay
+            lookups.addCallback(self._replayed)
 
     def _filtered_body(self, instruct: Instruct) -> bytes | None:
         """The origin's body after its channels' ``ResponseContent`` filters; None (logged)
@@ -463,11 +546,15 @@ class HeldStream(_Hold):
             if fmt.action == "hint" and prepared is not _SKIPPED:
                 self.recover()
                 return
-            if self.instruct.next_link is not None and self._out_of_sequence(item):
+            if ((self.instruct.next_link is not None or self._history is not None)
+                    and self._out_of_sequence(item)):
                 self._log.info("gap on {channel}: got prev-id {prev}, expected {expected}; "
                                "recovering", channel=item.channel, prev=item.prev_id,
                                expected=self._last_ids.get(item.channel))
-                self._begin_recovery([(item, fmt, prepared)])
+                if self._history is not None:
+                    self._fill_gap([(item, fmt, prepared)])
+                else:
+                    self._begin_recovery([(item, fmt, prepared)])
                 return
             self._apply(item, fmt, prepared)
         except Exception:
@@ -505,6 +592,60 @@ class HeldStream(_Hold):
     @_answering
     def close(self, reason: str) -> None:
         self._finish()
+
+    # -- history (docs/reliability.rst) -------------------------------------------------
+
+    def _fill_gap(self, queued: list[tuple[Item, Format, PreparedChunk | None]]) -> None:
+        """A gap on a channel held with a prev-id: the missed items from history, then what
+        arrived meanwhile; from the origin (Grip-Link) only when history cannot."""
+        history = self._history
+        assert history is not None
+        item = queued[0][0]
+        expected = self._last_ids.get(item.channel)
+        assert expected is not None
+        self._recovering = queued
+        lookup = history.since(item.channel, expected, REPLAY_LIMIT)
+        lookup.addErrback(self._history_failed).addCallback(self._gap_filled)
+
+    @_answering
+    def _gap_filled(self, items: Replayed) -> None:
+        if self.ended:
+            return
+        if items is not None:
+            self._replayed([items])
+            return
+        queued, self._recovering = self._recovering or [], None
+        if self.instruct.next_link is not None:
+            self._begin_recovery(queued)
+        else:  # as without history: the items go out as they came
+            for entry in queued:
+                self._apply(*entry)
+
+    @_answering
+    def _replayed(self, found: list[Replayed]) -> None:
+        """Write the items from history in order, then the live ones that arrived during
+        the lookup and were not among them."""
+        if self.ended:
+            return
+        queued, self._recovering = self._recovering or [], None
+        replayed = set()
+        for items in found:
+            for item in items or ():
+                if self.ended:
+                    return
+                replayed.add((item.channel, item.id))
+                fmt = item.formats.get("http-stream")
+                if fmt is None or fmt.action == "hint":
+                    self._advance(item)
+                else:
+                    self._apply(item, fmt, render_http_stream(fmt))
+        for entry in queued:
+            if self.ended or self._recovering is not None:
+                if self._recovering is not None:  # a gap again: its own recovery queues
+                    self._recovering.append(entry)
+                continue
+            if (entry[0].channel, entry[0].id) not in replayed:
+                self.deliver(*entry)
 
     # -- recovery -----------------------------------------------------------------------
 

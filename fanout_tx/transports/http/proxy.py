@@ -731,6 +731,12 @@ class ProxySession:
             return self._after_body(instruct.next_link)
         if instruct.hold == "response" and not self._asked_with_last:
             grip_last = self._stale_channels(instruct.channels)
+            if grip_last and self.proxy.router.history is not None:
+                # Built-in history answers first, the origin only when it cannot
+                # (docs/reliability.rst): the hold does both.
+                self._asked_with_last = True
+                self._start_hold(instruct, send_head=True, behind=grip_last)
+                return None
             if grip_last:
                 # As Pushpin: ask the origin once more at once, telling it where the client is.
                 self._asked_with_last = True
@@ -748,7 +754,8 @@ class ProxySession:
                 stale.append(("Grip-Last", f"{channel.name}; last-id={channel.prev_id}"))
         return stale
 
-    def _start_hold(self, instruct: Instruct, send_head: bool) -> None:
+    def _start_hold(self, instruct: Instruct, send_head: bool,
+                    behind: Sequence[Header] = ()) -> None:
         proxy = self.proxy
         if instruct.hold == "stream" and getattr(self.request, "jsonp", None) is not None:
             raise GripError("JSON-P is not available for stream holds")
@@ -760,7 +767,7 @@ class ProxySession:
         else:
             held = HeldResponse(self.request, proxy.router, proxy.clock, instruct, self)
             self._hold = held
-            held.start()
+            held.start(behind)
 
     # -- the client going away ------------------------------------------------------------
 

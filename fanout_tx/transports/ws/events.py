@@ -119,6 +119,23 @@ def grip_message_prefix(extension_headers: Iterable[str]) -> str | None:
     return None
 
 
+def grip_history_id_prefix(extension_headers: Iterable[str]) -> str | None:
+    """``history-id-prefix="..."`` among the ``grip`` extension's parameters (a fanout_tx
+    extension, docs/reliability.rst): each published message with an id is then preceded by
+    a text message of the prefix and the id, so the client knows where to resume. None when
+    absent."""
+    for header in extension_headers:
+        for offer in header.split(","):
+            name, *params = (p.strip() for p in offer.split(";"))
+            if name != "grip":
+                continue
+            for param in params:
+                key, sep, value = param.partition("=")
+                if key.strip() == "history-id-prefix" and sep:
+                    return value.strip().strip('"')
+    return None
+
+
 # -- control messages ----------------------------------------------------------------------
 
 MESSAGE_TYPES = ("text", "binary", "ping", "pong")
@@ -128,6 +145,14 @@ MESSAGE_TYPES = ("text", "binary", "ping", "pong")
 class Subscribe:
     channel: str
     filters: tuple[str, ...] = ()
+    # Built-in history (docs/reliability.rst), a fanout_tx extension: replay the items
+    # after this id, or the newest N, before live ones; ignored with [history] off.
+    since: str | None = None
+    rewind: int = 0
+
+
+# The most items a subscribe's "rewind" may ask for ([history] max_items' own cap).
+MAX_REWIND = 100_000
 
 
 @dataclass(frozen=True)
@@ -247,7 +272,12 @@ def parse_control(payload: bytes) -> ControlMessage:
         filters = obj.get("filters", [])
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
             raise ControlError("'filters' must be a list of strings")
-        return Subscribe(channel, tuple(filters))
+        since = _string(obj, "since", required=False) or None
+        rewind = obj.get("rewind", 0)
+        if isinstance(rewind, bool) or not isinstance(rewind, int) or not (
+                0 <= rewind <= MAX_REWIND):
+            raise ControlError(f"'rewind' must be a whole number, 0 to {MAX_REWIND}")
+        return Subscribe(channel, tuple(filters), since, rewind)
     if kind == "detach":
         return Detach()
     if kind == "session":

@@ -25,6 +25,9 @@ from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
 
+# The most items one replay takes from history ([history] max_items bounds it anyway).
+REPLAY_LIMIT = 100_000
+
 
 class ClientSession(Protocol):
     """What a client connection and the handler ask of its session (WsOverHttpSession in
@@ -142,6 +145,11 @@ class GripSession:
         self.meta: dict[str, str] = {}  # subscription meta (set-meta), read by filters
         self._client: WsClient | None = None
         self._prefix: str | None = None  # grip message prefix; None = grip off
+        # [history]: the grip extension's history-id-prefix (None: ids are not sent), and
+        # live items waiting while a subscribe's since/rewind replay is looked up.
+        self._id_prefix: str | None = None
+        self._waiting: list[tuple[Item, Format, Any]] | None = None
+        self._lookups = 0
         self._client_keep_alive: ev.KeepAlive | None = None
         self._client_timer: IDelayedCall | None = None
         self._delayed: ev.SendDelayed | None = None
@@ -155,6 +163,12 @@ class GripSession:
         self._client = client
         for channel in self._options.subscriptions:
             self._apply_control(ev.Subscribe(channel))
+
+    def _take_extension(self, extension_headers: list[str]) -> None:
+        """The origin's ``Sec-WebSocket-Extensions``: grip on or off, its parameters."""
+        self._prefix = ev.grip_message_prefix(extension_headers)
+        if self._prefix is not None and self._router.history is not None:
+            self._id_prefix = ev.grip_history_id_prefix(extension_headers)
 
     def _detach(self) -> None:
         """Stop talking to the origin; keep the client and its subscriptions."""
@@ -195,6 +209,7 @@ class GripSession:
                                channel=channel)
                 return
             self._router.subscribe(channel, self, message.filters)
+            self._replay(channel, message)
         elif isinstance(message, ev.Unsubscribe):
             self._router.unsubscribe(self._options.channel_prefix + message.channel, self)
         elif isinstance(message, ev.Detach):
@@ -256,7 +271,55 @@ class GripSession:
         if message is not None and message.mode == "idle" and self._client_timer is not None:
             self._client_timer.reset(message.timeout)
 
+    # -- built-in history (docs/reliability.rst) -----------------------------------------
+
+    def _replay(self, channel: str, message: ev.Subscribe) -> None:
+        """A subscribe with ``since`` or ``rewind``: the items from history first (live
+        ones wait), then what arrived meanwhile and was not among them. An id older than
+        history replays nothing: the client gets live items, as without history."""
+        history = self._router.history
+        if history is None or (message.since is None and not message.rewind):
+            return
+        lookup: Deferred[list[Item] | None]
+        if message.rewind:
+            lookup = history.last(channel, message.rewind).addCallback(list)
+        else:
+            assert message.since is not None
+            lookup = history.since(channel, message.since, REPLAY_LIMIT)
+        self._lookups += 1
+        if self._waiting is None:
+            self._waiting = []
+        lookup.addErrback(self._history_failed).addCallback(self._replayed)
+
+    def _history_failed(self, failure: Any) -> None:
+        self._log.warn("history lookup failed; live items only: {error}",
+                       error=failure.getErrorMessage())
+
+    def _replayed(self, items: list[Item] | None) -> None:
+        self._lookups -= 1
+        sent = set()
+        for item in items or ():
+            fmt = item.formats.get("ws-message")
+            if fmt is not None and fmt.action == "send":  # a replay closes nothing
+                sent.add((item.channel, item.id))
+                self._send_item(item, fmt, None)
+        if self._lookups:
+            if self._waiting is not None:  # not sent twice when they come live
+                self._waiting = [e for e in self._waiting if (e[0].channel, e[0].id) not in sent]
+            return
+        waiting, self._waiting = self._waiting or [], None
+        for entry in waiting:
+            if (entry[0].channel, entry[0].id) not in sent:
+                self._send_item(*entry)
+
     def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
+        if self._waiting is not None:
+            self._waiting.append((item, fmt, prepared))
+            return
+        self._send_item(item, fmt, prepared)
+
+    def _send_item(self, item: Item, fmt: Format, prepared: Any) -> None:
+        """One published message to the client; ``prepared`` None for a replayed one."""
         client = self._client
         if client is None:
             return
@@ -266,10 +329,14 @@ class GripSession:
         if fmt.action == "hint":
             return
         message_type = fmt.fields.get("type", "text")
+        if self._id_prefix is not None and item.id is not None:
+            client.send_message((self._id_prefix + item.id).encode("utf-8"), False)
         if message_type == "ping":
             client.send_ping(fmt.content or b"")
         elif message_type == "pong":
             client.send_pong(fmt.content or b"")
+        elif prepared is None:
+            client.send_message(fmt.content or b"", message_type == "binary")
         else:
             client.send_prepared(prepared)
         self._client_sent()

@@ -40,7 +40,6 @@ from fanout_tx._twisted import ExtensionFilteringClientProtocol, release_client_
 from fanout_tx.config.routes import RouteTarget
 from fanout_tx.core.formats.ws import wire_close
 from fanout_tx.core.router import Router
-from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.grip import (
     DEFAULT_OPTIONS,
     Accepted,
@@ -262,7 +261,7 @@ class WsProxySession(GripSession):
         protocol.registerProducer(Backpressure(self._hold_client), True)
         self._hold_origin(True)  # until the client is attached: _early stays one read long
         headers = list(response.headers.items())
-        self._prefix = ev.grip_message_prefix(
+        self._take_extension(
             [v for n, v in headers if n.lower() == "sec-websocket-extensions"])
         self._opened.callback(Accepted(response.protocol, client_headers(headers)))
 

@@ -143,7 +143,7 @@ class WsOverHttpSession(GripSession):
             self._end()
             raise OriginError("the origin's first reply has no OPEN")
         self._first_events = events[1:]
-        self._prefix = ev.grip_message_prefix(reply.header_values("Sec-WebSocket-Extensions"))
+        self._take_extension(reply.header_values("Sec-WebSocket-Extensions"))
         return Accepted(reply.header("Sec-WebSocket-Protocol"), client_headers(reply.headers))
 
     def _open_failed(self, failure: Failure) -> Failure:
