@@ -134,6 +134,10 @@ class MemoryHistoryTests(_StoreTests, TestCase):
         self.clock.advance(30)
         self.assertEqual(self.resolve(history.last("c", 10)), [])
         self.assertEqual((history.count, history._channels), (0, {}))
+        history.record(item(3))
+        self.clock.advance(61)
+        history.record(item(4, channel="d"))  # a write expires too
+        self.assertEqual((history.count, list(history._channels)), (1, ["d"]))
 
     def test_order_queue_bounded(self) -> None:
         """Names left behind by trimming are compacted: the order queue stays within

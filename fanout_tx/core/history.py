@@ -90,17 +90,21 @@ class MemoryHistory:
         self.bytes = 0  # counted bytes of every kept item and channel
         self.count = 0  # kept items
         self.evicted = 0  # items dropped for max_bytes or max_age (not max_items)
+        self._next_expiry = 0.0  # no kept item is older than max_age before this time
 
     # -- writing -------------------------------------------------------------------------
 
     def record(self, item: Item) -> None:
+        """Once per published item with an id, on the publish path: a few appends, and
+        eviction only when a limit is reached."""
         channel = item.channel
         entries = self._channels.get(channel)
         if entries is None:
             entries = self._channels[channel] = []
             self.bytes += CHANNEL_OVERHEAD + len(channel)
         size = item_size(item)
-        entries.append((item, size, self._clock.seconds()))
+        now = self._clock.seconds()
+        entries.append((item, size, now))
         self._order.append(channel)
         self.bytes += size
         self.count += 1
@@ -108,11 +112,13 @@ class MemoryHistory:
             self.bytes -= entries.pop(0)[1]
             self.count -= 1
             self._stale[channel] = self._stale.get(channel, 0) + 1
-        while self.bytes > self.max_bytes and self._pop_oldest():
-            self.evicted += 1
-        self._expire()
-        if len(self._order) > 2 * self.count + 1024:
-            self._rebuild_order()
+            if len(self._order) > 2 * self.count + 1024:
+                self._rebuild_order()
+        if self.bytes > self.max_bytes:
+            while self.bytes > self.max_bytes and self._pop_oldest():
+                self.evicted += 1
+        if now >= self._next_expiry:
+            self._expire()
 
     def _head(self) -> str | None:
         """The channel of the oldest kept entry, dropping stale names before it."""
@@ -143,12 +149,19 @@ class MemoryHistory:
         return True
 
     def _expire(self) -> None:
+        """Drop what is older than ``max_age``; note when the oldest kept item will be."""
         if not self.max_age:
+            self._next_expiry = float("inf")
             return
         oldest = self._clock.seconds() - self.max_age
-        while (channel := self._head()) is not None and self._channels[channel][0][2] < oldest:
+        while (channel := self._head()) is not None:
+            recorded = self._channels[channel][0][2]
+            if recorded >= oldest:
+                self._next_expiry = recorded + self.max_age
+                return
             self._pop_oldest()
             self.evicted += 1
+        self._next_expiry = 0.0  # nothing kept: the next record sets it
 
     def _rebuild_order(self) -> None:
         # Times never decrease within a channel, and the sort is stable: each channel keeps

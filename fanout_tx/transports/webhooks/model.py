@@ -16,6 +16,7 @@ from fanout_tx.core.codecs.json_input import loads
 from fanout_tx.core.formats.base import FormatError, headers
 from fanout_tx.core.formats.webhook import check_header_names
 from fanout_tx.core.items import MAX_CHANNEL_LENGTH
+from fanout_tx.grip.instruct import MAX_REWIND
 from fanout_tx.transports.webhooks.signing import SecretError, secret_key
 from fanout_tx.transports.webhooks.ssrf import UrlError, parse_url
 
@@ -125,6 +126,10 @@ class NewSubscription:
     secret: str | None
     headers: Headers
     verify: bool | None
+    # Built-in history (docs/reliability.rst): the backlog to deliver first, once, at
+    # creation: the items after ``since`` on each channel, or the newest ``rewind``.
+    since: str | None = None
+    rewind: int = 0
 
 
 def _channels(value: Any) -> tuple[str, ...]:
@@ -148,7 +153,8 @@ def parse_new_subscription(body: bytes) -> NewSubscription:
         raise RequestError("body is not valid JSON") from None
     if not isinstance(obj, Mapping):
         raise RequestError("body must be a JSON object")
-    unknown = sorted(set(obj) - {"url", "channels", "secret", "headers", "verify"})
+    unknown = sorted(set(obj) - {"url", "channels", "secret", "headers", "verify", "since",
+                                 "rewind"})
     if unknown:
         raise RequestError(f"unknown field {unknown[0]!r}")
     try:
@@ -173,4 +179,11 @@ def parse_new_subscription(body: bytes) -> NewSubscription:
         check_header_names(pairs)
     except FormatError as e:
         raise RequestError(str(e)) from None
-    return NewSubscription(url, _channels(obj.get("channels")), secret, pairs, verify)
+    since = obj.get("since")
+    if since is not None and (not isinstance(since, str) or not since):
+        raise RequestError("since must be a non-empty item id")
+    rewind = obj.get("rewind", 0)
+    if isinstance(rewind, bool) or not isinstance(rewind, int) or not 0 <= rewind <= MAX_REWIND:
+        raise RequestError(f"rewind must be a whole number, 0 to {MAX_REWIND}")
+    return NewSubscription(url, _channels(obj.get("channels")), secret, pairs, verify, since,
+                           rewind)

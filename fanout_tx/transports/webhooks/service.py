@@ -200,6 +200,11 @@ class WebhookService(Service):
         if not await self._store.save_subscription(subscription, self._max_subscriptions):
             raise self._full()
         self._activate(subscription)
+        subscriber = self._subscribers.get(subscription.id)
+        if subscriber is not None:  # the backlog first (docs/reliability.rst)
+            for channel in subscription.channels:
+                subscriber.replay.start(self._router.history, channel, new.since, new.rewind,
+                                        subscriber.send_item)
         self._log.info("webhook subscription {id} created for {url} on {channels}",
                        id=subscription.id, url=url_for_log(subscription.url, path=False),
                        channels=",".join(subscription.channels))

@@ -18,6 +18,7 @@ from zope.interface import implementer
 from fanout_tx.core.formats import Format
 from fanout_tx.core.interfaces import ISubscriber
 from fanout_tx.core.items import Item
+from fanout_tx.core.replay import Replay
 from fanout_tx.transports.webhooks.delivery import DeliveryEngine
 from fanout_tx.transports.webhooks.model import Delivery, Headers, Subscription
 from fanout_tx.transports.webhooks.signing import message_id
@@ -56,9 +57,17 @@ class WebhookSubscriber:
 
     def __post_init__(self) -> None:
         self._target = parse_url(self.subscription.url)
+        self.replay = Replay(self.formats)  # a backlog asked for at creation
 
     def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
-        request: RenderedRequest = prepared
+        if self.replay.waiting is not None:  # the backlog is being looked up
+            self.replay.waiting.append((item, fmt, prepared))
+            return
+        self.send_item(item, fmt, prepared)
+
+    def send_item(self, item: Item, fmt: Format, prepared: RenderedRequest | None) -> None:
+        """Enqueue one delivery; an item replayed from history is rendered here."""
+        request = prepared if prepared is not None else render_request(fmt)
         subscription = self.subscription
         headers = tuple(
             pair for pair in subscription.headers if pair[0].lower() not in request.header_names

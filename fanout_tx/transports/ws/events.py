@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanout_tx.core.codecs.json_input import loads
+from fanout_tx.grip.instruct import MAX_REWIND
 
 EVENT_NAMES = frozenset({"OPEN", "TEXT", "BINARY", "PING", "PONG", "CLOSE", "DISCONNECT"})
 
@@ -150,9 +151,6 @@ class Subscribe:
     since: str | None = None
     rewind: int = 0
 
-
-# The most items a subscribe's "rewind" may ask for ([history] max_items' own cap).
-MAX_REWIND = 100_000
 
 
 @dataclass(frozen=True)

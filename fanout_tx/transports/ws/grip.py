@@ -22,11 +22,9 @@ from zope.interface import implementer
 from fanout_tx.core.formats import Format
 from fanout_tx.core.interfaces import ISubscriber
 from fanout_tx.core.items import Item
+from fanout_tx.core.replay import Replay
 from fanout_tx.core.router import Router
 from fanout_tx.transports.ws import events as ev
-
-# The most items one replay takes from history ([history] max_items bounds it anyway).
-REPLAY_LIMIT = 100_000
 
 
 class ClientSession(Protocol):
@@ -148,8 +146,7 @@ class GripSession:
         # [history]: the grip extension's history-id-prefix (None: ids are not sent), and
         # live items waiting while a subscribe's since/rewind replay is looked up.
         self._id_prefix: str | None = None
-        self._waiting: list[tuple[Item, Format, Any]] | None = None
-        self._lookups = 0
+        self._replay = Replay(self.formats)
         self._client_keep_alive: ev.KeepAlive | None = None
         self._client_timer: IDelayedCall | None = None
         self._delayed: ev.SendDelayed | None = None
@@ -209,7 +206,8 @@ class GripSession:
                                channel=channel)
                 return
             self._router.subscribe(channel, self, message.filters)
-            self._replay(channel, message)
+            self._replay.start(self._router.history, channel, message.since, message.rewind,
+                               self._send_item)
         elif isinstance(message, ev.Unsubscribe):
             self._router.unsubscribe(self._options.channel_prefix + message.channel, self)
         elif isinstance(message, ev.Detach):
@@ -271,50 +269,9 @@ class GripSession:
         if message is not None and message.mode == "idle" and self._client_timer is not None:
             self._client_timer.reset(message.timeout)
 
-    # -- built-in history (docs/reliability.rst) -----------------------------------------
-
-    def _replay(self, channel: str, message: ev.Subscribe) -> None:
-        """A subscribe with ``since`` or ``rewind``: the items from history first (live
-        ones wait), then what arrived meanwhile and was not among them. An id older than
-        history replays nothing: the client gets live items, as without history."""
-        history = self._router.history
-        if history is None or (message.since is None and not message.rewind):
-            return
-        lookup: Deferred[list[Item] | None]
-        if message.rewind:
-            lookup = history.last(channel, message.rewind).addCallback(list)
-        else:
-            assert message.since is not None
-            lookup = history.since(channel, message.since, REPLAY_LIMIT)
-        self._lookups += 1
-        if self._waiting is None:
-            self._waiting = []
-        lookup.addErrback(self._history_failed).addCallback(self._replayed)
-
-    def _history_failed(self, failure: Any) -> None:
-        self._log.warn("history lookup failed; live items only: {error}",
-                       error=failure.getErrorMessage())
-
-    def _replayed(self, items: list[Item] | None) -> None:
-        self._lookups -= 1
-        sent = set()
-        for item in items or ():
-            fmt = item.formats.get("ws-message")
-            if fmt is not None and fmt.action == "send":  # a replay closes nothing
-                sent.add((item.channel, item.id))
-                self._send_item(item, fmt, None)
-        if self._lookups:
-            if self._waiting is not None:  # not sent twice when they come live
-                self._waiting = [e for e in self._waiting if (e[0].channel, e[0].id) not in sent]
-            return
-        waiting, self._waiting = self._waiting or [], None
-        for entry in waiting:
-            if (entry[0].channel, entry[0].id) not in sent:
-                self._send_item(*entry)
-
     def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
-        if self._waiting is not None:
-            self._waiting.append((item, fmt, prepared))
+        if self._replay.waiting is not None:  # a subscribe's since/rewind is looked up
+            self._replay.waiting.append((item, fmt, prepared))
             return
         self._send_item(item, fmt, prepared)
 

@@ -18,7 +18,7 @@ from fanout_tx.core.codecs.json_input import loads
 from fanout_tx.core.formats import FormatError
 from fanout_tx.core.formats.xmpp import parse_stanza, xml_text
 from fanout_tx.core.headers import split_list, split_params
-from fanout_tx.grip.instruct import INSTRUCT_CONTENT_TYPE, Channel
+from fanout_tx.grip.instruct import INSTRUCT_CONTENT_TYPE, MAX_REWIND, Channel
 
 REPLY_STANZAS = ("message", "presence", "iq")
 _META_KEY = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -63,7 +63,15 @@ def _subscription(entry: Any) -> Channel:
         if not isinstance(filters, list) or not all(isinstance(f, str) for f in filters):
             raise AnswerError("subscribe filters must be a list of filter names")
         name = _channel_name(entry.get("channel"), "subscribe channel")
-        return Channel(name, None, tuple(filters))
+        # Built-in history (docs/reliability.rst): replay before live items.
+        since = entry.get("since")
+        if since is not None and (not isinstance(since, str) or not since):
+            raise AnswerError("subscribe since must be a non-empty item id")
+        rewind = entry.get("rewind", 0)
+        if isinstance(rewind, bool) or not isinstance(rewind, int) or not (
+                0 <= rewind <= MAX_REWIND):
+            raise AnswerError(f"subscribe rewind must be a whole number, 0 to {MAX_REWIND}")
+        return Channel(name, None, tuple(filters), since, rewind)
     return Channel(_channel_name(entry, "subscribe entry"))
 
 

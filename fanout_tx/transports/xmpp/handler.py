@@ -63,7 +63,8 @@ class ComponentHandler(XMPPHandler):
         super().__init__()
         self._renderer = renderer
         self._backend = backend
-        self.subscriptions = JidSubscriptions(router, self.send_raw, max_channels)
+        self.subscriptions = JidSubscriptions(router, self.send_raw, max_channels,
+                                              renderer.render)
         self._serial = KeyedSerializer(MAX_QUEUED_PER_JID, MAX_QUEUED_TOTAL)
         self._ready = False
         self.link = link if link is not None else LinkState()

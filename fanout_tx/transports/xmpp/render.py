@@ -52,6 +52,12 @@ class StanzaRenderer:
         router.add_renderer("xmpp-message", self.render_message)
         router.add_renderer("xmpp-stanza", self.render_stanza)
 
+    def render(self, fmt: Format) -> PreparedStanza:
+        """Either format (an item replayed from history is rendered here, per subscriber)."""
+        if fmt.name == "xmpp-message":
+            return self.render_message(fmt)
+        return self.render_stanza(fmt)
+
     def render_message(self, fmt: Format) -> PreparedStanza:
         fields = fmt.fields
         message = domish.Element((NS_COMPONENT, "message"))

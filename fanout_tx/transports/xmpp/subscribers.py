@@ -15,11 +15,15 @@ from zope.interface import implementer
 from fanout_tx.core.formats import Format
 from fanout_tx.core.interfaces import ISubscriber
 from fanout_tx.core.items import Item
+from fanout_tx.core.replay import Replay
 from fanout_tx.core.router import Router
+from fanout_tx.grip.directives import FilterError
 from fanout_tx.grip.instruct import Channel
 from fanout_tx.transports.xmpp.render import PreparedStanza, escape_attr
 
 FORMATS = ("xmpp-message", "xmpp-stanza")
+
+Render = Callable[[Format], PreparedStanza]
 
 
 @implementer(ISubscriber)
@@ -27,16 +31,36 @@ class XmppSubscriber:
     """One full JID; delivery is a concatenation around its pre-escaped ``to`` value."""
 
     formats = FORMATS
+    _log = Logger()
 
     def __init__(self, jid: str, send: Callable[[bytes], None],
-                 on_close: Callable[[XmppSubscriber, str], None]) -> None:
+                 on_close: Callable[[XmppSubscriber, str], None],
+                 render: Render | None = None) -> None:
         self.jid = jid
         self.meta: dict[str, str] = {}
         self._to = escape_attr(jid)
         self._send = send
         self._on_close = on_close
+        self._render = render  # for items replayed from history
+        self.replay = Replay(FORMATS)
 
     def deliver(self, item: Item, fmt: Format, prepared: PreparedStanza) -> None:
+        if self.replay.waiting is not None:  # a since/rewind is being looked up
+            self.replay.waiting.append((item, fmt, prepared))
+            return
+        self._send(prepared.addressed(self._to))
+
+    def send_item(self, item: Item, fmt: Format, prepared: PreparedStanza | None) -> None:
+        """Deliver ``item`` once a replay is done; a replayed one is rendered here."""
+        if prepared is None:
+            if self._render is None:
+                return
+            try:
+                prepared = self._render(fmt)
+            except FilterError as e:
+                self._log.warn("replayed {id} not sent to {jid}: {reason}", id=item.id,
+                               jid=self.jid, reason=str(e))
+                return
         self._send(prepared.addressed(self._to))
 
     def close(self, reason: str) -> None:
@@ -51,10 +75,12 @@ class JidSubscriptions:
 
     _log = Logger()
 
-    def __init__(self, router: Router, send: Callable[[bytes], None], max_channels: int) -> None:
+    def __init__(self, router: Router, send: Callable[[bytes], None], max_channels: int,
+                 render: Render | None = None) -> None:
         self._router = router
         self._send = send
         self._max_channels = max_channels
+        self._render = render
         self._by_jid: dict[str, XmppSubscriber] = {}
 
     def __len__(self) -> int:
@@ -78,7 +104,7 @@ class JidSubscriptions:
         """One backend answer for ``jid``: meta first (filters read it), then channels."""
         subscriber = self._by_jid.get(jid)
         if subscriber is None:
-            subscriber = XmppSubscriber(jid, self._send, self._closed)
+            subscriber = XmppSubscriber(jid, self._send, self._closed, self._render)
             self._by_jid[jid] = subscriber
         for key, value in set_meta.items():
             if value:
@@ -94,6 +120,8 @@ class JidSubscriptions:
                 )
                 continue
             self._router.subscribe(channel.name, subscriber, channel.filters)
+            subscriber.replay.start(self._router.history, channel.name, channel.history_since,
+                                    channel.history_rewind, subscriber.send_item)
         for name in unsubscribe:
             self._router.unsubscribe(name, subscriber)
         if not self._router.channels_of(subscriber):
