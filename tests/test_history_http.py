@@ -188,3 +188,34 @@ class LongPollTests(HistoryHttpCase):
         await wait_until(lambda: len(origin.requests) == 2)
         self.assertEqual(origin.header(1, "Grip-Last"), ["room; last-id=i1"])
         await self.server.held(1)
+
+
+class SharedStreamTests(HistoryHttpCase):
+    """History in a real Redis, shared by two instances: the lookup is asynchronous, live
+    items wait behind the replay."""
+
+    timeout = 60
+
+    async def test_resume_on_another_instance(self) -> None:
+        """Items published on A are replayed to an SSE client that comes back on B, in
+        order, then live ones from A."""
+        from tests.support.services import RedisServer
+
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        extra = HISTORY + f"[redis]\nurl={redis.url}\nprefix=s:\n"
+        a = await self.start(extra=extra)
+        b = await self.start(extra=extra)
+        for server in (a, b):
+            await server.root.getServiceNamed("history").when_up()
+            await server.core.bus.when_up()
+        self.server = a
+        await self.publish(1, 2, 3)
+        await wait_until(lambda: b.core.router.last_id("room") == "i3")
+        self.server = b
+        client = await self.connect("/stream", Last_Event_ID="i1")
+        self.assertEqual(await self.events(client, 2), ["i2", "i3"])
+        self.server = a
+        await self.publish(4)
+        self.assertEqual(await self.events(client, 3), ["i2", "i3", "i4"])
+        self.assertEqual(client.data.count(b"id: i"), 3)

@@ -103,38 +103,36 @@ def parse_close(content: bytes | None) -> tuple[int | None, str]:
 # -- the grip extension --------------------------------------------------------------------
 
 
-def grip_message_prefix(extension_headers: Iterable[str]) -> str | None:
-    """The message prefix when ``grip`` is among the ``Sec-WebSocket-Extensions`` values
-    (default ``m:``), else None."""
+def grip_parameters(extension_headers: Iterable[str]) -> dict[str, str] | None:
+    """The ``grip`` extension's parameters (``name=value``, quotes stripped) when ``grip`` is
+    among the ``Sec-WebSocket-Extensions`` values, else None."""
     for header in extension_headers:
         for offer in header.split(","):
             name, *params = (p.strip() for p in offer.split(";"))
             if name != "grip":
                 continue
-            prefix = "m:"
+            found = {}
             for param in params:
                 key, sep, value = param.partition("=")
-                if key.strip() == "message-prefix" and sep:
-                    prefix = value.strip().strip('"')
-            return prefix
+                if sep:
+                    found[key.strip()] = value.strip().strip('"')
+            return found
     return None
+
+
+def grip_message_prefix(extension_headers: Iterable[str]) -> str | None:
+    """The message prefix when ``grip`` is on (default ``m:``), else None."""
+    params = grip_parameters(extension_headers)
+    return None if params is None else params.get("message-prefix", "m:")
 
 
 def grip_history_id_prefix(extension_headers: Iterable[str]) -> str | None:
-    """``history-id-prefix="..."`` among the ``grip`` extension's parameters (a fanout_tx
-    extension, docs/reliability.rst): each published message with an id is then preceded by
-    a text message of the prefix and the id, so the client knows where to resume. None when
+    """``history-id-prefix="..."`` among the ``grip`` parameters (a fanout_tx extension,
+    docs/reliability.rst): each published message with an id is then preceded by a text
+    message of the prefix and the id, so the client knows where to resume. None when
     absent."""
-    for header in extension_headers:
-        for offer in header.split(","):
-            name, *params = (p.strip() for p in offer.split(";"))
-            if name != "grip":
-                continue
-            for param in params:
-                key, sep, value = param.partition("=")
-                if key.strip() == "history-id-prefix" and sep:
-                    return value.strip().strip('"')
-    return None
+    params = grip_parameters(extension_headers)
+    return None if params is None else params.get("history-id-prefix")
 
 
 # -- control messages ----------------------------------------------------------------------
