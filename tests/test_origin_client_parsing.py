@@ -17,6 +17,7 @@ from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 
 from fanout_tx.outbound.origin_client import BadResponseError, OriginClient
+from fanout_tx.outbound.response_parser import MAX_HEAD
 from tests.support.origin_client import MemoryEndpoint, MemoryEndpoints, Reader, pieces
 
 TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ-", min_size=1, max_size=12)
@@ -102,6 +103,31 @@ class ParserProperties(SynchronousTestCase):
             [outcome] = outcomes
             self.assertIsInstance(outcome, Failure, wire)
             outcome.trap(BadResponseError)
+
+    def test_size_caps(self) -> None:
+        """llhttp has no size limit and httptools keeps a header or trailer whole: a head, a
+        chunk line or a trailer section over MAX_HEAD fails the request, in whatever pieces
+        it comes."""
+        big = b"v" * (MAX_HEAD + 5000)  # counted from the read after the last callback
+        chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+        for wire in (b"HTTP/1.1 200 OK\r\nX-Big: " + big,
+                     chunked + b"0;ext=" + big,
+                     chunked + b"0\r\nX-Trailer: " + big):
+            client, endpoint = self.client()
+            outcomes: list[Any] = []
+            client.request(b"GET", b"http://origin:80/x").addBoth(outcomes.append)
+            protocol, transport = endpoint.connections[0]
+            reader = Reader()
+            for piece in pieces(wire, list(range(0, len(wire), 1000))):
+                protocol.dataReceived(piece)
+                if outcomes and reader.transport is None and not isinstance(outcomes[0], Failure):
+                    outcomes[0].deliverBody(reader)
+            self.assertTrue(transport.disconnecting, wire[:60])
+            if isinstance(outcomes[0], Failure):
+                outcomes[0].trap(BadResponseError)
+            else:
+                self.assertEqual(reader.body, b"ok")
+                reader.reason.trap(ResponseFailed)
 
     @given(st.binary(max_size=300), st.lists(st.integers(0, 1000), max_size=6),
            st.booleans())

@@ -335,7 +335,7 @@ class OriginConnection(Protocol):
         self._state = "done"
         if extra or overrun:
             self._reusable = False
-            self.stray_bytes(extra or None)
+            self.stray_bytes(None if overrun else extra)  # an overrun's size is not known
         self._stop_body_producer()  # answered before the whole request body was sent
         if self.paused:  # paused by the body's reader, which is done with it now
             self.paused = False
