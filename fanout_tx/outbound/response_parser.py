@@ -9,9 +9,9 @@ unseen). So the bytes are fed in steps that end where an answer can end:
 - a head up to its first CRLFCRLF (a head llhttp takes has no earlier one: no bare CR or LF,
   no obsolete line folding), and never more than ``MAX_HEAD`` of it;
 - a ``Content-Length`` body up to its length;
-- a chunked body up to its last byte that is not CR or LF, then such a run one byte at a time
-  for four bytes (the body can only end there: the CRLF CRLF after ``0`` or a trailer), then
-  the rest of the run at once (inside chunk data, which cannot end the body);
+- a chunked body up to its last byte that is not CR or LF, then the first four bytes of such a
+  run (the body can only end exactly there: the CRLF CRLF after ``0`` or a trailer), then the
+  rest of the run at once (inside chunk data, which cannot end the body);
 - a body that ends with the connection, as it comes.
 
 Bytes past an answer's end inside a step always include a byte that is neither CR nor LF:
@@ -46,6 +46,7 @@ _CONNECTION_CONTROL = frozenset({
     b"transfer-encoding", b"upgrade",
 })
 _NO_BODY_CODES = frozenset({204, 304})
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 _HEAD_END = b"\r\n\r\n"
 _CR_LF = b"\r\n"
 
@@ -95,7 +96,7 @@ class ResponseParser:
         self.overrun = False  # bytes came past the answer's end within a step
         self._head_only = False
         self._remaining = 0  # of a Content-Length body
-        self._run = 0  # CR/LF bytes fed one at a time since the chunked body's last other byte
+        self._run = 0  # CR/LF bytes fed since the chunked body's last other byte
         self._quiet = 0  # chunked-body bytes fed with no llhttp callback (a chunk line, trailers)
         self._events = 0  # llhttp callbacks during the body, to tell whether a step was quiet
         self._head_size = 0
@@ -165,14 +166,19 @@ class ResponseParser:
         return stop
 
     def _chunked_stop(self, data: bytes, pos: int, last_other: int) -> int:
-        at_run = data[pos] in _CR_LF
-        if last_other > pos and (not at_run or self._run >= 4):
+        run = self._run
+        if last_other > pos and (run >= 4 or data[pos] not in _CR_LF):
             self._run = 0
             return last_other
-        if self._run >= 4:  # inside chunk data: the rest of the run cannot end the body
+        if run >= 4:  # inside chunk data: the rest of the run cannot end the body
             return len(data)
-        self._run += 1
-        return pos + 1
+        # The body can end only at the 4th CR/LF byte after its last other byte (CRLF ends
+        # the "0" line or a trailer, CRLF the trailers): feed up to there, and no further.
+        stop = pos
+        while stop < pos + 4 - run and stop < len(data) and data[stop] in _CR_LF:
+            stop += 1
+        self._run = run + stop - pos
+        return stop
 
     def _execute(self, piece: memoryview, chunked: bool) -> None:
         events = self._events
@@ -222,7 +228,8 @@ class ResponseParser:
     def on_headers_complete(self) -> None:
         parser = self._parser
         version, code = parser.get_http_version(), parser.get_status_code()
-        if version not in ("1.1", "1.0"):  # llhttp takes 0.9 and 2.0 too
+        status_version = _VERSIONS.get(version)
+        if status_version is None:  # llhttp takes 0.9 and 2.0 too
             raise BadResponseError(f"HTTP version {version} in a status line")
         if code < 100 or code == 101:  # 101: another protocol follows, and nobody asked for it
             raise BadResponseError(f"status {code} in a status line")
@@ -238,9 +245,10 @@ class ResponseParser:
                 control.setdefault(lowered, []).append(value)
             else:
                 headers.addRawHeader(name, value)
-        # llhttp keeps an HTTP/1.0 answer saying "keep-alive, close" alive: close wins here.
-        tokens = {t.strip().lower() for t in b",".join(control.get(b"connection", ())).split(b",")}
-        self.reusable = parser.should_keep_alive() and b"close" not in tokens
+        self.reusable = parser.should_keep_alive()
+        if b"connection" in control:  # llhttp keeps HTTP/1.0 "keep-alive, close": close wins
+            tokens = b",".join(control[b"connection"]).lower().split(b",")
+            self.reusable = self.reusable and b"close" not in {t.strip() for t in tokens}
         length: int | object = UNKNOWN_LENGTH
         if code in _NO_BODY_CODES or self._head_only:
             # No body by definition, yet buggy origins write one after it, where the next
@@ -261,7 +269,7 @@ class ResponseParser:
         else:
             self.framing = CLOSE
             self.reusable = False
-        self._sink.answer_head(b"HTTP/" + version.encode(), code, self._phrase, headers, length)
+        self._sink.answer_head(status_version, code, self._phrase, headers, length)
 
     def on_body(self, data: bytes) -> None:
         if self.framing == STOPPED:
