@@ -2,7 +2,8 @@
 
 1. Fan-out A/B: the router publishing to in-memory subscribers with ``[history]`` off and on
    (``max_items`` 100, in memory), interleaved, for a few subscriber counts: the cost of
-   recording is once per item, not per subscriber.
+   recording is once per item, not per subscriber. Then the same through real HTTP stream
+   holds (``HeldStream``) on in-memory transports, flushed once per item.
 2. Resume: an SSE stream request that comes back with ``Last-Event-ID`` and gets 100 missed
    items from history, through the real proxy-side code (``HeldStream`` on a ``Site`` over an
    in-memory transport, flushed): server time per request with the resume, minus the same
@@ -112,6 +113,34 @@ def resume(missed: int, with_id: bool, requests: int = 200) -> float:
     return elapsed
 
 
+def streams(subscribers: int, items: int, history: bool) -> float:
+    """Seconds per item published to ``subscribers`` real HTTP streams (HeldStream on a
+    Site over in-memory transports, one flush per item): the transport's own cost included."""
+    clock = Clock()
+    router = Router(clock, history=MemoryHistory(clock, 100, 3600) if history else None)
+    register_renderers(router)
+    site = Site(_StreamResource(router, clock), timeout=None)
+    connections = []
+    for _ in range(subscribers):
+        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(b"GET /events HTTP/1.1\r\nHost: h\r\n\r\n")
+        connections.append((protocol, transport))
+    clock.advance(0)
+    batch = [parse_item({"channel": "bench", "id": f"i{n}", "formats": {
+        "http-stream": {"content": f"id: i{n}\ndata: {'x' * 80}\n\n"}}}) for n in range(items)]
+    start = time.perf_counter()
+    for item in batch:
+        router.publish(item)
+        clock.advance(0)
+    elapsed = (time.perf_counter() - start) / items
+    for protocol, transport in connections:
+        transport.clear()
+        protocol.connectionLost(Failure(ConnectionDone()))
+    return elapsed
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -126,6 +155,15 @@ def main() -> None:
         a, b = statistics.median(off), statistics.median(on)
         print(f"  {subscribers:6} subscribers: off {a * 1e6:8.2f} us/item  on {b * 1e6:8.2f} "
               f"us/item  ({(b - a) / a * 100:+.1f} %, {(b - a) * 1e6:+.2f} us/item)")
+    print("HTTP streams (HeldStream, in-memory transports), history off vs on")
+    for subscribers, items in ((1, 5_000), (100, 500), (1_000, 50)):
+        off, on = [], []
+        for _ in range(args.repeat):
+            off.append(streams(subscribers, items, False))
+            on.append(streams(subscribers, items, True))
+        a, b = statistics.median(off), statistics.median(on)
+        print(f"  {subscribers:6} streams: off {a * 1e6:8.2f} us/item  on {b * 1e6:8.2f} "
+              f"us/item  ({(b - a) / a * 100:+.1f} %)")
     base = statistics.median(resume(args.missed, False) for _ in range(args.repeat))
     full = statistics.median(resume(args.missed, True) for _ in range(args.repeat))
     print(f"resume of {args.missed} missed items (SSE stream, Last-Event-ID), median of "
