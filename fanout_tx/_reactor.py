@@ -12,6 +12,8 @@ from twisted.internet.interfaces import (
     IReactorFDSet,
     IReactorFromThreads,
     IReactorPluggableNameResolver,
+    IReactorProcess,
+    IReactorSocket,
     IReactorSSL,
     IReactorTCP,
     IReactorThreads,
@@ -41,5 +43,10 @@ class ISignalledReactor(IReactorCore, IReactorFromThreads):
     """Stopped, or called into, from a signal handler."""
 
 
-class IServerReactor(IListeningReactor, IResolvingReactor, IReaderReactor, ISignalledReactor):
+class IWorkersReactor(IReactorProcess, IReactorSocket, IReactorTime):
+    """Starts worker processes and adopts the sockets they inherit (ops/workers.py)."""
+
+
+class IServerReactor(IListeningReactor, IResolvingReactor, IReaderReactor, ISignalledReactor,
+                     IWorkersReactor):
     """Everything the service tree uses: what tap.py types the global reactor as."""

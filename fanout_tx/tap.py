@@ -6,6 +6,7 @@ each listener is an endpoint service that starts listening in ``startService``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -16,12 +17,14 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, IServiceCollection
 from twisted.internet.defer import DeferredList
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import ReactorNotRunning
+from twisted.internet.interfaces import IListeningPort, IStreamServerEndpoint
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.web.resource import Resource
 
 from fanout_tx._reactor import IServerReactor
+from fanout_tx.cluster.machine_bus import ChannelUnion, MachineBus, MachineFanout, WorkerBus
 from fanout_tx.cluster.redis_bus import RedisBus
 from fanout_tx.cluster.redis_history import RedisHistory
 from fanout_tx.config import settings as config_module
@@ -44,23 +47,39 @@ from fanout_tx.ops.health import (
     Listeners,
     address_text,
     redis_check,
+    workers_check,
     xmpp_check,
     zmq_check,
 )
 from fanout_tx.ops.logs import filter_twistd_logging
-from fanout_tx.ops.metrics import InputCounters, MeteredBus, MetricSources, metrics_resource
+from fanout_tx.ops.metrics import (
+    InputCounters,
+    MeteredBus,
+    MetricSources,
+    WorkerReports,
+    metrics_resource,
+    metrics_text,
+)
 from fanout_tx.ops.operations import FanoutRoot, bound_port, stop_on_signals
+from fanout_tx.ops.shared_ports import AdoptedEndpoint, ClientPorts
 from fanout_tx.ops.sig_warnings import signing_warnings
-from fanout_tx.ops.startup import quiet_startup_failures
+from fanout_tx.ops.startup import abandon_startup, quiet_startup_failures
 from fanout_tx.ops.stats_pub import StatsPublisher, Totals
+from fanout_tx.ops.workers import (
+    FIRST_PORT_FD,
+    WorkerLink,
+    WorkerPool,
+    worker_command,
+    worker_count,
+)
 from fanout_tx.outbound.clients import OriginClients, origin_clients
-from fanout_tx.transports.http.proxy_service import build_proxy_service
+from fanout_tx.transports.http.proxy_service import BACKLOG, ProxyService, build_proxy_service
 from fanout_tx.transports.http.tls import ServerIdentities, load_identities
 from fanout_tx.transports.webhooks.api import WebhooksResource
 from fanout_tx.transports.webhooks.redis_store import warn_if_webhooks_elsewhere
 from fanout_tx.transports.webhooks.service import WebhookService, build_webhooks
 from fanout_tx.transports.write_budget import WriteBudget
-from fanout_tx.transports.ws.service import build_websocket_service
+from fanout_tx.transports.ws.service import WebSocketService, build_websocket_service
 from fanout_tx.transports.xmpp.component import build_xmpp
 from fanout_tx.transports.xmpp.link import LinkState
 
@@ -78,12 +97,15 @@ class Options(usage.Options):
         ["config", "c", None, "Config file (default etc/fanout.conf, then "
                               "/etc/fanout_tx/fanout.conf)."],
         ["routes", "r", None, "Routes file (default: [proxy] routesfile of the config)."],
+        ["worker", None, None, "Internal: run as worker N of a supervisor ([runner] workers).",
+         int],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["ports"] = []
         self["route_lines"] = []
+        self["forwarded"] = []  # --port/--route as given, for the workers' command line
 
     def opt_port(self, value: str) -> None:
         """Client HTTP/WebSocket port, [addr:]port; repeatable; overrides [runner] http_port."""
@@ -91,10 +113,21 @@ class Options(usage.Options):
             self["ports"].extend(parse_listen_addresses(value))
         except ValueError as e:
             raise usage.UsageError(f"--port: {e}") from None
+        self["forwarded"] += ["--port", value]
 
     def opt_route(self, value: str) -> None:
         """A routes line; repeatable; replaces the routes file, as Pushpin's --route does."""
         self["route_lines"].append(value)
+        self["forwarded"] += ["--route", value]
+
+    def worker_arguments(self) -> list[str]:
+        """These options as a worker is given them: files by absolute path (a daemon
+        changes folder)."""
+        config = self["settings"].config.path
+        arguments = ["--config", str(Path(config).resolve())] if config else []
+        if self["routes"]:
+            arguments += ["--routes", str(Path(self["routes"]).resolve())]
+        return arguments + self["forwarded"]
 
     def postOptions(self) -> None:  # noqa: N802 - usage.Options hook
         try:
@@ -155,13 +188,19 @@ class Core:
     write_budget: WriteBudget
     # The origin clients, one per trust policy, handed to every transport that needs one.
     clients: OriginClients
+    # With workers, what the inputs deliver to: this router and every worker's.
+    machine: MachineFanout | None = None
     # The publish port's root; transports mount their pages on it (webhooks, metrics).
     publish_root: PublishRoot | None = None
     # Built by build_service; makeService hands it to the SIGHUP handler.
     routes_watcher: RoutesWatcher | None = None
 
 
-def build_core(settings: Settings, reactor: IServerReactor) -> Core:
+def build_core(settings: Settings, reactor: IServerReactor,
+               machine: Callable[[Router], MachineFanout] | None = None,
+               share: bool = True) -> Core:
+    """The router and the bus; ``machine`` makes the fan-out to the workers from the
+    router; ``share`` False (a worker) leaves Redis to the supervisor."""
     handler = settings.config.handler
     router = Router(
         reactor,
@@ -169,16 +208,22 @@ def build_core(settings: Settings, reactor: IServerReactor) -> Core:
         id_cache_ttl=handler.id_cache_ttl,
         id_cache_max=handler.id_cache_max,
     )
+    fanout = machine(router) if machine is not None else None
     redis = settings.config.redis
-    bus: IBus = (
-        RedisBus(router, reactor, parse_redis_url(redis.url), redis.prefix)
-        if redis.url else LocalBus(router)
-    )
-    router.history = _history(settings.config, reactor)
+    bus: IBus
+    if redis.url and share:
+        bus = RedisBus(fanout or router, reactor, parse_redis_url(redis.url), redis.prefix)
+    else:
+        bus = MachineBus(fanout) if fanout is not None else LocalBus(router)
+    # A worker keeps an in-memory history of its own (it sees every item); one in Redis is
+    # the supervisor's to write.
+    if share or not redis.url:
+        router.history = _history(settings.config, reactor)
     return Core(settings.config, router, bus, settings.routes, reactor,
                 input_bus=MeteredBus(bus, InputCounters()),
                 write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes),
-                clients=origin_clients(reactor, settings.config.webhooks.max_in_flight))
+                clients=origin_clients(reactor, settings.config.webhooks.max_in_flight),
+                machine=fanout)
 
 
 def _history(config: Config, reactor: IServerReactor) -> IHistory | None:
@@ -202,20 +247,76 @@ def _named(service: S, name: str, parent: IServiceCollection) -> S:
     return service
 
 
+@dataclass
+class Workers:
+    """``[runner] workers`` > 1: how many, and what each is started with."""
+
+    count: int
+    arguments: list[str]  # the plugin's options, as Options.worker_arguments gives them
+    on_startup_failure: Callable[[str], None]
+
+
+@dataclass
+class Machine:
+    """A supervisor's own pieces: the client ports, the workers, their channels."""
+
+    ports: ClientPorts
+    pool: WorkerPool
+    channels: ChannelUnion
+
+
+def _client_side(settings: Settings, core: Core, root: FanoutRoot,
+                 endpoints: list[tuple[str, IStreamServerEndpoint]] | None = None,
+                 ) -> tuple[WebSocketService, ProxyService]:
+    """The WebSocket service and the proxy's listeners (``endpoints``: a worker's)."""
+    config, reactor = settings.config, core.reactor
+    websocket = _named(build_websocket_service(config, core.routes, core.router, reactor,
+                                               core.clients, core.write_budget),
+                       "websocket", root)
+    proxy = _named(build_proxy_service(config, core.routes, core.router, reactor, core.clients,
+                                       websocket_handler=websocket.handler, tls=settings.tls,
+                                       write_budget=core.write_budget, endpoints=endpoints),
+                   "http-proxy", root)
+    return websocket, proxy
+
+
+def _root(settings: Settings, core: Core, reactor: IServerReactor) -> FanoutRoot:
+    root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
+    root.after_stop.append(core.clients.close_idle)  # once every user of them has stopped
+    core.routes_watcher = _named(core.routes.watcher(clock=reactor), "routes-watch", root)
+    return root
+
+
 def build_service(settings: Settings, reactor: IServerReactor,
-                  zmq_context: zmq.Context | None = None) -> tuple[FanoutRoot, Core]:
+                  zmq_context: zmq.Context | None = None,
+                  workers: Workers | None = None) -> tuple[FanoutRoot, Core]:
     """The whole service tree for ``settings``; returns the core too, for tests. Every
     service is handed its collaborators here; nothing is looked up by name later. The
-    ZeroMQ context is the process's one, unless a test brings its own."""
-    core = build_core(settings, reactor)
+    ZeroMQ context is the process's one, unless a test brings its own. With ``workers``,
+    the supervisor's tree: the client side runs in the workers (build_worker)."""
     config = settings.config
-    root = FanoutRoot(core.router, reactor, config.runner.shutdown_timeout)
-    root.after_stop.append(core.clients.close_idle)  # once every user of them has stopped
+    machine: Machine | None = None
+
+    def fan_out(router: Router) -> MachineFanout:
+        nonlocal machine
+        assert workers is not None
+        runner = config.runner
+        ports = ClientPorts((*runner.http_ports, *(address for address, _ in settings.tls)),
+                            workers.count, BACKLOG)
+        channels = ChannelUnion(router)
+        pool = WorkerPool(reactor, workers.count,
+                          lambda index: worker_command(index, workers.arguments),
+                          ports.for_worker, channels, runner.shutdown_timeout,
+                          workers.on_startup_failure)
+        machine = Machine(ports, pool, channels)
+        return MachineFanout(router, pool.broadcast)
+
+    core = build_core(settings, reactor, fan_out if workers is not None else None)
+    root = _root(settings, core, reactor)
     for notice in config.notices:
         _log.info("{notice}", notice=notice)
     for warning in (*config.warnings, *signing_warnings(config, settings.routes.table.routes)):
         _log.warn("{warning}", warning=warning)
-    core.routes_watcher = _named(core.routes.watcher(clock=reactor), "routes-watch", root)
     redis = core.bus if isinstance(core.bus, RedisBus) else None
     if isinstance(core.router.history, RedisHistory):
         _named(core.router.history, "history", root)  # owns its Redis connection
@@ -223,13 +324,13 @@ def build_service(settings: Settings, reactor: IServerReactor,
         _named(redis, "redis", root)  # owns the Redis connections
         if not config.webhooks.enabled:
             warn_if_webhooks_elsewhere(redis, config.redis.prefix)
-    websocket = _named(build_websocket_service(config, core.routes, core.router, reactor,
-                                               core.clients, core.write_budget),
-                       "websocket", root)
-    proxy = _named(build_proxy_service(config, core.routes, core.router, reactor, core.clients,
-                                       websocket_handler=websocket.handler, tls=settings.tls,
-                                       write_budget=core.write_budget),
-                   "http-proxy", root)
+    websocket: WebSocketService | None = None
+    proxy: ProxyService | None = None
+    if machine is None:
+        websocket, proxy = _client_side(settings, core, root)
+    else:
+        _named(machine.ports, "http-proxy", root)  # its bind errors read as before
+        _named(machine.pool, "workers", root)
     publish = _named(_publish_http(core), "publish-http", root)
     publish_root = core.publish_root
     assert publish_root is not None
@@ -239,10 +340,13 @@ def build_service(settings: Settings, reactor: IServerReactor,
     pull = _named(ZmqPullInput(reactor, context, core.input_bus, handler.push_in_spec),
                   "zmq-pull", root)
     # SUB input is never shared through Redis: a PUB fans every item out to each instance's
-    # SUB, which subscribes only to the channels of that instance's own subscribers.
-    sub_bus = MeteredBus(LocalBus(core.router), core.input_bus.counters)
-    sub = _named(ZmqSubInput(reactor, context, sub_bus, core.router, handler.push_in_sub_specs,
-                             connect=handler.push_in_sub_connect,
+    # SUB, which subscribes only to the channels of that instance's own subscribers (with
+    # workers, of every router on the machine).
+    sub_bus = MeteredBus(MachineBus(core.machine) if core.machine is not None
+                         else LocalBus(core.router), core.input_bus.counters)
+    sub = _named(ZmqSubInput(reactor, context, sub_bus,
+                             machine.channels if machine is not None else core.router,
+                             handler.push_in_sub_specs, connect=handler.push_in_sub_connect,
                              linger=handler.subscription_linger), "zmq-sub", root)
     zmq_readers: dict[str, ZmqReader] = {"zmq-pull": pull, "zmq-sub": sub}
     if handler.command_spec:
@@ -255,19 +359,70 @@ def build_service(settings: Settings, reactor: IServerReactor,
         inputs=core.input_bus.counters,
         rejecting={"http": publish_root.publish, **zmq_readers,
                    **({"redis": redis} if redis else {})},
-        ws_sessions=websocket.session_count,
+        ws_sessions=websocket.session_count if websocket is not None else None,
         webhooks=webhooks,
         xmpp_link=xmpp.link if xmpp is not None else None,
         redis=redis,
-        client_connections=proxy.connection_limit,
-        write_budget=core.write_budget,
+        client_connections=proxy.connection_limit if proxy is not None else None,
+        write_budget=core.write_budget if proxy is not None else None,
     )
     _operations(root, core, sources, Operated(
-        listeners={"http-proxy": list(proxy), "publish-http": [publish]},
+        listeners={"publish-http": [publish], **({"http-proxy": list(proxy)} if proxy else {})},
         readers=zmq_readers, zmq_context=context,
         xmpp=xmpp.link if xmpp is not None else None, redis=redis,
-        proxy_requests=lambda: proxy.resource.requests))
+        proxy_requests=(lambda: proxy.resource.requests) if proxy is not None else lambda: 0,
+        machine=machine))
     return root, core
+
+
+def build_worker(settings: Settings, reactor: IServerReactor, index: int,
+                 count: int) -> tuple[FanoutRoot, Core]:
+    """Worker ``index`` of ``count`` (ops/workers.py): the client side, on the sockets it
+    inherited, fed items only by the machine bus. Client limits are shared out: each worker
+    takes its part of ``client_maxconn`` and ``max_buffered_bytes``."""
+    settings = _worker_share(settings, count)
+    core = build_core(settings, reactor, share=False)
+    root = _root(settings, core, reactor)
+    runner = settings.config.runner
+    endpoints: list[tuple[str, IStreamServerEndpoint]] = [
+        (f"{address.host}:{address.port}",
+         AdoptedEndpoint(reactor, FIRST_PORT_FD + offset, address))
+        for offset, address in enumerate(runner.http_ports)
+    ]
+    endpoints += [
+        (f"https {address.host}:{address.port}",
+         AdoptedEndpoint(reactor, FIRST_PORT_FD + len(endpoints) + offset, address,
+                         identities))
+        for offset, (address, identities) in enumerate(settings.tls)
+    ]
+    websocket, proxy = _client_side(settings, core, root, endpoints)
+    sources = MetricSources(router=core.router, inputs=core.input_bus.counters,
+                            ws_sessions=websocket.session_count,
+                            client_connections=proxy.connection_limit,
+                            write_budget=core.write_budget)
+
+    def supervisor_gone() -> None:
+        if root.running:
+            _log.warn("worker {index}: the supervisor has gone; stopping", index=index)
+            reactor.callLater(0, _stop_reactor, reactor)
+
+    bus = WorkerBus(core.router, supervisor_gone)
+    link = _named(WorkerLink(reactor, reactor, bus, metrics_text(sources)), "machine-bus",
+                  root)
+    root.after_start.append(link.ready)
+    return root, core
+
+
+def _stop_reactor(reactor: IServerReactor) -> None:
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
+
+
+def _worker_share(settings: Settings, count: int) -> Settings:
+    runner = settings.config.runner
+    runner = replace(runner, client_maxconn=-(-runner.client_maxconn // count),
+                     max_buffered_bytes=-(-runner.max_buffered_bytes // count))
+    return replace(settings, config=replace(settings.config, runner=runner))
 
 
 @dataclass
@@ -280,6 +435,7 @@ class Operated:
     xmpp: LinkState | None
     redis: RedisBus | None
     proxy_requests: Callable[[], int]
+    machine: Machine | None = None
 
 
 def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
@@ -290,12 +446,14 @@ def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
     assert core.publish_root is not None
     config = core.config
     health = HealthResource()
-    core.publish_root.mount(b"metrics", metrics_resource(sources), public=True)
+    machine = operated.machine
+    reports = machine.pool.reports if machine is not None else None
+    core.publish_root.mount(b"metrics", metrics_resource(sources, reports), public=True)
     core.publish_root.mount(b"health", health, public=True)
     listeners = dict(operated.listeners)
     if config.metrics.port:
-        listeners["metrics"] = [_named(_metrics_listener(core, sources, health), "metrics",
-                                       root)]
+        listeners["metrics"] = [_named(_metrics_listener(core, sources, health, reports),
+                                       "metrics", root)]
     stats = None
     if config.handler.stats_spec:
         stats = _named(_stats(core, operated), "stats", root)
@@ -308,6 +466,8 @@ def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
         health.add("xmpp", xmpp_check(operated.xmpp))
     if operated.redis is not None:
         health.add("redis", redis_check(operated.redis))
+    if machine is not None:
+        health.add("http-proxy", workers_check(machine.pool, machine.ports.bound))
 
     def started() -> None:
         ports = []
@@ -316,7 +476,8 @@ def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
                 watched[name].watch(service, bound_port)
                 label = f"{name} tls" if (service.name or "").startswith("https ") else name
                 ports.append(bound_port(service).addCallback(_labelled, label))
-        DeferredList(ports).addCallback(_log_addresses, operated.readers, stats)
+        clients = [] if machine is None else _client_addresses(core.config, machine.ports)
+        DeferredList(ports).addCallback(_log_addresses, operated.readers, stats, clients)
 
     root.after_start.append(started)
 
@@ -325,11 +486,19 @@ def _labelled(port: IListeningPort | None, label: str) -> tuple[str, IListeningP
     return label, port
 
 
+def _client_addresses(config: Config, ports: ClientPorts) -> list[str]:
+    """A supervisor's client ports for the start-up line, labelled as a listener's are."""
+    plain = len(config.runner.http_ports)
+    return [f"http-proxy{' tls' if number >= plain else ''} {address}"
+            for number, address in enumerate(ports.bound())]
+
+
 def _log_addresses(results: list[tuple[bool, Any]], readers: dict[str, ZmqReader],
-                   stats: StatsPublisher | None) -> None:
+                   stats: StatsPublisher | None, clients: list[str]) -> None:
     """The one start-up line: every address bound, by what it serves."""
-    parts = [f"{name} {address_text(port)}" for ok, (name, port) in results
-             if ok and port is not None]
+    parts = [*clients]
+    parts += [f"{name} {address_text(port)}" for ok, (name, port) in results
+              if ok and port is not None]
     parts += [f"{name} {','.join(reader.endpoints)}" for name, reader in readers.items()
               if reader.endpoints]
     if stats is not None and stats.endpoint:
@@ -337,12 +506,12 @@ def _log_addresses(results: list[tuple[bool, Any]], readers: dict[str, ZmqReader
     _log.info("fanout_tx listening: {addresses}", addresses="; ".join(parts))
 
 
-def _metrics_listener(core: Core, sources: MetricSources,
-                      health: HealthResource) -> StreamServerEndpointService:
+def _metrics_listener(core: Core, sources: MetricSources, health: HealthResource,
+                      reports: WorkerReports | None) -> StreamServerEndpointService:
     """``[metrics] addr``/``port``: /metrics and /health on a listener of their own."""
     config = core.config.metrics
     page = Resource()
-    page.putChild(b"metrics", metrics_resource(sources))
+    page.putChild(b"metrics", metrics_resource(sources, reports))
     page.putChild(b"health", health)
     address = ListenAddress(config.addr or "127.0.0.1", config.port)
     site = PublishSite(page, METRICS_MAX_BODY_SIZE, core.reactor)  # quiet: no access log
@@ -371,8 +540,9 @@ def _command(core: Core, context: zmq.Context, pull: ZmqReader,
                  "publish-sub": sub.endpoints}
         return {key: endpoints[0] for key, endpoints in found.items() if endpoints}
 
+    recover = core.machine.recover_all if core.machine is not None else core.router.recover_all
     command = ZmqCommand(core.reactor, context, core.config.handler.command_spec, uris,
-                         core.router.recover_all)
+                         recover)
     return command
 
 
@@ -393,7 +563,7 @@ def _publish_http(core: Core) -> StreamServerEndpointService:
     """The publish API listener; sets ``core.publish_root`` so transports can mount on it."""
     handler = core.config.handler
     auth = BearerAuth(handler.push_in_http_key, handler.push_in_http_iss, core.reactor)
-    core.publish_root = PublishRoot(core.input_bus, core.router, auth)
+    core.publish_root = PublishRoot(core.input_bus, core.machine or core.router, auth)
     if core.router.history is not None:
         core.publish_root.mount(b"channels", HistoryResource(core.router.history))
     site = PublishSite(core.publish_root, handler.push_in_http_max_body_size, core.reactor)
@@ -426,9 +596,20 @@ def makeService(options: Options) -> FanoutRoot:  # noqa: N802 - twistd plugin A
     reactor = cast(IServerReactor, global_reactor)
     settings = with_descriptor_room(options["settings"], raise_open_files_limit())
     filter_twistd_logging(settings.config.runner.log_level)
-    root, core = build_service(settings, reactor)
+    count = worker_count(settings.config.runner.workers)
+    hup: Callable[[], None] | None = None
+    if options["worker"] is not None:
+        root, core = build_worker(settings, reactor, options["worker"], count)
+    elif count > 1:
+        workers = Workers(count, options.worker_arguments(),
+                          lambda reason: abandon_startup(reactor, reason))
+        root, core = build_service(settings, reactor, workers=workers)
+        pool = root.getServiceNamed("workers")
+        hup = lambda: pool.signal_all("HUP")  # noqa: E731 - every worker reloads too
+    else:
+        root, core = build_service(settings, reactor)
     reactor.callWhenRunning(stop_on_signals, reactor)
-    reactor.callWhenRunning(reload_on_sighup, reactor, core.routes_watcher)
+    reactor.callWhenRunning(reload_on_sighup, reactor, core.routes_watcher, hup)
     quiet_startup_failures()
     tune_gc()
     return root

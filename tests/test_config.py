@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import ipaddress
+from dataclasses import replace
 from pathlib import Path
 
 from hypothesis import given
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from fanout_tx.config.settings import (
+    AUTO_WORKERS,
     Config,
     ConfigError,
     HandlerConfig,
@@ -219,8 +221,10 @@ class DefaultTests(SynchronousTestCase):
         """etc/fanout.conf documents every key with its default value."""
         shipped = load(Path(__file__).parent.parent / "etc" / "fanout.conf")
         default = Config()
-        for section in ("runner", "handler", "xmpp", "webhooks", "redis", "history",
-                        "metrics", "websocket"):
+        # [runner] workers is a shipped value: auto (the default is one process)
+        self.assertEqual(shipped.runner, replace(default.runner, workers=AUTO_WORKERS))
+        for section in ("handler", "xmpp", "webhooks", "redis", "history", "metrics",
+                        "websocket"):
             self.assertEqual(getattr(shipped, section), getattr(default, section), section)
         self.assertEqual(shipped.notices, ())
 
@@ -323,6 +327,20 @@ class ErrorTests(SynchronousTestCase):
             self.assert_error(f"[runner]\nshutdown_timeout={value}\n", 2, "seconds")
         self.assertEqual(parse_config("[runner]\nshutdown_timeout=2.5\n", "f").runner
                          .shutdown_timeout, 2.5)
+
+    def test_workers(self) -> None:
+        """[runner] workers: auto (one per core, counted at start-up), or 1 to 256
+        processes; left out, one process."""
+        def workers(text: str) -> int:
+            return parse_config(f"[runner]\nworkers={text}\n", "f").runner.workers
+
+        self.assertEqual((workers("auto"), workers(" AUTO "), workers("1"), workers("4")),
+                         (AUTO_WORKERS, AUTO_WORKERS, 1, 4))
+        self.assertEqual(parse_config("", "f").runner.workers, 1)
+        for value in ("0", "-2", "two", ""):
+            self.assert_error(f"[runner]\nworkers={value}\n", 2,
+                              "[runner] workers: expected auto or a number of processes >= 1")
+        self.assert_error("[runner]\nworkers=257\n", 2, "at most 256 processes")
 
     def test_not_a_regular_file(self) -> None:
         """/dev/zero as a config (or routes) file is refused at once, not read forever."""

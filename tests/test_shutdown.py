@@ -35,6 +35,7 @@ SHUTDOWN_TIMEOUT = 5
 
 class SigtermTests(TestCase):
     timeout = 60
+    workers = 1  # [runner] workers
 
     async def start_server(self) -> None:
         http_origin = proxy_fixtures.HttpOrigin()
@@ -55,7 +56,7 @@ class SigtermTests(TestCase):
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={self.publish_port}\n"
             "[webhooks]\nenabled=false\n"
         ), routes=(f"*,path_beg=/ws 127.0.0.1:{origins[1]},over_http\n"
-                   f"* 127.0.0.1:{origins[0]}\n"))
+                   f"* 127.0.0.1:{origins[0]}\n"), workers=self.workers)
         self.output = TwistdOutput()
         twistd = Path(sys.executable).parent / "twistd"
         self.process = reactor.spawnProcess(
@@ -140,6 +141,12 @@ class SigtermTests(TestCase):
         self.assertIn("stopped cleanly", output)
         self.assertNotIn("long-poll held", output)  # a debug event; log_level=2 hides it
         self.assertNotIn("Starting factory", output)  # per origin connection: debug only
+
+
+class SigtermWorkersTests(SigtermTests):
+    """The same with two workers: the supervisor drains both."""
+
+    workers = 2
 
 
 class StuckService(Service):

@@ -176,6 +176,8 @@ class BuildServiceTests(SynchronousTestCase):
 class TwistdTests(TestCase):
     """End-to-end: ``twistd -n fanout`` as a subprocess, stopped by the PID started here."""
 
+    workers = 1  # [runner] workers of every config written here
+
     def twistd(self, *args: str, open_files: int | None = None,
                daemon: bool = False) -> TwistdOutput:
         """Start twistd (in the foreground unless ``daemon``); with ``open_files``, under
@@ -223,7 +225,7 @@ class TwistdTests(TestCase):
         port, and shuts down cleanly on SIGTERM with exit code 0 (operations.stop_on_signals
         keeps twistd from re-raising the signal after a clean stop)."""
         publish_port = free_port()
-        config = loopback_config(Path(self.mktemp()), publish_port)
+        config = loopback_config(Path(self.mktemp()), publish_port, self.workers)
         protocol = self.twistd("--config", str(config.resolve()))
         code, _body = await self.get(f"http://127.0.0.1:{publish_port}/".encode(), protocol)
         self.assertEqual(code, 200)
@@ -239,7 +241,7 @@ class TwistdTests(TestCase):
         """Under ``ulimit -n 600`` the default client_maxconn (50,000) cannot be met: it is
         lowered to what the descriptors allow, and the log says so."""
         publish_port = free_port()
-        config = loopback_config(Path(self.mktemp()), publish_port)
+        config = loopback_config(Path(self.mktemp()), publish_port, self.workers)
         protocol = self.twistd("--config", str(config.resolve()), open_files=600)
         code, _body = await self.get(f"http://127.0.0.1:{publish_port}/".encode(), protocol)
         self.assertEqual(code, 200)
@@ -249,7 +251,8 @@ class TwistdTests(TestCase):
     async def test_bad_config_refuses_to_start(self) -> None:
         """A bad config stops start-up with file:line and the reason, no traceback, and a
         non-zero exit code."""
-        config = write_config(Path(self.mktemp()), "[runner]\nhttp_port=nope\n").resolve()
+        config = write_config(Path(self.mktemp()), "[runner]\nhttp_port=nope\n",
+                              workers=self.workers).resolve()
         protocol = self.twistd("--config", str(config))
         reason = await protocol.ended
         self.assertIsInstance(reason, ProcessTerminated)
@@ -276,7 +279,7 @@ class TwistdTests(TestCase):
             f"[handler]\npush_in_spec=tcp://127.0.0.1:{port}\n"
             "push_in_sub_specs=tcp://127.0.0.1:*\n"
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={free_port()}\n"
-        )).resolve()
+        ), workers=self.workers).resolve()
         protocol = self.twistd("--config", str(config))
         reason = await protocol.ended
         output = protocol.output.decode(errors="replace")
@@ -297,7 +300,7 @@ class TwistdTests(TestCase):
         taken.listen()
         self.addCleanup(taken.close)
         port = taken.getsockname()[1]
-        config = loopback_config(Path(self.mktemp()), free_port())
+        config = loopback_config(Path(self.mktemp()), free_port(), self.workers)
         protocol = self.twistd("--config", str(config.resolve()), "--port",
                                f"127.0.0.1:{port}", daemon=True)
         reason = await protocol.ended
@@ -307,3 +310,9 @@ class TwistdTests(TestCase):
         # (twistd passes the parent the first 100 bytes; the log has every line)
         self.assertIn(f"An error has occurred: b'fanout_tx.ops.startup.StartupAbandonedError: "
                       f"http-proxy: cannot listen on 127.0.0.1:{port}", output)
+
+
+class TwistdWorkersTests(TwistdTests):
+    """The same with ``[runner] workers = 2``: a supervisor and two workers."""
+
+    workers = 2

@@ -27,6 +27,7 @@ from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_end
 
 class TwistdWebSocketTests(TestCase):
     timeout = 60
+    workers = 1  # [runner] workers
 
     async def start_server(self) -> tuple[int, int]:
         self.origin = WsOverHttpOrigin(grip_echo)
@@ -39,7 +40,8 @@ class TwistdWebSocketTests(TestCase):
             "[proxy]\nroutesfile=routes\n"
             "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
-        ), routes=f"*,path_beg=/ws 127.0.0.1:{origin_port.getHost().port},over_http\n")
+        ), routes=f"*,path_beg=/ws 127.0.0.1:{origin_port.getHost().port},over_http\n",
+            workers=self.workers)
         self.output = TwistdOutput()
         twistd = Path(sys.executable).parent / "twistd"
         process = reactor.spawnProcess(
@@ -93,3 +95,9 @@ class TwistdWebSocketTests(TestCase):
         await side.closed
         await self.origin.wait_for(lambda: "CLOSE" in self.origin.event_names())
         self.assertEqual(self.origin.requests[0][2], b"/ws/chat")
+
+
+class TwistdWebSocketWorkersTests(TwistdWebSocketTests):
+    """The same with two workers."""
+
+    workers = 2

@@ -7,6 +7,7 @@
 # HTTP publish 25561, ZMQ SUB 25562; every path routed to the harness origin, WebSocket
 # requests as WebSocket-over-HTTP. Config and log live in $BENCH_TMP (default
 # /tmp/bench-fanout_tx). The twistd used is $FANOUT_TWISTD, else the repo's .venv, else PATH.
+# [runner] workers is $FANOUT_WORKERS (default auto: one per core).
 set -euo pipefail
 ORIGIN_PORT=${1:-${ORIGIN_PORT:-28100}}
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -24,6 +25,8 @@ cat > "$T/fanout.conf" <<CONF
 http_port=127.0.0.1:27999
 client_maxconn=50000
 log_level=${FANOUT_LOG_LEVEL:-2}
+# a supervisor and one worker per core (the harness measures the whole process tree)
+workers=${FANOUT_WORKERS:-auto}
 
 [proxy]
 routesfile=$T/routes

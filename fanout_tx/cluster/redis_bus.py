@@ -27,11 +27,10 @@ from zope.interface import implementer
 from fanout_tx._reactor import IConnectingReactor
 from fanout_tx.cluster.redis_link import RedisLink, redis_endpoint
 from fanout_tx.config.redis_url import RedisAddress
-from fanout_tx.core.bus import BusUnavailableError
+from fanout_tx.core.bus import BusUnavailableError, ItemSink
 from fanout_tx.core.codecs.item_codec import ItemCodecError, decode_items, encode_items
 from fanout_tx.core.interfaces import IBus
 from fanout_tx.core.items import Item
-from fanout_tx.core.router import Router
 
 # KEYS: stream, last-ids hash, last-ids order (zset), entry counter.
 # ARGV: origin, payload, stream max length, max last ids, then channel/id pairs.
@@ -108,7 +107,7 @@ class RedisBus(MultiService):
 
     def __init__(
         self,
-        router: Router,
+        router: ItemSink,
         reactor: IConnectingReactor,
         address: RedisAddress,
         prefix: str = "fanout_tx:",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,10 +136,17 @@ class RoutesWatcher(TimerService):
         return super().stopService()
 
 
-def reload_on_sighup(reactor: IReactorFromThreads, watcher: RoutesWatcher) -> None:
-    """SIGHUP re-reads the routes file, as Pushpin does. Called once the reactor runs."""
+def reload_on_sighup(reactor: IReactorFromThreads, watcher: RoutesWatcher,
+                     then: Callable[[], None] | None = None) -> None:
+    """SIGHUP re-reads the routes file, as Pushpin does, then calls ``then`` (a supervisor
+    passes the signal on to its workers). Called once the reactor runs."""
+
+    def reload() -> None:
+        watcher.reload_now()
+        if then is not None:
+            then()
 
     def handler(_signum: int, _frame: Any) -> None:
-        reactor.callFromThread(watcher.reload_now)
+        reactor.callFromThread(reload)
 
     signal.signal(signal.SIGHUP, handler)

@@ -66,6 +66,9 @@ class RunnerConfig:
     log_level: int = 2
     # Seconds a graceful stop (SIGTERM/SIGINT) may take before the process exits anyway.
     shutdown_timeout: float = 10.0
+    # Worker processes serving the client ports (ops/workers.py); 1 = one process, as
+    # before; AUTO_WORKERS (``auto``) = one per core this process may run on.
+    workers: int = 1
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,23 @@ def _seconds(value: str, _base: Path | None = None) -> float:
     return number
 
 
+# ``[runner] workers = auto``: one worker per core, counted at start-up.
+AUTO_WORKERS = 0
+MAX_WORKERS = 256
+
+
+def _workers(value: str, base: Path | None = None) -> int:
+    if value.strip().lower() == "auto":
+        return AUTO_WORKERS
+    try:
+        number = _positive_int(value, base)
+    except ValueError:
+        raise ValueError(f"expected auto or a number of processes >= 1, got {value!r}") from None
+    if number > MAX_WORKERS:
+        raise ValueError(f"expected at most {MAX_WORKERS} processes, got {number}")
+    return number
+
+
 def _path(value: str, _base: Path | None = None) -> Path:
     text = value.strip()
     if "\0" in text:
@@ -440,6 +460,7 @@ _KNOWN: dict[str, dict[str, tuple[str, Parser]]] = {
         "max_buffered_bytes": ("max_buffered_bytes", _non_negative_int),
         "log_level": ("log_level", _log_level),
         "shutdown_timeout": ("shutdown_timeout", _seconds),
+        "workers": ("workers", _workers),
     },
     "proxy": {
         "routesfile": ("routes_file", _path),

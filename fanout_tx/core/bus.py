@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from zope.interface import implementer
 
 from fanout_tx.core.interfaces import IBus
 from fanout_tx.core.items import Item
-from fanout_tx.core.router import Router
+
+
+class ItemSink(Protocol):
+    """Where a bus delivers: a Router, or the machine's fan-out to its workers
+    (cluster/machine_bus.py) that delivers to every router on the machine."""
+
+    def publish(self, item: Item) -> None: ...
+
+    def set_last_id(self, channel: str, item_id: str) -> None: ...
 
 
 @implementer(IBus)
 class LocalBus:
     """One process, in memory: publishing is delivering."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: ItemSink) -> None:
         self.router = router
 
     def publish(self, items: Sequence[Item], input_name: str) -> Deferred[None]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from io import BytesIO
-from typing import cast
+from typing import Protocol, cast
 
 from twisted.internet.defer import Deferred, gatherResults, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -25,11 +25,16 @@ from typing_extensions import override
 from fanout_tx.core.bus import BusUnavailableError
 from fanout_tx.core.interfaces import IBus
 from fanout_tx.core.items import PublishError, parse_items_json
-from fanout_tx.core.router import Router
 from fanout_tx.inputs.publish_auth import BearerAuth
 from fanout_tx.ops.deadlines import DeadlineChannel
 
 PublishBarrier = Callable[[], Deferred[bool]]
+
+
+class Recovers(Protocol):
+    """What ``/recover`` asks: a Router, or the machine's fan-out to its workers."""
+
+    def recover_all(self) -> int: ...
 
 _Headers = Iterable[tuple[bytes, bytes]]
 
@@ -210,7 +215,7 @@ class RecoverResource(Resource):
     isLeaf = True
     _log = Logger()
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Recovers) -> None:
         super().__init__()
         self._router = router
 
@@ -230,7 +235,7 @@ class PublishRoot(Resource):
 
     _log = Logger()
 
-    def __init__(self, bus: IBus, router: Router, auth: BearerAuth) -> None:
+    def __init__(self, bus: IBus, router: Recovers, auth: BearerAuth) -> None:
         super().__init__()
         self._auth = auth
         self._public: set[bytes] = set()

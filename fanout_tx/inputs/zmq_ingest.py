@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Sequence
-from typing import cast
+from typing import Protocol, cast
 
 import zmq
 from twisted.application.service import Service
@@ -32,7 +32,6 @@ from fanout_tx._reactor import IReaderReactor
 from fanout_tx.core.bus import BusUnavailableError
 from fanout_tx.core.interfaces import IBus, IChannelListener
 from fanout_tx.core.items import Item, PublishError, decode_message, parse_item
-from fanout_tx.core.router import Router
 from fanout_tx.inputs.zmq_bind import bind
 from fanout_tx.ops.startup import StartupError
 
@@ -223,6 +222,15 @@ class ZmqPullInput(_ZmqInput):
         return parse_item(decode_message(parts[0]))
 
 
+class ChannelSource(Protocol):
+    """Whose channels the SUB input subscribes to: a Router, or every router on the machine
+    (cluster/machine_bus.ChannelUnion)."""
+
+    def add_channel_listener(self, listener: IChannelListener) -> None: ...
+
+    def channels(self) -> frozenset[str]: ...
+
+
 @implementer(IChannelListener)
 class ZmqSubInput(_ZmqInput):
     """``[handler] push_in_sub_specs``: one SUB socket, bound to (or connected to) every spec.
@@ -238,7 +246,8 @@ class ZmqSubInput(_ZmqInput):
     input_name = "zmq-sub"
     socket_type = zmq.SUB
 
-    def __init__(self, reactor: IReaderReactor, context: zmq.Context, bus: IBus, router: Router,
+    def __init__(self, reactor: IReaderReactor, context: zmq.Context, bus: IBus,
+                 router: ChannelSource,
                  specs: Sequence[str], connect: bool = False, linger: float = 60.0,
                  max_lingering: int = MAX_LINGERING) -> None:
         super().__init__(reactor, context, bus)

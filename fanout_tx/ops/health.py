@@ -140,3 +140,22 @@ class HealthResource(Resource):
         return json.dumps(body, sort_keys=True).encode("utf-8") + b"\n"
 
     render_HEAD = render_GET  # noqa: N815 - twisted.web hook
+
+
+class WorkerState(Protocol):
+    """The supervisor's workers (ops/workers.WorkerPool)."""
+
+    count: int
+
+    def ready_count(self) -> int: ...
+
+
+def workers_check(pool: WorkerState, bound: Callable[[], list[str]]) -> Check:
+    """A supervisor's client ports: up while every worker serves them."""
+
+    def check() -> tuple[bool, dict[str, Any]]:
+        ready = pool.ready_count()
+        return ready == pool.count, {"listening": bound(), "workers": pool.count,
+                                     "workers_serving": ready}
+
+    return check

@@ -9,11 +9,13 @@ A scrape walks the router's subscribers once to count connections by transport.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector, CollectorRegistry
 from prometheus_client.twisted import MetricsResource
 from twisted.internet.defer import Deferred
@@ -241,9 +243,59 @@ class FanoutCollector(Collector):
                                 value=1 if redis is not None and redis.up else 0)
 
 
-def metrics_resource(sources: MetricSources) -> WSGIResource:
-    """``GET /metrics`` (prometheus_client's WSGI app): a registry of its own (not the
-    process-global one), so several servers in one process (tests) do not collide."""
+# Gauges a sum over the workers would misstate: reported once per worker, labelled.
+PER_WORKER = frozenset({"fanout_client_accept_paused"})
+
+# (worker index, its last /metrics text), for each worker that has reported.
+WorkerReports = Callable[[], Sequence[tuple[int, bytes]]]
+
+
+class MachineCollector(Collector):
+    """A supervisor's /metrics (``[runner] workers`` > 1): its own families (inputs, XMPP,
+    webhooks, Redis) and each worker's last report (ops/workers.py), every sample summed
+    over the processes, except the PER_WORKER gauges, which get a ``worker`` label."""
+
+    def __init__(self, local: Collector, workers: WorkerReports) -> None:
+        self._local = local
+        self._workers = workers
+
+    @override
+    def collect(self) -> Iterator[Metric]:
+        families: dict[str, Metric] = {}
+        sums: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+        reports: list[tuple[int | None, Iterable[Metric]]] = [(None, self._local.collect())]
+        reports += [(index, text_string_to_metric_families(text.decode("utf-8", "replace")))
+                    for index, text in self._workers()]
+        for index, report in reports:
+            for family in report:
+                families.setdefault(family.name, family)
+                samples = sums.setdefault(family.name, {})
+                for sample in family.samples:
+                    labels = dict(sample.labels)
+                    if family.name in PER_WORKER and index is not None:
+                        labels["worker"] = str(index)
+                    key = (sample.name, tuple(sorted(labels.items())))
+                    samples[key] = samples.get(key, 0.0) + sample.value
+        for name, first in families.items():
+            merged = Metric(name, first.documentation, first.type)
+            for (sample_name, pairs), value in sums[name].items():
+                merged.add_sample(sample_name, dict(pairs), value)
+            yield merged
+
+
+def metrics_text(sources: MetricSources) -> Callable[[], bytes]:
+    """A worker's metrics as exposition text, for its supervisor to sum."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FanoutCollector(sources))
+    return lambda: generate_latest(registry)
+
+
+def metrics_resource(sources: MetricSources, workers: WorkerReports | None = None
+                     ) -> WSGIResource:
+    """``GET /metrics`` (prometheus_client's WSGI app): a registry of its own (not the
+    process-global one), so several servers in one process (tests) do not collide. With
+    ``workers``, the whole machine's (MachineCollector)."""
+    registry = CollectorRegistry(auto_describe=False)
+    local = FanoutCollector(sources)
+    registry.register(local if workers is None else MachineCollector(local, workers))
     return MetricsResource(registry=registry)

@@ -14,13 +14,17 @@ a traceback. tests/test_tap.py runs both with a real twistd.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import os
 import sys
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import IService, MultiService
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
+from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
 from fanout_tx._twisted import raise_bind_errors
@@ -65,6 +69,21 @@ def exit_if_failed(failures: list[str]) -> None:
             _log.critical("cannot start {failure}", failure=failure)
         _log.critical("fanout_tx not started: each address above must be free and usable")
         raise StartupAbandonedError("; ".join(failures))
+
+
+def abandon_startup(reactor: IReactorCore, reason: str) -> None:
+    """Start-up failed after the reactor started (a worker could not start): log why,
+    stop everything, and exit 1 once twistd has cleaned up (its pidfile included)."""
+    _log.critical("fanout_tx not started: {reason}", reason=reason)
+    atexit.register(_exit_failed)
+    with contextlib.suppress(ReactorNotRunning):
+        reactor.stop()
+
+
+def _exit_failed() -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
 
 
 def quiet_startup_failures() -> None:

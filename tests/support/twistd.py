@@ -12,22 +12,24 @@ from typing_extensions import override
 ROUTES = "* 127.0.0.1:8080\n"
 
 
-def write_config(folder: Path, text: str, routes: str = ROUTES) -> Path:
+def write_config(folder: Path, text: str, routes: str = ROUTES, workers: int = 1) -> Path:
+    """``text`` as fanout.conf beside ``routes``; with ``workers`` > 1, ``[runner] workers``
+    too (the end-to-end modules run each twistd test with 1 and with 2 workers)."""
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "routes").write_text(routes)
     path = folder / "fanout.conf"
-    path.write_text(text)
+    path.write_text(text + (f"\n[runner]\nworkers={workers}\n" if workers != 1 else ""))
     return path
 
 
-def loopback_config(folder: Path, publish_port: int) -> Path:
+def loopback_config(folder: Path, publish_port: int, workers: int = 1) -> Path:
     """Every listener on 127.0.0.1; ZeroMQ on wildcard ports, the client port on port 0."""
     return write_config(folder, (
         "[runner]\nhttp_port=127.0.0.1:0\n"
         "[proxy]\nroutesfile=routes\n"
         "[handler]\npush_in_spec=tcp://127.0.0.1:*\npush_in_sub_specs=tcp://127.0.0.1:*\n"
         f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
-    ))
+    ), workers=workers)
 
 
 class TwistdOutput(ProcessProtocol):

@@ -7,6 +7,7 @@ from __future__ import annotations
 from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
+from twisted.internet.interfaces import IStreamServerEndpoint
 from twisted.logger import LogLevel
 
 from fanout_tx._reactor import IListeningReactor
@@ -42,13 +43,31 @@ def client_timeouts(config: Config) -> ClientTimeouts:
                           runner.client_body_min_rate, runner.client_body_rate_window)
 
 
+def client_endpoints(config: Config, reactor: IListeningReactor,
+                     tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = (),
+                     ) -> list[tuple[str, IStreamServerEndpoint]]:
+    """A listener per ``http_port`` then per ``https_ports`` address, by name."""
+    return [
+        (f"{address.host}:{address.port}",
+         serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"))
+        for address in config.runner.http_ports
+    ] + [
+        (f"https {address.host}:{address.port}",
+         tls_endpoint(reactor, address, identities, BACKLOG))
+        for address, identities in tls
+    ]
+
+
 def build_proxy_service(
     config: Config, routes: RouteSource, router: Router, reactor: IListeningReactor,
     clients: OriginClients,
     websocket_handler: UpgradeRenderer | None = None,
     tls: tuple[tuple[ListenAddress, ServerIdentities], ...] = (),
     write_budget: WriteBudget | None = None,
+    endpoints: list[tuple[str, IStreamServerEndpoint]] | None = None,
 ) -> ProxyService:
+    """The proxy on ``endpoints`` (default: client_endpoints; a worker's are the sockets
+    it inherited)."""
     register_renderers(router)
     resource = ProxyResource(routes, router, reactor, clients.verified,
                              ProxySettings.from_config(config), insecure_agent=clients.insecure,
@@ -59,15 +78,8 @@ def build_proxy_service(
     service = ProxyService(resource, limit)
     site = proxy_site(resource, reactor, access_log=level_of(runner.log_level) is LogLevel.debug,
                       connection_limit=limit, client_timeouts=client_timeouts(config))
-    endpoints = [
-        (f"{address.host}:{address.port}",
-         serverFromString(reactor, address.endpoint_description() + f":backlog={BACKLOG}"))
-        for address in config.runner.http_ports
-    ] + [
-        (f"https {address.host}:{address.port}",
-         tls_endpoint(reactor, address, identities, BACKLOG))
-        for address, identities in tls
-    ]
+    if endpoints is None:
+        endpoints = client_endpoints(config, reactor, tls)
     for name, endpoint in endpoints:
         listener = StreamServerEndpointService(LimitedEndpoint(endpoint, limit), site)
         listener.setName(name)
