@@ -27,7 +27,7 @@ from tests.support import proxy_fixtures
 from tests.support.helpers import RecordingSubscriber
 from tests.support.ops_fixtures import RawClient, hold
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, write_config
+from tests.support.twistd import TwistdOutput, kill_tree, write_config
 from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 SHUTDOWN_TIMEOUT = 5
@@ -65,9 +65,7 @@ class SigtermTests(TestCase):
             env=dict(os.environ), path=str(folder))
 
         async def kill() -> None:
-            if self.process.pid is not None:
-                self.process.signalProcess("KILL")
-                await self.output.ended
+            await kill_tree(self.process, self.output)
 
         self.addCleanup(kill)
         await self.until_healthy()

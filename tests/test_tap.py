@@ -28,7 +28,7 @@ from fanout_tx.ops.operations import FanoutRoot
 from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.tap import Options, build_service
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, loopback_config, write_config
+from tests.support.twistd import TwistdOutput, kill_tree, loopback_config, write_config
 
 
 def parse(*args: str) -> Options:
@@ -196,9 +196,7 @@ class TwistdTests(TestCase):
                                        path=str(folder))
 
         async def stop() -> None:
-            if process.pid is not None:
-                process.signalProcess("KILL")
-                await protocol.ended
+            await kill_tree(process, protocol)
 
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
         self.process = process

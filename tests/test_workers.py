@@ -30,7 +30,7 @@ from tests.support import proxy_fixtures
 from tests.support.helpers import RawClient, wait_until, with_deadline
 from tests.support.ops_fixtures import hold
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, write_config
+from tests.support.twistd import TwistdOutput, kill_tree, write_config
 from tests.support.workers import children, owner
 from tests.support.ws import ClientSide, WsGripOrigin, WsOverHttpOrigin, grip_echo, listen_endpoint
 
@@ -88,9 +88,7 @@ class WorkersTests(TestCase):
             env=dict(os.environ), path=str(folder))
 
         async def kill() -> None:
-            if self.process.pid is not None:
-                self.process.signalProcess("KILL")
-                await self.output.ended
+            await kill_tree(self.process, self.output)
 
         self.addCleanup(kill)
         self.health = await self.until_healthy()

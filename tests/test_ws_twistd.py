@@ -21,7 +21,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, write_config
+from tests.support.twistd import TwistdOutput, kill_tree, write_config
 from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 
@@ -50,9 +50,7 @@ class TwistdWebSocketTests(TestCase):
             env=dict(os.environ), path=str(folder))
 
         async def stop() -> None:
-            if process.pid is not None:
-                process.signalProcess("KILL")
-                await self.output.ended
+            await kill_tree(process, self.output)
 
         self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
         return client_port, publish_port

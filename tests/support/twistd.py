@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
 from twisted.python.failure import Failure
 from typing_extensions import override
+
+from tests.support.helpers import wait_until, with_deadline
+from tests.support.workers import children
 
 ROUTES = "* 127.0.0.1:8080\n"
 
@@ -48,3 +55,20 @@ class TwistdOutput(ProcessProtocol):
     @override
     def processEnded(self, reason: Failure) -> None:
         self.ended.callback(reason.value)  # ProcessDone or ProcessTerminated
+
+
+async def kill_tree(process: IProcessTransport, output: TwistdOutput) -> None:
+    """SIGKILL a twistd started by a test and, with ``[runner] workers`` > 1, its workers
+    (left alone they drain and exit on their own: a supervisor's end closes their bus);
+    returns once every one of them has gone."""
+    pid = process.pid
+    if pid is None:
+        return
+    workers = children(pid)
+    process.signalProcess("KILL")
+    for worker in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker, signal.SIGKILL)
+    await with_deadline(output.ended, "twistd did not end after SIGKILL")
+    await wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers),
+                     timeout=5.0, message="a worker outlived SIGKILL")
