@@ -22,7 +22,15 @@ other than HTTP/1.0 or 1.1, a status below 100 or an unasked ``101``, a reason p
 RFC 9112's grammar (llhttp takes DEL), an empty line before a status line, a head over
 ``MAX_HEAD`` (llhttp has no limit), a chunk line or trailer section over it (httptools buffers
 a trailer whole), ``Transfer-Encoding`` other than exactly ``chunked`` (llhttp reads
-``xchunked`` or ``chunked, gzip`` until the close) or in an HTTP/1.0 answer.
+``xchunked`` or ``chunked, gzip`` until the close) or in an HTTP/1.0 answer, and a
+``Connection: close`` in an HTTP/1.0 answer that also says ``keep-alive`` (llhttp keeps it).
+
+Where llhttp is stricter than the hand-written parser was, its refusal stands (a 502):
+obsolete line folding (RFC 9112 5.2 lets a proxy refuse it), whitespace before a header's
+colon (which the old parser stripped: a bug, RFC 9112 5.1), ``Content-Length`` twice even
+with the same value or as a list, whitespace after a chunk size or an empty chunk extension,
+HTTP/1.2 to 1.9. Where it is looser and harmless, it is followed: a chunk size with more than
+16 digits (leading zeros; llhttp still refuses one that overflows 64 bits).
 """
 
 from __future__ import annotations
