@@ -16,9 +16,7 @@ from twisted.internet import tcp
 from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
-from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.http import HTTPChannel
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 from typing_extensions import override
@@ -31,10 +29,10 @@ from wokkel.component import Component  # noqa: E402 - needs wokkel_compat first
 
 __all__ = [
     "HTTP_CLIENT_FACTORY_NAMESPACE", "ConnectingComponent",
-    "ElementStreamHooks", "ExtensionFilteringClientProtocol", "ResponseCompleteRequest",
+    "ElementStreamHooks", "ExtensionFilteringClientProtocol",
     "StreamInitHook", "TrustRoot",
-    "add_cdata", "compressing", "handle_star", "listening_port", "raise_bind_errors",
-    "release_client_connection", "request_line", "send_directly",
+    "add_cdata", "compressing", "listening_port", "raise_bind_errors",
+    "release_client_connection", "send_directly",
 ]
 
 _pool_factory = HTTPConnectionPool._factory
@@ -84,30 +82,6 @@ def release_client_connection(transport: object) -> None:
     factory: Any = getattr(connector, "factory", None)
     if getattr(factory, "_connector", None) is connector:
         factory._connector = None
-
-
-def request_line(channel: HTTPChannel) -> tuple[bytes, bytes, bytes]:
-    """Method, target and version the channel has parsed, before ``requestReceived`` is
-    called with them (a request processed while its body still streams in)."""
-    return channel._command, channel._path, channel._version
-
-
-def handle_star(request: server.Request) -> None:
-    """Twisted's own answer to ``OPTIONS *``/``X *``, for a ``process`` that replaces its."""
-    request._handleStar()
-
-
-class ResponseCompleteRequest(server.Request):
-    """A Request told when its response is complete (Twisted's private ``_cleanup``), so it
-    can hold the channel back from the next request: ``super().response_complete()`` lets
-    it move on."""
-
-    def response_complete(self) -> None:
-        server.Request._cleanup(self)
-
-    @override
-    def _cleanup(self) -> None:
-        self.response_complete()
 
 
 def add_cdata(stream: domish.ExpatElementStream, text: str) -> None:

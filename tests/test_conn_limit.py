@@ -16,7 +16,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from fanout_tx.config.routes import parse_routes
 from fanout_tx.tap import build_service, listening_port, load_settings
 from fanout_tx.transports.http.conn_limit import ConnectionLimit
-from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
+from fanout_tx.transports.http.proxy import ProxyFactory, ProxyResource
 from tests.support.helpers import RawClient, TrackingFactory, wait_until
 from tests.support.proxy_fixtures import origin_on_loopback, tree_config
 from tests.support.ws import WsTestMixin, grip_echo, listen_endpoint
@@ -101,7 +101,7 @@ class WebSocketLimitTests(WsTestMixin, TestCase):
         resource = ProxyResource(SimpleNamespace(table=parse_routes(line)), self.router,
                                  reactor, Agent(reactor, pool=pool),
                                  websocket_handler=self.handler)
-        port = yield listen_endpoint().listen(proxy_site(resource, reactor,
+        port = yield listen_endpoint().listen(ProxyFactory(resource, reactor,
                                                           connection_limit=self.limit))
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port

@@ -29,9 +29,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import TestCase
-from twisted.web import server
 from twisted.web.client import HTTPConnectionPool
-from twisted.web.resource import Resource
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 
@@ -142,68 +140,7 @@ class TcpCanaries(TestCase):
         self.assertRaises(CannotListenError, second.startService)
 
 
-class _Ok(Resource):
-    isLeaf = True
-
-    def render(self, request: server.Request) -> bytes:
-        return b"ok"
-
-
-class _Recording(_twisted.ResponseCompleteRequest):
-    lines: list[tuple[bytes, bytes, bytes]]
-    completed: list[bytes]
-
-    def gotLength(self, length: int | None) -> None:  # noqa: N802
-        self.lines.append(_twisted.request_line(self.channel))
-        super().gotLength(length)
-
-    def process(self) -> None:
-        if self.path == b"*":
-            self.site = self.channel.site
-            _twisted.handle_star(self)
-        else:
-            super().process()
-
-    def response_complete(self) -> None:
-        self.completed.append(self.uri)
-        super().response_complete()
-
-
-def _serve(data: bytes) -> tuple[StringTransport, type[_Recording]]:
-    class Request(_Recording):
-        lines: list[tuple[bytes, bytes, bytes]] = []
-        completed: list[bytes] = []
-
-    site = server.Site(_Ok(), timeout=None)
-    site.requestFactory = Request
-    channel = site.buildProtocol(None)
-    transport = StringTransport()
-    channel.makeConnection(transport)
-    channel.dataReceived(data)
-    return transport, Request
-
-
 class WebCanaries(TestCase):
-    @canary("HTTPChannel._command/_path/_version, Request._cleanup")
-    def test_request_line_and_response_complete(self) -> None:
-        """``channel._command/_path/_version`` hold the request line before
-        ``requestReceived``; ``Request._cleanup`` runs once per finished response, and the
-        next pipelined request waits for it."""
-        transport, request = _serve(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n"
-                                    b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
-        self.assertEqual(request.lines, [(b"GET", b"/a", b"HTTP/1.1"),
-                                         (b"POST", b"/b", b"HTTP/1.1")],
-                         changed("HTTPChannel._command/_path/_version"))
-        self.assertEqual(request.completed, [b"/a", b"/b"], changed("Request._cleanup"))
-        self.assertEqual(transport.value().count(b"200 OK"), 2)
-
-    @canary("Request._handleStar")
-    def test_handle_star(self) -> None:
-        """``Request._handleStar`` answers ``OPTIONS *`` itself."""
-        transport, _ = _serve(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
-        self.assertTrue(transport.value().startswith(b"HTTP/1.1 200 "),
-                        changed("Request._handleStar"))
-
     @canary("twisted.web.client._HTTP11ClientFactory")
     def test_pool_factory_log_namespace(self) -> None:
         """The pool's factory logs "Starting factory" under the namespace ops/logs.py quiets."""

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import connectionDone
+from twisted.internet.protocol import BaseProtocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web import http
@@ -32,6 +32,10 @@ from fanout_tx._transport import stream_transport
 
 _REQUEST_TIMEOUT = (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain\r\n"
                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%b")
+
+
+# Seconds a closing connection has to take what it was sent before it is aborted.
+CLOSING_GRACE = 15.0
 
 
 @dataclass(frozen=True)
@@ -45,13 +49,14 @@ class ClientTimeouts:
     body_window: float = 10.0
 
 
-class DeadlineChannel(http.HTTPChannel):
-    """An HTTP/1.1 channel with the deadlines above instead of Twisted's idle timer. Reads
-    ``client_timeouts`` (ClientTimeouts) and ``dropped`` (a Counter by reason, for metrics)
-    from its site when it has them."""
+class ClientDeadlines(BaseProtocol):
+    """The deadlines above for a client connection (a Twisted protocol), in phases the
+    connection enters: ``_expect_head`` (a new connection, or a head that may start now),
+    ``_head_bytes`` / ``_body_bytes`` on data, ``_start_window`` once a head with a body is
+    complete, ``_enter("busy", 0)`` once a request is complete, ``_enter("idle", keepalive)``
+    once its answer is done. Reads ``client_timeouts`` (ClientTimeouts) and ``dropped`` (a
+    Counter by reason, for metrics) from its ``deadline_source`` when it has them."""
 
-    timeOut = None  # Twisted's per-byte idle timer: replaced by the deadlines (the site
-    # sets its own value on each channel: connectionMade takes it away again)
     _log = Logger()
     # head | body | busy (a request is complete) | idle (kept alive) | closing
     _phase = "head"
@@ -60,15 +65,29 @@ class DeadlineChannel(http.HTTPChannel):
     _window_bytes = 0
     _window_pauses = 0
     _timer: IDelayedCall | None = None
-    site: Site  # set by Site.buildProtocol
+
+    @property
+    def deadline_source(self) -> Any:
+        """What has ``reactor``, ``client_timeouts`` and ``dropped`` (the site, the factory)."""
+        raise NotImplementedError
 
     @property
     def timeouts(self) -> ClientTimeouts:
-        return getattr(self.site, "client_timeouts", None) or ClientTimeouts()
+        return getattr(self.deadline_source, "client_timeouts", None) or ClientTimeouts()
 
     def _clock(self) -> IReactorTime:
-        """The Site's (tap.py hands every Site the reactor)."""
-        return self.site.reactor
+        """The site's or factory's (tap.py hands every one the reactor)."""
+        clock: IReactorTime = self.deadline_source.reactor
+        return clock
+
+    def _answer_started(self) -> bool:
+        """Whether an answer to the current request has started (no 408 then)."""
+        raise NotImplementedError
+
+    def _upload(self) -> Any:
+        """The request's streamed body (transports/http/upload.py), which the server pauses
+        while the origin does not keep up: that time is not the client's."""
+        raise NotImplementedError
 
     # One lazy timer per connection: a new phase only notes its deadline, and the timer is
     # moved only when that deadline comes sooner than the timer. It is set for at most the
@@ -119,16 +138,8 @@ class DeadlineChannel(http.HTTPChannel):
         self._head_started = False
         self._enter("head", self.timeouts.header)
 
-    # -- the phases, from HTTPChannel's own steps ---------------------------------------------
-
-    @override
-    def connectionMade(self) -> None:
-        self.timeOut = None
-        super().connectionMade()
-        self._expect_head()
-
-    @override
-    def dataReceived(self, data: bytes) -> None:
+    def _data_arrived(self, size: int) -> None:
+        """Bytes from the client, before they are parsed."""
         phase = self._phase
         if phase == "idle":
             self._expect_head()  # the next request's first byte: its head is now due
@@ -136,37 +147,9 @@ class DeadlineChannel(http.HTTPChannel):
         if phase == "head":
             self._head_started = True
         elif phase == "body":
-            self._window_bytes += len(data)
-        super().dataReceived(data)
-
-    @override
-    def allHeadersReceived(self) -> None:
-        super().allHeadersReceived()
-        if self.length != 0 and self._phase == "head":  # None: chunked
-            self._start_window()
-
-    @override
-    def allContentReceived(self) -> None:
-        self._enter("busy", 0)
-        super().allContentReceived()
-
-    @override
-    def requestDone(self, request: Any) -> None:
-        if self.persistent:  # before super(): it replays pipelined bytes through dataReceived
-            self._enter("idle", self.timeouts.keepalive)
-        super().requestDone(request)
-
-    @override
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._enter("busy", 0)
-        super().connectionLost(reason)
+            self._window_bytes += size
 
     # -- the body's rate ----------------------------------------------------------------------
-
-    def _upload(self) -> Any:
-        """The request's streamed body (transports/http/upload.py), which the server pauses while
-        the origin does not keep up: that time is not the client's."""
-        return getattr(self.requests[-1], "upload", None) if self.requests else None
 
     def _start_window(self) -> None:
         timeouts = self.timeouts
@@ -207,18 +190,71 @@ class DeadlineChannel(http.HTTPChannel):
         if getattr(self.transport, "disconnecting", False):
             stream_transport(self).abortConnection()
             return
-        dropped: Counter[str] | None = getattr(self.site, "dropped", None)
+        dropped: Counter[str] | None = getattr(self.deadline_source, "dropped", None)
         if dropped is not None:
             dropped[reason] += 1
         self._log.info("{code} for {client}: {text}", code="408" if answer else "closed",
                        client=stream_transport(self).getPeer(), text=text)
-        started = any(getattr(r, "startedWriting", False) for r in self.requests)
-        if answer is not None and not started:
+        if answer is not None and not self._answer_started():
             stream_transport(self).write(_REQUEST_TIMEOUT % (len(answer), answer))
         self._close()
 
     def _close(self) -> None:
         """Close once what is written is sent; abort if the client does not take it."""
         stream_transport(self).loseConnection()
-        self._enter("closing", self.abortTimeout or 15)
+        self._enter("closing", CLOSING_GRACE)
 
+
+class DeadlineChannel(ClientDeadlines, http.HTTPChannel):
+    """Twisted's HTTP/1.1 channel (the publish port's) with the deadlines above instead of
+    its idle timer, entered from HTTPChannel's own steps."""
+
+    timeOut = None  # Twisted's per-byte idle timer: replaced by the deadlines (the site
+    # sets its own value on each channel: connectionMade takes it away again)
+    site: Site  # set by Site.buildProtocol
+
+    @property
+    @override
+    def deadline_source(self) -> Any:
+        return self.site
+
+    @override
+    def _answer_started(self) -> bool:
+        return any(getattr(r, "startedWriting", False) for r in self.requests)
+
+    @override
+    def _upload(self) -> Any:
+        return getattr(self.requests[-1], "upload", None) if self.requests else None
+
+    @override
+    def connectionMade(self) -> None:
+        self.timeOut = None
+        super().connectionMade()
+        self._expect_head()
+
+    @override
+    def dataReceived(self, data: bytes) -> None:
+        self._data_arrived(len(data))
+        super().dataReceived(data)
+
+    @override
+    def allHeadersReceived(self) -> None:
+        super().allHeadersReceived()
+        if self.length != 0 and self._phase == "head":  # None: chunked
+            self._start_window()
+
+    @override
+    def allContentReceived(self) -> None:
+        self._enter("busy", 0)
+        super().allContentReceived()
+
+    @override
+    def requestDone(self, request: Any) -> None:
+        if self.persistent:  # before super(): it replays pipelined bytes through dataReceived
+            self._enter("idle", self.timeouts.keepalive)
+        super().requestDone(request)
+
+    @override
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._enter("busy", 0)
+        super().connectionLost(reason)

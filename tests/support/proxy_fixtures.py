@@ -25,7 +25,7 @@ from fanout_tx.core.router import Router
 from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints, ProxySettings
 from fanout_tx.outbound.origin_client import OriginClient
 from fanout_tx.transports.http.hold import register_renderers
-from fanout_tx.transports.http.proxy import ProxyResource, proxy_site
+from fanout_tx.transports.http.proxy import ProxyFactory, ProxyResource
 from fanout_tx.transports.write_batch import WriteBatch
 from tests.support.helpers import TrackingFactory
 
@@ -120,7 +120,7 @@ class ProxyHarness:
         self.resource = ProxyResource(
             self.routes, self.router, clock, self.origin_clients[0], settings,
             insecure_agent=self.origin_clients[1], write_batch=WriteBatch(reactor), **kwargs)
-        self.proxy_factory = TrackingFactory(proxy_site(self.resource, reactor))
+        self.proxy_factory = TrackingFactory(ProxyFactory(self.resource, reactor))
         self.proxy_port = reactor.listenTCP(0, self.proxy_factory, backlog=1024,
                                            interface="127.0.0.1")
         self.client_pool = HTTPConnectionPool(reactor, persistent=False)

@@ -10,9 +10,8 @@ a ``Grip-Link``.
 from __future__ import annotations
 
 import io
-from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 from urllib.parse import urljoin, urlsplit
 
 from twisted.internet.defer import CancelledError, Deferred
@@ -22,15 +21,13 @@ from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web import http, server
-from twisted.web.http import unquote
+from twisted.web import server
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IBodyProducer, IResponse
 from twisted.web.resource import Resource
 from typing_extensions import override
 
 from fanout_tx._transport import stream_transport
-from fanout_tx._twisted import ResponseCompleteRequest, handle_star, request_line
 from fanout_tx.config.routes import Route, RouteSource, RouteTarget
 from fanout_tx.core.headers import Header, end_to_end, get
 from fanout_tx.core.router import Router
@@ -44,7 +41,7 @@ from fanout_tx.grip.instruct import (
     parse_instruct,
     parse_link,
 )
-from fanout_tx.ops.deadlines import ClientTimeouts, DeadlineChannel
+from fanout_tx.ops.deadlines import ClientTimeouts
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.body import BytesProducer
 from fanout_tx.outbound.origin import (
@@ -58,14 +55,17 @@ from fanout_tx.outbound.origin import (
     origin_url,
     trusted_client,
 )
-from fanout_tx.outbound.tcp_options import no_delay
-from fanout_tx.transports.http.conn_limit import ConnectionLimit, Slot
+from fanout_tx.transports.http.conn_limit import ConnectionLimit
 from fanout_tx.transports.http.hold import (
     DEFAULT_MAX_CLIENT_BUFFER,
     HeldResponse,
     HeldStream,
 )
 from fanout_tx.transports.http.jsonp import JsonpAnswer, JsonpCall, JsonpError, parse_jsonp
+from fanout_tx.transports.http.server_channel import (
+    HttpServerFactory,
+    ServerRequest,
+)
 from fanout_tx.transports.http.upload import (
     REPLAY_LIMIT,
     UploadInterruptedError,
@@ -91,10 +91,10 @@ class UpgradeRenderer(Protocol):
     def render(self, request: server.Request) -> bytes | int: ...
 
 
-class ProxyRequest(ResponseCompleteRequest):
-    """A request whose body is refused (413) past the site's ``max_request_body``, and
-    streamed to the origin once it is larger than ``REPLAY_LIMIT`` (transports/http/upload.py): the
-    request is then processed while its body still arrives."""
+class ProxyRequest(ServerRequest):
+    """A request whose body is refused (413) past ``max_request_body``, and streamed to the
+    origin once it is larger than ``REPLAY_LIMIT`` (transports/http/upload.py): the request
+    is then processed while its body still arrives."""
 
     body_too_large = False
     cross_origin = False  # route ``aco``: answers get CORS headers (transports/cors.py)
@@ -103,41 +103,18 @@ class ProxyRequest(ResponseCompleteRequest):
     _body_size = 0
     _length: int | None = None
     _stream_at_first_chunk = False
-    _cleanup_waiting = False
-    channel: ProxyChannel  # ProxySite.protocol
-    # Twisted declares ``content = None`` and ``args = None`` (documented: a BinaryIO and a
-    # dict); here the body is always a BytesIO
-    content: io.BytesIO  # type: ignore[assignment]
-    args: dict[bytes, list[bytes]]  # type: ignore[assignment]
 
     def _limit(self) -> int:
-        return getattr(self.channel.site, "max_request_body", ProxySettings.max_request_body)
-
-    @override
-    def process(self) -> None:
-        """Twisted's ``process`` less its default ``Server`` and ``Date`` headers: a proxy
-        relays the origin's own, and formatting a date per request that is then removed
-        cost 4 % of a proxied request."""
-        self.site = self.channel.site
-        self.prepath = []
-        self.postpath = list(map(unquote, self.path[1:].split(b"/")))
-        if self.path == b"*":
-            handle_star(self)
-            return
-        try:
-            self.render(self.site.getResourceFor(self))
-        except BaseException:
-            self.processingFailed(Failure())
+        return cast(ProxyFactory, self.channel.factory).max_request_body
 
     @override
     def gotLength(self, length: int | None) -> None:
         self._length = length
-        if length is not None and length > self._limit():
-            self.body_too_large = True
-            self.content = io.BytesIO()
-            return
         # Bodies up to REPLAY_LIMIT stay in memory; larger ones stream (not to a temp file).
         self.content = io.BytesIO()
+        if length is not None and length > self._limit():
+            self.body_too_large = True
+            return
         # Streaming starts with the first chunk, not here: an ``Expect: 100-continue``
         # client must get its 100 before any final answer.
         self._stream_at_first_chunk = length is not None and length > REPLAY_LIMIT
@@ -155,7 +132,10 @@ class ProxyRequest(ResponseCompleteRequest):
             return
         self.content.write(data)
         if self._stream_at_first_chunk or self._body_size > REPLAY_LIMIT:
-            self._stream()
+            # Processed now (once its turn comes), the body so far queued in an UploadStream.
+            self.upload = UploadStream(self._length, stream_transport(self.channel))
+            self.upload.feed(self.content.getvalue())
+            self.content = io.BytesIO()
 
     def _refuse_body(self) -> None:
         self.body_too_large = True
@@ -165,17 +145,15 @@ class ProxyRequest(ResponseCompleteRequest):
             if self.finished:
                 stream_transport(self.channel).loseConnection()  # answered; the rest is not wanted
 
-    def _stream(self) -> None:
-        """Process the request now, with the body so far queued in an UploadStream."""
-        channel = self.channel
-        self.upload = UploadStream(self._length, stream_transport(channel))
-        self.upload.feed(self.content.getvalue())
-        self.content = io.BytesIO()
-        # What requestReceived would set, from the request line the channel has parsed.
-        self.method, self.uri, self.clientproto = request_line(channel)
-        self.path = self.uri.split(b"?", 1)[0]
-        self.args = {}
-        self.process()
+    @override
+    def ready(self) -> bool:
+        return self.body_complete or self.upload is not None
+
+    @override
+    def all_content_received(self) -> None:
+        super().all_content_received()
+        if self.upload is not None and not self.body_too_large:
+            self.upload.finish()
 
     def take_jsonp(self, call: JsonpCall) -> None:
         """Become the request a JSON-P call stands for, as Pushpin rewrites it: method,
@@ -210,41 +188,16 @@ class ProxyRequest(ResponseCompleteRequest):
         if jsonp is not None:
             answered = [(n.decode("latin-1"), v.decode("latin-1"))
                         for n, vs in self.responseHeaders.getAllRawHeaders() for v in vs]
-            # The origin's end-to-end headers only: not Twisted's own Connection header.
             code, body = jsonp.wrapped(self.code, self.code_message, end_to_end(answered))
             self.setResponseCode(code)
             kind = b"application/javascript" if code == 200 else b"text/plain"
-            connection = self.responseHeaders.getRawHeaders(b"connection")
             self.responseHeaders = Headers({b"content-type": [kind],
                                             b"content-length": [b"%d" % len(body)]})
-            if connection:
-                self.responseHeaders.setRawHeaders(b"connection", connection)
             super().write(body)
         super().finish()
-
-    @override
-    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
-        if self.upload is None:
-            super().requestReceived(command, path, version)
-            return
-        # Already being processed: the body is complete now.
-        if not self.body_too_large:
-            self.upload.finish()
-        if self._cleanup_waiting:
-            super().response_complete()
-
-    @override
-    def response_complete(self) -> None:
-        """The response is complete. While a streamed body is still arriving the channel
-        must not move on to the next request yet: wait for the body's end (or, when it is
-        over the limit, close the connection rather than read the rest)."""
-        if self.upload is not None and not self.upload.complete:
-            if self.body_too_large:
-                stream_transport(self.channel).loseConnection()
-            else:
-                self._cleanup_waiting = True
-            return
-        super().response_complete()
+        if self.body_too_large and self.upload is not None and not self.upload.complete:
+            # Answered (413) while the body still arrives: the rest is not wanted.
+            stream_transport(self.channel).loseConnection()
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
@@ -253,95 +206,18 @@ class ProxyRequest(ResponseCompleteRequest):
         super().connectionLost(reason)
 
 
-class ProxyChannel(DeadlineChannel):
-    """A client connection: counted against ``client_maxconn`` and refused past
-    ``client_maxconn_per_ip`` (conn_limit.py), held to the request deadlines (deadlines.py),
-    and pushes go out without waiting for Nagle (outbound/tcp_options.py)."""
+class ProxyFactory(HttpServerFactory):
+    """The client port: ProxyRequests on HttpServerChannels, bodies up to the proxy's
+    ``max_request_body``; the access log only at debug level (one line per request is too
+    much for a push server)."""
 
-    limit_slot: Slot | None = None
-    refused = False
-    _log = Logger()
-
-    @override
-    def connectionMade(self) -> None:
-        super().connectionMade()
-        no_delay(self.transport)
-        limit = getattr(self.site, "connection_limit", None)
-        if limit is None:
-            return
-        peer = stream_transport(self).getPeer()
-        self.limit_slot = limit.take(getattr(peer, "host", ""))
-        if self.limit_slot is None:
-            self.refused = True
-            self._log.info("503 for {client}: over {limit} connections from its address "
-                           "([runner] client_maxconn_per_ip)", client=peer,
-                           limit=limit.per_address)
-            stream_transport(self).write(
-                b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
-                b"Content-Length: 40\r\nConnection: close\r\n\r\n"
-                b"Too many connections from your address.\n")
-            self._close()
-
-    @override
-    def dataReceived(self, data: bytes) -> None:
-        if not self.refused:
-            super().dataReceived(data)
-
-    @override
-    def connectionLost(self, reason: Failure = connectionDone) -> None:
-        super().connectionLost(reason)
-        if self.limit_slot is not None:
-            self.limit_slot.release()
-
-    @override
-    def lineLengthExceeded(self, line: bytes) -> None:
-        """A request line or header over ``MAX_LENGTH`` (16 KiB): say so before hanging up
-        (Twisted would only hang up)."""
-        self._log.info("431 for {client}: request header line over {limit} bytes",
-                       client=stream_transport(self).getPeer(), limit=self.MAX_LENGTH)
-        stream_transport(self).write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: text/plain\r\n"
-            b"Content-Length: 26\r\nConnection: close\r\n\r\nRequest header too large.\n")
-        self._close()
-
-
-class ProxySite(server.Site):
-    """The client port's Site: bodies never parsed as forms, no tracebacks to clients, and
-    the access log only at debug level (one line per request is too much for a push
-    server). Below debug it is not even emitted: building a log event per request costs
-    a few percent of the proxy's throughput."""
-
-    noisy = False
-    displayTracebacks = False
-    # HTTP/1.1 only: the default adds HTTP/2 negotiation over TLS. Twisted types
-    # ``protocol`` as a factory of that wrapper, though Site.buildProtocol takes a channel.
-    protocol = ProxyChannel  # type: ignore[assignment]
-    _log = Logger()
+    request_factory = ProxyRequest
 
     def __init__(self, resource: ProxyResource, reactor: IReactorTime, access_log: bool = True,
                  connection_limit: ConnectionLimit | None = None,
                  client_timeouts: ClientTimeouts | None = None) -> None:
-        super().__init__(resource, requestFactory=ProxyRequest, parsePOSTFormSubmission=False,
-                         reactor=reactor)
+        super().__init__(resource, reactor, access_log, connection_limit, client_timeouts)
         self.max_request_body = resource.settings.max_request_body
-        self.access_log = access_log
-        self.connection_limit = connection_limit
-        self.client_timeouts = client_timeouts or ClientTimeouts()
-        # connections dropped by reason (deadlines.py), for /metrics
-        self.dropped = connection_limit.dropped if connection_limit is not None else Counter()
-
-    @override
-    def log(self, request: http.Request) -> None:
-        if self.access_log:
-            self._log.debug("{method} {path} -> {code}", method=request.method,
-                            path=url_for_log(request.uri), code=request.code)
-
-
-def proxy_site(resource: ProxyResource, reactor: IReactorTime, access_log: bool = True,
-               connection_limit: ConnectionLimit | None = None,
-               client_timeouts: ClientTimeouts | None = None) -> ProxySite:
-    return ProxySite(resource, reactor, access_log, connection_limit, client_timeouts)
-
 
 
 class ProxyResource(Resource):

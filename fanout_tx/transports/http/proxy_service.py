@@ -19,7 +19,12 @@ from fanout_tx.outbound.clients import OriginClients
 from fanout_tx.outbound.origin import ProxySettings
 from fanout_tx.transports.http.conn_limit import ConnectionLimit, LimitedEndpoint
 from fanout_tx.transports.http.hold import register_renderers
-from fanout_tx.transports.http.proxy import ProxyResource, RouteSource, UpgradeRenderer, proxy_site
+from fanout_tx.transports.http.proxy import (
+    ProxyFactory,
+    ProxyResource,
+    RouteSource,
+    UpgradeRenderer,
+)
 from fanout_tx.transports.http.tls import ServerIdentities, tls_endpoint
 from fanout_tx.transports.write_budget import WriteBudget
 
@@ -76,12 +81,13 @@ def build_proxy_service(
     # 0: counted, never paused
     limit = ConnectionLimit(runner.client_maxconn, runner.client_maxconn_per_ip)
     service = ProxyService(resource, limit)
-    site = proxy_site(resource, reactor, access_log=level_of(runner.log_level) is LogLevel.debug,
-                      connection_limit=limit, client_timeouts=client_timeouts(config))
+    factory = ProxyFactory(resource, reactor,
+                           access_log=level_of(runner.log_level) is LogLevel.debug,
+                           connection_limit=limit, client_timeouts=client_timeouts(config))
     if endpoints is None:
         endpoints = client_endpoints(config, reactor, tls)
     for name, endpoint in endpoints:
-        listener = StreamServerEndpointService(LimitedEndpoint(endpoint, limit), site)
+        listener = StreamServerEndpointService(LimitedEndpoint(endpoint, limit), factory)
         listener.setName(name)
         listener.setServiceParent(service)
     return service

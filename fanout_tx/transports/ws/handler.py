@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.internet.interfaces import IAddress, IReactorTime
@@ -34,6 +34,15 @@ from fanout_tx.transports.ws.session import OriginError, WsOverHttpSession
 
 # As Pushpin: a rejection body relayed to the client is cut at 100 KB.
 MAX_REJECT_BODY = 100_000
+
+
+class _HttpChannel(Protocol):
+    """The client port's HTTP channel (transports/http/server_channel.py), as seen here."""
+
+    limit_slot: Slot | None  # its client_maxconn place, which goes with the socket
+
+    def handed_off(self) -> None:
+        """The socket is a WebSocket's now: drop the HTTP side's state."""
 
 
 class _OneConnection:
@@ -168,12 +177,12 @@ class WebSocketHandler(Resource):
         if gone:
             session.client_lost()
             return
-        channel = request.channel
-        slot = getattr(channel, "limit_slot", None)
-        WebSocketResource(_OneConnection(self._factory, session, outcome, slot)).render(request)
-        # The socket is the WebSocket's now. twisted.web's channel and request would keep
+        channel = cast(_HttpChannel, request.channel)
+        WebSocketResource(_OneConnection(self._factory, session, outcome,
+                                         channel.limit_slot)).render(request)
+        # The socket is the WebSocket's now. The HTTP channel and its request would keep
         # pointing at each other, left for the cyclic collector (issue 19).
-        channel.requests.clear()
+        channel.handed_off()
         request.channel = None  # type: ignore[assignment]  # Twisted: HTTPChannel, not Optional
 
     def _open_failed(self, failure: Failure, request: Request, gone: list[Failure]) -> None:
