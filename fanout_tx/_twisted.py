@@ -17,6 +17,7 @@ from twisted.internet._sslverify import IOpenSSLTrustRoot
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IListeningPort
 from twisted.web.client import HTTPConnectionPool
+from twisted.web.http_headers import Headers, _nameEncoder
 from twisted.words.protocols.jabber import xmlstream
 from twisted.words.xish import domish
 from typing_extensions import override
@@ -31,7 +32,7 @@ __all__ = [
     "HTTP_CLIENT_FACTORY_NAMESPACE", "ConnectingComponent",
     "ElementStreamHooks", "ExtensionFilteringClientProtocol",
     "StreamInitHook", "TrustRoot",
-    "add_cdata", "compressing", "listening_port", "raise_bind_errors",
+    "add_cdata", "checked_headers", "compressing", "listening_port", "raise_bind_errors",
     "release_client_connection", "send_directly",
 ]
 
@@ -56,6 +57,24 @@ def send_directly(transport: object, data: bytes) -> bytes:
         return data
     sent = transport.writeSomeData(data)
     return data[sent:] if isinstance(sent, int) else data  # an error: write() reports it
+
+
+def checked_headers(pairs: list[tuple[bytes, bytes]]) -> Headers:
+    """Headers from name/value pairs a strict parser (llhttp) has already checked: names are
+    tokens, values hold no CR, LF or NUL. Twisted's per-value checks (``addRawHeader``) are
+    skipped; names still go through its canonical-case cache (private ``_nameEncoder``),
+    which ``getRawHeaders`` looks them up by."""
+    headers = Headers()
+    raw = headers._rawHeaders
+    encode = _nameEncoder.encode
+    for name, value in pairs:
+        key = encode(name)
+        values = raw.get(key)
+        if values is None:
+            raw[key] = [value]
+        else:
+            values.append(value)
+    return headers
 
 
 def listening_port(service: StreamServerEndpointService) -> Deferred[IListeningPort | None]:

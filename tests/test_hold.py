@@ -13,7 +13,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.server import NOT_DONE_YET, Request
 from zope.interface.verify import verifyObject
 
 from fanout_tx.core.formats import Format
@@ -27,6 +27,7 @@ from fanout_tx.transports.http.hold import (
     register_renderers,
     render_http_stream,
 )
+from fanout_tx.transports.http.server_channel import HttpServerFactory
 from fanout_tx.transports.write_budget import WriteBudget
 
 
@@ -92,10 +93,10 @@ class HoldTestsMixin:
 
     def connect(self, make: Any) -> tuple[Any, StringTransport, Any]:
         resource = HoldResource(make)
-        # No idle timeout: it would be a real-reactor timer left behind by these
-        # in-memory connections.
-        site = Site(resource, timeout=None)
-        protocol = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
+        # served as on the client port; the request deadlines on a clock of their own (these
+        # tests count the hold's timers)
+        factory = HttpServerFactory(resource, task.Clock(), access_log=False)
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 1))
         transport = StringTransport()
         protocol.makeConnection(transport)
         protocol.dataReceived(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")

@@ -15,6 +15,7 @@ from twisted.web.server import Site
 from fanout_tx.config.routes import parse_routes
 from fanout_tx.outbound.origin import InsecurePolicy, OriginEndpoints
 from fanout_tx.outbound.origin_client import OriginClient
+from fanout_tx.transports.http.server_channel import HttpServerFactory
 from fanout_tx.transports.ws.handler import WebSocketHandler
 from fanout_tx.transports.ws.proxy import endpoint_connector
 from tests.support.helpers import self_signed_for_loopback
@@ -70,7 +71,7 @@ class WebSocketOverHttpTlsTests(WsTestMixin, TestCase):
             SimpleNamespace(table=parse_routes(line)), self.router, verified, reactor,
             self.proxy_settings, self.factory, endpoint_connector(reactor),
             insecure_agent=insecure)
-        listening = yield listen_endpoint().listen(Site(self.handler))
+        listening = yield listen_endpoint().listen(HttpServerFactory(self.handler, reactor))
         self.addCleanup(listening.stopListening)
         self.port = listening.getHost().port
 

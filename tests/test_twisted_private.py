@@ -141,6 +141,16 @@ class TcpCanaries(TestCase):
 
 
 class WebCanaries(TestCase):
+    @canary("Headers._rawHeaders, http_headers._nameEncoder")
+    def test_checked_headers(self) -> None:
+        """``checked_headers`` fills a Headers that reads as one built header by header."""
+        headers = _twisted.checked_headers([(b"content-type", b"a"), (b"X-Y", b"1"),
+                                            (b"x-y", b"2"), (b"etag", b"e")])
+        self.assertEqual(headers.getRawHeaders(b"X-y"), [b"1", b"2"], changed("Headers"))
+        self.assertEqual(list(headers.getAllRawHeaders()),
+                         [(b"Content-Type", [b"a"]), (b"X-Y", [b"1", b"2"]),
+                          (b"ETag", [b"e"])], changed("Headers"))
+
     @canary("twisted.web.client._HTTP11ClientFactory")
     def test_pool_factory_log_namespace(self) -> None:
         """The pool's factory logs "Starting factory" under the namespace ops/logs.py quiets."""

@@ -91,18 +91,17 @@ class ClientDeadlines(BaseProtocol):
 
     # One lazy timer per connection: a new phase only notes its deadline, and the timer is
     # moved only when that deadline comes sooner than the timer. It is set for at most the
-    # head deadline ahead (when it fires early it sleeps again for what is left), so a
-    # kept-alive connection whose next request starts costs no timer operation: per request,
-    # one call to set it when the answer is done and one to cancel it when the next request
-    # is complete (Twisted's idle timer took three). Cancelled while a request is handled:
-    # a WebSocket upgrade takes the connection away without telling this channel.
+    # head deadline ahead (when it fires early it sleeps again for what is left; when
+    # nothing is due it lapses), so a kept-alive connection costs no timer operation per
+    # request, only one per head deadline's time at most (Twisted's idle timer took three
+    # per request). Cancelled when the connection ends or is handed to a WebSocket.
 
     def _enter(self, phase: str, delay: float) -> None:
-        """Phase ``phase``, due in ``delay`` seconds (0: no deadline)."""
+        """Phase ``phase``, due in ``delay`` seconds (0: no deadline; a timer already set
+        finds nothing due when it fires, and is not set again)."""
         self._phase = phase
         if delay <= 0:
             self._due = 0.0
-            self._cancel_timer()
             return
         clock = self._clock()
         self._due = due = clock.seconds() + delay
@@ -117,7 +116,10 @@ class ClientDeadlines(BaseProtocol):
         self._timer = self._clock().callLater(min(delay, header) if header > 0 else delay,
                                               self._check)
 
-    def _cancel_timer(self) -> None:
+    def _stop_deadlines(self) -> None:
+        """No deadline any more: the connection ended, or is no longer this protocol's."""
+        self._due = 0.0
+        self._phase = "busy"
         timer, self._timer = self._timer, None
         if timer is not None and timer.active():
             timer.cancel()
@@ -256,5 +258,5 @@ class DeadlineChannel(ClientDeadlines, http.HTTPChannel):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._enter("busy", 0)
+        self._stop_deadlines()
         super().connectionLost(reason)

@@ -28,6 +28,7 @@ from fanout_tx.core.formats.ws import parse_ws_message
 from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 from fanout_tx.outbound.origin import ProxySettings
+from fanout_tx.transports.http.server_channel import HttpServerFactory
 from fanout_tx.transports.write_batch import WriteBatch
 from fanout_tx.transports.ws import events as ev
 from fanout_tx.transports.ws.handler import WebSocketHandler
@@ -181,7 +182,8 @@ class WsTestMixin:
             SimpleNamespace(table=parse_routes(line)), self.router, Agent(reactor, pool=pool),
             reactor, self.proxy_settings, self.factory, endpoint_connector(reactor),
         )
-        port = yield listen_endpoint().listen(Site(self.handler))
+        # served as on the client port (transports/http/server_channel.py)
+        port = yield listen_endpoint().listen(HttpServerFactory(self.handler, reactor))
         self.addCleanup(port.stopListening)
         self.port = port.getHost().port
         self.addCleanup(self._sessions_done)

@@ -263,11 +263,6 @@ class ProxyResource(Resource):
             self._log.info("400 for request target {target!r}: not a path",
                            target=url_for_log(request.uri))
             return plain(request, 400, "Request target must be a path starting with /.\n")
-        if len(request.requestHeaders.getRawHeaders(b"host", ())) > 1:
-            # RFC 9112 3.2: a 400. Routing read the last value and the origin got the first,
-            # so a request could be routed as one site and be another to the origin.
-            self._log.info("400 for a request with several Host headers")
-            return plain(request, 400, "Request has more than one Host header.\n")
         host = (request.getHeader(b"host") or b"").decode("latin-1")
         path = request.path.decode("utf-8", "replace")
         if (request.getHeader(b"upgrade") or b"").lower() == b"websocket":
@@ -559,9 +554,12 @@ class ProxySession:
         if link is None and response.length != UNKNOWN_LENGTH and self.request.method != b"HEAD":
             self.request.responseHeaders.setRawHeaders(b"content-length",
                                                        [b"%d" % response.length])
-        self.request.write(b"")
         self._relay = BodyRelay(self.request)
         response.deliverBody(self._relay)
+        if not self.request.startedWriting:
+            # The head now, on its own: the body may take its time. (A body the origin
+            # client had already read went with the head, in one write.)
+            self.request.write(b"")
         done = self._relay.done
         if getattr(self.request, "jsonp", None) is not None:
             # Wrapped at the end, so read whole first: the same deadline as _collect. A

@@ -13,10 +13,11 @@ write. Pipelined requests are parsed ahead and answered one after the other; pas
 ``MAX_WAITING`` waiting (or one with a body), reading pauses until the answers catch up.
 
 Refusals, each answered (unless an answer to that request already started) and the
-connection closed: anything llhttp rejects (400: CL+TE, duplicate Content-Length, obs-fold,
-bare CR or LF, an unknown Transfer-Encoding, invalid names or values, chunk-size overflow,
-an unknown method) and nothing of that request reaches the origin; a head over ``MAX_HEAD``
-bytes or ``MAX_HEADERS`` fields (431); an HTTP version other than 1.0 or 1.1 (505).
+connection closed, nothing of that request reaching the origin: anything llhttp rejects (400:
+CL+TE, duplicate Content-Length, obs-fold, bare CR or LF, an unknown Transfer-Encoding,
+invalid names or values, chunk-size overflow, an unknown method), several Host headers
+(400), a head over ``MAX_HEAD`` bytes or ``MAX_HEADERS`` fields (431), an HTTP version other
+than 1.0 or 1.1 (505).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from typing_extensions import override
 
 from fanout_tx._transport import stream_transport
+from fanout_tx._twisted import checked_headers, send_directly
 from fanout_tx.ops.deadlines import ClientDeadlines, ClientTimeouts
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.tcp_options import no_delay
@@ -288,8 +290,10 @@ class HttpServerChannel(ClientDeadlines, Protocol):
         return self.secure
 
     def write(self, data: bytes) -> None:
-        if self.transport is not None:
-            self.transport.write(data)
+        """To the kernel at once when nothing is queued ahead (one ``send``, where the
+        transport's own write costs two ``epoll_ctl`` and a turn), else queued."""
+        if self.transport is not None and (rest := send_directly(self.transport, data)):
+            self.transport.write(rest)
 
     def registerProducer(self, producer: IProducer, streaming: bool) -> None:  # noqa: N802
         self._producer = producer
@@ -366,18 +370,18 @@ class HttpServerChannel(ClientDeadlines, Protocol):
         self._in_head = True
         self._head_bytes = self._head_raw = 0
         self._url = b""
-        self._headers = Headers()
-        self._count = 0
+        self._headers: list[tuple[bytes, bytes]] = []
 
     def on_url(self, url: bytes) -> None:
         self._url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count += 1
         self._head_bytes += len(name) + len(value) + 4
-        if self._count > MAX_HEADERS or self._head_bytes > MAX_HEAD:
+        pairs = self._headers
+        if len(pairs) >= MAX_HEADERS or self._head_bytes > MAX_HEAD:
             raise _head_too_large()
-        self._headers.addRawHeader(name, value)
+        # llhttp leaves trailing whitespace in the value: not part of it (RFC 9110 5.5)
+        pairs.append((name, value.rstrip(b" \t")))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -388,7 +392,11 @@ class HttpServerChannel(ClientDeadlines, Protocol):
                           "Only HTTP/1.1 and HTTP/1.0 are supported.")
         if len(self._url) + self._head_bytes > MAX_HEAD:
             raise _head_too_large()
-        headers = self._headers
+        headers = checked_headers(self._headers)
+        if len(headers.getRawHeaders(b"host", ())) > 1:
+            # RFC 9112 3.2. Routing would read one value and the origin get another: a
+            # request routed as one site could be another to the origin.
+            raise RefusedError(400, b"Bad Request", "Request has more than one Host header.")
         request = self.factory.request_factory(self, parser.get_method(), self._url, version,
                                                headers)
         self._parsing = request
@@ -494,7 +502,7 @@ class HttpServerChannel(ClientDeadlines, Protocol):
     def handed_off(self) -> None:
         """The connection is a WebSocket's now (transports/ws/handler.py): let go of the
         parser and the requests, which point back here (issue 19: no cycles left behind)."""
-        self._enter("busy", 0)
+        self._stop_deadlines()
         self._closed = True
         self.requests.clear()
         self._parsing = None
@@ -502,7 +510,7 @@ class HttpServerChannel(ClientDeadlines, Protocol):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        self._enter("busy", 0)
+        self._stop_deadlines()
         self._closed = True
         self._parser = None  # it holds this channel's methods
         self._producer = None
