@@ -268,3 +268,22 @@ class RedisHistoryTests(_StoreTests, TestCase):
         yield self.assertFailure(history.last("c", 1), Exception)
         self.assertEqual(history.failed, 1)
         self.flushLoggedErrors()
+
+
+class RedisScriptLoadTests(SynchronousTestCase):
+    def test_failed_load_sends_nothing_more(self) -> None:
+        """When Redis refuses the first script (still loading its data after a restart),
+        the second is not sent: no answer is left unhandled, the link retries."""
+        from twisted.internet.defer import fail
+        from twisted.internet.testing import MemoryReactorClock
+        from txredisapi import ResponseError
+
+        calls: list[tuple[Any, ...]] = []
+
+        def command(*args: Any) -> Deferred[Any]:
+            calls.append(args)
+            return fail(ResponseError("LOADING Redis is loading the dataset in memory"))
+
+        history = RedisHistory(MemoryReactorClock(), parse_redis_url("redis://127.0.0.1:1"), 5)
+        self.failureResultOf(history._load_scripts(command), ResponseError)
+        self.assertEqual(len(calls), 1)

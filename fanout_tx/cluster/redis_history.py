@@ -106,12 +106,16 @@ class RedisHistory(MultiService):
             waiter.callback(None)
 
     def _load_scripts(self, command: Any) -> Deferred[None]:
-        def loaded(shas: list[bytes]) -> None:
-            self._append_sha, self._read_sha = _text(shas[0]), _text(shas[1])
+        """One after the other: a failed first load (Redis still loading its data) leaves
+        no second answer unhandled; the link retries the whole preparation."""
+        def appending_loaded(sha: bytes) -> Deferred[None]:
+            self._append_sha = _text(sha)
+            return command("SCRIPT", "LOAD", READ_SCRIPT).addCallback(reading_loaded)
 
-        appending = command("SCRIPT", "LOAD", APPEND_SCRIPT)
-        reading = command("SCRIPT", "LOAD", READ_SCRIPT)
-        return appending.addCallback(lambda a: reading.addCallback(lambda r: loaded([a, r])))
+        def reading_loaded(sha: bytes) -> None:
+            self._read_sha = _text(sha)
+
+        return command("SCRIPT", "LOAD", APPEND_SCRIPT).addCallback(appending_loaded)
 
     # -- writing -------------------------------------------------------------------------
 

@@ -146,6 +146,7 @@ class GripSession:
         # [history]: the grip extension's history-id-prefix (None: ids are not sent), and
         # live items waiting while a subscribe's since/rewind replay is looked up.
         self._id_prefix: str | None = None
+        self._history_on = router.history is not None
         self._replay = Replay(self.formats)
         self._client_keep_alive: ev.KeepAlive | None = None
         self._client_timer: IDelayedCall | None = None
@@ -207,7 +208,7 @@ class GripSession:
                 return
             self._router.subscribe(channel, self, message.filters)
             self._replay.start(self._router.history, channel, message.since, message.rewind,
-                               self._send_item)
+                               self._send_replayed)
         elif isinstance(message, ev.Unsubscribe):
             self._router.unsubscribe(self._options.channel_prefix + message.channel, self)
         elif isinstance(message, ev.Detach):
@@ -270,15 +271,13 @@ class GripSession:
             self._client_timer.reset(message.timeout)
 
     def deliver(self, item: Item, fmt: Format, prepared: Any) -> None:
-        if self._replay.waiting is not None:  # a subscribe's since/rewind is looked up
-            self._replay.waiting.append((item, fmt, prepared))
-            return
-        self._send_item(item, fmt, prepared)
-
-    def _send_item(self, item: Item, fmt: Format, prepared: Any) -> None:
-        """One published message to the client; ``prepared`` None for a replayed one."""
+        """One published message to the client (``prepared`` None: replayed from history).
+        With [history] off this is the whole fan-out path: one flag read more than before."""
         client = self._client
         if client is None:
+            return
+        if self._history_on and self._replay.waiting is not None:
+            self._replay.waiting.append((item, fmt, prepared))  # a since/rewind is looked up
             return
         if fmt.action == "close":
             self.close_client(fmt.fields.get("code"), fmt.fields.get("reason", ""))
@@ -286,7 +285,7 @@ class GripSession:
         if fmt.action == "hint":
             return
         message_type = fmt.fields.get("type", "text")
-        if self._id_prefix is not None and item.id is not None:
+        if self._history_on and self._id_prefix is not None and item.id is not None:
             client.send_message((self._id_prefix + item.id).encode("utf-8"), False)
         if message_type == "ping":
             client.send_ping(fmt.content or b"")
@@ -297,6 +296,15 @@ class GripSession:
         else:
             client.send_prepared(prepared)
         self._client_sent()
+
+    def _send_replayed(self, item: Item, fmt: Format, prepared: Any) -> None:
+        """Replay's way in: past the wait that holds live items back."""
+        replay = self._replay
+        waiting, replay.waiting = replay.waiting, None
+        try:
+            self.deliver(item, fmt, prepared)
+        finally:
+            replay.waiting = waiting
 
     def close(self, reason: str) -> None:
         """ISubscriber: the server ends the subscription (1012 on shutdown, else 1011)."""
