@@ -29,7 +29,7 @@ from fanout_tx.core.items import Item
 # RSS against them. Per channel: its dict slot and list.
 ITEM_OVERHEAD = 450
 FORMAT_OVERHEAD = 350
-CHANNEL_OVERHEAD = 250
+CHANNEL_OVERHEAD = 450
 
 
 def _value_size(value: Any) -> int:
