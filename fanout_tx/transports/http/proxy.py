@@ -557,9 +557,9 @@ class ProxySession:
         self._relay = BodyRelay(self.request)
         response.deliverBody(self._relay)
         if not self.request.startedWriting:
-            # The head now, on its own: the body may take its time. (A body the origin
-            # client had already read went with the head, in one write.)
-            self.request.write(b"")
+            # The body is parsed after the head: the head waits for it until the end of
+            # this turn (then goes alone: the body may take its time).
+            self.request.head_soon(self.proxy.write_batch)
         done = self._relay.done
         if getattr(self.request, "jsonp", None) is not None:
             # Wrapped at the end, so read whole first: the same deadline as _collect. A

@@ -48,6 +48,7 @@ from fanout_tx.ops.deadlines import ClientDeadlines, ClientTimeouts
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.tcp_options import no_delay
 from fanout_tx.transports.http.conn_limit import ConnectionLimit, Slot
+from fanout_tx.transports.write_batch import WriteBatch
 
 MAX_HEAD = 16384  # bytes of a request line and its headers (Twisted's limit, too)
 MAX_HEADERS = 100  # header fields in one request
@@ -176,6 +177,16 @@ class ServerRequest(Request):
                      for name, values in headers.getAllRawHeaders() for value in values)
         lines.append(b"\r\n")
         return b"".join(lines)
+
+    def head_soon(self, batch: WriteBatch) -> None:
+        """Send the head at the end of this reactor turn unless body bytes (or ``finish``)
+        take it along before: an answer whose body is already here goes in one ``send``."""
+        batch.add(self)
+
+    def flush(self) -> None:
+        """(WriteBatch) The head, if nothing took it along."""
+        if not (self.startedWriting or self.finished or self._disconnected):
+            self.write(b"")
 
     @override
     def write(self, data: bytes) -> None:
