@@ -274,7 +274,6 @@ class ProxyResource(Resource):
             self._log.info("no route for {host}{path}", host=host, path=path)
             name = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
             return plain(request, 502, f"No route for host: {name}\n")  # Pushpin's words
-        request.defaultContentType = None
         request.cross_origin = route.aco or self.settings.auto_cross_origin
         if request.cross_origin and request.method == b"GET":
             try:
