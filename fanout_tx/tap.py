@@ -216,9 +216,8 @@ def build_core(settings: Settings, reactor: IServerReactor,
     else:
         bus = MachineBus(fanout) if fanout is not None else LocalBus(router)
     # A worker keeps an in-memory history of its own (it sees every item); one in Redis is
-    # the supervisor's to write.
-    if share or not redis.url:
-        router.history = _history(settings.config, reactor)
+    # the supervisor's to write, and every worker's to read (its clients resume from it).
+    router.history = _history(settings.config, reactor, writer=share)
     return Core(settings.config, router, bus, settings.routes, reactor,
                 input_bus=MeteredBus(bus, InputCounters()),
                 write_budget=WriteBudget(reactor, settings.config.runner.max_buffered_bytes),
@@ -226,15 +225,16 @@ def build_core(settings: Settings, reactor: IServerReactor,
                 machine=fanout)
 
 
-def _history(config: Config, reactor: IServerReactor) -> IHistory | None:
-    """``[history]``: in Redis when ``[redis] url`` is set (shared, kept across restarts),
-    else in memory; None when off."""
+def _history(config: Config, reactor: IServerReactor, writer: bool = True
+             ) -> IHistory | None:
+    """``[history]``: in Redis when ``[redis] url`` is set (shared, kept across restarts;
+    ``writer`` False: read only, a worker's), else in memory; None when off."""
     history = config.history
     if not history.enabled:
         return None
     if config.redis.url:
         return RedisHistory(reactor, parse_redis_url(config.redis.url), history.max_items,
-                            history.max_age, config.redis.prefix)
+                            history.max_age, config.redis.prefix, writer=writer)
     return MemoryHistory(reactor, history.max_items, history.max_age, history.max_bytes)
 
 
@@ -284,6 +284,8 @@ def _root(settings: Settings, core: Core, reactor: IServerReactor) -> FanoutRoot
     root = FanoutRoot(core.router, reactor, settings.config.runner.shutdown_timeout)
     root.after_stop.append(core.clients.close_idle)  # once every user of them has stopped
     core.routes_watcher = _named(core.routes.watcher(clock=reactor), "routes-watch", root)
+    if isinstance(core.router.history, RedisHistory):
+        _named(core.router.history, "history", root)  # owns its Redis connection
     return root
 
 
@@ -318,8 +320,6 @@ def build_service(settings: Settings, reactor: IServerReactor,
     for warning in (*config.warnings, *signing_warnings(config, settings.routes.table.routes)):
         _log.warn("{warning}", warning=warning)
     redis = core.bus if isinstance(core.bus, RedisBus) else None
-    if isinstance(core.router.history, RedisHistory):
-        _named(core.router.history, "history", root)  # owns its Redis connection
     if redis is not None:
         _named(redis, "redis", root)  # owns the Redis connections
         if not config.webhooks.enabled:

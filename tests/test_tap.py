@@ -23,10 +23,11 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from fanout_tx.cluster.redis_history import RedisHistory
 from fanout_tx.config.settings import ListenAddress
 from fanout_tx.core.history import MemoryHistory
+from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
 from fanout_tx.ops.operations import FanoutRoot
 from fanout_tx.outbound.origin_client import OriginClient
-from fanout_tx.tap import Options, build_service
+from fanout_tx.tap import Options, build_service, build_worker
 from tests.support.services import free_port
 from tests.support.twistd import TwistdOutput, kill_tree, loopback_config, write_config
 
@@ -123,6 +124,15 @@ class BuildServiceTests(SynchronousTestCase):
                                    MemoryReactorClock())
         self.assertIs(root.getServiceNamed("history"), core.router.history)
         self.assertIsInstance(core.router.history, RedisHistory)
+        # A worker reads the supervisor's history in Redis (its clients resume from it)
+        # and writes none of it.
+        settings = parse("--config", str(config))["settings"]
+        root, core = build_worker(settings, MemoryReactorClock(), 0, 2)
+        history = root.getServiceNamed("history")
+        self.assertIs(history, core.router.history)
+        history.record(parse_item({"channel": "c", "id": "1",
+                                   "formats": {"http-stream": {"content": "x"}}}))
+        self.assertEqual(history.failed, 0)  # not even tried: Redis is not up here
 
     def test_one_set_of_origin_clients(self) -> None:
         """The origin clients are built once, in tap.py, and handed to every user: the

@@ -6,7 +6,9 @@ form (core/codecs/item_codec.py), trimmed by ``max_items`` on every append and b
 ``max_age`` (entries older than it are trimmed, the key expires when the channel goes quiet,
 and reads skip them). The router records every item it delivers; the instance that accepted
 a publish writes it, the others see ``item.remote`` and skip it, so each item is kept once,
-in the order the accepting instance delivered it. Items from a ZeroMQ SUB reach every
+in the order the accepting instance delivered it. With workers, the supervisor (which takes
+every publish) writes and the workers only read (``writer=False``). Items from a ZeroMQ SUB
+reach every
 instance (they are not shared through Redis): the append script skips an id already among
 the channel's newest entries, so each instance's copy is one entry.
 """
@@ -73,9 +75,11 @@ class RedisHistory(MultiService):
 
     def __init__(self, reactor: IConnectingReactor, address: RedisAddress, max_items: int,
                  max_age: float = 0.0, prefix: str = "fanout_tx:",
-                 reply_timeout: float = 2.0) -> None:
+                 reply_timeout: float = 2.0, writer: bool = True) -> None:
         super().__init__()
         self.max_items = max_items
+        # False in a worker: the supervisor, which takes every publish, writes them all.
+        self._writer = writer
         self._age_ms = int(max_age * 1000)
         self._prefix = prefix + "history:"
         self._append_sha = ""
@@ -120,8 +124,8 @@ class RedisHistory(MultiService):
     # -- writing -------------------------------------------------------------------------
 
     def record(self, item: Item) -> None:
-        if item.remote:
-            return  # the instance that accepted it wrote it
+        if item.remote or not self._writer:
+            return  # the instance (the supervisor) that accepted it wrote it
         try:
             payload = encode_items([item])
         except ItemCodecError as e:
