@@ -24,7 +24,13 @@ from twisted.python import usage
 from twisted.web.resource import Resource
 
 from fanout_tx._reactor import IServerReactor
-from fanout_tx.cluster.machine_bus import ChannelUnion, MachineBus, MachineFanout, WorkerBus
+from fanout_tx.cluster.machine_bus import (
+    STATS,
+    ChannelUnion,
+    MachineBus,
+    MachineFanout,
+    WorkerBus,
+)
 from fanout_tx.cluster.redis_bus import RedisBus
 from fanout_tx.cluster.redis_history import RedisHistory
 from fanout_tx.config import settings as config_module
@@ -409,6 +415,13 @@ def build_worker(settings: Settings, reactor: IServerReactor, index: int,
     bus = WorkerBus(core.router, supervisor_gone)
     link = _named(WorkerLink(reactor, reactor, bus, metrics_text(sources)), "machine-bus",
                   root)
+    handler = settings.config.handler
+    if handler.stats_spec:  # its connections, reported through the supervisor's socket
+        totals = Totals(lambda: 0, core.router, lambda: proxy.resource.requests)
+        _named(StatsPublisher(reactor, None, handler.stats_spec, handler.stats_format,
+                              handler.stats_report_interval, core.router, totals,
+                              upstream=lambda message: bus.send(STATS, message)),
+               "stats", root)
     root.after_start.append(link.ready)
     return root, core
 
@@ -457,6 +470,8 @@ def _operations(root: FanoutRoot, core: Core, sources: MetricSources,
     stats = None
     if config.handler.stats_spec:
         stats = _named(_stats(core, operated), "stats", root)
+        if machine is not None:
+            machine.pool.on_stats = stats.relay  # the workers' connections
     watched = {name: Listeners() for name in listeners}
     for name, group in watched.items():
         health.add(name, group.check)

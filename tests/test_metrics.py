@@ -18,7 +18,13 @@ from typing_extensions import override
 
 from fanout_tx.core.items import parse_item
 from fanout_tx.core.router import Router
-from fanout_tx.ops.metrics import FanoutCollector, InputCounters, MeteredBus, MetricSources
+from fanout_tx.ops.metrics import (
+    FanoutCollector,
+    InputCounters,
+    MachineCollector,
+    MeteredBus,
+    MetricSources,
+)
 from fanout_tx.transports.xmpp.link import LinkState
 from tests.support.helpers import RecordingBus, RecordingSubscriber, wait_until
 from tests.support.ops_fixtures import Samples, Server
@@ -209,3 +215,23 @@ class CollectorTests(SynchronousTestCase):
             "http-stream": {"content": "x"}}})], "zmq-sub")
         self.failureResultOf(failed, RuntimeError)
         self.assertEqual((counters.received["zmq-sub"], counters.errors["zmq-sub"]), (1, 1))
+
+
+class MachineCollectorTests(SynchronousTestCase):
+    def test_workers_summed_paused_per_worker(self) -> None:
+        """A supervisor's /metrics: its own and every worker's samples, summed; the
+        accept-paused gauge once per worker, labelled."""
+        local = FanoutCollector(MetricSources(router=Router(Clock()), inputs=InputCounters()))
+        local.sources.inputs.received["http"] = 3
+        worker = (b'fanout_connections{transport="ws"} 2.0\n'
+                  b"# TYPE fanout_client_accept_paused gauge\n"
+                  b"fanout_client_accept_paused 1.0\n")
+        families = {family.name: family for family in MachineCollector(
+            local, lambda: [(0, worker), (1, worker.replace(b"paused 1.0", b"paused 0.0"))]
+        ).collect()}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+                   for family in families.values() for s in family.samples}
+        self.assertEqual(samples[("fanout_connections", (("transport", "ws"),))], 4)
+        self.assertEqual(samples[("fanout_items_received_total", (("input", "http"),))], 3)
+        self.assertEqual(samples[("fanout_client_accept_paused", (("worker", "0"),))], 1)
+        self.assertEqual(samples[("fanout_client_accept_paused", (("worker", "1"),))], 0)

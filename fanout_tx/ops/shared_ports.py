@@ -3,11 +3,12 @@ worker.
 
 Each worker gets a listening socket of its own on each address, all bound with
 ``SO_REUSEPORT``, so the kernel spreads new connections over the workers by a hash of the
-connection's addresses. Measured on this 2-core box against one socket inherited by every
-worker (each accepting from it): under ``wrk -t2 -c64`` the shared socket left one worker with
-most connections (whichever was awake took them: the other served as little as a fifth of
-them), the per-worker sockets split them near evenly (docs/operations.rst has the figures);
-under a burst of 10,000 connections both spread the load, the shared one with a wider spread.
+connection's addresses. Measured on this 2-core box (2 workers, a loaded machine) against one
+socket inherited by every worker, each accepting from it: under ``wrk -t2 -c64`` through the
+proxy the per-worker sockets split the 64 connections 28/36 at worst in six runs, the shared
+one 32/32, 38/26 and 45/19 (whichever worker is awake takes the next connection); under a
+burst of 10,000 connects, 5,060/4,940 and 5,076/4,924 against 4,652/5,348 and 5,992/4,008.
+Throughput was within the noise of each other.
 
 The supervisor binds them (before twistd drops privileges, and so that a port in use stops
 start-up with the reason, as with one process) and keeps them open: a worker that dies

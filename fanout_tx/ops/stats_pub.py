@@ -92,12 +92,17 @@ class Totals:
 
 @implementer(IRouterObserver)
 class StatsPublisher(Service):
-    """The ``stats`` service: a bound PUB socket fed by the router's observer calls."""
+    """The ``stats`` service: a bound PUB socket fed by the router's observer calls. A
+    worker's (``upstream`` given) binds nothing: its messages go to its supervisor, whose
+    own publisher sends them on (``relay``), so the one socket reports every worker's
+    connections, each worker under its own ``from``."""
 
     _log = Logger()
 
-    def __init__(self, clock: IReactorTime, context: zmq.Context, spec: str, fmt: str,
-                 report_interval: float, router: Router, totals: Totals) -> None:
+    def __init__(self, clock: IReactorTime, context: zmq.Context | None, spec: str, fmt: str,
+                 report_interval: float, router: Router, totals: Totals,
+                 upstream: Callable[[bytes], None] | None = None) -> None:
+        self._upstream = upstream
         self._clock = clock
         self._context = context
         self._spec = spec
@@ -123,6 +128,19 @@ class StatsPublisher(Service):
     @override
     def startService(self) -> None:
         super().startService()
+        if self._upstream is None:
+            self._bind()
+        self._last_report = self._last_refresh = self._clock.seconds()
+        for call, interval in ((self.report, self._interval),
+                               (self.flush_activity, ACTIVITY_FLUSH)):
+            if interval > 0:
+                loop = LoopingCall(self._every, call)
+                loop.clock = self._clock
+                loop.start(interval, now=False)
+                self._loops.append(loop)
+
+    def _bind(self) -> None:
+        assert self._context is not None
         sock = self._context.socket(zmq.PUB)
         sock.setsockopt(zmq.LINGER, 0)
         try:
@@ -134,14 +152,6 @@ class StatsPublisher(Service):
             raise StartupError(f"stats socket cannot bind {self._spec}: {reason}") from None
         self._socket = sock
         self.endpoint = sock.getsockopt_string(zmq.LAST_ENDPOINT)
-        self._last_report = self._last_refresh = self._clock.seconds()
-        for call, interval in ((self.report, self._interval),
-                               (self.flush_activity, ACTIVITY_FLUSH)):
-            if interval > 0:
-                loop = LoopingCall(self._every, call)
-                loop.clock = self._clock
-                loop.start(interval, now=False)
-                self._loops.append(loop)
 
     @override
     def stopService(self) -> None:
@@ -162,13 +172,22 @@ class StatsPublisher(Service):
                               call=call.__name__)
 
     def _send(self, kind: str, body: dict[str, Any]) -> None:
-        if self._socket is None:
+        if self._socket is None and self._upstream is None:
             return
         body["from"] = self.origin
         try:
             message = encode(kind, body, self._format)
         except Exception:  # raised here it would stop a report loop or fail a subscribe
             self._log.failure("stats {kind} message could not be encoded; dropped", kind=kind)
+            return
+        if self._upstream is not None:
+            self._upstream(message)
+        else:
+            self.relay(message)
+
+    def relay(self, message: bytes) -> None:
+        """Send ``message`` (encoded already: a worker's) on the PUB socket."""
+        if self._socket is None:
             return
         try:
             self._socket.send(message, zmq.NOBLOCK)
