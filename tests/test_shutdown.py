@@ -3,7 +3,6 @@ within ``[runner] shutdown_timeout``. Also the log level filter and the start-up
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from twisted.application.service import Service
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectError, ProcessDone
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import LogBeginner, LogLevel, LogPublisher
@@ -27,7 +26,7 @@ from tests.support import proxy_fixtures
 from tests.support.helpers import RecordingSubscriber
 from tests.support.ops_fixtures import RawClient, hold
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, kill_tree, write_config
+from tests.support.twistd import start_twistd, until_healthy, write_config
 from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 SHUTDOWN_TIMEOUT = 5
@@ -57,34 +56,8 @@ class SigtermTests(TestCase):
             "[webhooks]\nenabled=false\n"
         ), routes=(f"*,path_beg=/ws 127.0.0.1:{origins[1]},over_http\n"
                    f"* 127.0.0.1:{origins[0]}\n"), workers=self.workers)
-        self.output = TwistdOutput()
-        twistd = Path(sys.executable).parent / "twistd"
-        self.process = reactor.spawnProcess(
-            self.output, str(twistd),
-            [str(twistd), "-n", "--pidfile=", "fanout", "--config", str(config.resolve())],
-            env=dict(os.environ), path=str(folder))
-
-        async def kill() -> None:
-            await kill_tree(self.process, self.output)
-
-        self.addCleanup(kill)
-        await self.until_healthy()
-
-    async def until_healthy(self) -> None:
-        """Poll /health until the other process answers 200."""
-        deadline = reactor.seconds() + 20
-        while True:
-            if self.output.ended.called or reactor.seconds() > deadline:
-                self.fail(self.output.output.decode(errors="replace"))
-            try:
-                response = await treq.get(f"http://127.0.0.1:{self.publish_port}/health",
-                                          persistent=False)
-                await treq.content(response)
-                if response.code == 200:
-                    return
-            except (ConnectionError, ConnectError):
-                pass
-            await deferLater(reactor, 0.1, lambda: None)
+        self.process, self.output = start_twistd(self, config)
+        await until_healthy(self, self.output, self.publish_port, seconds=20)
 
     async def connections(self) -> str:
         response = await treq.get(f"http://127.0.0.1:{self.publish_port}/metrics",

@@ -9,7 +9,6 @@ import json
 import os
 import re
 import signal
-import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,18 +19,22 @@ from autobahn.twisted.websocket import WebSocketServerFactory
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.error import ConnectError, ProcessDone
+from twisted.internet.error import ProcessDone
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.trial.unittest import TestCase
 from twisted.web.server import Request, Site
 
+from fanout_tx.cluster.redis_bus import RedisBus
+from fanout_tx.config.redis_url import parse_redis_url
 from fanout_tx.core.codecs import tnetstring
+from fanout_tx.core.items import parse_item
+from fanout_tx.core.router import Router
 from tests.support import proxy_fixtures
 from tests.support.helpers import RawClient, wait_until, with_deadline
 from tests.support.ops_fixtures import hold
-from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, kill_tree, write_config
+from tests.support.services import RedisServer, free_port
+from tests.support.twistd import start_twistd, until_healthy, write_config
 from tests.support.workers import children, owner
 from tests.support.ws import ClientSide, WsGripOrigin, WsOverHttpOrigin, grip_echo, listen_endpoint
 
@@ -58,7 +61,7 @@ def item(channel: str, text: str, **fields: Any) -> dict[str, Any]:
 class WorkersTests(TestCase):
     timeout = 120
 
-    async def start_server(self) -> None:
+    async def start_server(self, extra: str = "") -> None:
         self.http_origin = proxy_fixtures.HttpOrigin()
         self.http_origin.handlers = {b"/lp": hold, b"/stream": hold, b"/prev": prev}
         ws_origin = WebSocketServerFactory()
@@ -69,8 +72,9 @@ class WorkersTests(TestCase):
             port = await listen_endpoint().listen(factory)
             self.addCleanup(port.stopListening)
             ports.append(port.getHost().port)
+        self.http_origin_port = ports[0]
         self.publish_port = free_port()
-        folder = Path(self.mktemp())
+        self.folder = folder = Path(self.mktemp())
         config = write_config(folder, (
             "[runner]\nhttp_port=127.0.0.1:0\nshutdown_timeout=5\n"
             "[proxy]\nroutesfile=routes\n"
@@ -78,21 +82,11 @@ class WorkersTests(TestCase):
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={self.publish_port}\n"
             "command_spec=tcp://127.0.0.1:*\nsubscription_linger=0\n"
             "stats_spec=tcp://127.0.0.1:*\nstats_format=json\n"
-            "[webhooks]\nenabled=false\n"
+            "[webhooks]\nenabled=false\n" + extra
         ), routes=(f"*,path_beg=/ws 127.0.0.1:{ports[1]},over_http\n"
                    f"*,path_beg=/grip 127.0.0.1:{ports[2]}\n"
                    f"* 127.0.0.1:{ports[0]}\n"), workers=2)
-        self.output = TwistdOutput()
-        twistd = Path(sys.executable).parent / "twistd"
-        self.process = reactor.spawnProcess(
-            self.output, str(twistd),
-            [str(twistd), "-n", "--pidfile=", "fanout", "--config", str(config.resolve())],
-            env=dict(os.environ), path=str(folder))
-
-        async def kill() -> None:
-            await kill_tree(self.process, self.output)
-
-        self.addCleanup(kill)
+        self.process, self.output = start_twistd(self, config)
         self.health = await self.until_healthy()
         self.port = int(self.health["http-proxy"]["listening"][0].rsplit(":", 1)[1])
         self.workers = children(self.process.pid)
@@ -102,20 +96,7 @@ class WorkersTests(TestCase):
         return self.output.output.decode(errors="replace")
 
     async def until_healthy(self) -> dict[str, Any]:
-        """Poll /health until every worker serves; its services."""
-        deadline = reactor.seconds() + 30
-        while True:
-            if self.output.ended.called or reactor.seconds() > deadline:
-                self.fail(self.log())
-            try:
-                response = await treq.get(f"http://127.0.0.1:{self.publish_port}/health",
-                                          persistent=False)
-                body = await treq.json_content(response)
-                if response.code == 200:
-                    return body["services"]
-            except (ConnectionError, ConnectError):
-                pass
-            await deferLater(reactor, 0.1, lambda: None)
+        return await until_healthy(self, self.output, self.publish_port)
 
     async def metrics(self) -> dict[str, float]:
         response = await treq.get(f"http://127.0.0.1:{self.publish_port}/metrics",
@@ -318,3 +299,50 @@ class WorkersTests(TestCase):
         self.assertLess(serving, 10, "the new worker took too long to serve")
 
 
+
+    async def test_sighup_reloads_the_routes_of_every_worker(self) -> None:
+        """SIGHUP to the supervisor reaches both workers (each says its routes file is
+        unchanged); after a change, requests on both workers go to the new origin."""
+        await self.start_server()
+        self.process.signalProcess("HUP")
+        await wait_until(lambda: all(f"worker {n}: SIGHUP: the routes file is unchanged"
+                                     in self.log() for n in (0, 1)),
+                         message="SIGHUP did not reach both workers")
+        other = proxy_fixtures.HttpOrigin()
+        other.handlers = {b"/plain": lambda _request: b"from the new origin\n"}
+        port = await listen_endpoint().listen(Site(other))
+        self.addCleanup(port.stopListening)
+        routes = self.folder / "routes"
+        routes.write_text(routes.read_text().replace(
+            f"* 127.0.0.1:{self.http_origin_port}", f"* 127.0.0.1:{port.getHost().port}"))
+        self.process.signalProcess("HUP")
+
+        async def answered() -> tuple[RawClient, int]:
+            client, local_port = await self.raw("/plain")
+            await wait_until(lambda: b"from the new origin\n" in client.data,
+                             message="a request went to the old origin")
+            return client, local_port
+
+        await wait_until(lambda: all(f"worker {n}: routes reloaded" in self.log()
+                                     for n in (0, 1)), message="the workers did not reload")
+        await self.spread(answered)
+
+    async def test_redis_shares_with_other_machines(self) -> None:
+        """With Redis: items another instance publishes reach the clients on both workers
+        once; the machine's own publishes do too (it is one instance towards the others)."""
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        await self.start_server(f"[redis]\nurl={redis.url}\nprefix=w:\n")
+        other = RedisBus(Router(reactor), reactor, parse_redis_url(redis.url), "w:")
+        other.startService()
+        self.addCleanup(other.stopService)
+        await with_deadline(other.when_up(), "the other instance has no Redis")
+        streams = await self.spread(self.stream)
+        await self.until_connections(http_stream=len(streams))
+        await self.publish_http(item("room", "from here", id="h"))
+        await other.publish([parse_item(item("room", "from elsewhere", id="e"))], "http")
+        for stream in streams:
+            await wait_until(lambda s=stream: b"from elsewhere\n" in s.data)
+            await wait_until(lambda s=stream: b"from here\n" in s.data)
+            self.assertEqual((stream.data.count(b"from here\n"),
+                              stream.data.count(b"from elsewhere\n")), (1, 1), stream.data)

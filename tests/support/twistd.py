@@ -5,12 +5,19 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import sys
 from pathlib import Path
+from typing import Any
 
+import treq
+from twisted.internet import reactor
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IProcessTransport
 from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
+from twisted.trial.unittest import TestCase
 from typing_extensions import override
 
 from tests.support.helpers import wait_until, with_deadline
@@ -72,3 +79,35 @@ async def kill_tree(process: IProcessTransport, output: TwistdOutput) -> None:
     await with_deadline(output.ended, "twistd did not end after SIGKILL")
     await wait_until(lambda: not any(Path(f"/proc/{w}").exists() for w in workers),
                      timeout=5.0, message="a worker outlived SIGKILL")
+
+
+def start_twistd(test: TestCase, config: Path) -> tuple[IProcessTransport, TwistdOutput]:
+    """``twistd -n fanout --config CONFIG`` in CONFIG's folder, killed (with its workers)
+    when ``test`` ends."""
+    output = TwistdOutput()
+    twistd = Path(sys.executable).parent / "twistd"
+    process = reactor.spawnProcess(
+        output, str(twistd),
+        [str(twistd), "-n", "--pidfile=", "fanout", "--config", str(config.resolve())],
+        env=dict(os.environ), path=str(config.parent))
+    test.addCleanup(lambda: Deferred.fromCoroutine(kill_tree(process, output)))
+    return process, output
+
+
+async def until_healthy(test: TestCase, output: TwistdOutput, publish_port: int,
+                        seconds: float = 30) -> dict[str, Any]:
+    """Poll /health until the server (every worker included) answers 200; its services.
+    Fails ``test`` with the server's output if it exits or ``seconds`` pass first."""
+    deadline = reactor.seconds() + seconds
+    while True:
+        if output.ended.called or reactor.seconds() > deadline:
+            test.fail(output.output.decode(errors="replace"))
+        try:
+            response = await treq.get(f"http://127.0.0.1:{publish_port}/health",
+                                      persistent=False)
+            body = await treq.json_content(response)
+            if response.code == 200:
+                return dict(body["services"])
+        except (ConnectionError, ConnectError):
+            pass
+        await deferLater(reactor, 0.1, lambda: None)
