@@ -101,13 +101,10 @@ class ServerRequest(Request):
         self.requestHeaders = headers
         self.responseHeaders = Headers()
         self.notifications = []
-        if version != b"HTTP/1.1":
-            self.persistent = False
-        else:
-            connection = headers.getRawHeaders(b"connection")
-            if connection and b"close" in b",".join(connection).lower().replace(b" ", b"")\
-                    .split(b","):
-                self.persistent = False
+        connection = headers.getRawHeaders(b"connection")
+        if version != b"HTTP/1.1" or connection and b"close" in (
+                token.strip().lower() for value in connection for token in value.split(b",")):
+            self.persistent = False  # (HTTP/1.0 keep-alive is not offered, as twisted.web)
 
     @override
     def gotLength(self, length: int | None) -> None:
@@ -354,7 +351,7 @@ class HttpServerChannel(ClientDeadlines, Protocol):
             raise RefusedError(500, b"Internal Server Error", "Internal server error.") from e
         except HttpParserInvalidURLError as e:
             raise RefusedError(400, b"Bad Request",
-                          "Request target must be a path starting with /.") from e
+                               "Request target must be a path starting with /.") from e
         except HttpParserError as e:
             raise RefusedError(400, b"Bad Request", f"Bad request: {e}.") from e
         if self._in_head and (whole or not self._completed):
