@@ -4,14 +4,11 @@ and a real WebSocket client on loopback, a publish through the HTTP publish API.
 from __future__ import annotations
 
 import json
-import os
-import sys
 from io import BytesIO
 from pathlib import Path
 
 import treq
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.task import deferLater
@@ -21,7 +18,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
 from tests.support.services import free_port
-from tests.support.twistd import TwistdOutput, kill_tree, write_config
+from tests.support.twistd import start_twistd, write_config
 from tests.support.ws import ClientSide, WsOverHttpOrigin, grip_echo, listen_endpoint
 
 
@@ -42,17 +39,7 @@ class TwistdWebSocketTests(TestCase):
             f"push_in_http_addr=127.0.0.1\npush_in_http_port={publish_port}\n"
         ), routes=f"*,path_beg=/ws 127.0.0.1:{origin_port.getHost().port},over_http\n",
             workers=self.workers)
-        self.output = TwistdOutput()
-        twistd = Path(sys.executable).parent / "twistd"
-        process = reactor.spawnProcess(
-            self.output, str(twistd),
-            [str(twistd), "-n", "--pidfile=", "fanout", "--config", str(config.resolve())],
-            env=dict(os.environ), path=str(folder))
-
-        async def stop() -> None:
-            await kill_tree(process, self.output)
-
-        self.addCleanup(lambda: Deferred.fromCoroutine(stop()))
+        _process, self.output = start_twistd(self, config)
         return client_port, publish_port
 
     async def connect(self, port: int) -> ClientSide:
