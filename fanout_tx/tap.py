@@ -317,7 +317,9 @@ def build_service(settings: Settings, reactor: IServerReactor,
                           ports.for_worker, channels, runner.shutdown_timeout,
                           workers.on_startup_failure)
         machine = Machine(ports, pool, channels)
-        return MachineFanout(router, pool.broadcast)
+        fanout = MachineFanout(router, pool.broadcast)
+        pool.greeting = fanout.snapshot
+        return fanout
 
     core = build_core(settings, reactor, fan_out if workers is not None else None)
     root = _root(settings, core, reactor)

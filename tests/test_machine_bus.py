@@ -87,6 +87,16 @@ class MachineFanoutTests(SynchronousTestCase):
         self.assertEqual(self.worker_router.last_id("room"), "41")
         self.assertEqual(subscriber.recovered, 1)
 
+    def test_a_new_worker_starts_with_the_last_ids(self) -> None:
+        """A worker started late (a restart) gets every channel's last id first."""
+        self.fanout.publish(stream_item(b"x", "7"))
+        self.fanout.publish(stream_item(b"y", "3", channel="other"))
+        late = Router(self.clock)
+        bus = WorkerBus(late, lambda: None)
+        bus.makeConnection(StringTransport())
+        bus.dataReceived(self.fanout.snapshot())
+        self.assertEqual(late.last_ids(), [("room", "7"), ("other", "3")])
+
     def test_a_bad_frame_is_logged_and_skipped(self) -> None:
         """A frame that does not decode is logged; the next one is handled."""
         events = EventLoggingObserver.createWithCleanup(self, globalLogPublisher)

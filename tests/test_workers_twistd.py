@@ -252,7 +252,7 @@ class WorkersTests(TestCase):
         """Items out of order are put in order, and a repeated id dropped, on both workers;
         a long-poll behind the channel's last id recovers (Grip-Last) on either; the stats
         socket reports both workers' connections; a worker killed with SIGKILL leaves the
-        other's clients connected and is back at once."""
+        other's clients connected and is back at once, knowing the channels' last ids."""
         await self.start_server()
         stats_endpoint = re.search(r"stats (tcp://[0-9.:]+)", self.log())
         assert stats_endpoint is not None
@@ -297,6 +297,12 @@ class WorkersTests(TestCase):
             await wait_until(lambda s=stream: b"after\n" in s.data)
             self.assertFalse(stream.closed.called)
         self.assertLess(serving, 10, "the new worker took too long to serve")
+        # The new worker knows the channels' last ids: its long-polls recover as the other's.
+        self.workers = children(self.process.pid)
+        polls = await self.spread(lambda: self.raw("/prev"))
+        for poll in polls:
+            await wait_until(lambda p=poll: b"recovered\n" in p.data,
+                             message="a long-poll on the new worker did not recover")
 
 
 

@@ -29,7 +29,8 @@ from fanout_tx.core.interfaces import IBus, IChannelListener
 from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 
-# Down: items, a channel's last id (Redis snapshot), recover every session.
+# Down: items, channels' last ids (the supervisor's at a worker's start; a Redis snapshot),
+# recover every session.
 ITEMS, LAST_ID, RECOVER = b"I", b"L", b"R"
 # Up: started (serving its ports), channel added / removed, /metrics text, a stats message.
 READY, CHANNEL_ADDED, CHANNEL_REMOVED, METRICS, STATS = b"U", b"+", b"-", b"M", b"S"
@@ -90,7 +91,13 @@ class MachineFanout:
 
     def set_last_id(self, channel: str, item_id: str) -> None:
         self.router.set_last_id(channel, item_id)
-        self._broadcast(frame(LAST_ID, json.dumps([channel, item_id]).encode()))
+        self._broadcast(frame(LAST_ID, json.dumps([[channel, item_id]]).encode()))
+
+    def snapshot(self) -> bytes:
+        """The frame a worker gets first: every channel's last id as this router has it, so
+        a worker started late (a restart) answers ``prev-id`` and ``Grip-Last`` as the
+        others do, rather than knowing no channel."""
+        return frame(LAST_ID, json.dumps(self.router.last_ids()).encode())
 
     def recover_all(self) -> int:
         """Every session on the machine re-requests its origin; the count is this
@@ -201,8 +208,8 @@ class WorkerBus(FrameReader):
                 for item in decode_items(body):
                     self._router.publish(item)
             elif kind == LAST_ID:
-                channel, item_id = json.loads(body)
-                self._router.set_last_id(channel, item_id)
+                for channel, item_id in json.loads(body):
+                    self._router.set_last_id(channel, item_id)
             elif kind == RECOVER:
                 self._router.recover_all()
             else:

@@ -241,6 +241,10 @@ class Router:
     def last_id(self, channel: str) -> str | None:
         return self._last_ids.get(channel)
 
+    def last_ids(self) -> list[tuple[str, str]]:
+        """Every channel's last id, least recently set first (a new worker's start)."""
+        return list(self._last_ids.items())
+
     def set_last_id(self, channel: str, item_id: str) -> None:
         self._last_ids[channel] = item_id
         self._last_ids.move_to_end(channel)

@@ -205,6 +205,8 @@ class WorkerPool(Service):
         self._on_startup_failure = on_startup_failure
         self.workers: dict[int, Worker] = {}
         self.on_stats: Callable[[bytes], None] = lambda _message: None
+        # The first frame each worker gets (MachineFanout.snapshot: the channels' last ids).
+        self.greeting: Callable[[], bytes] | None = None
         self._started_once = False
         self._ended: dict[int, Deferred[None]] = {}
         self._restarts: dict[int, IDelayedCall] = {}
@@ -225,6 +227,8 @@ class WorkerPool(Service):
         self._reactor.spawnProcess(worker, command[0], command, env=dict(os.environ),
                                    childFDs=child_fds)
         self.workers[index] = worker
+        if self.greeting is not None:
+            worker.send(self.greeting())
 
     def broadcast(self, data: bytes) -> None:
         """``data`` (a bus frame) to every worker, in the order of calls."""
