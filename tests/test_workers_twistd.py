@@ -137,12 +137,13 @@ class WorkersTests(TestCase):
         """The worker holding the client connection from ``local_port``."""
         return owner(self.workers, local_port, self.port)
 
-    async def raw(self, path: str) -> tuple[RawClient, int]:
+    async def raw(self, path: str, extra_headers: str = "") -> tuple[RawClient, int]:
         client = RawClient()
         await TCP4ClientEndpoint(reactor, "127.0.0.1", self.port).connect(
             Factory.forProtocol(lambda: client))
         self.addCleanup(self.abort, client.transport, client.closed)
-        client.transport.write(f"GET {path} HTTP/1.1\r\nHost: example\r\n\r\n".encode())
+        client.transport.write(
+            f"GET {path} HTTP/1.1\r\nHost: example\r\n{extra_headers}\r\n".encode())
         return client, client.transport.getHost().port
 
     @staticmethod
@@ -352,3 +353,35 @@ class WorkersTests(TestCase):
             await wait_until(lambda s=stream: b"from here\n" in s.data)
             self.assertEqual((stream.data.count(b"from here\n"),
                               stream.data.count(b"from elsewhere\n")), (1, 1), stream.data)
+
+    async def resume_on_both_workers(self, extra: str) -> None:
+        """Items published before any client exists are in every worker's view of the
+        history: SSE clients reconnecting with ``Last-Event-ID`` on either worker get exactly
+        the items after it, in order, then live ones, each once."""
+        await self.start_server("[history]\nmax_items=100\n" + extra)
+        for number in range(1, 4):
+            await self.publish_http(item("room", f"missed-{number}", id=f"m{number}"))
+
+        async def resumed() -> tuple[RawClient, int]:
+            client, local_port = await self.raw("/stream", "Last-Event-ID: m1\r\n")
+            await wait_until(lambda: b"missed-3\n" in client.data,
+                             message="a resumed stream did not get the missed items")
+            return client, local_port
+
+        streams = await self.spread(resumed)
+        await self.publish_http(item("room", "live", id="m4"))
+        for stream in streams:
+            await wait_until(lambda s=stream: b"live\n" in s.data)
+            body = stream.data[stream.data.index(b"stream open\n"):]
+            self.assertEqual(re.findall(rb"missed-\d|live", body),
+                             [b"missed-2", b"missed-3", b"live"], stream.data)
+
+    async def test_history_in_memory_resumes_on_either_worker(self) -> None:
+        """Every worker gets every item in the same order, so each keeps the same history."""
+        await self.resume_on_both_workers("")
+
+    async def test_history_in_redis_resumes_on_either_worker(self) -> None:
+        """With Redis the supervisor writes the history once and both workers read it."""
+        redis = RedisServer()
+        self.addCleanup(redis.stop)
+        await self.resume_on_both_workers(f"[redis]\nurl={redis.url}\nprefix=h:\n")
