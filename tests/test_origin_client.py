@@ -396,7 +396,7 @@ class _NoFlow:
 
 class SocketOptionTests(TestCase):
     async def test_origin_connections_skip_nagle_and_delayed_acks(self) -> None:
-        """Origin sockets: TCP_NODELAY on, and a quick-ack call armed for every read (an
+        """Origin sockets: TCP_NODELAY on, and a quick-ack call armed for reads (an
         origin writing head and body in two sends would otherwise wait 40 ms for our ACK
         on a kept-alive connection)."""
         origin = RawServerAndClient(self)
@@ -405,6 +405,23 @@ class SocketOptionTests(TestCase):
         handle = connection.transport.getHandle()
         self.assertTrue(handle.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         self.assertIsNotNone(connection._quick_ack)
+
+    async def test_quick_ack_only_while_an_answer_is_incomplete(self) -> None:
+        """The quick ACK (a setsockopt) is asked for after a read that leaves the answer
+        unfinished, when the origin may wait for our ACK before the rest; an answer read
+        whole costs none."""
+        origin = RawServerAndClient(self)
+        await origin.fetch(OK)
+        [connection] = origin.client._idle[split_url(origin.url())[0]]
+        calls: list[None] = []
+        connection._quick_ack = lambda: calls.append(None)
+        await origin.fetch(OK)
+        self.assertEqual(calls, [])
+        server, _response, reader = await origin.begin(OK[:-2])
+        await wait_until(lambda: calls)
+        server.transport.write(OK[-2:])
+        await reader.ended
+        self.assertEqual((reader.body, len(calls)), (b"hello", 1))
 
     def test_quick_ack_only_for_tcp(self) -> None:
         self.assertIsNone(quick_ack(object()))

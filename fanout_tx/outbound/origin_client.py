@@ -286,12 +286,15 @@ class OriginConnection(Protocol):
 
     @override
     def dataReceived(self, data: bytes) -> None:
-        if self._quick_ack is not None:
-            self._quick_ack()
         self._received_any = True
         if self._buffer:
             data, self._buffer = self._buffer + data, b""
+        exchange = self._exchange
         self._consume(data)
+        if self._quick_ack is not None and self._state == "busy" and self._exchange is exchange:
+            # More of this answer is to come: acknowledge what came at once (the ACK
+            # still pending is sent then). An answer read whole needs no setsockopt.
+            self._quick_ack()
 
     def _consume(self, data: bytes) -> None:
         """Parse as far as the answer goes; stop at its end, or while the body's reader has
