@@ -26,7 +26,6 @@ from twisted.internet.error import ConnectionAborted, ConnectionDone
 from twisted.internet.interfaces import (
     IAddress,
     IConsumer,
-    IDelayedCall,
     IProducer,
     IProtocol,
     IPushProducer,
@@ -44,6 +43,7 @@ from zope.interface import implementer
 
 from fanout_tx._transport import StreamTransport, stream_transport
 from fanout_tx._twisted import release_client_connection
+from fanout_tx.outbound.deadline_set import DeadlineSet
 from fanout_tx.outbound.response_parser import CLOSE, BadResponseError, ResponseParser
 from fanout_tx.outbound.tcp_options import no_delay, quick_ack, unread_input
 
@@ -206,7 +206,6 @@ class OriginConnection(Protocol):
         self._client = client
         self.address = address
         self.reused = False  # taken from the idle pool at least once
-        self.idle_timer: IDelayedCall | None = None
         self._exchange: _Exchange | None = None
         self._answer = ResponseParser(self)
         self._buffer = b""  # bytes not parsed yet, while the body's reader has paused us
@@ -400,8 +399,6 @@ class OriginConnection(Protocol):
 
     @override
     def connectionLost(self, reason: Failure = connectionDone) -> None:
-        if self.idle_timer is not None and self.idle_timer.active():
-            self.idle_timer.cancel()
         self._client.forget(self)
         release_client_connection(self.transport)
         self.closed.callback(None)
@@ -441,7 +438,8 @@ class _ConnectionFactory(Factory):
 @implementer(IAgent)
 class OriginClient:
     """Requests to origins over persistent connections, at most ``max_idle`` idle ones per
-    origin, each closed after ``idle_timeout`` seconds unused."""
+    origin, each closed after ``idle_timeout`` seconds unused (the pool's deadlines share
+    one timer: none is set and cancelled per request)."""
 
     def __init__(self, reactor: IReactorTime, endpoints: IAgentEndpointFactory | None,
                  max_idle: int = 256, idle_timeout: float = 240.0,
@@ -452,6 +450,8 @@ class OriginClient:
         self._idle_timeout = idle_timeout
         self.resend_stale = resend_stale  # a GET meeting a just-closed kept-alive connection
         self._idle: dict[OriginAddress, list[OriginConnection]] = {}
+        self._idle_deadlines: DeadlineSet[OriginConnection] = DeadlineSet(
+            reactor, lambda connection: stream_transport(connection).loseConnection())
 
     # Twisted's Deferred is invariant, so Deferred[OriginResponse] (an IResponse) does not
     # match IAgent's Deferred[IResponse]
@@ -486,8 +486,7 @@ class OriginClient:
         idle = self._idle.get(address)
         while idle:
             connection = idle.pop()
-            if connection.idle_timer is not None and connection.idle_timer.active():
-                connection.idle_timer.cancel()
+            self._idle_deadlines.discard(connection)
             if unread_input(connection.transport):
                 # Bytes after the last answer (not read yet), or the origin's close: this
                 # connection is out of step, and its stray bytes must reach nobody.
@@ -533,19 +532,20 @@ class OriginClient:
             stream_transport(connection).loseConnection()
             return
         idle.append(connection)
-        connection.idle_timer = self._reactor.callLater(
-            self._idle_timeout, stream_transport(connection).loseConnection)
+        self._idle_deadlines.add(connection, self._idle_timeout)
 
     def forget(self, connection: OriginConnection) -> None:
         idle = self._idle.get(connection.address)
         if idle and connection in idle:
             idle.remove(connection)
+            self._idle_deadlines.discard(connection)
 
     def closeCachedConnections(self) -> Deferred[list[None]]:  # noqa: N802 - as the pool's
         """Close the idle connections; fires once they are closed (busy ones close with
         their exchange)."""
         closing = [connection for idle in self._idle.values() for connection in idle]
         self._idle.clear()
+        self._idle_deadlines.stop()
         for connection in closing:
             stream_transport(connection).loseConnection()
         return gatherResults([connection.closed for connection in closing])

@@ -44,6 +44,7 @@ from fanout_tx.grip.instruct import (
 from fanout_tx.ops.deadlines import ClientTimeouts
 from fanout_tx.ops.logs import url_for_log
 from fanout_tx.outbound.body import BytesProducer
+from fanout_tx.outbound.deadline_set import DeadlineSet
 from fanout_tx.outbound.origin import (
     BodyCollector,
     BodyRelay,
@@ -248,6 +249,8 @@ class ProxyResource(Resource):
         self.write_batch = write_batch or WriteBatch(clock)
         self.write_budget = write_budget  # [runner] max_buffered_bytes, shared with WebSockets
         self.requests = 0  # client requests received, for the stats socket's activity
+        # What sessions wait for from origins (_in_time), cancelled when it is late
+        self.origin_deadlines: DeadlineSet[Deferred[Any]] = DeadlineSet(clock, Deferred.cancel)
 
     @override
     def render(self, request: ProxyRequest) -> bytes | int:
@@ -450,20 +453,13 @@ class ProxySession:
         not come within ``origin_timeout`` (its canceller closes the origin connection)."""
         self._pending = d
         timeout = self.proxy.settings.origin_timeout
-        expired: list[bool] = []
-
-        def expire() -> None:
-            expired.append(True)
-            d.cancel()
-
-        timer = self.proxy.clock.callLater(timeout, expire)
+        deadlines = self.proxy.origin_deadlines
+        deadlines.add(d, timeout)
 
         def settled(result: Any) -> Any:
             if self._pending is d:
                 self._pending = None
-            if timer.active():
-                timer.cancel()
-            elif expired and isinstance(result, Failure) and not self.gone:
+            if not deadlines.discard(d) and isinstance(result, Failure) and not self.gone:
                 raise OriginTimeoutError(f"{missing} within {timeout}s")
             return result
 
