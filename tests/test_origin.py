@@ -8,12 +8,18 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from twisted.web.client import URI, BrowserLikePolicyForHTTPS
+from twisted.web.http_headers import Headers
 from twisted.web.test.requesthelper import DummyRequest
 
 from fanout_tx.config.routes import RouteTable, parse_routes
 from fanout_tx.core.router import Router
 from fanout_tx.grip.signature import grip_sig, verify_hs256
-from fanout_tx.outbound.origin import OriginEndpoints, ProxySettings, origin_headers
+from fanout_tx.outbound.origin import (
+    GRIP_FEATURES,
+    OriginEndpoints,
+    ProxySettings,
+    origin_headers,
+)
 from fanout_tx.transports.http.proxy import ProxyFactory, ProxyResource
 
 try:
@@ -59,6 +65,28 @@ class OriginEndpointsTests(SynchronousTestCase):
         for port in range(10):
             endpoint_for(self.endpoints, b"http://127.0.0.1:%d/" % (8000 + port))
         self.assertLessEqual(len(self.endpoints._cache), 3)
+
+
+class OriginHeadersTests(SynchronousTestCase):
+    def test_same_headers_as_add_raw_header(self) -> None:
+        """The origin's headers are built without ``addRawHeader``, to the same result:
+        names in canonical case and grouped, a line break in a value (a ``Grip-Last`` from
+        an origin's instruction, a route header) made a space, never a header of its own."""
+        route = parse_routes("*,header=x-route-thing:1 127.0.0.1:80").routes[0]
+        request = DummyRequest([b""])
+        for name, value in ((b"x-custom", b"a"), (b"ACCEPT", b"*/*"), (b"X-Custom", b"b")):
+            request.requestHeaders.addRawHeader(name, value)
+        extra = [("grip-last", "ch; last-id=1\r\nX-Evil: 1"), ("Grip-Last", "b\nc\r")]
+        headers = origin_headers(request, route, route.targets[0], ProxySettings(), 0.0, extra)
+        expected = Headers()
+        for name, value in [("x-custom", "a"), ("ACCEPT", "*/*"), ("X-Custom", "b"),
+                            ("x-route-thing", "1"), ("Host", "127.0.0.1:80"),
+                            ("Grip-Feature", GRIP_FEATURES), *extra]:
+            expected.addRawHeader(name.encode(), value.encode())
+        self.assertEqual(list(headers.getAllRawHeaders()), list(expected.getAllRawHeaders()))
+        self.assertEqual(headers.getRawHeaders(b"grip-last"),
+                         [b"ch; last-id=1 X-Evil: 1", b"b c"])
+        self.assertFalse(headers.hasHeader(b"x-evil"))
 
 
 class GripSigTests(SynchronousTestCase):

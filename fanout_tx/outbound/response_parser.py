@@ -46,6 +46,7 @@ from httptools import (
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH
 
+from fanout_tx._twisted import checked_headers
 from fanout_tx.core.headers import is_reason_phrase
 
 MAX_HEAD = 64 * 1024  # a response head (or a chunk line, or a trailer section) over this: refused
@@ -245,14 +246,15 @@ class ResponseParser:
             raise BadResponseError(f"bad reason phrase {self._phrase[:80]!r}")
         if code < 200:
             return  # 100 Continue and friends: the real answer follows (on_message_complete)
-        headers = Headers()
+        fields: list[tuple[bytes, bytes]] = []
         control: dict[bytes, list[bytes]] = {}
         for name, value in self._fields:
             lowered = name.lower()
             if lowered in _CONNECTION_CONTROL:
                 control.setdefault(lowered, []).append(value)
             else:
-                headers.addRawHeader(name, value)
+                fields.append((name, value))
+        headers = checked_headers(fields)  # llhttp checked names and values
         self.reusable = parser.should_keep_alive()
         if b"connection" in control:  # llhttp keeps HTTP/1.0 "keep-alive, close": close wins
             tokens = b",".join(control[b"connection"]).lower().split(b",")
