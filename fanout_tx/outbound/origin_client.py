@@ -42,7 +42,7 @@ from typing_extensions import override
 from zope.interface import implementer
 
 from fanout_tx._transport import StreamTransport, stream_transport
-from fanout_tx._twisted import release_client_connection
+from fanout_tx._twisted import release_client_connection, send_directly
 from fanout_tx.outbound.deadline_set import DeadlineSet
 from fanout_tx.outbound.response_parser import CLOSE, BadResponseError, ResponseParser
 from fanout_tx.outbound.tcp_options import no_delay, quick_ack, unread_input
@@ -234,20 +234,26 @@ class OriginConnection(Protocol):
         body = exchange.body
         transport = stream_transport(self)
         if body is None:
-            transport.write(exchange.head + b"\r\n")
+            self._write_head(exchange.head + b"\r\n")
             return
         consumer: IConsumer
         if body.length is UNKNOWN_LENGTH:
-            transport.write(exchange.head + b"Transfer-Encoding: chunked\r\n\r\n")
+            self._write_head(exchange.head + b"Transfer-Encoding: chunked\r\n\r\n")
             consumer = _ChunkedWriter(transport)
         else:
-            transport.write(exchange.head + b"Content-Length: %d\r\n\r\n" % body.length)
+            self._write_head(exchange.head + b"Content-Length: %d\r\n\r\n" % body.length)
             consumer = cast(IConsumer, transport)  # a stream transport consumes its writes
         exchange.producing = True
         transport.registerProducer(body, True)
         produced = body.startProducing(consumer)
         produced.addCallbacks(self._body_done, self._body_failed,
                               callbackArgs=(exchange, consumer), errbackArgs=(exchange,))
+
+    def _write_head(self, head: bytes) -> None:
+        """To the kernel at once when nothing is queued ahead (one ``send``, where the
+        transport's own write costs two ``epoll_ctl`` and a reactor turn), else queued."""
+        if rest := send_directly(self.transport, head):
+            stream_transport(self).write(rest)
 
     def _body_done(self, _result: object, exchange: _Exchange, consumer: IConsumer) -> None:
         if exchange is not self._exchange or not exchange.producing:
