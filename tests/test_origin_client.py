@@ -423,6 +423,18 @@ class SocketOptionTests(TestCase):
         await reader.ended
         self.assertEqual((reader.body, len(calls)), (b"hello", 1))
 
+    async def test_request_head_sent_at_once(self) -> None:
+        """A request head goes to the kernel from ``send`` itself (no transport ``write``, so
+        no writability registration and no reactor turn) when nothing is queued ahead."""
+        origin = RawServerAndClient(self)
+        await origin.fetch(OK)
+        [connection] = origin.client._idle[split_url(origin.url())[0]]
+        queued: list[bytes] = []
+        self.patch(connection.transport, "write", queued.append)
+        response, reader, _reason = await origin.fetch(OK, path=b"/again")
+        self.assertEqual((response.code, reader.body, queued), (200, b"hello", []))
+        self.assertIn(b"GET /again HTTP/1.1\r\n", origin.connections[0].received)
+
     def test_quick_ack_only_for_tcp(self) -> None:
         self.assertIsNone(quick_ack(object()))
         left, right = socket.socketpair()
