@@ -14,6 +14,8 @@ from fanout_tx.cluster.machine_bus import (
     CHANNEL_REMOVED,
     ITEMS,
     MAX_FRAME,
+    METRICS,
+    STATS,
     ChannelUnion,
     FrameReader,
     MachineBus,
@@ -124,6 +126,25 @@ class MachineFanoutTests(SynchronousTestCase):
         up.reader.dataReceived(transport.value())
         self.assertEqual(up.received, [(CHANNEL_ADDED, b"early"), (CHANNEL_ADDED, b"room"),
                                        (CHANNEL_REMOVED, b"room")])
+
+    def test_reports_are_dropped_while_the_supervisor_does_not_read(self) -> None:
+        """The pipe up full (the transport pauses the bus): metrics and stats frames are
+        dropped, not queued; channel frames still go; after resume reports go again."""
+        router = Router(self.clock)
+        transport = StringTransport()
+        worker = WorkerBus(router, lambda: None)
+        worker.makeConnection(transport)
+        self.assertIs(transport.producer, worker)
+        worker.pauseProducing()
+        worker.send(METRICS, b"m 1")
+        worker.send(STATS, b"s")
+        router.subscribe("room", RecordingSubscriber())
+        worker.resumeProducing()
+        worker.send(METRICS, b"m 2")
+        up = Frames()
+        up.reader.dataReceived(transport.value())
+        self.assertEqual(up.received, [(CHANNEL_ADDED, b"room"), (METRICS, b"m 2")])
+        self.assertEqual(worker.dropped, 2)
 
     def test_supervisor_gone(self) -> None:
         """The pipe's end (the supervisor exited) is the worker's signal to stop."""

@@ -16,8 +16,10 @@ import json
 import struct
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
+from typing import cast
 
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols.basic import Int32StringReceiver
 from twisted.python.failure import Failure
@@ -34,6 +36,9 @@ from fanout_tx.core.router import Router
 ITEMS, LAST_ID, RECOVER = b"I", b"L", b"R"
 # Up: started (serving its ports), channel added / removed, /metrics text, a stats message.
 READY, CHANNEL_ADDED, CHANNEL_REMOVED, METRICS, STATS = b"U", b"+", b"-", b"M", b"S"
+# Up frames a worker may drop while the supervisor does not read: the next metrics report
+# replaces the last, and stats are sampled anyway. The others must arrive.
+_DROPPABLE = frozenset({METRICS, STATS})
 
 # Largest frame either way: a publish body is at most push_in_http_max_body_size (1 MB by
 # default) and its encoding a third larger; a metrics text is a few kB.
@@ -171,11 +176,16 @@ class ChannelUnion:
         self.remove(self, channel)
 
 
-@implementer(IChannelListener)
+@implementer(IChannelListener, IPushProducer)
 class WorkerBus(FrameReader):
     """A worker's end of its pipes (run on ``StandardIO`` over the inherited descriptors):
     items and commands in, to this worker's router; its channels, metrics and stats out.
-    The supervisor gone (end of file) calls ``on_lost``: the worker stops."""
+    The supervisor gone (end of file) calls ``on_lost``: the worker stops. While the pipe up
+    is full (the supervisor not reading), metrics and stats frames are dropped rather than
+    queued, so what waits is bounded by the channels' frames."""
+
+    _paused = False
+    dropped = 0  # metrics and stats frames dropped while paused
 
     def __init__(self, router: Router, on_lost: Callable[[], None]) -> None:
         super().__init__(self._received, self._oversized)
@@ -184,13 +194,31 @@ class WorkerBus(FrameReader):
         router.add_channel_listener(self)
 
     def send(self, kind: bytes, body: bytes = b"") -> None:
-        if self.transport is not None:
-            self.transport.write(frame(kind, body))
+        if self.transport is None:
+            return
+        if self._paused and kind in _DROPPABLE:
+            if not self.dropped:
+                _log.warn("machine bus: the supervisor is not reading; metrics and stats "
+                          "reports are dropped until it does")
+            self.dropped += 1
+            return
+        self.transport.write(frame(kind, body))
 
     @override
     def connectionMade(self) -> None:
+        # StandardIO is an IConsumer: it pauses this producer while the pipe up is full.
+        cast(IConsumer, self.transport).registerProducer(self, True)
         for channel in self._router.channels():
             self.channel_added(channel)
+
+    def pauseProducing(self) -> None:  # noqa: N802 - IPushProducer's name
+        self._paused = True
+
+    def resumeProducing(self) -> None:  # noqa: N802 - IPushProducer's name
+        self._paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802 - IPushProducer's name
+        self._paused = True
 
     @override
     def connectionLost(self, reason: Failure = Failure(Exception())) -> None:  # noqa: B008
