@@ -24,6 +24,7 @@ from fanout_tx.cluster.machine_bus import (
     frame,
 )
 from fanout_tx.core.formats.base import Format
+from fanout_tx.core.history import MemoryHistory
 from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
 from tests.support.helpers import RecordingSubscriber
@@ -78,6 +79,34 @@ class MachineFanoutTests(SynchronousTestCase):
         self.carry()
         self.assertEqual(here.contents, [b"zero", b"first", b"second"])
         self.assertEqual(there.contents, here.contents)
+
+    def test_items_on_channels_nothing_here_holds_keep_their_bookkeeping(self) -> None:
+        """An item on a channel the worker holds nothing of is not decoded beyond channel
+        and id, yet the worker's router ends as ``publish`` would leave it: the channel's
+        last id set, the id remembered (the same id later, once subscribed, is a
+        duplicate), and items on held channels delivered in order between them."""
+        self.assertFalse(self.worker_router.needs_whole_item("elsewhere"))
+        there = RecordingSubscriber()
+        self.worker_router.subscribe("room", there)
+        self.fanout.publish_items([stream_item(b"a", "1", channel="elsewhere"),
+                                   stream_item(b"held", "h1"),
+                                   stream_item(b"b", None, channel="elsewhere")])
+        self.carry()
+        self.assertEqual(there.contents, [b"held"])
+        self.assertEqual(self.worker_router.last_id("elsewhere"), "1")
+        late = RecordingSubscriber()
+        self.worker_router.subscribe("elsewhere", late)
+        self.assertTrue(self.worker_router.needs_whole_item("elsewhere"))
+        self.fanout.publish_items([stream_item(b"a", "1", channel="elsewhere"),
+                                   stream_item(b"c", "2", "1", channel="elsewhere")])
+        self.carry()
+        self.assertEqual(late.contents, [b"c"])  # "1" was a duplicate, "2" follows it
+
+    def test_a_history_needs_every_item_whole(self) -> None:
+        """A worker that keeps a history of its own decodes every item (history replays
+        need the formats)."""
+        self.worker_router.history = MemoryHistory(self.clock, 10, 3600, 1 << 20)
+        self.assertTrue(self.worker_router.needs_whole_item("elsewhere"))
 
     def test_last_ids_and_recover(self) -> None:
         """A Redis snapshot's last id and a recover reach every worker."""

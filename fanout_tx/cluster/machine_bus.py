@@ -26,7 +26,13 @@ from twisted.python.failure import Failure
 from typing_extensions import override
 from zope.interface import implementer
 
-from fanout_tx.core.codecs.item_codec import ItemCodecError, decode_items, encode_items
+from fanout_tx.core.codecs.item_codec import (
+    ItemCodecError,
+    decode_batch,
+    encode_items,
+    item_address,
+    item_from_json,
+)
 from fanout_tx.core.interfaces import IBus, IChannelListener
 from fanout_tx.core.items import Item
 from fanout_tx.core.router import Router
@@ -233,8 +239,7 @@ class WorkerBus(FrameReader):
     def _received(self, kind: bytes, body: bytes) -> None:
         try:
             if kind == ITEMS:
-                for item in decode_items(body):
-                    self._router.publish(item)
+                self._publish(body)
             elif kind == LAST_ID:
                 for channel, item_id in json.loads(body):
                     self._router.set_last_id(channel, item_id)
@@ -245,6 +250,18 @@ class WorkerBus(FrameReader):
         except Exception:
             _log.failure("machine bus: a {kind!r} frame could not be handled; skipped",
                          kind=kind)
+
+    def _publish(self, body: bytes) -> None:
+        """Every item to this worker's router, in order; an item on a channel that nothing
+        here holds is not decoded beyond its channel and id (each worker gets every item,
+        and most channels are held on one worker only)."""
+        router = self._router
+        for value in decode_batch(body):
+            channel, item_id = item_address(value)
+            if router.needs_whole_item(channel):
+                router.publish(item_from_json(value))
+            else:
+                router.publish_unheld(channel, item_id)
 
     def _oversized(self, length: int) -> None:
         _log.error("machine bus: a {length}-byte frame is over the limit; stopping",

@@ -258,8 +258,9 @@ class Router:
         was not, records it, so the next item with that id is the duplicate. At most
         ``id_cache_max`` ids are kept (oldest forgotten first), so a publisher sending unique
         ids fast cannot grow the cache without bound."""
-        if item.id is None:
-            return False
+        return item.id is not None and self._seen_before(item.channel, item.id)
+
+    def _seen_before(self, channel: str, item_id: str) -> bool:
         now = self._clock.seconds()
         seen = self._seen_ids
         while seen:
@@ -267,13 +268,26 @@ class Router:
             if expiry > now:
                 break
             del seen[key]
-        key = (item.channel, item.id)
+        key = (channel, item_id)
         if key in seen:
             return True
         seen[key] = now + self._id_cache_ttl
         if len(seen) > self._id_cache_max:
             seen.popitem(last=False)
         return False
+
+    def needs_whole_item(self, channel: str) -> bool:
+        """Whether publishing on ``channel`` here needs the item itself: something here
+        subscribes to it, or a history records it. When not, ``publish_unheld`` with its id
+        does what ``publish`` would, so a worker can skip decoding the item's formats."""
+        return channel in self._groups or self.history is not None
+
+    def publish_unheld(self, channel: str, item_id: str | None) -> None:
+        """``publish`` for an item on a channel nothing here holds (and no history): only
+        the bookkeeping it would do, de-duplication and the channel's last id (no
+        subscriber, so nothing waits for a predecessor)."""
+        if item_id is not None and not self._seen_before(channel, item_id):
+            self.set_last_id(channel, item_id)
 
     def publish(self, item: Item) -> None:
         """Dedupe, sequence, then deliver to every matching subscriber."""

@@ -154,10 +154,24 @@ def encode_items(items: Sequence[Item]) -> bytes:
 
 def decode_items(payload: bytes) -> list[Item]:
     """The inverse of encode_items; raises ItemCodecError on anything else."""
+    return [item_from_json(obj) for obj in decode_batch(payload)]
+
+
+def decode_batch(payload: bytes) -> list[Any]:
+    """encode_items' batch as JSON values, one per item, for ``item_from_json`` (or, when
+    only channel and id are wanted, ``item_address``)."""
     try:
         document = loads(payload)
     except ValueError as e:  # lone surrogates included: no input lets them in
         raise ItemCodecError(f"payload is not JSON: {e}") from None
     if not isinstance(document, dict) or document.get("v") != WIRE_VERSION:
         raise ItemCodecError("payload is not a version-1 item batch")
-    return [item_from_json(obj) for obj in _expect(document.get("items"), list, "items")]
+    return _expect(document.get("items"), list, "items")
+
+
+def item_address(value: Any) -> tuple[str, str | None]:
+    """An encoded item's channel and id, checked as ``item_from_json`` checks them."""
+    obj = _expect(value, dict, "item")
+    channel, item_id = obj.get("channel"), obj.get("id")
+    return (_expect(channel, str, "channel"),
+            None if item_id is None else _expect(item_id, str, "id"))
