@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.address import IPv4Address
@@ -141,6 +142,18 @@ def streams(subscribers: int, items: int, history: bool) -> float:
     return elapsed
 
 
+def off_vs_on(measure: Callable[[int, int, bool], float], subscribers: int, items: int,
+              repeat: int, what: str) -> str:
+    """One line: ``measure`` with history off and on, interleaved, medians per item."""
+    off, on = [], []
+    for _ in range(repeat):
+        off.append(measure(subscribers, items, False))
+        on.append(measure(subscribers, items, True))
+    a, b = statistics.median(off), statistics.median(on)
+    return (f"  {subscribers:6} {what}: off {a * 1e6:8.2f} us/item  on {b * 1e6:8.2f} "
+            f"us/item  ({(b - a) / a * 100:+.1f} %, {(b - a) * 1e6:+.2f} us/item)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=7)
@@ -148,22 +161,10 @@ def main() -> None:
     args = parser.parse_args()
     print(f"fan-out, history off vs on (max_items 100), median of {args.repeat}, interleaved")
     for subscribers, items in ((1, 20_000), (100, 2_000), (10_000, 20)):
-        off, on = [], []
-        for _ in range(args.repeat):
-            off.append(fanout(subscribers, items, False))
-            on.append(fanout(subscribers, items, True))
-        a, b = statistics.median(off), statistics.median(on)
-        print(f"  {subscribers:6} subscribers: off {a * 1e6:8.2f} us/item  on {b * 1e6:8.2f} "
-              f"us/item  ({(b - a) / a * 100:+.1f} %, {(b - a) * 1e6:+.2f} us/item)")
+        print(off_vs_on(fanout, subscribers, items, args.repeat, "subscribers"))
     print("HTTP streams (HeldStream, in-memory transports), history off vs on")
     for subscribers, items in ((1, 5_000), (100, 500), (1_000, 50)):
-        off, on = [], []
-        for _ in range(args.repeat):
-            off.append(streams(subscribers, items, False))
-            on.append(streams(subscribers, items, True))
-        a, b = statistics.median(off), statistics.median(on)
-        print(f"  {subscribers:6} streams: off {a * 1e6:8.2f} us/item  on {b * 1e6:8.2f} "
-              f"us/item  ({(b - a) / a * 100:+.1f} %)")
+        print(off_vs_on(streams, subscribers, items, args.repeat, "streams"))
     base = statistics.median(resume(args.missed, False) for _ in range(args.repeat))
     full = statistics.median(resume(args.missed, True) for _ in range(args.repeat))
     print(f"resume of {args.missed} missed items (SSE stream, Last-Event-ID), median of "

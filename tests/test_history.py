@@ -151,6 +151,16 @@ class MemoryHistoryTests(_StoreTests, TestCase):
         self.assertEqual(self.resolve(history.last("c1", 1)), [])  # c1's was oldest
 
 
+class Sub:
+    """A stream subscriber that takes every item and does nothing with it."""
+
+    formats = ("http-stream",)
+    meta: dict[str, str] = {}
+
+    def deliver(self, *args: Any) -> None:
+        pass
+
+
 class RouterRecordsTests(SynchronousTestCase):
     def test_once_per_item_with_an_id(self) -> None:
         """The router records every delivered item that has an id once, whatever the
@@ -158,13 +168,6 @@ class RouterRecordsTests(SynchronousTestCase):
         clock = Clock()
         history = MemoryHistory(clock, 10)
         router = Router(clock, history=history)
-
-        class Sub:
-            formats = ("http-stream",)
-            meta: dict[str, str] = {}
-
-            def deliver(self, *args: Any) -> None:
-                pass
 
         for _ in range(3):
             router.subscribe("c", Sub())
@@ -180,13 +183,6 @@ class RouterRecordsTests(SynchronousTestCase):
         clock = Clock()
         history = MemoryHistory(clock, 10)
         router = Router(clock, history=history)
-
-        class Sub:
-            formats = ("http-stream",)
-            meta: dict[str, str] = {}
-
-            def deliver(self, *args: Any) -> None:
-                pass
 
         router.subscribe("c", Sub())
         router.publish(item(1))
